@@ -1,0 +1,76 @@
+"""The command-line interface: serve, check-config, demo (and revoke, audit, incident).
+
+Every mode builds the same Gateway and runs the same decision path; the commands only
+differ in how they are started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import click
+
+from .config import ConfigError, GatewayConfig, load_config
+
+
+def load_or_exit(path: str) -> GatewayConfig:
+    """The validated config, or the problems on stderr and exit status 1."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(f"error: {problem}", err=True)
+        sys.exit(1)
+
+
+def run_async(main: object) -> None:
+    """Run a coroutine on uvloop when it is installed."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(main)  # type: ignore[arg-type]
+        return
+    uvloop.run(main)  # type: ignore[arg-type]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tokengate")
+def main() -> None:
+    """tokengate: an OAuth 2.0 token-enforcing reverse proxy."""
+
+
+@main.command("check-config")
+@click.argument("path", type=click.Path(dir_okay=False))
+def check_config(path: str) -> None:
+    """Validate a configuration file; exit 1 naming file, line and key on error."""
+    config = load_or_exit(path)
+    click.echo(
+        f"{path}: ok ({len(config.routes)} routes, {len(config.upstreams)} upstreams, {len(config.issuers)} issuers)"
+    )
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="gateway YAML")
+def serve(config_path: str) -> None:
+    """Run the gateway."""
+    from .logs import setup_logging
+    from .runtime import Gateway
+    from .server import serve as serve_forever
+
+    config = load_or_exit(config_path)
+    setup_logging(config.log_level)
+    run_async(serve_forever(Gateway(config, config_path)))
+
+
+@main.command()
+@click.option("--port", default=8080, show_default=True, help="public port of the demo gateway")
+def demo(port: int) -> None:
+    """Run an embedded demo: issuer, upstream and gateway on 127.0.0.1."""
+    from .demo import run_demo
+
+    run_async(run_demo(port))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,413 @@
+"""Typed models of the gateway YAML and its loader.
+
+The schema is declared with pydantic; the loader keeps the YAML node tree so that every
+error names the file, the line and the key (``gateway.yaml:14: routes[1].upstream: ...``).
+``${ENV_VAR}`` is substituted inside string values after parsing, so a secret can never
+change the structure of the document.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+# --- value types ---------------------------------------------------------------------------
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
+_SIZE_UNITS = {None: 1, "B": 1, "KB": 10**3, "KiB": 2**10, "MB": 10**6, "MiB": 2**20, "GB": 10**9, "GiB": 2**30}
+
+
+def parse_duration(value: Any) -> float:
+    """``30s``, ``5m``, ``250ms``, ``1h``, ``2d`` or a number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration like 30s, 5m or 1h is expected")
+    if isinstance(value, int | float):
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a duration like 30s, 5m or 1h")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def parse_size(value: Any) -> int:
+    """``10MiB``, ``512KB`` or a number of bytes -> bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a size like 10MiB or 1048576")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+
+
+@dataclass(frozen=True)
+class Address:
+    """A ``host:port`` listen address (``[::1]:8080`` for IPv6)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_address(value: Any) -> Address:
+    if isinstance(value, Address):
+        return value
+    text = str(value)
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not a host:port address")
+    return Address(host.strip("[]") or "0.0.0.0", int(port))
+
+
+def _absolute_http_url(value: Any) -> str:
+    text = str(value)
+    if not re.match(r"^https?://[^/\s]+", text):
+        raise ValueError(f"{text!r} is not an absolute http(s) URL")
+    return text.rstrip("/") if text.count("/") > 2 else text
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
+ListenAddress = Annotated[Address, BeforeValidator(parse_address)]
+HttpUrl = Annotated[str, BeforeValidator(_absolute_http_url)]
+Algorithm = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+Method = Annotated[
+    Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "*"],
+    BeforeValidator(lambda v: str(v).upper()),
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- sections ------------------------------------------------------------------------------
+
+
+class IntrospectionConfig(_Model):
+    """RFC 7662 token introspection for one issuer."""
+
+    endpoint: HttpUrl | None = None
+    client_id: str
+    client_secret: str | None = None
+    auth_method: Literal["client_secret_basic", "client_secret_post", "private_key_jwt"] = "client_secret_basic"
+    private_key_file: str | None = None
+    private_key_algorithm: Algorithm = "RS256"
+    cache_ttl: Duration = 60.0
+    negative_cache_ttl: Duration = 10.0
+    cache_size: int = Field(default=100_000, ge=1)
+    timeout: Duration = 2.0
+    token_prefix: str | None = None
+    shared_cache: bool = False
+
+    @model_validator(mode="after")
+    def _credentials_match_method(self) -> IntrospectionConfig:
+        if self.auth_method == "private_key_jwt" and not self.private_key_file:
+            raise ValueError("auth_method private_key_jwt needs private_key_file")
+        if self.auth_method != "private_key_jwt" and not self.client_secret:
+            raise ValueError(f"auth_method {self.auth_method} needs client_secret")
+        return self
+
+
+class IssuerConfig(_Model):
+    """A trusted authorization server and how its tokens are checked."""
+
+    issuer: str = Field(min_length=1)
+    audiences: list[str] = Field(min_length=1)
+    algorithms: list[Algorithm] = Field(default=["RS256", "ES256"], min_length=1)
+    leeway: Duration = 30.0
+    jwks_uri: HttpUrl | None = None
+    require_typ: str | None = None
+    validation: Literal["jwt", "introspection"] = "jwt"
+    introspection: IntrospectionConfig | None = None
+    jwks_refresh_interval: Duration = 300.0
+    jwks_min_refresh_interval: Duration = 30.0
+    http_timeout: Duration = 5.0
+    max_token_lifetime: Duration = 86400.0
+
+    @model_validator(mode="after")
+    def _introspection_configured(self) -> IssuerConfig:
+        if self.validation == "introspection" and self.introspection is None:
+            raise ValueError("validation: introspection needs an introspection: section")
+        return self
+
+
+class UpstreamConfig(_Model):
+    url: HttpUrl
+    timeout: Duration = 30.0
+    connect_timeout: Duration = 5.0
+    max_connections: int = Field(default=256, ge=1)
+    preserve_host: bool = False
+    forward_authorization: bool = True
+
+
+class RouteConfig(_Model):
+    """One route of the policy: where it matches and what a token needs to pass."""
+
+    name: str = Field(min_length=1)
+    path: str | None = None
+    path_prefix: str | None = None
+    host: str | None = None
+    methods: list[Method] = Field(default=["GET", "HEAD"], min_length=1)
+    upstream: str
+    scopes: list[str] = []
+    any_scopes: list[str] = []
+    auth: Literal["bearer", "none"] = "bearer"
+    issuers: list[str] | None = None
+    allow_query_token: bool = False
+    max_body_size: Size | None = None
+
+    @model_validator(mode="after")
+    def _one_path(self) -> RouteConfig:
+        if (self.path is None) == (self.path_prefix is None):
+            raise ValueError("a route needs exactly one of path or path_prefix")
+        pattern = self.path if self.path is not None else self.path_prefix
+        if not pattern or not pattern.startswith("/"):
+            raise ValueError("path and path_prefix must start with /")
+        if self.auth == "none" and (self.scopes or self.any_scopes):
+            raise ValueError("a route with auth: none cannot require scopes")
+        return self
+
+
+class AuditConfig(_Model):
+    sink: Literal["file", "stdout", "none"] = "stdout"
+    path: str | None = None
+    flush_interval: Duration = 0.05
+    max_batch: int = Field(default=1024, ge=1)
+
+    @model_validator(mode="after")
+    def _file_needs_path(self) -> AuditConfig:
+        if self.sink == "file" and not self.path:
+            raise ValueError("audit sink: file needs path")
+        return self
+
+
+class SentinelConfig(_Model):
+    hosts: list[str] = Field(min_length=1)
+    service_name: str
+    password: str | None = None
+
+
+class RevocationConfig(_Model):
+    """Where the revocation list lives; no redis_url means an in-memory list (one instance)."""
+
+    redis_url: str | None = None
+    sentinel: SentinelConfig | None = None
+    cluster: bool = False
+    key_prefix: str = "gateway:revoked:"
+    family_claim: str = "sid"
+    max_staleness: Duration = 10.0
+    default_ttl: Duration = 86400.0
+    resync_interval: Duration = 30.0
+
+
+class DetectionConfig(_Model):
+    new_network_after_first_use: bool = False
+    max_ips_per_token: int | None = Field(default=None, ge=1)
+    window: Duration = 600.0
+    insufficient_scope_burst: int | None = Field(default=None, ge=1)
+    geoip_database: str | None = None
+    on_detect: list[Literal["audit", "metric", "revoke_family", "webhook"]] = ["audit", "metric"]
+    webhook_url: HttpUrl | None = None
+
+
+class AdminAuthConfig(_Model):
+    """Who may call the admin revocation endpoints."""
+
+    scope: str = "gateway:admin"
+    shared_secret_env: str | None = "GATEWAY_ADMIN_SECRET"
+
+
+class IdentityHeaders(_Model):
+    subject: str = "X-Auth-Subject"
+    client_id: str = "X-Auth-Client-Id"
+    scopes: str = "X-Auth-Scopes"
+
+    def names(self) -> tuple[str, str, str]:
+        return (self.subject, self.client_id, self.scopes)
+
+
+class GatewayConfig(_Model):
+    """The whole gateway configuration file."""
+
+    listen: ListenAddress = Address("127.0.0.1", 8080)
+    admin_listen: ListenAddress = Address("127.0.0.1", 9090)
+    decision_listen: ListenAddress | None = None
+    decision_path_prefix: str = ""
+    workers: int = Field(default=1, ge=1, le=64)
+    shutdown_grace: Duration = 20.0
+    watch_config: bool = True
+    trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    max_body_size: Size = 10 * 2**20
+    realm: str = "tokengate"
+    verified_token_cache_size: int = Field(default=100_000, ge=0)
+    identity_headers: IdentityHeaders = IdentityHeaders()
+    issuers: list[IssuerConfig] = []
+    upstreams: dict[str, UpstreamConfig] = Field(min_length=1)
+    routes: list[RouteConfig] = Field(min_length=1)
+    audit: AuditConfig = AuditConfig()
+    revocation: RevocationConfig = RevocationConfig()
+    detection: DetectionConfig = DetectionConfig()
+    admin: AdminAuthConfig = AdminAuthConfig()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    def issuer(self, name: str) -> IssuerConfig | None:
+        return next((i for i in self.issuers if i.issuer == name), None)
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased for the operator (file:line: key: message)."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Loader(yaml.SafeLoader):
+    """A safe loader that substitutes ``${VAR}`` in strings and refuses duplicate keys."""
+
+    source = "<config>"
+
+
+def _construct_str(loader: _Loader, node: yaml.ScalarNode) -> str:
+    text = str(loader.construct_scalar(node))
+
+    def replace(match: re.Match[str]) -> str:
+        value = os.environ.get(match.group(1), match.group(2))
+        if value is None:
+            raise ConfigError(
+                [f"{loader.source}:{node.start_mark.line + 1}: environment variable {match.group(1)} is not set"]
+            )
+        return value
+
+    return _ENV_REF.sub(replace, text)
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise ConfigError([f"{loader.source}:{key_node.start_mark.line + 1}: {key}: duplicate key"])
+        seen.add(key)
+    return dict(loader.construct_mapping(node, deep=True))
+
+
+_Loader.add_constructor("tag:yaml.org,2002:str", _construct_str)
+_Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+
+
+def _line_of(root: yaml.Node | None, loc: Sequence[str | int]) -> int:
+    """The 1-based line of the deepest YAML node that ``loc`` reaches."""
+    node, line = root, (root.start_mark.line + 1 if root else 1)
+    for part in loc:
+        child: yaml.Node | None = None
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if key_node.value == str(part):
+                    child, line = value_node, key_node.start_mark.line + 1
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            child = node.value[part]
+            line = child.start_mark.line + 1
+        if child is None:
+            break
+        node = child
+    return line
+
+
+def _key_path(loc: Sequence[str | int]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _validation_problems(source: str, root: yaml.Node | None, error: ValidationError) -> list[str]:
+    problems = []
+    for item in error.errors():
+        # pydantic adds the name of a union member or a validator to loc: keep only data keys
+        loc = [p for p in item["loc"] if isinstance(p, int) or not str(p).startswith(("function-", "lax-"))]
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        problems.append(f"{source}:{_line_of(root, loc)}: {_key_path(loc)}: {message}")
+    return problems
+
+
+def _cross_reference_problems(source: str, root: yaml.Node | None, config: GatewayConfig) -> list[str]:
+    problems: list[str] = []
+
+    def problem(loc: list[str | int], message: str) -> None:
+        problems.append(f"{source}:{_line_of(root, loc)}: {_key_path(loc)}: {message}")
+
+    names: set[str] = set()
+    known_issuers = {i.issuer for i in config.issuers}
+    for index, route in enumerate(config.routes):
+        if route.upstream not in config.upstreams:
+            problem(["routes", index, "upstream"], f"unknown upstream {route.upstream!r}")
+        if route.name in names:
+            problem(["routes", index, "name"], f"duplicate route name {route.name!r}")
+        names.add(route.name)
+        for issuer in route.issuers or []:
+            if issuer not in known_issuers:
+                problem(["routes", index, "issuers"], f"unknown issuer {issuer!r}")
+        if route.auth == "bearer" and not config.issuers:
+            problem(["routes", index, "auth"], "route needs a token but no issuers are configured")
+    issuers: set[str] = set()
+    for index, issuer_config in enumerate(config.issuers):
+        if issuer_config.issuer in issuers:
+            problem(["issuers", index, "issuer"], f"duplicate issuer {issuer_config.issuer!r}")
+        issuers.add(issuer_config.issuer)
+    return problems
+
+
+def parse_config(text: str, source: str = "<config>") -> GatewayConfig:
+    """Parse and validate configuration text; raise ConfigError naming file, line and key."""
+    loader = _Loader(text)
+    loader.source = source
+    try:
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else 1
+        raise ConfigError([f"{source}:{line}: YAML syntax error: {exc.problem}"]) from None
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}:1: the configuration must be a YAML mapping"])
+    try:
+        config = GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_validation_problems(source, root, exc)) from None
+    problems = _cross_reference_problems(source, root, config)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read, parse and validate a configuration file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    return parse_config(text, str(path))

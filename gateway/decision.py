@@ -1,0 +1,118 @@
+"""The one decision path: normalise -> route -> token -> revocation -> scopes.
+
+The proxy, the forward-auth decision endpoint and the aiohttp middleware all call
+``Decider.decide``; none of them holds policy logic of its own.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
+
+from .policy import check_issuer, missing_scopes
+from .reasons import Reason
+from .revocation.store import RevocationStore
+from .routing import BadTarget, Route, RouteTable, Target, normalise_target
+from .tokens.token import TokenError, ValidatedToken, fingerprint
+from .tokens.validator import TokenValidator
+
+# RFC 6750 section 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+_BEARER = re.compile(r"^[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *$")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What the decision needs to know about a request, whichever shape it arrived in."""
+
+    method: str
+    raw_target: str
+    host: str
+    authorization: tuple[str, ...]  # every Authorization header value sent
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome, with everything the response, the audit record and the metrics need."""
+
+    reason: Reason
+    target: Target | None = None
+    route: Route | None = None
+    token: ValidatedToken | None = None
+    token_fingerprint: str | None = None
+    missing_scopes: frozenset[str] = frozenset()
+    allowed_methods: frozenset[str] = frozenset()
+
+    @property
+    def allowed(self) -> bool:
+        return self.reason.allowed
+
+
+def bearer_token(facts: RequestFacts, target: Target, route: Route) -> str | Reason:
+    """The bearer token (RFC 6750 section 2), or the reason there is none usable."""
+    query_token = _query_token(target.query) if target.query else None
+    if len(facts.authorization) > 1:
+        return Reason.MALFORMED_AUTHORIZATION
+    if facts.authorization:
+        if query_token is not None:
+            return Reason.MALFORMED_AUTHORIZATION  # RFC 6750 section 2: one method per request
+        value = facts.authorization[0]
+        match = _BEARER.match(value)
+        if match:
+            return match.group(1)
+        if value[:7].lower() == "bearer ":
+            return Reason.MALFORMED_AUTHORIZATION
+        return Reason.MISSING_TOKEN  # another scheme: challenge for a bearer token
+    if query_token is not None:
+        return query_token if route.allow_query_token else Reason.TOKEN_IN_QUERY
+    return Reason.MISSING_TOKEN
+
+
+def _query_token(query: str) -> str | None:
+    if "access_token" not in query:
+        return None
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name == "access_token":
+            return value
+    return None
+
+
+class Decider:
+    """Applies the policy to one request."""
+
+    def __init__(self, routes: RouteTable, validator: TokenValidator, revocation: RevocationStore) -> None:
+        self.routes = routes
+        self.validator = validator
+        self.revocation = revocation
+
+    async def decide(self, facts: RequestFacts) -> Decision:
+        try:
+            target = normalise_target(facts.raw_target)
+        except BadTarget:
+            return Decision(Reason.BAD_PATH)
+        match = self.routes.match(facts.host, facts.method, target.path)
+        if match.route is None:
+            reason = Reason.METHOD_NOT_ALLOWED if match.allowed_methods else Reason.NO_ROUTE
+            return Decision(reason, target, allowed_methods=match.allowed_methods)
+        route = match.route
+        if not route.auth_required:
+            return Decision(Reason.PUBLIC_ROUTE, target, route)
+        raw = bearer_token(facts, target, route)
+        if isinstance(raw, Reason):
+            return Decision(raw, target, route)
+        fp = fingerprint(raw)
+        try:
+            token = await self.validator.validate(raw, fp)
+        except TokenError as exc:
+            return Decision(exc.reason, target, route, token_fingerprint=fp)
+        return self._authorise(target, route, token)
+
+    def _authorise(self, target: Target, route: Route, token: ValidatedToken) -> Decision:
+        """Checks that depend on the route or may change at any time: never cached."""
+        refused = check_issuer(route, token) or self.revocation.check(token)
+        if refused is not None:
+            return Decision(refused, target, route, token, token.fingerprint)
+        missing = missing_scopes(route, token)
+        if missing:
+            return Decision(Reason.INSUFFICIENT_SCOPE, target, route, token, token.fingerprint, missing)
+        return Decision(Reason.ALLOWED, target, route, token, token.fingerprint)

@@ -1,0 +1,252 @@
+"""The streaming forwarder and its header rules.
+
+Bodies stream both ways in chunks (nothing is held whole in memory), hop-by-hop headers
+(RFC 9110 7.6.1, including those named in ``Connection``) are dropped, and the identity
+headers the upstream trusts are always set by the gateway, never passed from the client.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from .audit.record import Exchange
+from .config import GatewayConfig, IdentityHeaders, UpstreamConfig
+from .reasons import Reason
+from .tokens.token import ValidatedToken
+
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in ("Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection",
+              "TE", "Trailer", "Transfer-Encoding", "Upgrade", "Expect")
+)
+# set by the gateway for the upstream; whatever the client sent under these names is dropped
+FORWARDING_HEADERS = frozenset(
+    {"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-request-id"}
+)
+_CHUNK = 64 * 1024
+_SMALL_BODY = 64 * 1024
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class UpstreamFailure(Exception):
+    def __init__(self, reason: Reason) -> None:
+        super().__init__(reason.value)
+        self.reason = reason
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def hop_by_hop(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[str]:
+    """Fixed hop-by-hop headers plus every header named in ``Connection``."""
+    named = {
+        token.strip().lower()
+        for value in headers.getall("Connection", ())
+        for token in value.split(",")
+        if token.strip()
+    }
+    return HOP_BY_HOP | named if named else HOP_BY_HOP
+
+
+def client_address(peer: str, forwarded_for: str | None, trusted: list[IPNetwork]) -> str:
+    """The client IP: the peer, or the last untrusted hop of X-Forwarded-For when the peer is trusted."""
+    if not trusted or not forwarded_for or not is_trusted(peer, trusted):
+        return peer
+    for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
+        if not is_trusted(hop, trusted):
+            return hop if _is_ip(hop) else peer
+    return peer
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def is_trusted(address: str, trusted: list[IPNetwork]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardContext:
+    """Per-request facts the header rules need."""
+
+    client_ip: str
+    peer: str
+    peer_trusted: bool
+    scheme: str
+    host: str
+    request_id: str
+
+
+def upstream_headers(
+    incoming: CIMultiDictProxy[str], context: ForwardContext, upstream: Upstream,
+    token: ValidatedToken | None, identity: IdentityHeaders,
+) -> CIMultiDict[str]:
+    """Headers for the upstream request."""
+    dropped = hop_by_hop(incoming) | FORWARDING_HEADERS | {n.lower() for n in identity.names()}
+    if not upstream.config.forward_authorization:
+        dropped |= {"authorization"}
+    headers: CIMultiDict[str] = CIMultiDict(
+        (name, value) for name, value in incoming.items() if name.lower() not in dropped
+    )
+    # a trusted proxy's chain is kept and its own address added; otherwise the chain starts here
+    prior = incoming.get("X-Forwarded-For") if context.peer_trusted else None
+    headers["X-Forwarded-For"] = f"{prior}, {context.peer}" if prior else context.peer
+    headers["X-Forwarded-Proto"] = (context.peer_trusted and incoming.get("X-Forwarded-Proto")) or context.scheme
+    headers["X-Forwarded-Host"] = (context.peer_trusted and incoming.get("X-Forwarded-Host")) or context.host
+    headers["X-Request-Id"] = context.request_id
+    headers["Host"] = context.host if upstream.config.preserve_host else upstream.host_header
+    if token is not None:
+        headers[identity.subject] = token.subject or ""
+        headers[identity.client_id] = token.client_id or ""
+        headers[identity.scopes] = " ".join(sorted(token.scopes))
+    return headers
+
+
+def response_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    dropped = hop_by_hop(incoming)
+    return CIMultiDict((name, value) for name, value in incoming.items() if name.lower() not in dropped)
+
+
+class Upstream:
+    """One upstream service: its base URL and its keep-alive connection pool."""
+
+    def __init__(self, name: str, config: UpstreamConfig) -> None:
+        self.name = name
+        self.config = config
+        self.base = URL(config.url)
+        self.host_header = self.base.raw_host or ""
+        if self.base.port is not None and not self.base.is_default_port():
+            self.host_header += f":{self.base.port}"
+        self._base_path = self.base.raw_path.rstrip("/")
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self.config.max_connections, limit_per_host=self.config.max_connections,
+            keepalive_timeout=30, enable_cleanup_closed=False,
+        )
+        self.session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=self.config.connect_timeout, sock_read=self.config.timeout
+            ),
+        )
+
+    async def stop(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    def url(self, forward_target: str) -> URL:
+        return URL(f"{self.base.scheme}://{self.base.raw_authority}{self._base_path}{forward_target}", encoded=True)
+
+
+class Upstreams:
+    def __init__(self, config: GatewayConfig) -> None:
+        self.by_name = {name: Upstream(name, c) for name, c in config.upstreams.items()}
+
+    def __getitem__(self, name: str) -> Upstream:
+        return self.by_name[name]
+
+    async def start(self) -> None:
+        for upstream in self.by_name.values():
+            await upstream.start()
+
+    async def stop(self) -> None:
+        for upstream in self.by_name.values():
+            await upstream.stop()
+
+
+async def _body(request: web.BaseRequest, exchange: Exchange, limit: int) -> AsyncIterator[bytes]:
+    async for chunk in request.content.iter_chunked(_CHUNK):
+        exchange.bytes_in += len(chunk)
+        if exchange.bytes_in > limit:
+            raise BodyTooLarge
+        yield chunk
+
+
+def has_body(request: web.BaseRequest) -> bool:
+    return request.content_length not in (None, 0) or "chunked" in request.headers.get("Transfer-Encoding", "")
+
+
+async def forward(
+    request: web.BaseRequest, target: str, upstream: Upstream, headers: CIMultiDict[str],
+    exchange: Exchange, body_limit: int,
+) -> web.StreamResponse:
+    """Send the request upstream and stream the answer back to the client."""
+    assert upstream.session is not None
+    data = _body(request, exchange, body_limit) if has_body(request) else None
+    started = time.monotonic()
+    try:
+        upstream_response = await upstream.session.request(
+            request.method, upstream.url(target), headers=headers, data=data, allow_redirects=False,
+            compress=None, chunked=None,
+        )
+    except BodyTooLarge:
+        raise
+    except (TimeoutError, aiohttp.ServerTimeoutError):
+        raise UpstreamFailure(Reason.UPSTREAM_TIMEOUT) from None
+    except aiohttp.ClientError:
+        raise UpstreamFailure(Reason.UPSTREAM_UNAVAILABLE) from None
+    exchange.upstream_ms = (time.monotonic() - started) * 1000
+    try:
+        return await _relay(request, upstream_response, exchange)
+    finally:
+        upstream_response.release()
+
+
+async def _relay(
+    request: web.BaseRequest, upstream_response: aiohttp.ClientResponse, exchange: Exchange
+) -> web.StreamResponse:
+    headers = response_headers(upstream_response.headers)
+    headers["X-Request-Id"] = exchange.request_id
+    length = upstream_response.content_length
+    if request.method == "HEAD" or (length is not None and length <= _SMALL_BODY):
+        # small answers go out in one write: head and body together
+        body = b"" if request.method == "HEAD" else await _read_small(upstream_response)
+        exchange.bytes_out = len(body)
+        response = web.Response(status=upstream_response.status, reason=upstream_response.reason, headers=headers)
+        if request.method != "HEAD":
+            response.body = body
+        return response
+    stream = web.StreamResponse(status=upstream_response.status, reason=upstream_response.reason, headers=headers)
+    await stream.prepare(request)
+    try:
+        async for chunk in upstream_response.content.iter_chunked(_CHUNK):
+            await stream.write(chunk)
+            exchange.bytes_out += len(chunk)
+    except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+        # the head is already out: the only honest signal left is to cut the connection
+        if request.transport is not None:
+            request.transport.close()
+        raise UpstreamFailure(Reason.UPSTREAM_UNAVAILABLE) from None
+    await stream.write_eof()
+    return stream
+
+
+async def _read_small(upstream_response: aiohttp.ClientResponse) -> bytes:
+    try:
+        return await upstream_response.read()
+    except TimeoutError:
+        raise UpstreamFailure(Reason.UPSTREAM_TIMEOUT) from None
+    except aiohttp.ClientError:
+        raise UpstreamFailure(Reason.UPSTREAM_UNAVAILABLE) from None

@@ -1,0 +1,102 @@
+"""The decision reasons: one set shared by HTTP errors, audit records and metric labels.
+
+A reason added here shows up in all three places, so an operator reading a metric,
+a responder reading the audit trail and a client reading an error see the same word.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Reason(str, Enum):
+    """Why a request was allowed or denied.
+
+    Each member carries the HTTP status of the denial and the RFC 6750 error code
+    (empty when the RFC says none should be sent, e.g. a request without a token).
+    """
+
+    def __new__(cls, label: str, status: int, error: str, message: str) -> Reason:
+        member = str.__new__(cls, label)
+        member._value_ = label
+        member.status = status
+        member.error = error
+        member.message = message
+        return member
+
+    status: int
+    error: str
+    message: str
+
+    # allowed
+    ALLOWED = ("allowed", 200, "", "")
+    PUBLIC_ROUTE = ("public_route", 200, "", "")
+
+    # request shape
+    BAD_PATH = ("bad_path", 400, "invalid_request", "the request target is malformed or ambiguous")
+    NO_ROUTE = ("no_route", 404, "not_found", "no route matches this request")
+    METHOD_NOT_ALLOWED = ("method_not_allowed", 405, "method_not_allowed", "method not allowed on this route")
+    BODY_TOO_LARGE = ("body_too_large", 413, "payload_too_large", "request body too large")
+
+    # bearer token presence (RFC 6750 section 2 and 3.1)
+    MISSING_TOKEN = ("missing_token", 401, "", "a bearer token is required")
+    MALFORMED_AUTHORIZATION = (
+        "malformed_authorization", 400, "invalid_request", "the Authorization header is not a single Bearer token",
+    )
+    TOKEN_IN_QUERY = (
+        "token_not_in_header", 400, "invalid_request", "bearer tokens are accepted in the Authorization header only",
+    )
+
+    # token validity (all RFC 6750 invalid_token)
+    INVALID_TOKEN = ("invalid_token", 401, "invalid_token", "the access token is invalid")
+    TOKEN_EXPIRED = ("token_expired", 401, "invalid_token", "the access token expired")
+    TOKEN_NOT_YET_VALID = ("token_not_yet_valid", 401, "invalid_token", "the access token is not valid yet")
+    WRONG_AUDIENCE = ("wrong_audience", 401, "invalid_token", "the access token is not meant for this API")
+    UNKNOWN_ISSUER = ("unknown_issuer", 401, "invalid_token", "the access token's issuer is not trusted")
+    DISALLOWED_ALGORITHM = ("disallowed_algorithm", 401, "invalid_token", "the access token is invalid")
+    UNKNOWN_KEY = ("unknown_key", 401, "invalid_token", "the access token is invalid")
+    BAD_SIGNATURE = ("bad_signature", 401, "invalid_token", "the access token is invalid")
+    WRONG_TOKEN_TYPE = ("wrong_token_type", 401, "invalid_token", "the token is not an access token")
+    INACTIVE_TOKEN = ("inactive_token", 401, "invalid_token", "the access token is not active")
+    REVOKED_TOKEN = ("revoked_token", 401, "invalid_token", "the access token was revoked")
+    REVOKED_FAMILY = ("revoked_family", 401, "invalid_token", "the access token was revoked")
+    REVOKED_SUBJECT = ("revoked_subject", 401, "invalid_token", "the access token was revoked")
+    REVOKED_CLIENT = ("revoked_client", 401, "invalid_token", "the access token was revoked")
+
+    # scope policy
+    INSUFFICIENT_SCOPE = ("insufficient_scope", 403, "insufficient_scope", "the access token lacks a required scope")
+
+    # dependencies down: fail closed
+    JWKS_UNAVAILABLE = ("jwks_unavailable", 503, "temporarily_unavailable", "token keys are unavailable")
+    INTROSPECTION_UNAVAILABLE = (
+        "introspection_unavailable", 503, "temporarily_unavailable", "token introspection is unavailable",
+    )
+    REVOCATION_UNAVAILABLE = (
+        "revocation_unavailable", 503, "temporarily_unavailable", "the revocation list is unavailable",
+    )
+    SHUTTING_DOWN = ("shutting_down", 503, "temporarily_unavailable", "the gateway is shutting down")
+
+    # upstream
+    UPSTREAM_UNAVAILABLE = ("upstream_unavailable", 502, "bad_gateway", "the upstream service is unavailable")
+    UPSTREAM_TIMEOUT = ("upstream_timeout", 504, "gateway_timeout", "the upstream service timed out")
+    CLIENT_DISCONNECTED = ("client_disconnected", 499, "", "")
+
+    @property
+    def allowed(self) -> bool:
+        """True when the policy let the request through (even if the upstream then failed)."""
+        return self in _PASSED_POLICY
+
+    @property
+    def decision(self) -> str:
+        return "allow" if self.allowed else "deny"
+
+    @property
+    def is_token_error(self) -> bool:
+        """Denials that RFC 6750 answers with 401 and a WWW-Authenticate challenge."""
+        return self.status == 401
+
+
+_PASSED_POLICY = frozenset(
+    {Reason.ALLOWED, Reason.PUBLIC_ROUTE, Reason.UPSTREAM_UNAVAILABLE, Reason.UPSTREAM_TIMEOUT,
+     Reason.CLIENT_DISCONNECTED}
+)

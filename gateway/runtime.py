@@ -1,0 +1,143 @@
+"""One running gateway: the parts built from a configuration and the outcome of each request.
+
+``Pipeline`` holds everything derived from one configuration file (routes, token
+validation, upstream pools) and is swapped whole on a reload. ``Gateway`` owns what
+outlives a reload (revocation list, audit writer) and records every request's outcome:
+one audit record and the metrics, whatever the mode (proxy, decision endpoint, middleware).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from . import metrics
+from .audit.record import Exchange, audit_record
+from .audit.writer import AuditWriter
+from .config import HTTP_METHODS, GatewayConfig
+from .decision import Decider, Decision
+from .proxy import Upstreams
+from .revocation.entries import Entry
+from .revocation.store import RevocationStore, build_store
+from .routing import RouteTable
+from .tokens.validator import TokenValidator
+
+log = logging.getLogger("gateway")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_METHODS = frozenset(HTTP_METHODS)
+
+Detector = Any  # audit/detection.py provides it; kept loose to avoid an import cycle
+
+
+def request_id(incoming: str | None) -> str:
+    """Propagate a well-formed X-Request-Id, otherwise make one."""
+    if incoming and _REQUEST_ID.match(incoming):
+        return incoming
+    return os.urandom(12).hex()
+
+
+@dataclass
+class Pipeline:
+    """Everything built from one configuration; replaced as a unit on reload."""
+
+    config: GatewayConfig
+    routes: RouteTable
+    validator: TokenValidator
+    decider: Decider
+    upstreams: Upstreams
+    session: aiohttp.ClientSession
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    async def stop(self) -> None:
+        await self.validator.stop()
+        await self.upstreams.stop()
+        await self.session.close()
+
+
+async def build_pipeline(config: GatewayConfig, revocation: RevocationStore) -> Pipeline:
+    """Build and start the parts of one configuration (JWKS loads, introspection clients)."""
+    session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+    routes = RouteTable(config.routes)
+    validator = TokenValidator(config, session)
+    _add_introspectors(config, validator, session)
+    upstreams = Upstreams(config)
+    pipeline = Pipeline(config, routes, validator, Decider(routes, validator, revocation), upstreams, session)
+    await upstreams.start()
+    await validator.start()
+    return pipeline
+
+
+def _add_introspectors(config: GatewayConfig, validator: TokenValidator, session: aiohttp.ClientSession) -> None:
+    issuers = [i for i in config.issuers if i.introspection is not None]
+    if not issuers:
+        return
+    from .tokens.introspection import Introspector  # only loaded when an issuer introspects
+
+    for issuer in issuers:
+        validator.add_introspector(Introspector(issuer, session, validator.keys.get(issuer.issuer)))
+
+
+class Gateway:
+    """A gateway instance: pipeline, revocation list, audit writer and outcome recording."""
+
+    def __init__(self, config: GatewayConfig, config_path: str | None = None) -> None:
+        self.config_path = config_path
+        self.initial_config = config
+        self.revocation = build_store(config.revocation)
+        self.audit = AuditWriter(config.audit)
+        self.pipeline: Pipeline | None = None
+        self.detector: Detector | None = None
+        self.draining = False
+        self.revocation.on_revoke(self._drop_cached)
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self.pipeline.config if self.pipeline is not None else self.initial_config
+
+    async def start(self) -> None:
+        await self.audit.start()
+        await self.revocation.start()
+        self.pipeline = await build_pipeline(self.initial_config, self.revocation)
+
+    async def stop(self) -> None:
+        if self.pipeline is not None:
+            await self.pipeline.stop()
+        await self.revocation.stop()
+        await self.audit.stop()
+
+    def readiness(self) -> dict[str, bool]:
+        """What /readyz reports; ready when every value is true."""
+        pipeline = self.pipeline
+        return {
+            "accepting": not self.draining,
+            "jwks_loaded": pipeline is not None and pipeline.validator.ready,
+            "revocation_synced": self.revocation.ready,
+        }
+
+    def _drop_cached(self, entry: Entry) -> None:
+        if self.pipeline is not None:
+            matches = self.revocation.list.matcher_for(entry)
+            self.pipeline.validator.cache.discard_where(matches)
+
+    def record(self, exchange: Exchange, decision: Decision) -> None:
+        """Write the audit record and count the metrics of one finished request."""
+        duration = time.monotonic() - exchange.started_mono
+        suspicious = self.detector.observe(exchange, decision) if self.detector is not None else None
+        self.audit.write(
+            audit_record(exchange, decision, duration * 1000, self.revocation.list.family_claim, suspicious)
+        )
+        route = decision.route.name if decision.route is not None else ""
+        method = exchange.method if exchange.method in _METHODS else "OTHER"
+        metrics.REQUESTS.labels(
+            route, method, str(exchange.status), decision.reason.decision, decision.reason.value
+        ).inc()
+        metrics.REQUEST_DURATION.labels(route).observe(duration)
+        if exchange.upstream_ms is not None and decision.route is not None:
+            metrics.UPSTREAM_DURATION.labels(decision.route.upstream).observe(exchange.upstream_ms / 1000)

@@ -1,0 +1,206 @@
+"""The aiohttp applications (proxy, admin) and their lifecycle.
+
+Follow one request: ``ProxyHandler.__call__`` builds the facts, ``Decider.decide``
+(decision.py) applies the policy, ``proxy.forward`` streams it to the upstream, and
+``Gateway.record`` (runtime.py) writes the audit record and the metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+
+import orjson
+from aiohttp import web
+
+from . import metrics
+from .audit.record import Exchange
+from .config import Address, GatewayConfig
+from .decision import Decision, RequestFacts
+from .proxy import BodyTooLarge, ForwardContext, UpstreamFailure, client_address, forward, is_trusted
+from .proxy import upstream_headers as build_upstream_headers
+from .reasons import Reason
+from .responses import denial_response
+from .runtime import Gateway, request_id
+
+log = logging.getLogger("gateway.server")
+
+
+def new_exchange(request: web.BaseRequest, config: GatewayConfig, mode: str) -> tuple[Exchange, str]:
+    """The exchange record of a request, and its direct peer address."""
+    peer = request.remote or ""
+    headers = request.headers
+    exchange = Exchange(
+        started=time.time(), started_mono=time.monotonic(),
+        request_id=request_id(headers.get("X-Request-Id")),
+        client_ip=client_address(peer, headers.get("X-Forwarded-For"), config.trusted_proxies),
+        method=request.method, host=headers.get("Host", ""), raw_path=request.raw_path,
+        user_agent=headers.get("User-Agent", ""), mode=mode,
+    )
+    return exchange, peer
+
+
+def facts_of(request: web.BaseRequest) -> RequestFacts:
+    return RequestFacts(
+        method=request.method, raw_target=request.raw_path, host=request.headers.get("Host", ""),
+        authorization=tuple(request.headers.getall("Authorization", ())),
+    )
+
+
+class ProxyHandler:
+    """The public port: decide, then forward or deny."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        gateway = self.gateway
+        pipeline = gateway.pipeline
+        assert pipeline is not None
+        config = pipeline.config
+        exchange, peer = new_exchange(request, config, "proxy")
+        decision = await pipeline.decider.decide(facts_of(request))
+        if decision.allowed:
+            decision, response = await self._forward(request, decision, exchange, peer)
+        else:
+            response = denial_response(decision, config.realm, exchange.request_id)
+        exchange.status = response.status
+        if exchange.bytes_out == 0 and isinstance(response, web.Response) and response.body is not None:
+            exchange.bytes_out = response.content_length or 0
+        gateway.record(exchange, decision)
+        return response
+
+    async def _forward(
+        self, request: web.BaseRequest, decision: Decision, exchange: Exchange, peer: str
+    ) -> tuple[Decision, web.StreamResponse]:
+        pipeline = self.gateway.pipeline
+        assert pipeline is not None and decision.route is not None and decision.target is not None
+        config = pipeline.config
+        limit = decision.route.max_body_size or config.max_body_size
+        if request.content_length is not None and request.content_length > limit:
+            return self._deny(decision, Reason.BODY_TOO_LARGE, exchange, config)
+        upstream = pipeline.upstreams[decision.route.upstream]
+        context = ForwardContext(
+            client_ip=exchange.client_ip, peer=peer, peer_trusted=is_trusted(peer, config.trusted_proxies),
+            scheme="https" if request.secure else "http", host=exchange.host, request_id=exchange.request_id,
+        )
+        headers = build_upstream_headers(request.headers, context, upstream, decision.token, config.identity_headers)
+        try:
+            return decision, await forward(request, decision.target.forward, upstream, headers, exchange, limit)
+        except UpstreamFailure as failure:
+            return self._deny(decision, failure.reason, exchange, config)
+        except (BodyTooLarge, ConnectionError, OSError) as exc:
+            if exchange.bytes_in > limit or isinstance(exc, BodyTooLarge):
+                return self._deny(decision, Reason.BODY_TOO_LARGE, exchange, config)
+            return self._deny(decision, Reason.UPSTREAM_UNAVAILABLE, exchange, config)
+
+    @staticmethod
+    def _deny(
+        decision: Decision, reason: Reason, exchange: Exchange, config: GatewayConfig
+    ) -> tuple[Decision, web.StreamResponse]:
+        decision = replace(decision, reason=reason)
+        return decision, denial_response(decision, config.realm, exchange.request_id)
+
+
+# --- admin ---------------------------------------------------------------------------------
+
+
+def admin_app(gateway: Gateway) -> web.Application:
+    """/metrics, /healthz and /readyz; kept off the public port."""
+    app = web.Application()
+
+    async def metrics_view(_: web.Request) -> web.Response:
+        body, content_type = metrics.render_latest()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"}, dumps=lambda o: orjson.dumps(o).decode())
+
+    async def readyz(_: web.Request) -> web.Response:
+        checks = gateway.readiness()
+        ready = all(checks.values())
+        return web.Response(
+            status=200 if ready else 503, body=orjson.dumps({"ready": ready, **checks}),
+            content_type="application/json",
+        )
+
+    app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app["gateway"] = gateway
+    return app
+
+
+# --- lifecycle -----------------------------------------------------------------------------
+
+AdminHook = Callable[[web.Application, Gateway], None]
+ADMIN_HOOKS: list[AdminHook] = []  # other modules (revocation intake) add admin routes here
+
+
+class Server:
+    """Runs the gateway's listeners until asked to stop, then drains."""
+
+    def __init__(self, gateway: Gateway, reuse_port: bool = False) -> None:
+        self.gateway = gateway
+        self.reuse_port = reuse_port
+        self.runners: list[web.BaseRunner] = []
+        self.ports: dict[str, int] = {}  # listener name -> bound port (useful with port 0)
+        self.stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        gateway = self.gateway
+        await gateway.start()
+        config = gateway.config
+        grace = config.shutdown_grace
+        proxy = web.Server(ProxyHandler(gateway), access_log=None, handler_cancellation=False)
+        proxy_runner = web.ServerRunner(proxy, shutdown_timeout=grace, handle_signals=False)
+        await self._listen("proxy", proxy_runner, config.listen)
+        admin = admin_app(gateway)
+        for hook in ADMIN_HOOKS:
+            hook(admin, gateway)
+        await self._listen("admin", web.AppRunner(admin, access_log=None, shutdown_timeout=1.0), config.admin_listen)
+        for extra in EXTRA_LISTENERS:
+            await extra(self)
+        log.info("gateway listening", extra={"listen": str(config.listen), "admin": str(config.admin_listen)})
+
+    async def _listen(self, name: str, runner: web.BaseRunner, address: Address) -> None:
+        await runner.setup()
+        site = web.TCPSite(runner, address.host, address.port, reuse_port=self.reuse_port or None)
+        await site.start()
+        self.runners.append(runner)
+        self.ports[name] = runner.addresses[0][1]
+
+    async def listen(self, name: str, runner: web.BaseRunner, address: Address) -> None:
+        """Start another listener (the forward-auth decision port) with the same lifecycle."""
+        await self._listen(name, runner, address)
+
+    async def stop(self) -> None:
+        """Fail readiness at once, stop accepting, let in-flight requests finish, then close."""
+        self.gateway.draining = True
+        for runner in self.runners:
+            await runner.cleanup()
+        await self.gateway.stop()
+        self.stopped.set()
+
+
+ExtraListener = Callable[[Server], Awaitable[None]]
+EXTRA_LISTENERS: list[ExtraListener] = []
+
+
+async def serve(gateway: Gateway, reuse_port: bool = False) -> None:
+    """Run until SIGTERM or SIGINT, then drain and return (exit status 0)."""
+    server = Server(gateway, reuse_port)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down", extra={"grace_seconds": gateway.config.shutdown_grace})
+    await server.stop()

@@ -1,0 +1,139 @@
+"""Turns a raw bearer token into a ValidatedToken: cache, then JWT or introspection.
+
+Routing of a token to an issuer:
+1. a JWT goes to the issuer named by its (unverified) ``iss``; that issuer verifies it
+   with its own keys, or introspects it when it says ``validation: introspection``;
+2. any other token goes to introspection: first the issuer whose ``token_prefix``
+   starts the token, otherwise the issuers that introspect, in configured order,
+   until one answers ``active: true``.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, Protocol
+
+import aiohttp
+import jwt
+import orjson
+
+from .. import metrics
+from ..config import GatewayConfig
+from ..reasons import Reason
+from .cache import ExpiringCache
+from .jwks import IssuerKeys
+from .jwt import JwtValidator
+from .token import TokenError, ValidatedToken, fingerprint
+
+
+class Introspector(Protocol):
+    """What the validator needs from an RFC 7662 introspection client (tokens/introspection.py)."""
+
+    issuer: str
+    token_prefix: str | None
+
+    async def introspect(self, raw: str, fp: str) -> ValidatedToken: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def jwt_parts(raw: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """Header and unverified payload when ``raw`` is shaped like a JWS compact token, else None."""
+    if raw.count(".") != 2:
+        return None
+    try:
+        header = jwt.get_unverified_header(raw)
+        payload_segment = raw.split(".", 2)[1]
+        payload = orjson.loads(base64.urlsafe_b64decode(payload_segment + "=" * (-len(payload_segment) % 4)))
+    except (jwt.PyJWTError, ValueError, TypeError, orjson.JSONDecodeError):
+        return None
+    if not isinstance(payload, dict):
+        return None
+    return header, payload
+
+
+class TokenValidator:
+    """Validates bearer tokens for every configured issuer; keys are never shared between issuers."""
+
+    def __init__(self, config: GatewayConfig, session: aiohttp.ClientSession) -> None:
+        self.keys = {i.issuer: IssuerKeys(i, session) for i in config.issuers if i.validation == "jwt"}
+        self.jwt = {name: JwtValidator(keys.config, keys) for name, keys in self.keys.items()}
+        self.introspectors: dict[str, Introspector] = {}
+        self.cache: ExpiringCache[ValidatedToken] = ExpiringCache(
+            "verified_token", config.verified_token_cache_size, lambda t: t.expires_at
+        )
+
+    def add_introspector(self, introspector: Introspector) -> None:
+        self.introspectors[introspector.issuer] = introspector
+
+    @property
+    def ready(self) -> bool:
+        """True once every JWT issuer has keys."""
+        return all(keys.loaded for keys in self.keys.values())
+
+    async def start(self) -> None:
+        for keys in self.keys.values():
+            await keys.start()
+        for introspector in self.introspectors.values():
+            await introspector.start()
+
+    async def stop(self) -> None:
+        for keys in self.keys.values():
+            await keys.stop()
+        for introspector in self.introspectors.values():
+            await introspector.stop()
+
+    async def validate(self, raw: str, fp: str | None = None) -> ValidatedToken:
+        """The validated token, from the cache when this exact token was verified before."""
+        fp = fp or fingerprint(raw)
+        cached = self.cache.get(fp)
+        if cached is not None:
+            return cached
+        token = await self._validate_uncached(raw, fp)
+        self.cache.put(fp, token)
+        return token
+
+    async def _validate_uncached(self, raw: str, fp: str) -> ValidatedToken:
+        parts = jwt_parts(raw)
+        if parts is None:
+            return await self._introspect_opaque(raw, fp)
+        header, payload = parts
+        issuer = payload.get("iss")
+        known = isinstance(issuer, str) and (issuer in self.jwt or issuer in self.introspectors)
+        label = str(issuer) if known else "unknown"
+        try:
+            if isinstance(issuer, str) and issuer in self.jwt:
+                token = await self.jwt[issuer].validate(raw, header, fp)
+            elif isinstance(issuer, str) and issuer in self.introspectors:
+                token = await self.introspectors[issuer].introspect(raw, fp)
+            else:
+                raise TokenError(Reason.UNKNOWN_ISSUER, "the token names no trusted issuer")
+        except TokenError as exc:
+            metrics.TOKEN_VALIDATIONS.labels(label, exc.reason.value).inc()
+            raise
+        metrics.TOKEN_VALIDATIONS.labels(label, "valid").inc()
+        return token
+
+    async def _introspect_opaque(self, raw: str, fp: str) -> ValidatedToken:
+        candidates = [i for i in self.introspectors.values() if i.token_prefix and raw.startswith(i.token_prefix)]
+        if not candidates:
+            candidates = [i for i in self.introspectors.values() if not i.token_prefix]
+        if not candidates:
+            metrics.TOKEN_VALIDATIONS.labels("unknown", Reason.INVALID_TOKEN.value).inc()
+            raise TokenError(Reason.INVALID_TOKEN, "not a JWT and no issuer introspects tokens")
+        failure: TokenError | None = None
+        for introspector in candidates:
+            try:
+                token = await introspector.introspect(raw, fp)
+            except TokenError as exc:
+                metrics.TOKEN_VALIDATIONS.labels(introspector.issuer, exc.reason.value).inc()
+                # an outage must not be hidden by a later issuer's "inactive": fail closed with 503
+                if failure is None or exc.reason is Reason.INTROSPECTION_UNAVAILABLE:
+                    failure = exc
+                continue
+            metrics.TOKEN_VALIDATIONS.labels(introspector.issuer, "valid").inc()
+            return token
+        assert failure is not None
+        raise failure

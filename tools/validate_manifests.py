@@ -1,0 +1,491 @@
+#!/usr/bin/env python3
+"""Validate rendered tokengate manifests offline.
+
+usage: validate_manifests.py [--kube-version 1.30.0] [--dump-configs DIR] FILE...
+
+Each FILE is one `helm template` output. Three kinds of checks, each printed as
+"ok" or "FAIL", then one closing line "manifests: N passed, N failed":
+
+1. Kubernetes JSON schemas (kubernetes-validate, strict: unknown fields are
+   errors). An apiVersion/kind with no schema for the Kubernetes version (a
+   removed API such as policy/v1beta1) is an error too, except the Prometheus
+   Operator kinds, which are checked with the cloudcoil pydantic models.
+2. The chart's own rules: the hardening the chart promises (non-root, read-only
+   root filesystem, no privilege escalation, capabilities dropped, seccomp), the
+   probes, the grace period against shutdown_grace, the config file's shape and
+   its listen ports against the container ports, and that every selector and
+   port name refers to something that exists in the same render.
+3. The Grafana dashboard JSON and the metric names used by alerts and panels.
+
+--dump-configs DIR writes each rendered gateway.yaml to DIR, for
+`gateway check-config`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import kubernetes_validate as kv
+import yaml
+
+CRD_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+}
+
+# The keys the gateway accepts in its config file, by section.
+CONFIG_KEYS = {
+    "listen", "admin_listen", "decision_listen", "workers", "shutdown_grace", "trusted_proxies",
+    "max_body_size", "issuers", "upstreams", "routes", "audit", "revocation",
+}
+CONFIG_REQUIRED = {"listen", "admin_listen", "issuers", "upstreams", "routes"}
+ISSUER_KEYS = {"issuer", "audiences", "algorithms", "leeway", "jwks_uri", "require_typ", "validation", "introspection"}
+INTROSPECTION_KEYS = {"endpoint", "client_id", "client_secret", "auth_method", "cache_ttl", "negative_cache_ttl", "timeout"}
+UPSTREAM_KEYS = {"url", "timeout"}
+ROUTE_KEYS = {"name", "path", "path_prefix", "host", "methods", "upstream", "scopes", "any_scopes", "auth"}
+AUDIT_KEYS = {"sink", "path"}
+REVOCATION_KEYS = {"redis_url", "key_prefix", "family_claim", "max_staleness"}
+
+# Metrics the gateway exports (histograms add _bucket, _sum, _count).
+METRICS = {
+    "gateway_requests_total", "gateway_request_duration_seconds", "gateway_upstream_duration_seconds",
+    "gateway_token_validations_total", "gateway_jwks_refresh_total", "gateway_revocation_redis_up",
+    "gateway_revocation_notification_lag_seconds", "gateway_revocation_entries",
+    "gateway_config_reload_total", "gateway_suspicious_token_use_total",
+}
+HISTOGRAMS = {"gateway_request_duration_seconds", "gateway_upstream_duration_seconds"}
+REQUIRED_ALERTS = {
+    "TokengateInvalidTokenRateHigh", "TokengateInsufficientScopeSpike", "TokengateJWKSRefreshFailing",
+    "TokengateUpstream5xxRatioHigh",
+}
+REDIS_ALERTS = {"TokengateRevocationRedisDown", "TokengateRevocationNotificationLag"}
+UID = 10001
+
+
+class Report:
+    def __init__(self) -> None:
+        self.passed = 0
+        self.failed = 0
+
+    def ok(self, what: str, note: str = "") -> None:
+        self.passed += 1
+        print(f"ok   {what}{': ' + note if note else ''}")
+
+    def fail(self, what: str, why: str) -> None:
+        self.failed += 1
+        print(f"FAIL {what}: {why}")
+
+    def check(self, what: str, fn: Callable[[], None]) -> None:
+        """Run fn; an AssertionError (or any error) is a failure with its message."""
+        try:
+            fn()
+        except AssertionError as e:
+            self.fail(what, str(e) or "assertion failed")
+        except Exception as e:  # noqa: BLE001 - report anything a check trips over
+            self.fail(what, f"{type(e).__name__}: {e}")
+        else:
+            self.ok(what)
+
+
+def duration_seconds(text: str) -> float:
+    m = re.fullmatch(r"(\d+)(ms|s|m|h)", str(text))
+    assert m, f"not a duration: {text!r}"
+    return int(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+def port_of(listen: str) -> int:
+    return int(str(listen).rsplit(":", 1)[1])
+
+
+def check_crd(doc: dict[str, Any]) -> str:
+    try:
+        from cloudcoil.models.prometheus_operator import v1 as mon
+    except ImportError:
+        return "skipped (no CRD models installed)"
+    getattr(mon, doc["kind"]).model_validate(doc)
+    return "ok (prometheus-operator models)"
+
+
+def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def only_keys(where: str, d: Any, allowed: set[str]) -> None:
+    assert isinstance(d, dict), f"{where}: expected a mapping, got {type(d).__name__}"
+    extra = set(d) - allowed
+    assert not extra, f"{where}: keys the gateway does not accept: {sorted(extra)}"
+
+
+class Render:
+    """One `helm template` output and the chart rules that apply to it."""
+
+    def __init__(self, path: str, docs: list[dict[str, Any]]) -> None:
+        self.path = path
+        self.docs = docs
+
+    def of_kind(self, kind: str) -> Iterator[dict[str, Any]]:
+        return (d for d in self.docs if d.get("kind") == kind)
+
+    def one(self, kind: str, pred: Callable[[dict[str, Any]], bool] = lambda d: True) -> dict[str, Any]:
+        found = [d for d in self.of_kind(kind) if pred(d)]
+        assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+        return found[0]
+
+    # --- the pieces the rules look at -------------------------------------------
+    @property
+    def deployment(self) -> dict[str, Any]:
+        return self.one("Deployment")
+
+    @property
+    def pod(self) -> dict[str, Any]:
+        return self.deployment["spec"]["template"]
+
+    @property
+    def gateway_container(self) -> dict[str, Any]:
+        return next(c for c in self.pod["spec"]["containers"] if c["name"] == "gateway")
+
+    @property
+    def config_map(self) -> dict[str, Any]:
+        return self.one("ConfigMap", lambda d: "gateway.yaml" in (d.get("data") or {}))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return yaml.safe_load(self.config_map["data"]["gateway.yaml"])
+
+    # --- rules ---------------------------------------------------------------------
+    def rules(self) -> list[tuple[str, Callable[[], None]]]:
+        r = [
+            ("pod security context", self.rule_pod_security),
+            ("container security context", self.rule_container_security),
+            ("probes on the admin port", self.rule_probes),
+            ("resources set", self.rule_resources),
+            ("grace period > preStop + shutdown_grace", self.rule_grace),
+            ("writable paths are emptyDirs", self.rule_volumes),
+            ("config mounted at /etc/gateway", self.rule_config_mount),
+            ("secrets come from Secret references", self.rule_secret_env),
+            ("service account token not mounted", self.rule_service_account),
+            ("topology spread", self.rule_topology_spread),
+            ("gateway.yaml shape", self.rule_config_shape),
+            ("listen ports = container ports", self.rule_listen_ports),
+            ("routes name known upstreams", self.rule_routes_upstreams),
+            ("checksum annotation", self.rule_checksum),
+            ("Service ports and selector", self.rule_services),
+        ]
+        kinds = {d["kind"] for d in self.docs}
+        if "HorizontalPodAutoscaler" in kinds:
+            r.append(("HPA targets the Deployment", self.rule_hpa))
+        if "PodDisruptionBudget" in kinds:
+            r.append(("PDB selects the pods", self.rule_pdb))
+        if "NetworkPolicy" in kinds:
+            r.append(("NetworkPolicy selects the pods, admin port restricted", self.rule_network_policy))
+        if "ServiceMonitor" in kinds:
+            r.append(("ServiceMonitor selects the admin Service", self.rule_service_monitor))
+        if "PrometheusRule" in kinds:
+            r.append(("PrometheusRule alerts and metric names", self.rule_prometheus_rule))
+        if "Ingress" in kinds:
+            r.append(("Ingress backends exist", self.rule_ingress))
+        if any(d["kind"] == "ConfigMap" and "grafana_dashboard" in d["metadata"].get("labels", {}) for d in self.docs):
+            r.append(("Grafana dashboard", self.rule_dashboard))
+        return r
+
+    def rule_pod_security(self) -> None:
+        sc = self.pod["spec"].get("securityContext") or {}
+        assert sc.get("runAsNonRoot") is True, "runAsNonRoot is not true"
+        assert sc.get("runAsUser") == UID, f"runAsUser is {sc.get('runAsUser')}, want {UID}"
+        assert (sc.get("seccompProfile") or {}).get("type") == "RuntimeDefault", "seccompProfile is not RuntimeDefault"
+
+    def rule_container_security(self) -> None:
+        for c in self.pod["spec"]["containers"]:
+            sc = c.get("securityContext") or {}
+            n = c["name"]
+            assert sc.get("readOnlyRootFilesystem") is True, f"{n}: readOnlyRootFilesystem is not true"
+            assert sc.get("allowPrivilegeEscalation") is False, f"{n}: allowPrivilegeEscalation is not false"
+            assert "ALL" in ((sc.get("capabilities") or {}).get("drop") or []), f"{n}: capabilities.drop lacks ALL"
+            assert sc.get("runAsNonRoot", True) is True, f"{n}: runAsNonRoot is false"
+        sc = self.gateway_container["securityContext"]
+        assert sc.get("runAsUser") == UID, f"gateway: runAsUser is {sc.get('runAsUser')}"
+        assert (sc.get("seccompProfile") or {}).get("type") == "RuntimeDefault", "gateway: seccompProfile"
+
+    def rule_probes(self) -> None:
+        c = self.gateway_container
+        for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+            get = (c.get(probe) or {}).get("httpGet") or {}
+            assert get.get("path") == path, f"{probe} path is {get.get('path')}, want {path}"
+            assert get.get("port") == "admin", f"{probe} port is {get.get('port')}, want admin"
+
+    def rule_resources(self) -> None:
+        for c in self.pod["spec"]["containers"]:
+            res = c.get("resources") or {}
+            assert (res.get("requests") or {}).get("memory"), f"{c['name']}: no memory request"
+            assert (res.get("limits") or {}).get("memory"), f"{c['name']}: no memory limit"
+        assert (self.gateway_container["resources"]["requests"]).get("cpu"), "gateway: no cpu request"
+
+    def rule_grace(self) -> None:
+        grace = duration_seconds(self.config.get("shutdown_grace", "20s"))
+        pre = 0
+        cmd = ((self.gateway_container.get("lifecycle") or {}).get("preStop") or {}).get("exec", {}).get("command")
+        if cmd and cmd[0] == "sleep":
+            pre = int(cmd[1])
+        tgps = self.pod["spec"].get("terminationGracePeriodSeconds", 30)
+        assert tgps > pre + grace, f"terminationGracePeriodSeconds {tgps} <= preStop {pre}s + shutdown_grace {grace}s"
+
+    def rule_volumes(self) -> None:
+        vols = {v["name"]: v for v in self.pod["spec"].get("volumes", [])}
+        mounts = {m["mountPath"]: m["name"] for m in self.gateway_container.get("volumeMounts", [])}
+        assert "/tmp" in mounts and "emptyDir" in vols[mounts["/tmp"]], "/tmp is not an emptyDir"
+        env = {e["name"]: e.get("value") for e in self.gateway_container.get("env", [])}
+        if int(self.config.get("workers", 1)) > 1:
+            d = env.get("PROMETHEUS_MULTIPROC_DIR")
+            assert d, "workers > 1 but PROMETHEUS_MULTIPROC_DIR is not set"
+            assert any(d == p or d.startswith(p.rstrip("/") + "/") for p, n in mounts.items() if "emptyDir" in vols[n]), \
+                f"PROMETHEUS_MULTIPROC_DIR {d} is not on an emptyDir"
+        audit = self.config.get("audit") or {}
+        if audit.get("sink") == "file":
+            d = os.path.dirname(audit["path"])
+            assert any(d == p or d.startswith(p.rstrip("/") + "/") for p, n in mounts.items() if "emptyDir" in vols[n]), \
+                f"audit path {audit['path']} is not on an emptyDir"
+
+    def rule_config_mount(self) -> None:
+        mounts = {m["mountPath"]: m for m in self.gateway_container.get("volumeMounts", [])}
+        m = mounts.get("/etc/gateway")
+        assert m, "nothing mounted at /etc/gateway"
+        assert "subPath" not in m, "subPath mounts never see ConfigMap updates (no hot reload)"
+        vol = next(v for v in self.pod["spec"]["volumes"] if v["name"] == m["name"])
+        assert vol.get("configMap", {}).get("name") == self.config_map["metadata"]["name"], "not the gateway ConfigMap"
+        args = self.gateway_container.get("args") or []
+        assert args[:1] == ["serve"] and "/etc/gateway/gateway.yaml" in args, f"args {args}"
+
+    def rule_secret_env(self) -> None:
+        env = {e["name"]: e for e in self.gateway_container.get("env", [])}
+        text = self.config_map["data"]["gateway.yaml"]
+        for var in sorted(set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text))):
+            assert var in env, f"the config refers to ${{{var}}} but the container has no such variable"
+        rev = self.config.get("revocation") or {}
+        if "redis_url" in rev:
+            assert rev["redis_url"] == "${REDIS_URL}", "redis_url is written into the ConfigMap"
+            e = env["REDIS_URL"]
+            assert "secretKeyRef" in (e.get("valueFrom") or {}) or "redis://" in str(e.get("value")), "REDIS_URL"
+        for issuer in self.config.get("issuers") or []:
+            secret = (issuer.get("introspection") or {}).get("client_secret")
+            if secret is not None:
+                m = re.fullmatch(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", str(secret))
+                assert m, f"{issuer['issuer']}: client_secret is a literal in the ConfigMap, not ${{VAR}}"
+                assert "secretKeyRef" in (env[m.group(1)].get("valueFrom") or {}), f"{m.group(1)} is not from a Secret"
+
+    def rule_service_account(self) -> None:
+        assert self.pod["spec"].get("automountServiceAccountToken") is False, "pod automountServiceAccountToken"
+        for sa in self.of_kind("ServiceAccount"):
+            assert sa.get("automountServiceAccountToken") is False, "ServiceAccount automountServiceAccountToken"
+
+    def rule_topology_spread(self) -> None:
+        tsc = self.pod["spec"].get("topologySpreadConstraints") or []
+        assert tsc, "no topologySpreadConstraints"
+        labels = self.pod["metadata"]["labels"]
+        for t in tsc:
+            assert matches(t["labelSelector"]["matchLabels"], labels), f"{t['topologyKey']}: selector misses the pods"
+
+    def rule_config_shape(self) -> None:
+        cfg = self.config
+        only_keys("gateway.yaml", cfg, CONFIG_KEYS)
+        missing = CONFIG_REQUIRED - set(cfg)
+        assert not missing, f"gateway.yaml lacks {sorted(missing)}"
+        for k in ("shutdown_grace",):
+            if k in cfg:
+                duration_seconds(cfg[k])
+        assert isinstance(cfg.get("max_body_size", 0), int), "max_body_size is not an integer"
+        assert isinstance(cfg["issuers"], list) and isinstance(cfg["routes"], list), "issuers/routes not lists"
+        assert isinstance(cfg["upstreams"], dict), "upstreams is not a mapping"
+        for i in cfg["issuers"]:
+            only_keys(f"issuer {i.get('issuer')}", i, ISSUER_KEYS)
+            if "introspection" in i:
+                only_keys(f"issuer {i.get('issuer')} introspection", i["introspection"], INTROSPECTION_KEYS)
+        for name, u in cfg["upstreams"].items():
+            only_keys(f"upstream {name}", u, UPSTREAM_KEYS)
+        for r in cfg["routes"]:
+            only_keys(f"route {r.get('name')}", r, ROUTE_KEYS)
+        only_keys("audit", cfg.get("audit") or {}, AUDIT_KEYS)
+        only_keys("revocation", cfg.get("revocation") or {}, REVOCATION_KEYS)
+
+    def rule_listen_ports(self) -> None:
+        cfg = self.config
+        ports = {p["name"]: p["containerPort"] for p in self.gateway_container["ports"]}
+        assert port_of(cfg["listen"]) == ports["http"], "listen != container port http"
+        assert port_of(cfg["admin_listen"]) == ports["admin"], "admin_listen != container port admin"
+        if "decision_listen" in cfg:
+            assert port_of(cfg["decision_listen"]) == ports.get("decision"), "decision_listen != container port decision"
+        else:
+            assert "decision" not in ports, "decision port open but no decision_listen"
+
+    def rule_routes_upstreams(self) -> None:
+        cfg = self.config
+        names = [r["name"] for r in cfg["routes"]]
+        assert len(names) == len(set(names)), f"duplicate route names: {names}"
+        for r in cfg["routes"]:
+            assert r["upstream"] in cfg["upstreams"], f"route {r['name']}: unknown upstream {r['upstream']}"
+
+    def rule_checksum(self) -> None:
+        ann = self.pod["metadata"].get("annotations") or {}
+        if "checksum/config" in ann:
+            assert re.fullmatch(r"[0-9a-f]{64}", ann["checksum/config"]), "checksum/config is not a sha256"
+
+    def rule_services(self) -> None:
+        cport_names = {p["name"] for p in self.gateway_container["ports"]}
+        labels = self.pod["metadata"]["labels"]
+        seen: set[str] = set()
+        for svc in self.of_kind("Service"):
+            assert matches(svc["spec"]["selector"], labels), f"{svc['metadata']['name']}: selector misses the pods"
+            for p in svc["spec"]["ports"]:
+                assert p["targetPort"] in cport_names, f"{svc['metadata']['name']}: targetPort {p['targetPort']} unknown"
+                seen.add(p["targetPort"])
+            if svc["spec"].get("type", "ClusterIP") != "ClusterIP":
+                names = {p["name"] for p in svc["spec"]["ports"]}
+                assert not names & {"admin", "decision"}, f"{svc['metadata']['name']}: admin/decision on a {svc['spec']['type']}"
+        assert cport_names <= seen, f"container ports without a Service port: {sorted(cport_names - seen)}"
+
+    def rule_hpa(self) -> None:
+        hpa = self.one("HorizontalPodAutoscaler")
+        ref = hpa["spec"]["scaleTargetRef"]
+        assert (ref["kind"], ref["name"]) == ("Deployment", self.deployment["metadata"]["name"]), f"targets {ref}"
+        assert "replicas" not in self.deployment["spec"], "Deployment sets replicas while an HPA manages it"
+        assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"], "minReplicas > maxReplicas"
+
+    def rule_pdb(self) -> None:
+        pdb = self.one("PodDisruptionBudget")
+        assert matches(pdb["spec"]["selector"]["matchLabels"], self.pod["metadata"]["labels"]), "selector misses the pods"
+        spec = pdb["spec"]
+        assert ("minAvailable" in spec) != ("maxUnavailable" in spec), "set exactly one of minAvailable/maxUnavailable"
+        replicas = self.deployment["spec"].get("replicas")
+        if replicas is None:
+            replicas = self.one("HorizontalPodAutoscaler")["spec"]["minReplicas"]
+        if isinstance(spec.get("minAvailable"), int):
+            assert spec["minAvailable"] < replicas, f"minAvailable {spec['minAvailable']} blocks every drain at {replicas} replicas"
+
+    def rule_network_policy(self) -> None:
+        np_ = self.one("NetworkPolicy")
+        assert matches(np_["spec"]["podSelector"]["matchLabels"], self.pod["metadata"]["labels"]), "podSelector misses the pods"
+        cport_names = {p["name"] for p in self.gateway_container["ports"]}
+        covered = set()
+        for rule in np_["spec"].get("ingress", []):
+            names = {p["port"] for p in rule.get("ports", [])}
+            assert names, "an ingress rule without ports opens every port"
+            assert names <= cport_names, f"ingress names unknown ports {sorted(names - cport_names)}"
+            covered |= names
+            if "admin" in names:
+                assert rule.get("from"), "admin port open to everyone"
+        assert covered == cport_names, f"ports without an ingress rule: {sorted(cport_names - covered)}"
+        if "Egress" in np_["spec"]["policyTypes"]:
+            dns = [r for r in np_["spec"].get("egress", []) if any(p.get("port") == 53 for p in r.get("ports", []))]
+            assert dns or any(not r.get("ports") for r in np_["spec"]["egress"]), "egress restricted but DNS not allowed"
+
+    def rule_service_monitor(self) -> None:
+        sm = self.one("ServiceMonitor")
+        sel = sm["spec"]["selector"]["matchLabels"]
+        hits = [s for s in self.of_kind("Service") if matches(sel, s["metadata"]["labels"])]
+        assert len(hits) == 1, f"selector matches {len(hits)} Services, want 1"
+        names = {p["name"] for p in hits[0]["spec"]["ports"]}
+        for ep in sm["spec"]["endpoints"]:
+            assert ep["port"] in names, f"endpoint port {ep['port']} not on Service {hits[0]['metadata']['name']}"
+            assert ep.get("path", "/metrics") == "/metrics"
+
+    def rule_prometheus_rule(self) -> None:
+        pr = self.one("PrometheusRule")
+        rules = [r for g in pr["spec"]["groups"] for r in g["rules"]]
+        alerts = {r["alert"] for r in rules if "alert" in r}
+        want = REQUIRED_ALERTS | (REDIS_ALERTS if "redis_url" in (self.config.get("revocation") or {}) else set())
+        assert want <= alerts, f"missing alerts: {sorted(want - alerts)}"
+        for r in rules:
+            expr = r["expr"]
+            assert expr.count("(") == expr.count(")"), f"{r.get('alert') or r.get('record')}: unbalanced parentheses"
+            assert expr.count("{") == expr.count("}"), f"{r.get('alert') or r.get('record')}: unbalanced braces"
+            for m in re.findall(r"\bgateway_[a-z_]+\b", expr):
+                base = re.sub(r"_(bucket|sum|count)$", "", m) if m.endswith(("_bucket", "_sum", "_count")) else m
+                assert m in METRICS or base in HISTOGRAMS, f"{r.get('alert')}: unknown metric {m}"
+            if "alert" in r:
+                ann = r.get("annotations") or {}
+                assert ann.get("summary") and ann.get("description"), f"{r['alert']}: summary/description missing"
+                assert (r.get("labels") or {}).get("severity"), f"{r['alert']}: no severity"
+
+    def rule_ingress(self) -> None:
+        svc_ports = {(s["metadata"]["name"], p["name"]) for s in self.of_kind("Service") for p in s["spec"]["ports"]}
+        for ing in self.of_kind("Ingress"):
+            for rule in ing["spec"]["rules"]:
+                for p in rule["http"]["paths"]:
+                    b = p["backend"]["service"]
+                    assert b["port"].get("name") == "http", f"backend {b} is not the public port"
+                    assert (b["name"], "http") in svc_ports, f"backend {b} does not exist"
+
+    def rule_dashboard(self) -> None:
+        cm = next(d for d in self.of_kind("ConfigMap") if "grafana_dashboard" in d["metadata"].get("labels", {}))
+        assert cm["metadata"]["labels"]["grafana_dashboard"] == "1", "label grafana_dashboard is not \"1\""
+        (name, text), = cm["data"].items()
+        assert name.endswith(".json"), f"{name} is not a .json key"
+        dash = json.loads(text)
+        assert dash.get("uid") and dash.get("title"), "no uid/title"
+        panels = [p for p in dash["panels"] if p["type"] != "row"]
+        assert len(panels) >= 8, f"only {len(panels)} panels"
+        ids = [p["id"] for p in dash["panels"]]
+        assert len(ids) == len(set(ids)), "duplicate panel ids"
+        used = set()
+        for p in panels:
+            assert p.get("targets"), f"panel {p['title']!r} has no query"
+            for t in p["targets"]:
+                for m in re.findall(r"\bgateway_[a-z_]+\b", t["expr"]):
+                    base = re.sub(r"_(bucket|sum|count)$", "", m)
+                    assert m in METRICS or base in HISTOGRAMS, f"panel {p['title']!r}: unknown metric {m}"
+                    used.add(base if base in HISTOGRAMS else m)
+        assert used == METRICS, f"metrics with no panel: {sorted(METRICS - used)}"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--kube-version", default="1.30.0")
+    p.add_argument("--dump-configs", metavar="DIR")
+    p.add_argument("files", nargs="+")
+    a = p.parse_args()
+    rep = Report()
+    for n, path in enumerate(a.files):
+        try:
+            with open(path) as f:
+                docs = [d for d in yaml.safe_load_all(f) if d]
+        except yaml.YAMLError as e:
+            rep.fail(path, f"YAML: {e}")
+            continue
+        # 1. Kubernetes schemas
+        for d in docs:
+            name = f"{path}: {d.get('kind')}/{(d.get('metadata') or {}).get('name')} ({d.get('apiVersion')})"
+            try:
+                if (d.get("apiVersion"), d.get("kind")) in CRD_KINDS:
+                    rep.ok(name, check_crd(d))
+                else:
+                    kv.validate(d, a.kube_version, strict=True)
+                    rep.ok(name)
+            except kv.SchemaNotFoundError:
+                rep.fail(name, f"no schema for this apiVersion/kind in Kubernetes {a.kube_version}")
+            except kv.ValidationError as e:
+                rep.fail(name, f"{'.'.join(map(str, e.path))}: {e.message}")
+            except Exception as e:  # noqa: BLE001 - pydantic ValidationError and the like
+                rep.fail(name, f"{type(e).__name__}: {e}")
+        # 2. and 3. the chart's rules
+        render = Render(path, docs)
+        for what, fn in render.rules():
+            rep.check(f"{path}: {what}", fn)
+        if a.dump_configs:
+            os.makedirs(a.dump_configs, exist_ok=True)
+            try:
+                text = render.config_map["data"]["gateway.yaml"]
+            except AssertionError:
+                continue
+            with open(os.path.join(a.dump_configs, f"gateway-{n}.yaml"), "w") as f:
+                f.write(text)
+    print(f"manifests: {rep.passed} passed, {rep.failed} failed")
+    return 1 if rep.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
