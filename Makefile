@@ -21,8 +21,6 @@ system-deps:
 	@command -v redis-server >/dev/null && command -v nginx >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server nginx >/dev/null; }
-	@# the Debian packages start system services we do not use
-	-@pkill -x redis-server 2>/dev/null; true
 
 test: deps system-deps
 	$(BIN)/pytest -q

@@ -110,6 +110,9 @@ class ProxyHandler:
 # --- admin ---------------------------------------------------------------------------------
 
 
+GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
+
+
 def admin_app(gateway: Gateway) -> web.Application:
     """/metrics, /healthz and /readyz; kept off the public port."""
     app = web.Application()
@@ -132,7 +135,7 @@ def admin_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/metrics", metrics_view)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app["gateway"] = gateway
+    app[GATEWAY_KEY] = gateway
     return app
 
 
