@@ -53,13 +53,21 @@ def check_config(path: str) -> None:
 @main.command()
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="gateway YAML")
 def serve(config_path: str) -> None:
-    """Run the gateway."""
+    """Run the gateway until SIGTERM; SIGHUP or a change of the file reloads it (docs/operations.md)."""
+    import os
+
     from .logs import setup_logging
-    from .runtime import Gateway
-    from .server import serve as serve_forever
+    from .workers import clear_metrics_dir, supervise
 
     config = load_or_exit(config_path)
     setup_logging(config.log_level)
+    if config.workers > 1:
+        sys.exit(supervise(config_path))  # a parent process and `workers` worker processes
+    from .runtime import Gateway
+    from .server import serve as serve_forever
+
+    if multiproc_dir := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        clear_metrics_dir(multiproc_dir, keep_pid=os.getpid())
     run_async(serve_forever(Gateway(config, config_path)))
 
 
@@ -71,6 +79,15 @@ def demo(port: int) -> None:
 
     run_async(run_demo(port))
 
+
+from .audit.cli import audit_command, incident_command  # noqa: E402 - registered after main exists
+
+main.add_command(audit_command)
+main.add_command(incident_command)
+
+from .revocation.cli import revoke as revoke_command  # noqa: E402 - registered after main exists
+
+main.add_command(revoke_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -111,9 +111,12 @@ class IntrospectionConfig(_Model):
     timeout: Duration = 2.0
     token_prefix: str | None = None
     shared_cache: bool = False
+    redis_url: str | None = None  # the shared second-level cache (with shared_cache: true)
 
     @model_validator(mode="after")
     def _credentials_match_method(self) -> IntrospectionConfig:
+        if self.shared_cache and not self.redis_url:
+            raise ValueError("shared_cache: true needs redis_url")
         if self.auth_method == "private_key_jwt" and not self.private_key_file:
             raise ValueError("auth_method private_key_jwt needs private_key_file")
         if self.auth_method != "private_key_jwt" and not self.client_secret:
@@ -246,6 +249,9 @@ class GatewayConfig(_Model):
     admin_listen: ListenAddress = Address("127.0.0.1", 9090)
     decision_listen: ListenAddress | None = None
     decision_path_prefix: str = ""
+    decision_sources: list[Literal["nginx", "traefik", "envoy"]] = Field(
+        default=["nginx", "traefik", "envoy"], min_length=1
+    )  # how the decision endpoint may learn the original request (docs/forward-auth.md)
     workers: int = Field(default=1, ge=1, le=64)
     shutdown_grace: Duration = 20.0
     watch_config: bool = True

@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_plus
 
 import jwt
 import orjson
@@ -66,6 +67,9 @@ class DemoIssuer:
     opaque: dict[str, dict[str, Any]] = field(default_factory=dict)
     introspection_delay: float = 0.0
     introspection_mode: str = "ok"  # "ok", "error" (500), "html"
+    client_keys: dict[str, Any] = field(default_factory=dict)  # private_key_jwt clients: id -> public key
+    client_assertions: list[dict[str, Any]] = field(default_factory=list)  # accepted assertions' claims
+    _seen_jtis: set[str] = field(default_factory=set)
     _runner: web.AppRunner | None = None
 
     # --- tokens ----------------------------------------------------------------------------
@@ -144,12 +148,40 @@ class DemoIssuer:
 
     def _client_of(self, request: web.Request, form: Any) -> str | None:
         header = request.headers.get("Authorization", "")
+        if "client_assertion" in form:
+            return self._asserted_client(form)
         if header.startswith("Basic "):
-            client_id, _, secret = base64.b64decode(header[6:]).decode().partition(":")
+            # RFC 6749 2.3.1: both halves are form-urlencoded inside the Basic credentials
+            encoded_id, _, encoded_secret = base64.b64decode(header[6:]).decode().partition(":")
+            client_id, secret = unquote_plus(encoded_id), unquote_plus(encoded_secret)
         else:
             client_id, secret = str(form.get("client_id", "")), str(form.get("client_secret", ""))
         expected = self.clients.get(client_id)
-        return client_id if expected is not None and secrets.compare_digest(expected, secret) else None
+        if expected is None or not secrets.compare_digest(expected.encode(), secret.encode()):
+            return None
+        return client_id
+
+    def _asserted_client(self, form: Any) -> str | None:
+        """RFC 7523 private_key_jwt: signed by the client's registered key, for us, short-lived, never replayed."""
+        if form.get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer":
+            return None
+        assertion = str(form.get("client_assertion"))
+        try:
+            client_id = jwt.decode(assertion, options={"verify_signature": False}).get("sub")
+            key = self.client_keys.get(str(client_id))
+            if key is None:
+                return None
+            claims = jwt.decode(
+                assertion, key, algorithms=["RS256", "PS256", "ES256", "ES384"],
+                audience=[self.issuer, f"{self.issuer}/token"], options={"require": ["iss", "sub", "exp", "jti"]},
+            )
+        except jwt.PyJWTError:
+            return None
+        if claims["iss"] != client_id or claims["exp"] - time.time() > 300 or claims["jti"] in self._seen_jtis:
+            return None
+        self._seen_jtis.add(claims["jti"])
+        self.client_assertions.append(claims)
+        return str(client_id)
 
     async def _introspect(self, request: web.Request) -> web.StreamResponse:
         self.calls["introspect"] += 1

@@ -46,6 +46,10 @@ INTROSPECTION_CALLS = Counter(
 INTROSPECTION_DURATION = Histogram(
     "gateway_introspection_duration_seconds", "Introspection call latency", ["issuer"], buckets=_LATENCY_BUCKETS,
 )
+INTROSPECTION_COALESCED = Counter(
+    "gateway_introspection_coalesced_total", "Requests that waited for an introspection call already in flight",
+    ["issuer"],
+)
 REVOCATION_ENTRIES = Gauge(
     "gateway_revocation_entries", "Entries in the local copy of the revocation list", multiprocess_mode="max",
 )

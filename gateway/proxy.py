@@ -47,6 +47,15 @@ class BodyTooLarge(Exception):
     pass
 
 
+class StreamAborted(Exception):
+    """The response head was already sent when the exchange failed: the response stays as it is."""
+
+    def __init__(self, reason: Reason, response: web.StreamResponse) -> None:
+        super().__init__(reason.value)
+        self.reason = reason
+        self.response = response
+
+
 def hop_by_hop(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[str]:
     """Fixed hop-by-hop headers plus every header named in ``Connection``."""
     named = {
@@ -206,6 +215,8 @@ async def forward(
     except (TimeoutError, aiohttp.ServerTimeoutError):
         raise UpstreamFailure(Reason.UPSTREAM_TIMEOUT) from None
     except aiohttp.ClientError:
+        if exchange.bytes_in > body_limit:  # aiohttp wraps the BodyTooLarge of _body in a ClientConnectionError
+            raise BodyTooLarge from None
         raise UpstreamFailure(Reason.UPSTREAM_UNAVAILABLE) from None
     exchange.upstream_ms = (time.monotonic() - started) * 1000
     try:
@@ -229,18 +240,28 @@ async def _relay(
             response.body = body
         return response
     stream = web.StreamResponse(status=upstream_response.status, reason=upstream_response.reason, headers=headers)
-    await stream.prepare(request)
     try:
-        async for chunk in upstream_response.content.iter_chunked(_CHUNK):
+        await stream.prepare(request)
+        async for chunk in _upstream_chunks(request, upstream_response, stream):
             await stream.write(chunk)
             exchange.bytes_out += len(chunk)
+        await stream.write_eof()
+    except ConnectionResetError:  # the client went away: normal traffic, not an error
+        raise StreamAborted(Reason.CLIENT_DISCONNECTED, stream) from None
+    return stream
+
+
+async def _upstream_chunks(
+    request: web.BaseRequest, upstream_response: aiohttp.ClientResponse, stream: web.StreamResponse
+) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in upstream_response.content.iter_chunked(_CHUNK):
+            yield chunk
     except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
         # the head is already out: the only honest signal left is to cut the connection
         if request.transport is not None:
             request.transport.close()
-        raise UpstreamFailure(Reason.UPSTREAM_UNAVAILABLE) from None
-    await stream.write_eof()
-    return stream
+        raise StreamAborted(Reason.UPSTREAM_UNAVAILABLE, stream) from None
 
 
 async def _read_small(upstream_response: aiohttp.ClientResponse) -> bytes:

@@ -84,10 +84,11 @@ def normalise_target(raw_target: str) -> Target:
         raise BadTarget("the path holds characters that must be percent-encoded")
     if any(ord(c) < 0x21 or ord(c) > 0x7E for c in query):
         raise BadTarget("the query holds control or non-ASCII characters")
-    ends_with_slash = path.endswith("/") or path.endswith("/.") or path.endswith("/..")
+    ends_with_slash = False  # judged on the decoded last segment: "/a/%2e%2e" is "/a/.." (RFC 3986 6.2.2)
     segments = []
     for segment in path.split("/"):
         decoded = _decode_unreserved(segment)
+        ends_with_slash = decoded in ("", ".", "..")
         base = decoded.split(";", 1)[0]
         if ";" in decoded and base in (".", "..", ""):
             raise BadTarget("path parameters on a dot or empty segment")  # Tomcat-style "..;/"

@@ -8,6 +8,7 @@ one audit record and the metrics, whatever the mode (proxy, decision endpoint, m
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -32,6 +33,7 @@ log = logging.getLogger("gateway")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _METHODS = frozenset(HTTP_METHODS)
+RETIRE_MIN_DELAY = 2.0  # seconds a replaced pipeline stays open even when no proxied request uses it
 
 Detector = Any  # audit/detection.py provides it; kept loose to avoid an import cycle
 
@@ -54,6 +56,7 @@ class Pipeline:
     upstreams: Upstreams
     session: aiohttp.ClientSession
     extras: dict[str, Any] = field(default_factory=dict)
+    in_flight: int = 0  # proxied requests still using this pipeline (it may have been replaced)
 
     async def stop(self) -> None:
         await self.validator.stop()
@@ -95,7 +98,13 @@ class Gateway:
         self.pipeline: Pipeline | None = None
         self.detector: Detector | None = None
         self.draining = False
+        self._retiring: set[asyncio.Task[None]] = set()
         self.revocation.on_revoke(self._drop_cached)
+        from .audit.detection import Detector as LiveDetector
+        from .audit.detection import detection_enabled
+
+        if detection_enabled(config):
+            self.detector = LiveDetector(config, self.revocation)
 
     @property
     def config(self) -> GatewayConfig:
@@ -105,12 +114,39 @@ class Gateway:
         await self.audit.start()
         await self.revocation.start()
         self.pipeline = await build_pipeline(self.initial_config, self.revocation)
+        if self.detector is not None:
+            await self.detector.start()
 
     async def stop(self) -> None:
+        for task in self._retiring:
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        if self.detector is not None:
+            await self.detector.stop()
         if self.pipeline is not None:
             await self.pipeline.stop()
         await self.revocation.stop()
         await self.audit.stop()
+
+    def swap(self, pipeline: Pipeline) -> None:
+        """Put ``pipeline`` in service at once; the replaced one closes when its requests are done."""
+        old, self.pipeline = self.pipeline, pipeline
+        if old is not None:
+            task = asyncio.create_task(self._retire(old, pipeline.config.shutdown_grace), name="retire-pipeline")
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    @staticmethod
+    async def _retire(pipeline: Pipeline, grace: float) -> None:
+        # requests of other modes (decision endpoint) do not count themselves: give them a moment
+        deadline = time.monotonic() + max(grace, RETIRE_MIN_DELAY)
+        try:
+            await asyncio.sleep(RETIRE_MIN_DELAY)
+            # a plain counter keeps the request path cheap; polling it here is precise enough
+            while pipeline.in_flight and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        finally:
+            await pipeline.stop()
 
     def readiness(self) -> dict[str, bool]:
         """What /readyz reports; ready when every value is true."""
@@ -125,6 +161,8 @@ class Gateway:
         if self.pipeline is not None:
             matches = self.revocation.list.matcher_for(entry)
             self.pipeline.validator.cache.discard_where(matches)
+            for introspector in self.pipeline.validator.introspectors.values():
+                introspector.cache.discard_where(matches)
 
     def record(self, exchange: Exchange, decision: Decision) -> None:
         """Write the audit record and count the metrics of one finished request."""

@@ -22,11 +22,12 @@ from . import metrics
 from .audit.record import Exchange
 from .config import Address, GatewayConfig
 from .decision import Decision, RequestFacts
-from .proxy import BodyTooLarge, ForwardContext, UpstreamFailure, client_address, forward, is_trusted
+from .proxy import BodyTooLarge, ForwardContext, StreamAborted, UpstreamFailure, client_address, forward, is_trusted
 from .proxy import upstream_headers as build_upstream_headers
 from .reasons import Reason
+from .reload import Reloader
 from .responses import denial_response
-from .runtime import Gateway, request_id
+from .runtime import Gateway, Pipeline, request_id
 
 log = logging.getLogger("gateway.server")
 
@@ -59,14 +60,22 @@ class ProxyHandler:
         self.gateway = gateway
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        gateway = self.gateway
-        pipeline = gateway.pipeline
+        # one pipeline for the whole request, even when a reload swaps in another meanwhile
+        pipeline = self.gateway.pipeline
         assert pipeline is not None
+        pipeline.in_flight += 1
+        try:
+            return await self._handle(request, pipeline)
+        finally:
+            pipeline.in_flight -= 1
+
+    async def _handle(self, request: web.BaseRequest, pipeline: Pipeline) -> web.StreamResponse:
+        gateway = self.gateway
         config = pipeline.config
         exchange, peer = new_exchange(request, config, "proxy")
         decision = await pipeline.decider.decide(facts_of(request))
         if decision.allowed:
-            decision, response = await self._forward(request, decision, exchange, peer)
+            decision, response = await self._forward(request, pipeline, decision, exchange, peer)
         else:
             response = denial_response(decision, config.realm, exchange.request_id)
         exchange.status = response.status
@@ -76,10 +85,9 @@ class ProxyHandler:
         return response
 
     async def _forward(
-        self, request: web.BaseRequest, decision: Decision, exchange: Exchange, peer: str
+        self, request: web.BaseRequest, pipeline: Pipeline, decision: Decision, exchange: Exchange, peer: str
     ) -> tuple[Decision, web.StreamResponse]:
-        pipeline = self.gateway.pipeline
-        assert pipeline is not None and decision.route is not None and decision.target is not None
+        assert decision.route is not None and decision.target is not None
         config = pipeline.config
         limit = decision.route.max_body_size or config.max_body_size
         if request.content_length is not None and request.content_length > limit:
@@ -94,6 +102,8 @@ class ProxyHandler:
             return decision, await forward(request, decision.target.forward, upstream, headers, exchange, limit)
         except UpstreamFailure as failure:
             return self._deny(decision, failure.reason, exchange, config)
+        except StreamAborted as aborted:
+            return replace(decision, reason=aborted.reason), aborted.response
         except (BodyTooLarge, ConnectionError, OSError) as exc:
             if exchange.bytes_in > limit or isinstance(exc, BodyTooLarge):
                 return self._deny(decision, Reason.BODY_TOO_LARGE, exchange, config)
@@ -154,6 +164,7 @@ class Server:
         self.runners: list[web.BaseRunner] = []
         self.ports: dict[str, int] = {}  # listener name -> bound port (useful with port 0)
         self.stopped = asyncio.Event()
+        self._admin: web.BaseRunner | None = None
 
     async def start(self) -> None:
         gateway = self.gateway
@@ -169,7 +180,10 @@ class Server:
         await self._listen("admin", web.AppRunner(admin, access_log=None, shutdown_timeout=1.0), config.admin_listen)
         for extra in EXTRA_LISTENERS:
             await extra(self)
-        log.info("gateway listening", extra={"listen": str(config.listen), "admin": str(config.admin_listen)})
+        log.info(
+            "gateway listening",
+            extra={"listen": str(config.listen), "admin": str(config.admin_listen), "ports": dict(self.ports)},
+        )
 
     async def _listen(self, name: str, runner: web.BaseRunner, address: Address) -> None:
         await runner.setup()
@@ -177,6 +191,8 @@ class Server:
         await site.start()
         self.runners.append(runner)
         self.ports[name] = runner.addresses[0][1]
+        if name == "admin":
+            self._admin = runner
 
     async def listen(self, name: str, runner: web.BaseRunner, address: Address) -> None:
         """Start another listener (the forward-auth decision port) with the same lifecycle."""
@@ -185,8 +201,14 @@ class Server:
     async def stop(self) -> None:
         """Fail readiness at once, stop accepting, let in-flight requests finish, then close."""
         self.gateway.draining = True
-        for runner in self.runners:
-            await runner.cleanup()
+        # every public listener closes at once and drains in parallel (up to shutdown_grace);
+        # the admin port answers until they are done: /readyz says 503, /metrics stays scrapable
+        public = [runner for runner in self.runners if runner is not self._admin]
+        for result in await asyncio.gather(*(runner.cleanup() for runner in public), return_exceptions=True):
+            if isinstance(result, Exception):
+                log.error("listener did not close cleanly", extra={"error": repr(result)})
+        if self._admin is not None:
+            await self._admin.cleanup()
         await self.gateway.stop()
         self.stopped.set()
 
@@ -195,15 +217,46 @@ ExtraListener = Callable[[Server], Awaitable[None]]
 EXTRA_LISTENERS: list[ExtraListener] = []
 
 
-async def serve(gateway: Gateway, reuse_port: bool = False) -> None:
-    """Run until SIGTERM or SIGINT, then drain and return (exit status 0)."""
-    server = Server(gateway, reuse_port)
-    await server.start()
+async def serve(
+    gateway: Gateway, reuse_port: bool = False, *, stop: asyncio.Event | None = None, watch: bool = True,
+    declared: GatewayConfig | None = None,
+) -> None:
+    """Run until SIGTERM or SIGINT (or ``stop`` is set), then drain and return (exit status 0).
+
+    With a configuration file, SIGHUP reloads it, and so does a change of the file while
+    ``watch_config`` is on (``watch=False`` leaves watching to a supervising parent).
+    ``declared`` is the file as first loaded when ``gateway.config`` differs from it.
+    """
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    stop = stop or asyncio.Event()
+    handled = [signal.SIGTERM, signal.SIGINT]
+    for sig in handled:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    server = Server(gateway, reuse_port)
+    await server.start()
+    reloader = Reloader(gateway, declared) if gateway.config_path else None
+    if reloader is not None:
+        handled.append(signal.SIGHUP)
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signal.SIGHUP, reloader.request)
+        if watch:
+            reloader.start_watching()
+    # a worker process starts with these blocked, so that none is lost before its handlers are in place
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
+    try:
+        await stop.wait()
+    finally:
+        if reloader is not None:
+            await reloader.close()
     log.info("shutting down", extra={"grace_seconds": gateway.config.shutdown_grace})
     await server.stop()
+
+
+# the decision port registers its hook in EXTRA_LISTENERS (it opens only when decision_listen is set)
+from . import forward_auth as _forward_auth  # noqa: E402, F401
+
+# the revocation intake endpoints (RFC 7009, RFC 8935 SET push) register in ADMIN_HOOKS
+from .revocation import intake as _revocation_intake  # noqa: E402
+
+ADMIN_HOOKS.append(_revocation_intake.register)

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Validate rendered tokengate manifests offline.
 
-usage: validate_manifests.py [--kube-version 1.30.0] [--dump-configs DIR] FILE...
+usage: validate_manifests.py [--kube-version 1.30.0] [--dump-configs DIR] [--dump-rules DIR]
+                             [--values-schema helm/values.schema.json] FILE...
 
 Each FILE is one `helm template` output. Three kinds of checks, each printed as
 "ok" or "FAIL", then one closing line "manifests: N passed, N failed":
@@ -16,9 +17,14 @@ Each FILE is one `helm template` output. Three kinds of checks, each printed as
    its listen ports against the container ports, and that every selector and
    port name refers to something that exists in the same render.
 3. The Grafana dashboard JSON and the metric names used by alerts and panels.
+4. With --values-schema, when the gateway package is importable: the chart's
+   values schema for `gateway:` accepts exactly the keys of the gateway's config
+   models (gateway/config.py), section by section, so the two cannot drift apart.
 
---dump-configs DIR writes each rendered gateway.yaml to DIR, for
-`gateway check-config`.
+--dump-configs DIR writes each rendered gateway.yaml to DIR (as
+<render>.gateway.yaml), for `gateway check-config`; --dump-rules DIR writes each
+PrometheusRule's groups as a Prometheus rule file (<render>.rules.yaml), for
+`promtool check rules` and `promtool test rules`.
 """
 from __future__ import annotations
 
@@ -39,27 +45,48 @@ CRD_KINDS = {
     ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
 
-# The keys the gateway accepts in its config file, by section.
+# The keys the gateway accepts in its config file, by section (gateway/config.py).
+# `gateway check-config` is the authority; these catch a chart that writes a key the
+# gateway would refuse, also where the gateway's own dependencies are not installed.
 CONFIG_KEYS = {
-    "listen", "admin_listen", "decision_listen", "workers", "shutdown_grace", "trusted_proxies",
-    "max_body_size", "issuers", "upstreams", "routes", "audit", "revocation",
+    "listen", "admin_listen", "decision_listen", "decision_path_prefix", "workers", "shutdown_grace",
+    "watch_config", "trusted_proxies", "max_body_size", "realm", "verified_token_cache_size",
+    "identity_headers", "issuers", "upstreams", "routes", "audit", "revocation", "detection", "admin", "log_level",
 }
-CONFIG_REQUIRED = {"listen", "admin_listen", "issuers", "upstreams", "routes"}
-ISSUER_KEYS = {"issuer", "audiences", "algorithms", "leeway", "jwks_uri", "require_typ", "validation", "introspection"}
-INTROSPECTION_KEYS = {"endpoint", "client_id", "client_secret", "auth_method", "cache_ttl", "negative_cache_ttl", "timeout"}
-UPSTREAM_KEYS = {"url", "timeout"}
-ROUTE_KEYS = {"name", "path", "path_prefix", "host", "methods", "upstream", "scopes", "any_scopes", "auth"}
-AUDIT_KEYS = {"sink", "path"}
-REVOCATION_KEYS = {"redis_url", "key_prefix", "family_claim", "max_staleness"}
+CONFIG_REQUIRED = {"listen", "admin_listen", "upstreams", "routes"}
+ISSUER_KEYS = {
+    "issuer", "audiences", "algorithms", "leeway", "jwks_uri", "require_typ", "validation", "introspection",
+    "jwks_refresh_interval", "jwks_min_refresh_interval", "http_timeout", "max_token_lifetime",
+}
+INTROSPECTION_KEYS = {
+    "endpoint", "client_id", "client_secret", "auth_method", "private_key_file", "private_key_algorithm",
+    "cache_ttl", "negative_cache_ttl", "cache_size", "timeout", "token_prefix", "shared_cache",
+}
+UPSTREAM_KEYS = {"url", "timeout", "connect_timeout", "max_connections", "preserve_host", "forward_authorization"}
+ROUTE_KEYS = {
+    "name", "path", "path_prefix", "host", "methods", "upstream", "scopes", "any_scopes", "auth", "issuers",
+    "allow_query_token", "max_body_size",
+}
+AUDIT_KEYS = {"sink", "path", "flush_interval", "max_batch"}
+REVOCATION_KEYS = {
+    "redis_url", "sentinel", "cluster", "key_prefix", "family_claim", "max_staleness", "default_ttl", "resync_interval",
+}
 
-# Metrics the gateway exports (histograms add _bucket, _sum, _count).
-METRICS = {
+# Metrics the gateway exports (gateway/metrics.py; histograms add _bucket, _sum, _count).
+# CORE ones are those the alerts and the dashboard must cover.
+CORE_METRICS = {
     "gateway_requests_total", "gateway_request_duration_seconds", "gateway_upstream_duration_seconds",
     "gateway_token_validations_total", "gateway_jwks_refresh_total", "gateway_revocation_redis_up",
     "gateway_revocation_notification_lag_seconds", "gateway_revocation_entries",
     "gateway_config_reload_total", "gateway_suspicious_token_use_total",
 }
-HISTOGRAMS = {"gateway_request_duration_seconds", "gateway_upstream_duration_seconds"}
+METRICS = CORE_METRICS | {
+    "gateway_token_cache_total", "gateway_introspection_requests_total", "gateway_introspection_duration_seconds",
+    "gateway_revocation_resyncs_total", "gateway_revocation_redis_errors_total", "gateway_audit_write_errors_total",
+}
+HISTOGRAMS = {
+    "gateway_request_duration_seconds", "gateway_upstream_duration_seconds", "gateway_introspection_duration_seconds",
+}
 REQUIRED_ALERTS = {
     "TokengateInvalidTokenRateHigh", "TokengateInsufficientScopeSpike", "TokengateJWKSRefreshFailing",
     "TokengateUpstream5xxRatioHigh",
@@ -93,10 +120,13 @@ class Report:
             self.ok(what)
 
 
-def duration_seconds(text: str) -> float:
-    m = re.fullmatch(r"(\d+)(ms|s|m|h)", str(text))
-    assert m, f"not a duration: {text!r}"
-    return int(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+def duration_seconds(value: Any) -> float:
+    """The gateway's duration forms: 250ms, 1.5s, 20s, 5m, 1h, 2d, or a number of seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", str(value))
+    assert m, f"not a duration: {value!r}"
+    return float(m.group(1)) * {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
 
 
 def port_of(listen: str) -> int:
@@ -298,10 +328,10 @@ class Render:
         for k in ("shutdown_grace",):
             if k in cfg:
                 duration_seconds(cfg[k])
-        assert isinstance(cfg.get("max_body_size", 0), int), "max_body_size is not an integer"
-        assert isinstance(cfg["issuers"], list) and isinstance(cfg["routes"], list), "issuers/routes not lists"
+        assert isinstance(cfg.get("issuers", []), list) and isinstance(cfg["routes"], list), "issuers/routes not lists"
+        assert cfg["routes"] and cfg["upstreams"], "the gateway needs at least one route and one upstream"
         assert isinstance(cfg["upstreams"], dict), "upstreams is not a mapping"
-        for i in cfg["issuers"]:
+        for i in cfg.get("issuers", []):
             only_keys(f"issuer {i.get('issuer')}", i, ISSUER_KEYS)
             if "introspection" in i:
                 only_keys(f"issuer {i.get('issuer')} introspection", i["introspection"], INTROSPECTION_KEYS)
@@ -397,7 +427,8 @@ class Render:
         pr = self.one("PrometheusRule")
         rules = [r for g in pr["spec"]["groups"] for r in g["rules"]]
         alerts = {r["alert"] for r in rules if "alert" in r}
-        want = REQUIRED_ALERTS | (REDIS_ALERTS if "redis_url" in (self.config.get("revocation") or {}) else set())
+        rev = self.config.get("revocation") or {}
+        want = REQUIRED_ALERTS | (REDIS_ALERTS if "redis_url" in rev or "sentinel" in rev else set())
         assert want <= alerts, f"missing alerts: {sorted(want - alerts)}"
         for r in rules:
             expr = r["expr"]
@@ -439,13 +470,60 @@ class Render:
                     base = re.sub(r"_(bucket|sum|count)$", "", m)
                     assert m in METRICS or base in HISTOGRAMS, f"panel {p['title']!r}: unknown metric {m}"
                     used.add(base if base in HISTOGRAMS else m)
-        assert used == METRICS, f"metrics with no panel: {sorted(METRICS - used)}"
+        assert CORE_METRICS <= used, f"metrics with no panel: {sorted(CORE_METRICS - used)}"
+
+
+# values.schema.json location of each gateway config model, and keys the chart owns.
+SCHEMA_SECTIONS = {
+    "GatewayConfig": ("properties", "gateway"),
+    "IssuerConfig": ("definitions", "issuer"),
+    "IntrospectionConfig": ("definitions", "issuer", "properties", "introspection"),
+    "UpstreamConfig": ("definitions", "upstream"),
+    "RouteConfig": ("definitions", "route"),
+    "AuditConfig": ("properties", "gateway", "properties", "audit"),
+    "RevocationConfig": ("properties", "gateway", "properties", "revocation"),
+    "SentinelConfig": ("properties", "gateway", "properties", "revocation", "properties", "sentinel"),
+    "DetectionConfig": ("properties", "gateway", "properties", "detection"),
+    "AdminAuthConfig": ("properties", "gateway", "properties", "admin"),
+    "IdentityHeaders": ("properties", "gateway", "properties", "identity_headers"),
+}
+CHART_OWNED = {"GatewayConfig": {"listen", "admin_listen", "decision_listen"}, "RevocationConfig": {"redis_url"}}
+
+
+def check_schema_against_models(rep: Report, schema_path: str) -> None:
+    """The values schema's gateway sections against the gateway's pydantic models."""
+    try:
+        from gateway import config as models
+    except Exception as e:  # noqa: BLE001 - the package may be absent or need more dependencies
+        print(f"skip values schema vs gateway config models (cannot import gateway.config: {e})")
+        return
+    with open(schema_path) as f:
+        schema = json.load(f)
+    for model_name, where in SCHEMA_SECTIONS.items():
+        what = f"values schema accepts the keys of {model_name}"
+
+        def check(model_name: str = model_name, where: tuple[str, ...] = where) -> None:
+            model = getattr(models, model_name, None)
+            assert model is not None, "no such model in gateway/config.py"
+            node = schema
+            for part in where:
+                node = node[part]
+            assert node.get("additionalProperties") is False, "section is not closed (additionalProperties)"
+            in_schema = set(node["properties"])
+            in_model = set(model.model_fields) - CHART_OWNED.get(model_name, set())
+            assert in_schema == in_model, (
+                f"schema lacks {sorted(in_model - in_schema)}; schema has unknown {sorted(in_schema - in_model)}"
+            )
+
+        rep.check(what, check)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kube-version", default="1.30.0")
     p.add_argument("--dump-configs", metavar="DIR")
+    p.add_argument("--dump-rules", metavar="DIR")
+    p.add_argument("--values-schema", metavar="FILE")
     p.add_argument("files", nargs="+")
     a = p.parse_args()
     rep = Report()
@@ -475,14 +553,20 @@ def main() -> int:
         render = Render(path, docs)
         for what, fn in render.rules():
             rep.check(f"{path}: {what}", fn)
+        stem = os.path.splitext(os.path.basename(path))[0]
         if a.dump_configs:
-            os.makedirs(a.dump_configs, exist_ok=True)
-            try:
-                text = render.config_map["data"]["gateway.yaml"]
-            except AssertionError:
-                continue
-            with open(os.path.join(a.dump_configs, f"gateway-{n}.yaml"), "w") as f:
-                f.write(text)
+            cms = [d for d in render.of_kind("ConfigMap") if "gateway.yaml" in (d.get("data") or {})]
+            for cm in cms[:1]:
+                os.makedirs(a.dump_configs, exist_ok=True)
+                with open(os.path.join(a.dump_configs, f"{stem}.gateway.yaml"), "w") as f:
+                    f.write(cm["data"]["gateway.yaml"])
+        if a.dump_rules:
+            for pr in render.of_kind("PrometheusRule"):
+                os.makedirs(a.dump_rules, exist_ok=True)
+                with open(os.path.join(a.dump_rules, f"{stem}.rules.yaml"), "w") as f:
+                    yaml.safe_dump({"groups": pr["spec"]["groups"]}, f, sort_keys=False)
+    if a.values_schema:
+        check_schema_against_models(rep, a.values_schema)
     print(f"manifests: {rep.passed} passed, {rep.failed} failed")
     return 1 if rep.failed else 0
 

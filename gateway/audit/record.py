@@ -54,7 +54,8 @@ def audit_record(
         "client_ip": exchange.client_ip,
         "method": exchange.method,
         "host": exchange.host,
-        "path": decision.target.path if decision.target is not None else exchange.raw_path[:512],
+        # a refused raw target is logged without its query, which may hold an access_token
+        "path": decision.target.path if decision.target is not None else exchange.raw_path.partition("?")[0][:512],
         "route": route.name if route is not None else None,
         "upstream": route.upstream if route is not None and exchange.mode == "proxy" else None,
         "status": exchange.status,

@@ -62,7 +62,8 @@ class JwtValidator:
         failure: TokenError | None = None
         for key in keys:
             if key.algorithm_name != alg and not _same_family(key.algorithm_name, alg):
-                failure = TokenError(Reason.DISALLOWED_ALGORITHM, "the key does not match the algorithm")
+                # a key of another type must not hide a bad signature from a key of the right type
+                failure = failure or TokenError(Reason.DISALLOWED_ALGORITHM, "the key does not match the algorithm")
                 continue
             try:
                 claims = jwt.decode(
@@ -74,8 +75,17 @@ class JwtValidator:
                 if failure.reason is Reason.BAD_SIGNATURE:
                     continue
                 raise failure from None
+            _check_numeric_dates(claims)
             return token_from_claims(claims, self.config.issuer, fp, "jwt")
         raise failure or TokenError(Reason.UNKNOWN_KEY, "no key matched")
+
+
+def _check_numeric_dates(claims: dict[str, Any]) -> None:
+    """``exp``, ``nbf`` and ``iat`` must be JSON numbers (RFC 7519 NumericDate); PyJWT takes ``"123"`` too."""
+    for name in ("exp", "nbf", "iat"):
+        value = claims.get(name)
+        if name in claims and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise TokenError(Reason.INVALID_TOKEN, f"the {name} claim is not a number")
 
 
 def _same_family(key_alg: str, token_alg: str) -> bool:

@@ -31,6 +31,7 @@ class Introspector(Protocol):
 
     issuer: str
     token_prefix: str | None
+    cache: ExpiringCache[ValidatedToken]  # its positive cache, purged on a revocation
 
     async def introspect(self, raw: str, fp: str) -> ValidatedToken: ...
 
@@ -92,7 +93,8 @@ class TokenValidator:
         if cached is not None:
             return cached
         token = await self._validate_uncached(raw, fp)
-        self.cache.put(fp, token)
+        if token.source != "introspection":  # the introspector caches its own, never past cache_ttl
+            self.cache.put(fp, token)
         return token
 
     async def _validate_uncached(self, raw: str, fp: str) -> ValidatedToken:

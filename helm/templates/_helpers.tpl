@@ -55,19 +55,18 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{/*
-A gateway duration ("500ms", "20s", "5m", "1h") in whole seconds, rounded up.
-The schema only lets such single-unit durations through.
+A gateway duration ("250ms", "1.5s", "20s", "5m", "1h", "2d", or a number of
+seconds) in whole seconds, rounded up. The schema lets only these forms through.
 */}}
 {{- define "tokengate.durationSeconds" -}}
-{{- $d := toString . }}
-{{- $n := regexFind "^[0-9]+" $d | int64 }}
-{{- $unit := trimPrefix (regexFind "^[0-9]+" $d) $d }}
-{{- if eq $unit "ms" }}{{ div (add $n 999) 1000 }}
-{{- else if eq $unit "s" }}{{ $n }}
-{{- else if eq $unit "m" }}{{ mul $n 60 }}
-{{- else if eq $unit "h" }}{{ mul $n 3600 }}
-{{- else }}{{ fail (printf "not a duration: %q (use e.g. 500ms, 20s, 5m, 1h)" $d) }}
+{{- $d := toString . | trim }}
+{{- $num := regexFind "^[0-9]+(\\.[0-9]+)?" $d }}
+{{- $unit := trimPrefix $num $d }}
+{{- $mult := dict "" 1.0 "s" 1.0 "ms" 0.001 "m" 60.0 "h" 3600.0 "d" 86400.0 }}
+{{- if or (not $num) (not (hasKey $mult $unit)) }}
+{{- fail (printf "not a duration: %q (use e.g. 500ms, 20s, 5m, 1h)" $d) }}
 {{- end }}
+{{- mulf (float64 $num) (get $mult $unit) | ceil | int64 }}
 {{- end }}
 
 {{/*
@@ -95,30 +94,50 @@ terminationGracePeriodSeconds: the preStop sleep plus the gateway's drain
 {{- end }}
 {{- end }}
 
+{{/* True ("true") when the revocation list lives in Redis: a URL or Sentinel. */}}
+{{- define "tokengate.redisInUse" -}}
+{{- if or .Values.redis.enabled ((.Values.gateway.revocation | default dict).sentinel) }}true{{ end }}
+{{- end }}
+
 {{/*
-The gateway's config file. Keys follow the order of the gateway's documentation;
-each section is passed through toYaml as written in values.
+The gateway's config file. The listen addresses come first, then the sections in
+the order of the gateway's documentation, then any other key, each passed through
+toYaml as written in values. With no routes and no upstreams, a placeholder that
+trusts no real issuer keeps the config valid: pods start, never become ready, and
+forward nothing.
 */}}
 {{- define "tokengate.config" -}}
-{{- $g := .Values.gateway -}}
+{{- $g := deepCopy .Values.gateway -}}
+{{- if and (not $g.routes) (not $g.upstreams) }}
+{{- if not $g.issuers }}
+{{- $_ := set $g "issuers" (list (dict "issuer" "https://unconfigured.invalid" "audiences" (list "unconfigured"))) }}
+{{- end }}
+{{- $_ := set $g "upstreams" (dict "unconfigured" (dict "url" "http://unconfigured.invalid")) }}
+{{- $_ := set $g "routes" (list (dict "name" "unconfigured" "path_prefix" "/" "upstream" "unconfigured")) }}
+{{- end }}
+{{- $rev := deepCopy ($g.revocation | default dict) }}
+{{- if .Values.redis.enabled }}
+{{- $_ := set $rev "redis_url" "${REDIS_URL}" }}
+{{- end }}
+{{- $_ := set $g "revocation" $rev -}}
 listen: {{ printf "%s:%d" .Values.listenHost (.Values.ports.http | int) | quote }}
 admin_listen: {{ printf "%s:%d" .Values.listenHost (.Values.ports.admin | int) | quote }}
 {{- if .Values.decision.enabled }}
 decision_listen: {{ printf "%s:%d" .Values.listenHost (.Values.ports.decision | int) | quote }}
 {{- end }}
-workers: {{ $g.workers | int }}
-shutdown_grace: {{ $g.shutdown_grace | quote }}
-{{ dict "trusted_proxies" ($g.trusted_proxies | default list) | toYaml }}
-max_body_size: {{ $g.max_body_size | int64 }}
-{{ dict "issuers" ($g.issuers | default list) | toYaml }}
-{{ dict "upstreams" ($g.upstreams | default dict) | toYaml }}
-{{ dict "routes" ($g.routes | default list) | toYaml }}
-{{ dict "audit" $g.audit | toYaml }}
-{{- $rev := deepCopy ($g.revocation | default dict) }}
-{{- if .Values.redis.enabled }}
-{{- $_ := set $rev "redis_url" "${REDIS_URL}" }}
+{{- $order := list "workers" "shutdown_grace" "trusted_proxies" "max_body_size" "log_level" "issuers" "upstreams" "routes" "audit" "revocation" }}
+{{- range $order }}
+{{- if hasKey $g . }}
+{{ dict . (get $g .) | toYaml }}
 {{- end }}
-{{ dict "revocation" $rev | toYaml }}
+{{- end }}
+{{- $rest := dict }}
+{{- range $k, $v := $g }}
+{{- if not (has $k $order) }}{{ $_ := set $rest $k $v }}{{ end }}
+{{- end }}
+{{- with $rest }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/* PromQL label matchers for this release's series. */}}

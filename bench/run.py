@@ -1,0 +1,844 @@
+"""The tokengate benchmark: one command, one machine, one run (``make bench``).
+
+Starts, all on 127.0.0.1 and all in one temporary directory:
+  * nginx as the upstream (``return 200`` with a small fixed body; never the bottleneck),
+  * a DemoIssuer (real RSA/EC keys; discovery, JWKS, introspection) in this process,
+  * the gateway as ``gateway serve --config <generated yaml>`` with audit (file sink) and
+    metrics on, and a second gateway holding 1,000,000 revocation entries,
+  * Apache httpd + mod_auth_openidc as an OAuth 2.0 resource server, when installed,
+then runs wrk at fixed connections and duration, alternating the targets over several
+rounds, and reports medians over rounds and ratios taken within each round.
+
+    .venv/bin/python bench/run.py [--rounds 3] [--duration 5] [--connections 50] ...
+
+This is a script, never a test: the machines are shared and noisy, so read the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from gateway.demo import DemoIssuer  # noqa: E402
+
+AUDIENCE = "https://api.example/orders"
+SCOPE = "orders:read"
+UPSTREAM_BODY = '{"ok":true,"from":"tokengate-bench-upstream","pad":"0123456789abcdef"}\n'
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+REVOKED_JTI = "bench-revoked-jti"
+
+
+# --- processes and CPU -----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()  # fields from "state" on (index 0 = field 3)
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and all its live descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = _stat_fields(int(entry))
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """utime+stime of ``root`` and its live descendants, plus the reaped children of ``root``."""
+    ticks = 0
+    for pid in process_tree(root):
+        fields = _stat_fields(pid)
+        if fields is None:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        if pid == root:
+            ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
+    return ticks / CLK_TCK
+
+
+def rss_of_tree(root: int) -> int:
+    total = 0
+    for pid in process_tree(root):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+    return total
+
+
+@dataclass
+class Service:
+    name: str
+    proc: subprocess.Popen[bytes]
+    stop_signal: int = signal.SIGTERM
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def cpu(self) -> float:
+        return tree_cpu_seconds(self.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(self.stop_signal)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: only what we started
+            self.proc.wait(timeout=5)
+
+
+def start(name: str, argv: list[str], log: Path, stop_signal: int = signal.SIGTERM,
+          env: dict[str, str] | None = None) -> Service:
+    out = log.open("ab")
+    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, env=env)
+    out.close()
+    return Service(name, proc, stop_signal)
+
+
+async def wait_http(url: str, service: Service, timeout: float = 30.0, ok: Callable[[int], bool] = lambda s: s < 500,
+                    ) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if service.proc.poll() is not None:
+                raise RuntimeError(f"{service.name} exited with status {service.proc.returncode}")
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                    await resp.read()
+                    if ok(resp.status):
+                        return
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{service.name} not ready at {url} after {timeout}s")
+
+
+# --- the servers -----------------------------------------------------------------------------
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A throwaway certificate for 127.0.0.1 (mod_auth_openidc only fetches a JWKS over https)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2)).sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def start_nginx(tmp: Path, port: int, tls_port: int, issuer: DemoIssuer) -> Service:
+    """The upstream; its second (TLS) server only relays the issuer's JWKS for Apache."""
+    root = tmp / "nginx"
+    (root / "tmp").mkdir(parents=True)
+    cert, key = self_signed(root)
+    temp_paths = "\n".join(
+        f"    {kind}_temp_path {root}/tmp/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    conf = root / "nginx.conf"
+    conf.write_text(f"""daemon off;
+master_process on;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+{temp_paths}
+    keepalive_requests 10000000;
+    keepalive_timeout 75s;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            default_type application/json;
+            return 200 '{UPSTREAM_BODY.strip()}\\n';
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{tls_port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        location = /jwks {{ proxy_pass {issuer.issuer}/jwks; }}
+    }}
+}}
+""")
+    os.chmod(root, 0o755)
+    return start("nginx", ["nginx", "-p", str(root), "-c", str(conf), "-e", str(root / "error.log")],
+                 root / "stdout.log", signal.SIGQUIT)
+
+
+APACHE_MODULES = ("mpm_event", "authn_core", "authz_core", "authz_user", "auth_openidc", "proxy",
+                  "proxy_http")
+
+
+def start_apache(tmp: Path, port: int, upstream_port: int, jwks_uri: str, issuer: DemoIssuer) -> Service:
+    root = tmp / "apache"
+    (root / "run").mkdir(parents=True)
+    modules = "\n".join(f"LoadModule {m}_module /usr/lib/apache2/modules/mod_{m}.so" for m in APACHE_MODULES)
+    scope_regex = r"(^|\s)orders:read($|\s)"
+    conf = root / "httpd.conf"
+    conf.write_text(f"""ServerRoot {root}
+ServerName 127.0.0.1
+{modules}
+Listen 127.0.0.1:{port}
+PidFile {root}/run/httpd.pid
+DefaultRuntimeDir {root}/run
+ErrorLog {root}/error.log
+LogLevel warn
+User www-data
+Group www-data
+StartServers 2
+ServerLimit 4
+ThreadsPerChild 64
+MinSpareThreads 64
+MaxSpareThreads 256
+MaxRequestWorkers 256
+MaxConnectionsPerChild 0
+KeepAlive On
+MaxKeepAliveRequests 0
+KeepAliveTimeout 30
+
+OIDCOAuthVerifyJwksUri {jwks_uri}
+OIDCSSLValidateServer Off
+OIDCOAuthSSLValidateServer Off
+OIDCOAuthRemoteUserClaim sub
+OIDCCryptoPassphrase tokengate-bench-passphrase
+OIDCCacheType shm
+
+<Location /orders>
+    AuthType oauth20
+    <RequireAll>
+        Require valid-user
+        Require claim iss:{issuer.issuer}
+        Require claim aud:{AUDIENCE}
+        Require claim "scope~{scope_regex}"
+    </RequireAll>
+    ProxyPass http://127.0.0.1:{upstream_port}/orders
+</Location>
+""")
+    os.chmod(root, 0o777)
+    os.chmod(root / "run", 0o777)
+    return start("apache", ["apache2", "-f", str(conf), "-DFOREGROUND"], root / "stdout.log", signal.SIGTERM)
+
+
+def workers_implemented() -> bool:
+    """Whether ``gateway serve`` honours ``workers:`` (another issue adds it)."""
+    if (REPO / "gateway" / "workers.py").exists():
+        return True
+    return any("workers" in (REPO / "gateway" / name).read_text() for name in ("cli.py", "server.py"))
+
+
+def introspection_implemented() -> bool:
+    return (REPO / "gateway" / "tokens" / "introspection.py").exists()
+
+
+def gateway_config(tmp: Path, name: str, port: int, upstream_port: int, issuer: DemoIssuer, workers: int,
+                   introspection: bool) -> Path:
+    issuer_entry: dict[str, Any] = {
+        "issuer": issuer.issuer, "audiences": [AUDIENCE], "algorithms": ["RS256", "ES256"],
+    }
+    routes: list[dict[str, Any]] = [
+        {"name": "open", "path": "/open", "methods": ["GET"], "upstream": "nginx", "auth": "none"},
+        {"name": "orders", "path": "/orders", "methods": ["GET"], "upstream": "nginx", "scopes": [SCOPE]},
+    ]
+    if introspection:
+        issuer_entry["introspection"] = {
+            "endpoint": f"{issuer.issuer}/introspect", "client_id": "gateway", "client_secret": "gateway-secret",
+            "token_prefix": "demo_", "cache_ttl": "300s",
+        }
+        routes.append({"name": "opaque", "path": "/opaque", "methods": ["GET"], "upstream": "nginx",
+                       "scopes": [SCOPE]})
+    config = {
+        "listen": f"127.0.0.1:{port}",
+        "admin_listen": f"127.0.0.1:{free_port()}",
+        "workers": workers,
+        "watch_config": False,
+        "log_level": "warning",
+        "issuers": [issuer_entry],
+        "upstreams": {"nginx": {"url": f"http://127.0.0.1:{upstream_port}", "timeout": "10s"}},
+        "routes": routes,
+        "audit": {"sink": "file", "path": str(tmp / f"{name}-audit.jsonl")},
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def admin_url(config_path: Path) -> str:
+    return "http://" + str(yaml.safe_load(config_path.read_text())["admin_listen"])
+
+
+# --- wrk --------------------------------------------------------------------------------------
+
+_DONE = r"""
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCHJSON {"requests":%d,"duration_us":%d,"connect":%d,"read":%d,"write":%d,"status":%d,' ..
+    '"timeout":%d,"p50":%d,"p90":%d,"p99":%d,"mean":%.1f,"max":%d}\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.mean, latency.max))
+end
+"""
+
+
+def static_script(path: Path, token: str | None) -> Path:
+    header = f'wrk.headers["Authorization"] = "Bearer {token}"\n' if token else ""
+    path.write_text(header + _DONE)
+    return path
+
+
+def rotating_script(path: Path, token_file: Path, url_path: str) -> Path:
+    path.write_text(f"""
+local tokens = {{}}
+local counter = 0
+local threads = 0
+setup = function(thread)
+  thread:set("tid", threads)
+  threads = threads + 1
+end
+init = function(args)
+  for line in io.lines("{token_file}") do tokens[#tokens + 1] = line end
+  counter = (tid or 0) * 4999
+end
+request = function()
+  counter = counter + 1
+  return wrk.format("GET", "{url_path}", {{["Authorization"] = "Bearer " .. tokens[(counter % #tokens) + 1]}})
+end
+""" + _DONE)
+    return path
+
+
+@dataclass
+class Run:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us: float | None  # CPU of the serving processes per request (= ms per 1,000 requests)
+    requests: int
+    errors: int  # socket errors + non-2xx
+
+
+async def wrk(url: str, script: Path, connections: int, threads: int, duration: float,
+              service: Service | None) -> Run:
+    argv = ["wrk", "-t", str(min(threads, connections)), "-c", str(connections), "-d", f"{max(1, round(duration))}s",
+            "--timeout", "5s", "-s", str(script), url]
+    before = service.cpu() if service else 0.0
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=duration + 30)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    after = service.cpu() if service else 0.0
+    text = out.decode(errors="replace")
+    line = next((x for x in text.splitlines() if x.startswith("BENCHJSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no result:\n{text}")
+    data = json.loads(line.removeprefix("BENCHJSON "))
+    requests = int(data["requests"])
+    errors = sum(int(data[k]) for k in ("connect", "read", "write", "status", "timeout"))
+    return Run(
+        rps=requests / (data["duration_us"] / 1e6), p50_ms=data["p50"] / 1000, p99_ms=data["p99"] / 1000,
+        cpu_us=(after - before) / requests * 1e6 if service and requests else None, requests=requests,
+        errors=errors,
+    )
+
+
+# --- the benchmark ----------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    key: str
+    label: str
+    url: str
+    script: Path | Callable[[int], Path]  # a callable gets the round number (a fresh token set per round)
+    service: Service
+    connections: int
+    warm: bool = True
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    tmp: Path
+    services: list[Service] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    runs: dict[str, list[Run]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def mint_many(issuer: DemoIssuer, count: int) -> list[str]:
+    return [issuer.mint(sub=f"user-{i}", scope=SCOPE, ttl=3600) for i in range(count)]
+
+
+async def check(url: str, token: str | None, expect: int | tuple[int, ...], what: str) -> None:
+    expected = expect if isinstance(expect, tuple) else (expect,)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession() as session:
+        for _ in range(8):  # reach every worker
+            async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                body = await resp.read()
+                if resp.status not in expected:
+                    raise RuntimeError(f"{what}: {url} answered {resp.status}, expected {expect}: {body[:300]!r}")
+
+
+async def run_bench(bench: Bench) -> None:
+    args, tmp = bench.args, bench.tmp
+    issuer = DemoIssuer(audience=AUDIENCE)
+    await issuer.start(port=0)
+    try:
+        await _run_bench(bench, issuer)
+    finally:
+        for service in reversed(bench.services):
+            service.stop()
+        await issuer.stop()
+        if args.keep_tmp:
+            print(f"kept {tmp}", file=sys.stderr)
+
+
+async def _run_bench(bench: Bench, issuer: DemoIssuer) -> None:  # noqa: C901 - a linear script
+    args, tmp = bench.args, bench.tmp
+    say = (lambda *a: print(*a, file=sys.stderr, flush=True))
+    rows = set(args.rows.split(",")) if args.rows else None
+
+    def wanted(key: str) -> bool:
+        return rows is None or key in rows or key == "none"  # row 2 is every ratio's base
+
+    upstream_port, tls_port = free_port(), free_port()
+    nginx = start_nginx(tmp, upstream_port, tls_port, issuer)
+    bench.services.append(nginx)
+    await wait_http(f"http://127.0.0.1:{upstream_port}/", nginx)
+
+    workers = args.workers
+    if workers > 1 and not workers_implemented():
+        bench.notes.append(f"`workers: {workers}` is not implemented by `gateway serve` yet: the gateway ran 1 process.")
+        workers = 1
+    introspection = introspection_implemented()
+    if not introspection:
+        bench.notes.append("Row 5 (opaque tokens) is n/a: `gateway/tokens/introspection.py` does not exist yet.")
+
+    gateway_bin = str(Path(sys.executable).with_name("gateway"))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    while True:
+        gw_port = free_port()
+        gw_config = gateway_config(tmp, "gateway", gw_port, upstream_port, issuer, workers, introspection)
+        gw = start("gateway", [gateway_bin, "serve", "--config", str(gw_config)], tmp / "gateway.log", env=env)
+        try:
+            await wait_http(admin_url(gw_config) + "/readyz", gw, ok=lambda s: s == 200)
+        except RuntimeError:
+            if not introspection:
+                raise
+            gw.stop()
+            errors = [x for x in (tmp / "gateway.log").read_text().splitlines() if "Error" in x]
+            bench.notes.append("Row 5 (opaque tokens) is n/a: the gateway did not start with an introspection "
+                               f"issuer ({errors[-1].strip()[:200] if errors else 'no error logged'}).")
+            introspection = False
+            (tmp / "gateway.log").rename(tmp / "gateway-introspection-failed.log")
+            continue
+        break
+    bench.services.append(gw)
+    gw_base = f"http://127.0.0.1:{gw_port}"
+
+    rs_token = issuer.mint(scope=SCOPE, ttl=3600)
+    es_token = issuer.mint(scope=SCOPE, ttl=3600, key=issuer.keys[1])
+    await check(f"{gw_base}/open", None, 200, "auth: none route")
+    await check(f"{gw_base}/orders", rs_token, 200, "JWT route RS256")
+    await check(f"{gw_base}/orders", es_token, 200, "JWT route ES256")
+    await check(f"{gw_base}/orders", None, 401, "JWT route without a token")
+
+    scripts = tmp / "wrk"
+    scripts.mkdir()
+    targets: list[Target] = [
+        Target("direct", "1 upstream direct (nginx)", f"http://127.0.0.1:{upstream_port}/orders",
+               static_script(scripts / "plain.lua", None), nginx, args.connections),
+        Target("none", "2 gateway, `auth: none` route", f"{gw_base}/open",
+               static_script(scripts / "plain.lua", None), gw, args.connections),
+        Target("rs256", "3a gateway, JWT RS256 hot token", f"{gw_base}/orders",
+               static_script(scripts / "rs256.lua", rs_token), gw, args.connections),
+        Target("es256", "3b gateway, JWT ES256 hot token", f"{gw_base}/orders",
+               static_script(scripts / "es256.lua", es_token), gw, args.connections),
+    ]
+
+    if wanted("rotate"):
+        say(f"minting {args.tokens} x {args.rounds} RS256 tokens (a fresh set each round)")
+        token_sets = []
+        for r in range(args.rounds):
+            token_file = tmp / f"tokens-{r}.txt"
+            token_file.write_text("\n".join(mint_many(issuer, args.tokens)) + "\n")
+            token_sets.append(rotating_script(scripts / f"rotate-{r}.lua", token_file, "/orders"))
+        targets.append(Target("rotate", f"4 gateway, JWT rotating over {args.tokens:,} tokens", f"{gw_base}/orders",
+                              lambda r: token_sets[r], gw, args.connections, warm=False))
+
+    if introspection and wanted("opaque"):
+        opaque = issuer.mint_opaque(scope=SCOPE, ttl=3600)
+        await check(f"{gw_base}/opaque", opaque, 200, "opaque route")
+        targets.append(Target("opaque", "5 gateway, opaque token, warm introspection cache", f"{gw_base}/opaque",
+                              static_script(scripts / "opaque.lua", opaque), gw, args.connections))
+
+    if args.revoked and wanted("revoked"):
+        rv_port = free_port()
+        rv_config = gateway_config(tmp, "revoked", rv_port, upstream_port, issuer, workers, False)
+        report = tmp / "revoked-memory.json"
+        rv = start("gateway-revoked", [
+            sys.executable, str(REPO / "bench" / "preload_revocations.py"), "--entries", str(args.revoked),
+            "--probe-jti", REVOKED_JTI, "--report", str(report), "--", "serve", "--config", str(rv_config),
+        ], tmp / "revoked.log", env=env)
+        bench.services.append(rv)
+        say(f"loading {args.revoked:,} revocation entries")
+        await wait_http(admin_url(rv_config) + "/readyz", rv, timeout=120, ok=lambda s: s == 200)
+        rv_base = f"http://127.0.0.1:{rv_port}"
+        await check(f"{rv_base}/orders", rs_token, 200, "JWT route with 1M revocations")
+        await check(f"{rv_base}/orders", issuer.mint(scope=SCOPE, jti=REVOKED_JTI), 401, "a revoked jti")
+        bench.extra["revoked_memory"] = json.loads(report.read_text())
+        bench.extra["revoked_rss_tree"] = rss_of_tree(rv.pid)
+        bench.extra["gateway_rss_tree"] = rss_of_tree(gw.pid)
+        targets.append(Target("revoked", f"6 gateway, JWT RS256 hot, {args.revoked:,} revoked entries",
+                              f"{rv_base}/orders", static_script(scripts / "revoked.lua", rs_token), rv,
+                              args.connections))
+    elif not args.revoked:
+        bench.notes.append("Row 6 (revocation list) skipped (--revoked 0).")
+
+    if args.apache and wanted("apache"):
+        if shutil.which("apache2") and Path("/usr/lib/apache2/modules/mod_auth_openidc.so").exists():
+            ap_port = free_port()
+            apache = start_apache(tmp, ap_port, upstream_port, f"https://127.0.0.1:{tls_port}/jwks", issuer)
+            bench.services.append(apache)
+            ap_url = f"http://127.0.0.1:{ap_port}/orders"
+            await wait_http(ap_url, apache)
+            await check(ap_url, rs_token, 200, "Apache + mod_auth_openidc")
+            await check(ap_url, None, 401, "Apache + mod_auth_openidc without a token")
+            await check(ap_url, issuer.mint(scope="profile"), (401, 403), "Apache, wrong scope")
+            targets.append(Target("apache", "A Apache httpd + mod_auth_openidc, RS256 hot token", ap_url,
+                                  static_script(scripts / "apache.lua", rs_token), apache, args.connections))
+        else:
+            bench.notes.append("Apache + mod_auth_openidc not installed (`apt-get install apache2 "
+                               "libapache2-mod-auth-openidc`): compared against nginx only.")
+
+    targets = [t for t in targets if wanted(t.key)]
+    moderate = [
+        Target(f"{t.key}@{args.low_connections}", t.label, t.url, t.script, t.service, args.low_connections)
+        for t in targets if t.key in ("direct", "none", "rs256", "apache")
+    ] if args.low_connections else []
+
+    processes = len(process_tree(gw.pid))
+    bench.extra["gateway_processes"] = processes
+    bench.extra["workers"] = workers
+    say(f"gateway: {processes} process(es); targets: {', '.join(t.key for t in targets)}")
+
+    if args.warmup > 0:
+        for target in targets + moderate:
+            if target.warm:
+                script = target.script(0) if callable(target.script) else target.script
+                await wrk(target.url, script, target.connections, args.threads, args.warmup, None)
+
+    all_targets = targets + moderate
+    profile_task: asyncio.Task[None] | None = None
+    for r in range(args.rounds):
+        shift = r % len(all_targets)
+        for target in all_targets[shift:] + all_targets[:shift]:  # a different order every round
+            script = target.script(r) if callable(target.script) else target.script
+            duration = args.duration if target in targets else args.low_duration
+            if args.profile and r == 0 and target.key == "rs256":
+                profile_task = asyncio.create_task(profile(gw, tmp, duration, bench))
+            run = await wrk(target.url, script, target.connections, args.threads, duration, target.service)
+            if profile_task is not None:
+                await profile_task
+                profile_task = None
+            bench.runs.setdefault(target.key, []).append(run)
+            say(f"round {r + 1}/{args.rounds} {target.key:>12}: {run.rps:9.0f} req/s  p50 {run.p50_ms:6.2f} ms  "
+                f"p99 {run.p99_ms:6.2f} ms  cpu {run.cpu_us or 0:6.1f} us/req  errors {run.errors}")
+            await asyncio.sleep(args.pause)
+
+    log_text = (tmp / "gateway.log").read_text(errors="replace")
+    bench.extra["gateway_error_logs"] = sum('"level": "error"' in x or '"level":"error"' in x or "Traceback" in x
+                                            for x in log_text.splitlines())
+    bench.extra["audit_lines"] = sum(1 for _ in (tmp / "gateway-audit.jsonl").open("rb"))
+    bench.extra["targets"] = [(t.key, t.label) for t in targets]
+
+
+async def profile(gw: Service, tmp: Path, duration: float, bench: Bench) -> None:
+    """py-spy over the gateway's processes during the first RS256 run (--profile)."""
+    py_spy = Path(sys.executable).with_name("py-spy")
+    out = REPO / "bench" / "results" / "profile-rs256.speedscope.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    await asyncio.sleep(0.5)
+    proc = await asyncio.create_subprocess_exec(
+        str(py_spy), "record", "--pid", str(gw.pid), "--subprocesses", "--duration", str(max(1, int(duration) - 1)),
+        "--rate", "250", "--format", "speedscope", "--output", str(out), "--nonblocking",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    bench.extra["profile"] = str(out) if proc.returncode == 0 else f"py-spy failed: {err.decode()[-300:]}"
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def ratios(bench: Bench, key: str, base: str, attr: str) -> list[float]:
+    """Per-round ratios ``key / base`` of one metric (both measured in the same round)."""
+    out = []
+    for a, b in zip(bench.runs.get(key, []), bench.runs.get(base, []), strict=False):
+        x, y = getattr(a, attr), getattr(b, attr)
+        if x is not None and y:
+            out.append(x / y)
+    return out
+
+
+def fmt(value: float | None, spec: str = ".0f", suffix: str = "") -> str:
+    if value is None or value != value:
+        return "n/a"
+    return f"{value:{spec}}{suffix}"
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": str(os.cpu_count()), "cpu": cpu, "kernel": platform.release(),
+        "python": platform.python_version(),
+        "wrk": _version(["wrk", "-v"]), "nginx": _version(["nginx", "-v"]),
+        "apache": _version(["apache2", "-v"]),
+        "mod_auth_openidc": _version(["dpkg-query", "-W", "-f=${Version}", "libapache2-mod-auth-openidc"]),
+    }
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "not installed"
+    text = (out.stdout + out.stderr).strip().splitlines()
+    return re.sub(r"\s+", " ", text[0]) if text else "unknown"
+
+
+def report(bench: Bench, command: str, seconds: float) -> str:
+    args = bench.args
+    m = machine()
+    has = bench.runs.__contains__
+    lines = [
+        f"Date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}  ",
+        f"Machine: {m['nproc']} cores ({m['cpu']}), kernel {m['kernel']}, Python {m['python']}; "
+        f"{m['wrk']}; {m['nginx']}; {m['apache']}; mod_auth_openidc {m['mod_auth_openidc']}  ",
+        f"Command: `{command}` ({seconds:.0f} s)  ",
+        f"Load: wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s per row "
+        f"(and -c{args.low_connections} -d{args.low_duration:g}s for the moderate-load rows), {args.rounds} rounds, "
+        f"targets alternating; medians over rounds; ratios taken within each round, then the median.  ",
+        f"Gateway: `gateway serve`, {bench.extra.get('gateway_processes', '?')} process(es) "
+        f"(workers: {bench.extra.get('workers', '?')}), uvloop, audit to a file, metrics on, log level warning; "
+        f"upstream nginx `return 200` ({len(UPSTREAM_BODY)}-byte body), 1 worker process.",
+        "",
+        "| row | req/s | x row 2 | p50 ms | p99 ms | CPU us/req | CPU x row 2 | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    labels = dict(bench.extra.get("targets", []))
+    keys = [k for k, _ in bench.extra.get("targets", [])]
+    keys += [k for k in bench.runs if "@" in k]
+    for key in keys:
+        runs = bench.runs.get(key, [])
+        if not runs:
+            continue
+        base_key = "none" if "@" not in key else f"none@{args.low_connections}"
+        label = labels.get(key) or f"{labels.get(key.split('@')[0], key)} at {args.low_connections} connections"
+        cpu = [r.cpu_us for r in runs if r.cpu_us is not None]
+        lines.append(
+            f"| {label} | {fmt(median([r.rps for r in runs]))} | {fmt(median(ratios(bench, key, base_key, 'rps')), '.2f')} "
+            f"| {fmt(median([r.p50_ms for r in runs]), '.2f')} | {fmt(median([r.p99_ms for r in runs]), '.2f')} "
+            f"| {fmt(median(cpu) if cpu else None, '.1f')} "
+            f"| {fmt(median(ratios(bench, key, base_key, 'cpu_us')), '.2f')} | {sum(r.errors for r in runs)} |"
+        )
+    if not has("opaque"):
+        lines.append("| 5 gateway, opaque token, warm introspection cache | n/a | | | | | | |")
+    lines.append("")
+    lines.append("CPU us/req is utime+stime of the serving processes (the gateway and its children; nginx's for row 1; "
+                 "Apache's for row A) per request, i.e. ms per 1,000 requests.")
+    lines += ["", "Targets (issue 8):", ""]
+    lines += targets_section(bench)
+    mem = bench.extra.get("revoked_memory")
+    if mem:
+        lines.append("")
+        lines.append(f"Revocation list: {mem['entries']:,} entries took {mem['rss_after'] - mem['rss_before']:,} bytes "
+                     f"of RSS, {mem['bytes_per_entry']:.0f} bytes per entry (loaded in {mem['fill_seconds']:.1f} s).")
+    lines.append(f"Error-level lines in the gateway's log over the whole run (wrk stops mid-request every run): "
+                 f"{bench.extra.get('gateway_error_logs', 'n/a')}. Audit lines written: "
+                 f"{bench.extra.get('audit_lines', 'n/a'):,}.")
+    if "profile" in bench.extra:
+        lines.append(f"Profile (py-spy, first RS256 run): {bench.extra['profile']}")
+    if bench.notes:
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in bench.notes]
+    return "\n".join(lines) + "\n"
+
+
+def targets_section(bench: Bench) -> list[str]:
+    args = bench.args
+    low = args.low_connections
+    out: list[str] = []
+
+    def verdict(ok: bool | None) -> str:
+        return "n/a" if ok is None else ("met" if ok else "NOT met")
+
+    def med(values: list[float]) -> float | None:
+        return statistics.median(values) if values else None
+
+    vs_apache = med(ratios(bench, "rs256", "apache", "rps"))
+    cpu = med([r.cpu_us for r in bench.runs.get("rs256", []) if r.cpu_us is not None])
+    out.append(f"- JWT hot token vs Apache + mod_auth_openidc: {fmt(vs_apache, '.2f', 'x')} (target >= 1.2x): "
+               f"{verdict(None if vs_apache is None else vs_apache >= 1.2)}")
+    out.append(f"- JWT hot token CPU: {fmt(cpu, '.1f', ' us/req')} (target < 90): "
+               f"{verdict(None if cpu is None else cpu < 90)}")
+    vs_none = med(ratios(bench, "rs256", "none", "rps"))
+    out.append(f"- JWT route vs `auth: none` route: {fmt(vs_none, '.2f', 'x')} (target >= 0.95x): "
+               f"{verdict(None if vs_none is None else vs_none >= 0.95)}")
+    es_none = med(ratios(bench, "es256", "none", "rps"))
+    if es_none is not None:
+        out.append(f"  (ES256: {es_none:.2f}x)")
+    rot = med(ratios(bench, "rotate", "rs256", "rps"))
+    out.append(f"- {args.tokens:,} distinct tokens vs hot token: {fmt(rot, '.2f', 'x')} (target >= 0.6x): "
+               f"{verdict(None if rot is None else rot >= 0.6)}")
+    op_rps = med(ratios(bench, "opaque", "rs256", "rps"))
+    op_cpu = med(ratios(bench, "opaque", "rs256", "cpu_us"))
+    out.append(f"- Opaque token, warm cache vs JWT hot: {fmt(op_rps, '.2f', 'x')} throughput, "
+               f"{fmt(op_cpu, '.2f', 'x')} CPU (target: as cheap): "
+               f"{verdict(None if op_rps is None else op_rps >= 0.95)}")
+    rv = med(ratios(bench, "revoked", "rs256", "rps"))
+    # noise: the spread of the same-run ratio of two identical targets is not available, so use
+    # the round-to-round spread of row 3's ratio against row 2
+    spread = ratios(bench, "rs256", "none", "rps")
+    noise = (max(spread) - min(spread)) / 2 if len(spread) > 1 else 0.05
+    noise = max(noise, 0.05)
+    out.append(f"- {args.revoked:,} revoked entries vs none (both hot RS256): {fmt(rv, '.2f', 'x')} "
+               f"(target: within noise, taken as +-{noise:.2f}): "
+               f"{verdict(None if rv is None else rv >= 1 - noise)}")
+    direct = bench.runs.get(f"direct@{low}", [])
+    jwt_low = bench.runs.get(f"rs256@{low}", [])
+    if direct and jwt_low:
+        added = [a.p50_ms - b.p50_ms for a, b in zip(jwt_low, direct, strict=False)]
+        out.append(f"- Added p50 latency over the direct upstream at {low} connections (JWT route): "
+                   f"{med(added):.2f} ms (target < 1 ms): {verdict(med(added) < 1)}")  # type: ignore[operator]
+    p99 = med([r.p99_ms for r in bench.runs.get("rs256", [])])
+    ap99 = med([r.p99_ms for r in bench.runs.get("apache", [])])
+    out.append(f"- p99 at {args.connections} connections, JWT route vs Apache: {fmt(p99, '.2f', ' ms')} vs "
+               f"{fmt(ap99, '.2f', ' ms')}: {verdict(None if p99 is None or ap99 is None else p99 < ap99)}")
+    errors = bench.extra.get("gateway_error_logs")
+    out.append(f"- No error-level log noise on client disconnects: {errors} error lines: "
+               f"{verdict(None if errors is None else errors == 0)}")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over all targets (medians)")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run (whole seconds)")
+    parser.add_argument("--connections", type=int, default=50, help="wrk connections for the main rows")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--low-connections", type=int, default=10,
+                        help="connections of the moderate-load latency rows (0: skip them)")
+    parser.add_argument("--low-duration", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1, help="seconds of unmeasured load per target first (0: none)")
+    parser.add_argument("--pause", type=float, default=0.3, help="seconds between runs")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="gateway worker processes")
+    parser.add_argument("--tokens", type=int, default=10_000, help="distinct tokens of row 4")
+    parser.add_argument("--revoked", type=int, default=1_000_000, help="revocation entries of row 6 (0: skip)")
+    parser.add_argument("--no-apache", dest="apache", action="store_false", help="skip Apache + mod_auth_openidc")
+    parser.add_argument("--rows", default="", help="only these rows: direct,none,rs256,es256,rotate,opaque,revoked,"
+                        "apache (row 2 always runs)")
+    parser.add_argument("--profile", action="store_true", help="py-spy the gateway during the first RS256 run")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "latest.md")
+    parser.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory (configs, logs)")
+    args = parser.parse_args()
+    for tool in ("wrk", "nginx"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is not installed: apt-get install -y wrk nginx")
+    command = "make bench" if os.environ.get("MAKELEVEL") else " ".join(
+        [".venv/bin/python bench/run.py", *sys.argv[1:]]
+    )
+    started = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="tokengate-bench-"))
+    os.chmod(tmp, 0o755)
+    bench = Bench(args, tmp)
+    try:
+        asyncio.run(run_bench(bench))
+    finally:
+        if not args.keep_tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    text = report(bench, command, time.monotonic() - started)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    raw = {k: [vars(r) for r in v] for k, v in bench.runs.items()}
+    args.out.with_suffix(".json").write_text(json.dumps({"runs": raw, "extra": bench.extra, "notes": bench.notes},
+                                                        indent=1, default=str))
+    print(text)
+    print(f"(written to {args.out}; paste it into BENCHMARKS.md)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,583 @@
+"""``gateway incident``: the whole story of one token (or subject, or family) from the audit trail.
+
+The input is streamed once to collect the token's own calls; when the token belongs to a
+family or a subject, a second streamed pass collects the other tokens of that family or
+subject (standard input is spooled to a temporary file for it). Memory holds aggregates
+only, plus the first ``MAX_LISTED`` calls for the listing.
+
+``--revoke`` turns the incident into revocation entries (the token by jti, else by
+fingerprint; its families; for a subject, every token issued to it so far), writes them
+through the configured revocation store, and records who did it in the audit trail.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from ..config import GatewayConfig
+from ..revocation.entries import ANY_ISSUER, Entry, Kind
+from ..revocation.store import RevocationStore
+from ..tokens.token import FINGERPRINT_PREFIX
+from .query import Query, Record, Warn, _stderr, _verbatim_in_json, iter_records
+from .record import rfc3339
+
+MAX_LISTED = 10_000  # calls listed one by one (all are counted)
+MAX_DENIALS_PER_REASON = 1_000
+MAX_RELATED = 1_000
+MAX_IPS_PER_TOKEN = 50
+_CALL_FIELDS = (
+    "ts", "request_id", "client_ip", "method", "path", "route", "status", "decision", "reason", "user_agent",
+    "scopes", "required_scopes", "missing_scopes", "jti", "token_fingerprint", "suspicious",
+)
+
+
+# --- what is investigated --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the incident is about. ``value`` never holds a raw token: --token becomes a fingerprint."""
+
+    kind: str  # jti | fingerprint | sub | family
+    value: str
+    from_token: bool = False
+
+    @classmethod
+    def from_options(
+        cls, jti: str | None = None, fingerprint: str | None = None, token: str | None = None,
+        sub: str | None = None, family: str | None = None,
+    ) -> Target:
+        given = [(k, v) for k, v in (("jti", jti), ("fingerprint", fingerprint), ("token", token), ("sub", sub),
+                                     ("family", family)) if v]
+        if len(given) != 1:
+            raise ValueError("give exactly one of --jti, --fingerprint, --token, --sub, --family")
+        kind, value = given[0]
+        if kind == "token":
+            return cls("fingerprint", Query.build(token=value).fingerprint or "", from_token=True)
+        if kind == "fingerprint":
+            return cls("fingerprint", Query(fingerprint=value).fingerprint or "")
+        return cls(kind, value)
+
+    def query(self) -> Query:
+        if self.kind == "jti":
+            return Query(jti=self.value)
+        if self.kind == "fingerprint":
+            return Query(fingerprint=self.value)
+        if self.kind == "sub":
+            return Query(sub=self.value)
+        return Query(family=self.value)
+
+    def describe(self) -> str:
+        if self.from_token:
+            return f"the token given with --token (fingerprint {self.value}; the token itself is not shown)"
+        return {"jti": "token jti", "fingerprint": "token fingerprint", "sub": "subject", "family": "family (sid)"}[
+            self.kind
+        ] + f" {self.value}"
+
+    @property
+    def is_token(self) -> bool:
+        return self.kind in ("jti", "fingerprint")
+
+
+# --- aggregates ------------------------------------------------------------------------------
+
+
+@dataclass
+class Seen:
+    """First/last seen and counts of something (an IP, a user agent)."""
+
+    first: str
+    last: str
+    calls: int = 0
+    allowed: int = 0
+    denied: int = 0
+
+    def add(self, ts: str, allowed: bool) -> None:
+        if ts and (not self.first or ts < self.first):
+            self.first = ts
+        if ts > self.last:
+            self.last = ts
+        self.calls += 1
+        if allowed:
+            self.allowed += 1
+        else:
+            self.denied += 1
+
+
+@dataclass
+class TokenSeen(Seen):
+    """One token: how it is known, and where it was used from."""
+
+    jti: str | None = None
+    fingerprint: str | None = None
+    sid: str | None = None
+    sub: str | None = None
+    client_id: str | None = None
+    iss: str | None = None
+    ips: set[str] = field(default_factory=set)
+    more_ips: bool = False
+
+    def note(self, record: Record) -> None:
+        for name, key in (("jti", "jti"), ("fingerprint", "token_fingerprint"), ("sid", "sid"), ("sub", "sub"),
+                          ("client_id", "client_id"), ("iss", "iss")):
+            if getattr(self, name) is None and isinstance(record.get(key), str):
+                setattr(self, name, record[key])
+        ip = record.get("client_ip")
+        if isinstance(ip, str) and ip not in self.ips:
+            if len(self.ips) < MAX_IPS_PER_TOKEN:
+                self.ips.add(ip)
+            else:
+                self.more_ips = True
+
+
+def token_key(record: Record) -> str | None:
+    """How a token is told apart from others: its jti, else its fingerprint."""
+    jti, fp = record.get("jti"), record.get("token_fingerprint")
+    if isinstance(jti, str) and jti:
+        return f"jti:{jti}"
+    if isinstance(fp, str) and fp:
+        return f"fp:{fp}"
+    return None
+
+
+@dataclass
+class Incident:
+    """Everything ``gateway incident`` reports about its target."""
+
+    target: Target
+    calls: int = 0
+    allowed: int = 0
+    denied: int = 0
+    first: Record | None = None
+    last: Record | None = None
+    by_route_status: Counter[tuple[str, int]] = field(default_factory=Counter)
+    ips: dict[str, Seen] = field(default_factory=dict)
+    user_agents: dict[str, Seen] = field(default_factory=dict)
+    denials: dict[str, list[Record]] = field(default_factory=dict)
+    denial_counts: Counter[str] = field(default_factory=Counter)
+    escalations: list[Record] = field(default_factory=list)
+    escalation_count: int = 0
+    listed: list[Record] = field(default_factory=list)
+    timeline: dict[str, Counter[str]] = field(default_factory=dict)  # minute -> decision -> calls
+    suspicious: Counter[str] = field(default_factory=Counter)
+    tokens: dict[str, TokenSeen] = field(default_factory=dict)
+    related: dict[str, TokenSeen] = field(default_factory=dict)
+    related_dropped: int = 0
+    actions: list[Record] = field(default_factory=list)
+
+    # -- collecting --
+
+    def add(self, record: Record) -> None:
+        """One record of the target's own activity."""
+        if record.get("mode") == "incident" or "action" in record:
+            self.actions.append(record)
+            return
+        ts = record.get("ts") if isinstance(record.get("ts"), str) else ""
+        assert isinstance(ts, str)
+        allowed = record.get("decision") == "allow"
+        self.calls += 1
+        if allowed:
+            self.allowed += 1
+        else:
+            self.denied += 1
+        if self.first is None or ts < self.first.get("ts", ""):
+            self.first = _call(record)
+        if self.last is None or ts >= self.last.get("ts", ""):
+            self.last = _call(record)
+        status = record.get("status")
+        self.by_route_status[(str(record.get("route") or "(no route)"), status if isinstance(status, int) else 0)] += 1
+        ip = str(record.get("client_ip") or "(unknown)")
+        self.ips.setdefault(ip, Seen(ts, ts)).add(ts, allowed)
+        agent = str(record.get("user_agent") or "(none)")
+        self.user_agents.setdefault(agent, Seen(ts, ts)).add(ts, allowed)
+        if not allowed:
+            reason = str(record.get("reason") or "(none)")
+            self.denial_counts[reason] += 1
+            listed = self.denials.setdefault(reason, [])
+            if len(listed) < MAX_DENIALS_PER_REASON:
+                listed.append(_call(record))
+            if reason == "insufficient_scope":
+                self.escalation_count += 1
+                if len(self.escalations) < MAX_LISTED:
+                    self.escalations.append(_call(record))
+        if len(self.listed) < MAX_LISTED:
+            self.listed.append(_call(record))
+        minute = ts[:16]
+        self.timeline.setdefault(minute, Counter())["allow" if allowed else "deny"] += 1
+        for reason in record.get("suspicious") or ():
+            self.suspicious[str(reason)] += 1
+        key = token_key(record)
+        if key is not None:
+            self.tokens.setdefault(key, TokenSeen(ts, ts)).add(ts, allowed)
+            self.tokens[key].note(record)
+
+    def add_related(self, record: Record) -> None:
+        """A record of another token of the same family or subject."""
+        if record.get("mode") == "incident" or "action" in record:
+            return
+        key = token_key(record)
+        if key is None or key in self.tokens:
+            return
+        seen = self.related.get(key)
+        if seen is None:
+            if len(self.related) >= MAX_RELATED:
+                self.related_dropped += 1
+                return
+            ts = str(record.get("ts") or "")
+            seen = self.related[key] = TokenSeen(ts, ts)
+        seen.add(str(record.get("ts") or ""), record.get("decision") == "allow")
+        seen.note(record)
+
+    # -- facts derived --
+
+    @property
+    def families(self) -> list[str]:
+        return sorted({t.sid for t in self.tokens.values() if t.sid})
+
+    @property
+    def subjects(self) -> list[str]:
+        return sorted({t.sub for t in self.tokens.values() if t.sub})
+
+    @property
+    def issuers(self) -> list[str]:
+        return sorted({t.iss for t in self.tokens.values() if t.iss})
+
+    def overlaps(self, other: TokenSeen) -> bool:
+        """Whether ``other`` was used while the target was in use (between its first and last use)."""
+        if self.first is None or self.last is None:
+            return False
+        return bool(other.first <= self.last["ts"] and other.last >= self.first["ts"])
+
+    def route_totals(self) -> list[tuple[str, int, dict[int, int]]]:
+        """(route, calls, {status: calls}) by descending calls."""
+        routes: dict[str, dict[int, int]] = {}
+        for (route, status), count in self.by_route_status.items():
+            routes.setdefault(route, {})[status] = count
+        return sorted(((r, sum(s.values()), dict(sorted(s.items()))) for r, s in routes.items()),
+                      key=lambda item: (-item[1], item[0]))
+
+    def statuses(self) -> list[int]:
+        return sorted({status for _, status in self.by_route_status})
+
+
+def _call(record: Record) -> Record:
+    return {k: record.get(k) for k in _CALL_FIELDS}
+
+
+# --- collecting ------------------------------------------------------------------------------
+
+
+def collect(names: Sequence[str], target: Target, warn: Warn = _stderr) -> Incident:
+    """Read the inputs (one or two streamed passes) and build the incident."""
+    incident = Incident(target)
+    names = list(names) or ["-"]
+    query = target.query()
+    second_pass = target.kind != "sub"
+    with ExitStack() as stack:
+        spool: IO[bytes] | None = None
+        if second_pass and "-" in names:
+            spool = stack.enter_context(tempfile.NamedTemporaryFile(prefix="gateway-incident-", suffix=".spool"))
+            names = _once(names, "-")
+        for record in iter_records(names, query.literals(), warn, spool=spool):
+            if query.matches(record):
+                incident.add(record)
+        if not second_pass or not incident.calls:
+            return incident
+        if spool is not None:
+            spool.flush()
+            names = [spool.name if n == "-" else n for n in names]
+        _collect_related(incident, names, query, warn)
+    return incident
+
+
+def _once(names: list[str], name: str) -> list[str]:
+    seen = False
+    out = []
+    for n in names:
+        if n == name:
+            if seen:
+                continue
+            seen = True
+        out.append(n)
+    return out
+
+
+def _collect_related(incident: Incident, names: Sequence[str], query: Query, warn: Warn) -> None:
+    sids, subs = set(incident.families), set(incident.subjects)
+    if incident.target.kind == "family":
+        sids = set()  # the family's own tokens are the target already
+    if not sids and not subs:
+        return
+    values = sids | subs
+    needles = [v.encode() for v in values if _verbatim_in_json(v)]
+    if len(needles) != len(values):
+        needles = []  # a value JSON would escape: parse every line instead
+    for record in iter_records(names, needles, warn):
+        if query.matches(record):
+            continue
+        if record.get("sid") in sids or record.get("sub") in subs:
+            incident.add_related(record)
+
+
+# --- plain-text report -----------------------------------------------------------------------
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], indent: str = "  ") -> list[str]:
+    texts = [[("" if v is None else str(v)).replace("\n", " ") for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in texts:
+        for i, value in enumerate(row):
+            widths[i] = min(max(widths[i], len(value)), 60)
+    out = [indent + "  ".join(h.ljust(widths[i]) for i, h in enumerate(headers)).rstrip()]
+    for row in texts:
+        cells = [(v if len(v) <= widths[i] else v[: widths[i] - 1] + "…").ljust(widths[i]) for i, v in enumerate(row)]
+        out.append(indent + "  ".join(cells).rstrip())
+    return out
+
+
+def _scopes(value: Any) -> str:
+    return " ".join(value) if isinstance(value, list) and value else "-"
+
+
+def render_text(incident: Incident) -> str:
+    """The incident as the plain-text report ``gateway incident`` prints."""
+    lines: list[str] = [f"Incident report for {incident.target.describe()}"]
+    if not incident.calls:
+        lines.append("No audit records of it were found in the input.")
+        lines.extend(_actions_text(incident))
+        return "\n".join(lines) + "\n"
+    first, last = incident.first or {}, incident.last or {}
+    lines += [
+        f"  subjects: {', '.join(incident.subjects) or '-'}   families (sid): {', '.join(incident.families) or '-'}"
+        f"   issuers: {', '.join(incident.issuers) or '-'}",
+        f"  first use: {first.get('ts')} from {first.get('client_ip')} ({first.get('method')} {first.get('path')})",
+        f"  last use:  {last.get('ts')} from {last.get('client_ip')} ({last.get('method')} {last.get('path')})",
+        f"  calls: {incident.calls} ({incident.allowed} allowed, {incident.denied} denied)"
+        f" from {len(incident.ips)} client IP(s)",
+    ]
+    if incident.suspicious:
+        flagged = ", ".join(f"{r} x{n}" for r, n in incident.suspicious.most_common())
+        lines.append(f"  flagged by live detection: {flagged}")
+
+    statuses = incident.statuses()
+    lines += ["", "Calls by route and status"]
+    lines += _table(
+        ["ROUTE", "CALLS", *[str(s) for s in statuses]],
+        [[route, total, *[by.get(s, "") for s in statuses]] for route, total, by in incident.route_totals()],
+    )
+
+    lines += ["", "Client IPs"]
+    lines += _table(
+        ["IP", "FIRST SEEN", "LAST SEEN", "CALLS", "ALLOWED", "DENIED"],
+        [[ip, s.first, s.last, s.calls, s.allowed, s.denied]
+         for ip, s in sorted(incident.ips.items(), key=lambda item: item[1].first)],
+    )
+
+    lines += ["", "User agents"]
+    lines += _table(
+        ["USER AGENT", "CALLS", "FIRST SEEN", "LAST SEEN"],
+        [[ua, s.calls, s.first, s.last] for ua, s in sorted(incident.user_agents.items(), key=lambda i: -i[1].calls)],
+    )
+
+    lines += ["", f"Denials by reason ({incident.denied})"]
+    if not incident.denial_counts:
+        lines.append("  none")
+    for reason, count in incident.denial_counts.most_common():
+        lines.append(f"  {reason}: {count}")
+        listed = incident.denials.get(reason, [])
+        lines += _table(["TIME", "CLIENT IP", "METHOD", "PATH", "STATUS"],
+                        [[c["ts"], c["client_ip"], c["method"], c["path"], c["status"]] for c in listed], "    ")
+        if count > len(listed):
+            lines.append(f"    ... {count - len(listed)} more not listed")
+
+    lines += ["", f"Scope-escalation attempts ({incident.escalation_count})"]
+    if not incident.escalations:
+        lines.append("  none")
+    else:
+        lines += _table(
+            ["TIME", "CLIENT IP", "METHOD", "PATH", "ASKED FOR", "MISSING", "HELD"],
+            [[c["ts"], c["client_ip"], c["method"], c["path"], _scopes(c["required_scopes"]),
+              _scopes(c["missing_scopes"]), _scopes(c["scopes"])] for c in incident.escalations],
+        )
+        if incident.escalation_count > len(incident.escalations):
+            lines.append(f"    ... {incident.escalation_count - len(incident.escalations)} more not listed")
+
+    lines += ["", *_tokens_text(incident)]
+
+    lines += ["", f"Calls ({incident.calls})"]
+    lines += _table(
+        ["TIME", "CLIENT IP", "METHOD", "PATH", "ROUTE", "STATUS", "DECISION", "REASON"],
+        [[c["ts"], c["client_ip"], c["method"], c["path"], c["route"], c["status"], c["decision"],
+          c["reason"] + (f" (suspicious: {_scopes(c['suspicious'])})" if c.get("suspicious") else "")]
+         for c in sorted(incident.listed, key=lambda c: c["ts"] or "")],
+    )
+    if incident.calls > len(incident.listed):
+        lines.append(f"  ... {incident.calls - len(incident.listed)} more calls not listed here:"
+                     f" use gateway audit for all of them")
+    lines.extend(_actions_text(incident))
+    return "\n".join(lines) + "\n"
+
+
+def _tokens_text(incident: Incident) -> list[str]:
+    lines: list[str] = []
+    if not incident.target.is_token:
+        lines.append(f"Tokens of this {'subject' if incident.target.kind == 'sub' else 'family'}"
+                     f" ({len(incident.tokens)})")
+        lines += _token_rows(incident, list(incident.tokens.values()))
+        if incident.target.kind == "sub":
+            return lines
+        lines.append("")
+    title = "Other tokens of the same subject" if incident.target.kind == "family" else \
+        "Other tokens of the same family or subject"
+    lines.append(f"{title} ({len(incident.related) + incident.related_dropped});"
+                 " * = used while the investigated token was in use")
+    if not incident.related:
+        lines.append("  none")
+    lines += _token_rows(incident, sorted(incident.related.values(), key=lambda t: t.first), mark=True)
+    if incident.related_dropped:
+        lines.append(f"  ... {incident.related_dropped} more not listed")
+    return lines
+
+
+def _token_rows(incident: Incident, tokens: list[TokenSeen], mark: bool = False) -> list[str]:
+    if not tokens:
+        return []
+    return _table(
+        ["", "JTI", "FINGERPRINT", "SID", "SUB", "CLIENT", "FIRST SEEN", "LAST SEEN", "CALLS", "DENIED", "IPS"],
+        [["*" if mark and incident.overlaps(t) else "", t.jti, t.fingerprint, t.sid, t.sub, t.client_id, t.first,
+          t.last, t.calls, t.denied, " ".join(sorted(t.ips)) + (" ..." if t.more_ips else "")] for t in tokens],
+    )
+
+
+def _actions_text(incident: Incident) -> list[str]:
+    if not incident.actions:
+        return []
+    lines = ["", "Responder actions already recorded"]
+    for action in incident.actions:
+        revoked = ", ".join(f"{r.get('kind')} {r.get('value')}" for r in action.get("revoked") or [])
+        lines.append(f"  {action.get('ts')} {action.get('action')} by {action.get('operator')}:"
+                     f" {revoked} ({action.get('reason')})")
+    return lines
+
+
+# --- revocation ------------------------------------------------------------------------------
+
+
+class RevokeError(Exception):
+    """Nothing safe to revoke, or no way to reach the gateways' revocation list."""
+
+
+def plan_revocation(incident: Incident, config: GatewayConfig, reason: str, now: float | None = None) -> list[Entry]:
+    """The entries that cut the target off: the token (jti, else fingerprint) and its families;
+    for a subject, every token issued to it until now plus its families; for a family, the family."""
+    now = time.time() if now is None else now
+    expires = now + config.revocation.default_ttl
+    note = f"incident: {reason}"
+    target = incident.target
+    entries: list[Entry] = []
+    if target.is_token:
+        tokens = list(incident.tokens.values())
+        if target.kind == "fingerprint" and len(tokens) > 1:
+            raise RevokeError(f"fingerprint prefix {target.value} matches {len(tokens)} tokens;"
+                              " give the whole fingerprint or the jti")
+        if tokens:
+            for token in tokens:
+                if token.jti:
+                    entries.append(Entry(Kind.TOKEN, token.jti, expires, reason=note, created_at=now))
+                elif token.fingerprint and len(token.fingerprint) >= FINGERPRINT_PREFIX:
+                    entries.append(Entry(Kind.TOKEN, token.fingerprint[:FINGERPRINT_PREFIX], expires,
+                                         reason=note, created_at=now))
+        elif target.kind == "jti":
+            entries.append(Entry(Kind.TOKEN, target.value, expires, reason=note, created_at=now))
+        elif len(target.value) == FINGERPRINT_PREFIX:
+            entries.append(Entry(Kind.TOKEN, target.value, expires, reason=note, created_at=now))
+        else:
+            raise RevokeError("no audit record shows this token and the fingerprint prefix is too short to revoke by;"
+                              f" give all {FINGERPRINT_PREFIX} hex digits or the jti")
+    elif target.kind == "sub":
+        issuers = incident.issuers
+        for issuer in issuers or [ANY_ISSUER]:
+            entries.append(Entry(Kind.SUBJECT, target.value, expires, issuer=issuer if len(issuers) == 1 else
+                                 ANY_ISSUER, not_before=now, reason=note, created_at=now))
+            if len(issuers) != 1:
+                break
+    families = [target.value] if target.kind == "family" else incident.families
+    for sid in families:
+        entries.append(Entry(Kind.FAMILY, sid, expires, reason=note, created_at=now))
+    if not entries:
+        raise RevokeError("nothing to revoke")
+    return entries
+
+
+def operator_name() -> str:
+    """Who ran the command: the OS user (``$USER`` and friends first)."""
+    try:
+        return os.environ.get("USER") or getpass.getuser()
+    except (OSError, KeyError):
+        return "unknown"
+
+
+def action_record(incident: Incident, entries: Sequence[Entry], reason: str, operator: str,
+                  now: float | None = None) -> Record:
+    """The audit record of a responder's revocation (``mode: incident``)."""
+    now = time.time() if now is None else now
+    tokens = list(incident.tokens.values())
+    single = tokens[0] if len(tokens) == 1 else None
+    target = incident.target
+    return {
+        "type": "audit",
+        "ts": rfc3339(now),
+        "request_id": os.urandom(12).hex(),
+        "mode": "incident",
+        "action": "revoke",
+        "operator": operator,
+        "operator_host": socket.gethostname(),
+        "decision": "revoke",
+        "reason": reason,
+        "target": {"kind": target.kind, "value": target.value},
+        "revoked": [{"kind": e.kind.value, "value": e.value, "issuer": e.issuer, "expires_at": rfc3339(e.expires_at)}
+                    for e in entries],
+        "sub": target.value if target.kind == "sub" else (single.sub if single else None),
+        "client_id": single.client_id if single else None,
+        "iss": single.iss if single else None,
+        "jti": target.value if target.kind == "jti" else (single.jti if single else None),
+        "sid": target.value if target.kind == "family" else (single.sid if single else None),
+        "token_fingerprint": target.value if target.kind == "fingerprint" else (single.fingerprint if single else None),
+    }
+
+
+async def revoke(config: GatewayConfig, entries: Sequence[Entry], record: Record) -> None:
+    """Write the entries through the configured store, then the action record to the audit sink."""
+    from ..revocation.store import MemoryStore, build_store
+    from .writer import AuditWriter
+
+    store = build_store(config.revocation)
+    if isinstance(store, MemoryStore):
+        raise RevokeError(
+            "this configuration keeps the revocation list in memory (no revocation.redis_url or sentinel):"
+            " a revocation made from the command line would not reach the running gateways"
+        )
+    await store.start()
+    try:
+        await apply_revocation(store, entries)
+    finally:
+        await store.stop()
+    writer = AuditWriter(config.audit)
+    await writer.start()
+    writer.write(record)
+    await writer.stop()
+
+
+async def apply_revocation(store: RevocationStore, entries: Sequence[Entry]) -> None:
+    """Revoke every entry through ``store`` (a started store: Redis, or a gateway's own)."""
+    for entry in entries:
+        await store.revoke(entry)

@@ -1,0 +1,407 @@
+"""Streaming queries over audit records: the engine of ``gateway audit`` and ``gateway incident``.
+
+Input is JSON lines, plain or gzip (told apart by the magic bytes, not the name), from
+several files (rotated ones included) or from standard input, so that
+``kubectl logs -l app=gateway | gateway audit --jti J`` works. Lines that are not audit
+records (the gateway's own log lines, ``"type": "log"``, or anything else) are skipped,
+and a prefix before the JSON object (``kubectl logs --timestamps`` / ``--prefix``) is
+ignored.
+
+Nothing is held in memory but the block being scanned: when a filter names a value that
+must appear literally in the line (a jti, a fingerprint, a subject...), blocks of input
+are searched for it with ``bytes.find`` and only the lines around a hit are parsed, which
+is what makes a ``--jti`` query over a million records take about as long as reading the
+file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import ipaddress
+import re
+import sys
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import IO, Any
+
+import orjson
+
+from ..tokens.token import FINGERPRINT_PREFIX, fingerprint
+
+BLOCK = 2**20  # bytes read at a time when scanning for a literal
+MAX_LINE = 16 * 2**20  # a "line" longer than this without a newline is garbage: dropped
+GZIP_MAGIC = b"\x1f\x8b"
+
+Record = dict[str, Any]
+Warn = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+# --- times -----------------------------------------------------------------------------------
+
+_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_RELATIVE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_time(value: str, now: datetime | None = None) -> datetime:
+    """An RFC 3339 time (``2024-05-01T12:00:00Z``, a date alone means midnight UTC) or a
+    relative one meaning "that long ago" (``90s``, ``30m``, ``2h``, ``7d``, ``1w``)."""
+    match = _RELATIVE.match(value)
+    if match:
+        now = now or datetime.now(UTC)
+        return now - timedelta(seconds=float(match.group(1)) * _RELATIVE_UNITS[match.group(2)])
+    text = value.strip()
+    if text[-1:] in ("z", "Z"):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an RFC 3339 time (2024-05-01T12:00:00Z) or a relative one (2h, 30m, 7d)")
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def ts_text(moment: datetime) -> str:
+    """The form audit records use for ``ts`` (UTC, milliseconds, ``Z``): comparable as text."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _canonical_ts(ts: Any) -> str | None:
+    """``ts`` in the canonical form; records from this gateway already are."""
+    if not isinstance(ts, str):
+        return None
+    if len(ts) == 24 and ts[-1] == "Z" and ts[10] == "T":
+        return ts
+    try:
+        return ts_text(parse_time(ts))
+    except ValueError:
+        return None
+
+
+# --- the filter ------------------------------------------------------------------------------
+
+
+@dataclass
+class Query:
+    """The filters of ``gateway audit``; all given ones must hold (AND)."""
+
+    jti: str | None = None
+    fingerprint: str | None = None  # a prefix of the SHA-256 hex; --token is turned into this
+    sub: str | None = None
+    client: str | None = None
+    family: str | None = None
+    ip: str | None = None  # an address, or a network in CIDR form
+    route: str | None = None
+    decision: str | None = None
+    reason: str | None = None
+    since: str | None = None  # canonical ts text
+    until: str | None = None
+    _network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.fingerprint is not None:
+            self.fingerprint = self.fingerprint.strip().lower()
+            if not re.fullmatch(r"[0-9a-f]{1,64}", self.fingerprint):
+                raise ValueError("a fingerprint is hex digits (a prefix of the token's SHA-256)")
+            self.fingerprint = self.fingerprint[:FINGERPRINT_PREFIX]
+        if self.ip is not None and "/" in self.ip:
+            try:
+                self._network = ipaddress.ip_network(self.ip, strict=False)
+            except ValueError:
+                raise ValueError(f"{self.ip!r} is not an IP address or network") from None
+
+    @classmethod
+    def build(
+        cls, *, token: str | None = None, since: str | None = None, until: str | None = None, **filters: Any
+    ) -> Query:
+        """A query from CLI values: ``token`` is hashed here and forgotten; times are parsed."""
+        if token is not None:
+            if filters.get("fingerprint"):
+                raise ValueError("give --token or --fingerprint, not both")
+            filters["fingerprint"] = token_fingerprint(token)
+        return cls(
+            since=ts_text(parse_time(since)) if since else None,
+            until=ts_text(parse_time(until)) if until else None,
+            **filters,
+        )
+
+    def is_empty(self) -> bool:
+        return not any(
+            (self.jti, self.fingerprint, self.sub, self.client, self.family, self.ip, self.route, self.decision,
+             self.reason, self.since, self.until)
+        )
+
+    def literals(self) -> list[bytes]:
+        """Values that must appear verbatim in a matching line (JSON leaves them unescaped)."""
+        values = [self.jti, self.fingerprint, self.sub, self.client, self.family, self.route, self.reason]
+        if self._network is None:
+            values.append(self.ip)
+        return [v.encode() for v in values if v and _verbatim_in_json(v)]
+
+    def matches(self, record: Record) -> bool:
+        get = record.get
+        if self.jti is not None and get("jti") != self.jti:
+            return False
+        if self.fingerprint is not None:
+            fp = get("token_fingerprint")
+            if not isinstance(fp, str) or not fp.startswith(self.fingerprint):
+                return False
+        if self.sub is not None and get("sub") != self.sub:
+            return False
+        if self.client is not None and get("client_id") != self.client:
+            return False
+        if self.family is not None and get("sid") != self.family:
+            return False
+        if self.ip is not None and not self._ip_matches(get("client_ip")):
+            return False
+        if self.route is not None and get("route") != self.route:
+            return False
+        if self.decision is not None and get("decision") != self.decision:
+            return False
+        if self.reason is not None and get("reason") != self.reason:
+            return False
+        if self.since is not None or self.until is not None:
+            ts = _canonical_ts(get("ts"))
+            if ts is None:
+                return False
+            if self.since is not None and ts < self.since:
+                return False
+            if self.until is not None and ts > self.until:
+                return False
+        return True
+
+    def _ip_matches(self, value: Any) -> bool:
+        if not isinstance(value, str):
+            return False
+        if self._network is None:
+            return value == self.ip
+        try:
+            return ipaddress.ip_address(value) in self._network
+        except ValueError:
+            return False
+
+
+def token_fingerprint(raw_token: str) -> str:
+    """The searchable fingerprint of a raw token (what audit records hold); the token is not kept."""
+    raw = raw_token.strip()
+    if raw[:7].lower() == "bearer ":
+        raw = raw[7:].strip()
+    return fingerprint(raw)[:FINGERPRINT_PREFIX]
+
+
+def _verbatim_in_json(value: str) -> bool:
+    return value.isascii() and value.isprintable() and '"' not in value and "\\" not in value
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+class _Tee(io.RawIOBase):
+    """Standard input, copied to a spool file as it is read (for a second pass)."""
+
+    def __init__(self, source: IO[bytes], spool: IO[bytes]) -> None:
+        self.source, self.spool = source, spool
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        read1 = getattr(self.source, "read1", self.source.read)
+        data = read1(len(buffer))
+        if data:
+            self.spool.write(data)
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def open_input(name: str, spool: IO[bytes] | None = None) -> IO[bytes]:
+    """A binary stream of decompressed bytes: a file (``-`` is stdin), gzip or plain."""
+    raw: IO[bytes]
+    if name == "-":
+        stdin = sys.stdin.buffer
+        raw = io.BufferedReader(_Tee(stdin, spool), BLOCK) if spool is not None else stdin
+        if not hasattr(raw, "peek"):
+            raw = io.BufferedReader(raw, BLOCK)  # type: ignore[arg-type]
+    else:
+        raw = open(name, "rb")  # noqa: SIM115 - closed by the caller
+    magic = raw.peek(2)[:2]  # type: ignore[attr-defined]
+    if magic == GZIP_MAGIC:
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    return raw
+
+
+def _blocks(stream: IO[bytes]) -> Iterator[tuple[bytes, int]]:
+    """(data, end): ``data[:end]`` is whole lines, a block at a time (no copy of the block)."""
+    rest = b""
+    while True:
+        block = stream.read(BLOCK)
+        if not block:
+            break
+        data = rest + block if rest else block
+        end = data.rfind(b"\n") + 1
+        if end == 0:
+            rest = data if len(data) <= MAX_LINE else b""
+            continue
+        rest = data[end:]
+        yield data, end
+    if rest:
+        yield rest + b"\n", len(rest) + 1
+
+
+def _candidate_lines(stream: IO[bytes], needles: Sequence[bytes]) -> Iterator[bytes]:
+    """Lines of ``stream`` holding one of ``needles`` (every line when there are none)."""
+    if not needles:
+        for line in stream:
+            yield line
+        return
+    if len(needles) == 1:
+        needle = needles[0]
+
+        def find(data: bytes, start: int, end: int) -> int:
+            return data.find(needle, start, end)
+    else:
+        pattern = re.compile(b"|".join(re.escape(n) for n in sorted(set(needles), key=len, reverse=True)))
+
+        def find(data: bytes, start: int, end: int) -> int:
+            hit = pattern.search(data, start, end)
+            return hit.start() if hit else -1
+
+    for data, limit in _blocks(stream):
+        pos = find(data, 0, limit)
+        while pos != -1:
+            start = data.rfind(b"\n", 0, pos) + 1
+            end = data.index(b"\n", pos)
+            yield data[start:end]
+            pos = find(data, end + 1, limit)
+
+
+def parse_line(line: bytes) -> Record | None:
+    """The audit record on this line, or None (a log line, a prefix-only line, garbage)."""
+    start = line.find(b"{")
+    if start == -1:
+        return None
+    if b'"audit"' not in line:
+        return None
+    try:
+        record = orjson.loads(line[start:] if start else line)
+    except orjson.JSONDecodeError:
+        return None
+    if type(record) is not dict or record.get("type") != "audit":
+        return None
+    return record
+
+
+def iter_records(
+    names: Sequence[str], needles: Sequence[bytes] = (), warn: Warn = _stderr, spool: IO[bytes] | None = None,
+) -> Iterator[Record]:
+    """Every audit record of the inputs (``[]`` or ``-`` is stdin), in input order.
+
+    With ``needles``, only lines containing one of them are parsed (a pre-filter: callers
+    still apply the real filter). ``spool`` receives a copy of stdin as read.
+    """
+    for name in names or ["-"]:
+        try:
+            stream = open_input(name, spool)
+        except OSError as exc:
+            warn(f"warning: {name}: cannot read: {exc.strerror}")
+            continue
+        try:
+            for line in _candidate_lines(stream, needles):
+                record = parse_line(line)
+                if record is not None:
+                    yield record
+        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+            warn(f"warning: {name}: compressed data ends early or is corrupt ({exc}); read what was there")
+        finally:
+            if name != "-":
+                stream.close()
+
+
+def select(names: Sequence[str], query: Query, warn: Warn = _stderr) -> Iterator[Record]:
+    """The records of the inputs that match ``query``, streamed."""
+    for record in iter_records(names, query.literals(), warn):
+        if query.matches(record):
+            yield record
+
+
+# --- output ----------------------------------------------------------------------------------
+
+CSV_FIELDS = (
+    "ts", "request_id", "mode", "client_ip", "method", "host", "path", "route", "upstream", "status", "decision",
+    "reason", "sub", "client_id", "iss", "jti", "sid", "token_fingerprint", "scopes", "required_scopes",
+    "missing_scopes", "user_agent", "duration_ms", "upstream_ms", "bytes_in", "bytes_out", "suspicious",
+)
+
+_TABLE = (  # (header, field, width)
+    ("TIME", "ts", 24), ("CLIENT IP", "client_ip", 15), ("METHOD", "method", 6), ("PATH", "path", 32),
+    ("ROUTE", "route", 14), ("STATUS", "status", 6), ("REASON", "reason", 18), ("SUB", "sub", 14),
+    ("JTI", "jti", 32), ("FINGERPRINT", "token_fingerprint", 12),
+)
+
+
+def cell(value: Any) -> str:
+    """A record value as text: lists joined by spaces, None as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def _fit(text: str, width: int) -> str:
+    text = text.replace("\n", " ").replace("\t", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def table_header() -> str:
+    return "  ".join(h.ljust(w) for h, _, w in _TABLE).rstrip()
+
+
+def table_row(record: Record) -> str:
+    row = "  ".join(_fit(cell(record.get(key)), width).ljust(width) for _, key, width in _TABLE).rstrip()
+    suspicious = record.get("suspicious")
+    return f"{row}  SUSPICIOUS: {cell(suspicious)}" if suspicious else row
+
+
+def write_records(records: Iterable[Record], fmt: str, out: IO[str]) -> int:
+    """Write records as ``table``, ``json`` (JSON lines) or ``csv``; returns how many."""
+    import csv
+
+    count = 0
+    if fmt == "json":
+        for record in records:
+            out.write(orjson.dumps(record).decode())
+            out.write("\n")
+            count += 1
+    elif fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(CSV_FIELDS)
+        for record in records:
+            writer.writerow([_csv_safe(cell(record.get(k))) for k in CSV_FIELDS])
+            count += 1
+    else:
+        out.write(table_header() + "\n")
+        for record in records:
+            out.write(table_row(record) + "\n")
+            count += 1
+    return count
+
+
+def _csv_safe(text: str) -> str:
+    """Keep a spreadsheet from reading an attacker-chosen path or user agent as a formula."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") and not _is_number(text) else text
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,185 @@
+"""The Python API for authorization servers: revoke into the gateways' Redis without a gateway config.
+
+    from gateway.revocation import Revoker
+
+    async with Revoker("redis://redis.internal:6379/0") as revoker:
+        await revoker.revoke_family("8f1c...")                 # refresh-token reuse detected
+        await revoker.revoke_token(raw_access_token)           # hashed here, never sent anywhere
+        await revoker.revoke_subject("alice", issuer="https://as.example")   # force re-authentication
+
+``SyncRevoker`` offers the same methods for synchronous code (Django, Flask). Both write the
+schema of ``gateway.revocation.schema``: one key per entry with its TTL plus one stream message.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from ..config import GatewayConfig, RevocationConfig
+from .entries import Entry
+from .schema import DEFAULT_PREFIX, STREAM_MAXLEN, EntryFactory, Schema, write_entry, write_entry_sync
+
+When = float | int | str | datetime | None
+
+
+def factory_for(config: GatewayConfig) -> EntryFactory:
+    """The TTL policy of a gateway configuration: each issuer's max_token_lifetime, else default_ttl."""
+    return EntryFactory(
+        default_ttl=config.revocation.default_ttl,
+        lifetimes={issuer.issuer: issuer.max_token_lifetime for issuer in config.issuers},
+    )
+
+
+class _Builders:
+    """Entry construction shared by both revokers."""
+
+    def __init__(self, key_prefix: str, cluster: bool, default_ttl: float, lifetimes: dict[str, float] | None,
+                 stream_maxlen: int) -> None:
+        self.schema = Schema.for_prefix(key_prefix, cluster)
+        self.entries = EntryFactory(default_ttl, lifetimes)
+        self.stream_maxlen = stream_maxlen
+
+
+class Revoker(_Builders):
+    """Asynchronous revoker (redis.asyncio). Each ``revoke_*`` returns the entry it wrote.
+
+    ``ttl`` overrides the entry lifetime (seconds); by default it is ``default_ttl``, or the
+    issuer's lifetime from ``lifetimes`` when an issuer is named. ``before`` accepts epoch
+    seconds, an ISO-8601 string with a zone, or an aware datetime (default: now).
+    """
+
+    def __init__(self, redis_url: str | None = None, *, client: Any = None, key_prefix: str = DEFAULT_PREFIX,
+                 cluster: bool = False, default_ttl: float = 86400.0, lifetimes: dict[str, float] | None = None,
+                 stream_maxlen: int = STREAM_MAXLEN) -> None:
+        super().__init__(key_prefix, cluster, default_ttl, lifetimes, stream_maxlen)
+        self._owned = client is None
+        if client is None:
+            if redis_url is None:
+                raise ValueError("Revoker needs a redis_url or a client")
+            if cluster:
+                from redis.asyncio.cluster import RedisCluster
+
+                client = RedisCluster.from_url(redis_url, socket_connect_timeout=2.0, socket_timeout=5.0)
+            else:
+                from redis.asyncio import Redis
+
+                client = Redis.from_url(redis_url, socket_connect_timeout=2.0, socket_timeout=5.0)
+        self.client = client
+
+    @classmethod
+    def from_config(cls, config: GatewayConfig | RevocationConfig) -> Revoker:
+        """A revoker for the Redis deployment of a gateway configuration (URL, Sentinel or Cluster)."""
+        from .redis_store import connect
+
+        revocation = config.revocation if isinstance(config, GatewayConfig) else config
+        lifetimes = {i.issuer: i.max_token_lifetime for i in config.issuers} if isinstance(config, GatewayConfig) \
+            else None
+        revoker = cls(client=connect(revocation, "cli", retries=2), key_prefix=revocation.key_prefix,
+                      cluster=revocation.cluster, default_ttl=revocation.default_ttl, lifetimes=lifetimes)
+        revoker._owned = True
+        return revoker
+
+    async def revoke(self, entry: Entry) -> Entry:
+        """Write any entry (key + notification); returns it as written."""
+        await write_entry(self.client, self.schema, entry, self.stream_maxlen)
+        return entry
+
+    async def revoke_jti(self, jti: str, *, issuer: str | None = None, ttl: float | None = None,
+                         expires_at: float | None = None, reason: str = "") -> Entry:
+        return await self.revoke(self.entries.jti(jti, issuer=issuer, ttl=ttl, expires_at=expires_at, reason=reason))
+
+    async def revoke_fingerprint(self, fingerprint: str, *, issuer: str | None = None, ttl: float | None = None,
+                                 expires_at: float | None = None, reason: str = "") -> Entry:
+        return await self.revoke(
+            self.entries.fingerprint(fingerprint, issuer=issuer, ttl=ttl, expires_at=expires_at, reason=reason)
+        )
+
+    async def revoke_token(self, token: str, *, issuer: str | None = None, ttl: float | None = None,
+                           reason: str = "") -> Entry:
+        """Revoke a raw token by its SHA-256 fingerprint, computed here."""
+        return await self.revoke(self.entries.token(token, issuer=issuer, ttl=ttl, reason=reason))
+
+    async def revoke_family(self, family: str, *, issuer: str | None = None, ttl: float | None = None,
+                            reason: str = "") -> Entry:
+        return await self.revoke(self.entries.family(family, issuer=issuer, ttl=ttl, reason=reason))
+
+    async def revoke_subject(self, sub: str, issuer: str | None = None, before: When = None, *,
+                             ttl: float | None = None, reason: str = "") -> Entry:
+        return await self.revoke(self.entries.subject(sub, issuer=issuer, before=before, ttl=ttl, reason=reason))
+
+    async def revoke_client(self, client_id: str, before: When = None, *, issuer: str | None = None,
+                            ttl: float | None = None, reason: str = "") -> Entry:
+        return await self.revoke(self.entries.client(client_id, issuer=issuer, before=before, ttl=ttl, reason=reason))
+
+    async def aclose(self) -> None:
+        if self._owned:
+            await self.client.aclose()
+
+    async def __aenter__(self) -> Revoker:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+
+class SyncRevoker(_Builders):
+    """The same operations with the synchronous redis client."""
+
+    def __init__(self, redis_url: str | None = None, *, client: Any = None, key_prefix: str = DEFAULT_PREFIX,
+                 cluster: bool = False, default_ttl: float = 86400.0, lifetimes: dict[str, float] | None = None,
+                 stream_maxlen: int = STREAM_MAXLEN) -> None:
+        super().__init__(key_prefix, cluster, default_ttl, lifetimes, stream_maxlen)
+        self._owned = client is None
+        if client is None:
+            if redis_url is None:
+                raise ValueError("SyncRevoker needs a redis_url or a client")
+            if cluster:
+                from redis.cluster import RedisCluster
+
+                client = RedisCluster.from_url(redis_url, socket_connect_timeout=2.0, socket_timeout=5.0)
+            else:
+                from redis import Redis
+
+                client = Redis.from_url(redis_url, socket_connect_timeout=2.0, socket_timeout=5.0)
+        self.client = client
+
+    def revoke(self, entry: Entry) -> Entry:
+        write_entry_sync(self.client, self.schema, entry, self.stream_maxlen)
+        return entry
+
+    def revoke_jti(self, jti: str, *, issuer: str | None = None, ttl: float | None = None,
+                   expires_at: float | None = None, reason: str = "") -> Entry:
+        return self.revoke(self.entries.jti(jti, issuer=issuer, ttl=ttl, expires_at=expires_at, reason=reason))
+
+    def revoke_fingerprint(self, fingerprint: str, *, issuer: str | None = None, ttl: float | None = None,
+                           expires_at: float | None = None, reason: str = "") -> Entry:
+        return self.revoke(
+            self.entries.fingerprint(fingerprint, issuer=issuer, ttl=ttl, expires_at=expires_at, reason=reason)
+        )
+
+    def revoke_token(self, token: str, *, issuer: str | None = None, ttl: float | None = None,
+                     reason: str = "") -> Entry:
+        return self.revoke(self.entries.token(token, issuer=issuer, ttl=ttl, reason=reason))
+
+    def revoke_family(self, family: str, *, issuer: str | None = None, ttl: float | None = None,
+                      reason: str = "") -> Entry:
+        return self.revoke(self.entries.family(family, issuer=issuer, ttl=ttl, reason=reason))
+
+    def revoke_subject(self, sub: str, issuer: str | None = None, before: When = None, *,
+                       ttl: float | None = None, reason: str = "") -> Entry:
+        return self.revoke(self.entries.subject(sub, issuer=issuer, before=before, ttl=ttl, reason=reason))
+
+    def revoke_client(self, client_id: str, before: When = None, *, issuer: str | None = None,
+                      ttl: float | None = None, reason: str = "") -> Entry:
+        return self.revoke(self.entries.client(client_id, issuer=issuer, before=before, ttl=ttl, reason=reason))
+
+    def close(self) -> None:
+        if self._owned:
+            self.client.close()
+
+    def __enter__(self) -> SyncRevoker:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

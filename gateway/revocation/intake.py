@@ -1,0 +1,388 @@
+"""Revocation intake on the admin port: RFC 7009, RFC 8935 SET push, and a small JSON endpoint.
+
+    POST /revocation/revoke    RFC 7009 shape: form ``token`` [+ ``token_type_hint``] -> 200 (known or not)
+    POST /revocation/events    RFC 8935 push of an RFC 8417 SET (application/secevent+jwt) -> 202,
+                               or 400 {"err": ..., "description": ...}
+    POST /revocation/entries   JSON {"jti"|"token"|"fingerprint"|"family"|"subject"|"client": value,
+                               "issuer", "before", "ttl", "reason"} -> 200 {"revoked": entry}
+
+Every endpoint needs ``Authorization: Bearer <credential>``: either the shared secret from
+the environment variable named by ``admin.shared_secret_env`` (compared in constant time),
+or an access token from a configured issuer that carries ``admin.scope``. Without one: 401.
+
+A SET must also be signed by a configured issuer, with a key from that issuer's JWKS and an
+algorithm from its allow-list; ``aud``, when present, must be one of the issuer's audiences.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import jwt
+import orjson
+from aiohttp import web
+
+from ..tokens.token import TokenError
+from ..tokens.validator import jwt_parts
+from .api import factory_for
+from .entries import Entry, Kind
+from .schema import TARGETS, EntryFactory, RevocationWriteError
+
+if TYPE_CHECKING:
+    from ..runtime import Gateway
+
+log = logging.getLogger("gateway.revocation.intake")
+
+MIN_SECRET_LENGTH = 16
+SECEVENT_TYPES = frozenset({"secevent+jwt", "application/secevent+jwt"})
+
+CAEP = "https://schemas.openid.net/secevent/caep/event-type/"
+RISC = "https://schemas.openid.net/secevent/risc/event-type/"
+OAUTH = "https://schemas.openid.net/secevent/oauth/event-type/"
+SESSION_EVENTS = frozenset({CAEP + "session-revoked", RISC + "sessions-revoked"})
+TOKEN_EVENTS = frozenset({OAUTH + "token-revoked", RISC + "tokens-revoked"})
+CREDENTIAL_EVENTS = frozenset({
+    CAEP + "credential-change", RISC + "account-credential-change-required", RISC + "credential-compromise",
+    RISC + "account-disabled", RISC + "account-purged",
+})
+HANDLED_EVENTS = SESSION_EVENTS | TOKEN_EVENTS | CREDENTIAL_EVENTS
+
+
+def register(app: web.Application, gateway: Gateway) -> None:
+    """The ADMIN_HOOKS entry: add the intake routes to the admin application."""
+    intake = Intake(gateway)
+    app.router.add_post("/revocation/revoke", intake.rfc7009)
+    app.router.add_post("/revocation/events", intake.events)
+    app.router.add_post("/revocation/entries", intake.entries)
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
+                        headers={"Cache-Control": "no-store", **(headers or {})})
+
+
+def _unauthorized(error: str = "invalid_token") -> web.Response:
+    challenge = f'Bearer realm="tokengate-admin", error="{error}"' if error else 'Bearer realm="tokengate-admin"'
+    return _json(401, {"error": error or "unauthorized", "error_description": "admin credentials required"},
+                 {"WWW-Authenticate": challenge})
+
+
+def _unavailable(exc: Exception) -> web.Response:
+    log.warning("revocation write failed", extra={"error": str(exc)[:300]})
+    return _json(503, {"error": "temporarily_unavailable", "error_description": "the revocation store is unavailable"},
+                 {"Retry-After": "5"})
+
+
+class SetError(Exception):
+    """A SET refused with an RFC 8935 section 2.3 error code."""
+
+    def __init__(self, err: str, description: str) -> None:
+        super().__init__(description)
+        self.err = err
+        self.description = description
+
+
+class Intake:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self._secret_warned = False
+
+    @property
+    def factory(self) -> EntryFactory:
+        return factory_for(self.gateway.config)
+
+    # --- authentication ------------------------------------------------------------------------
+
+    def _shared_secret(self) -> bytes | None:
+        name = self.gateway.config.admin.shared_secret_env
+        secret = os.environ.get(name) if name else None
+        if not secret:
+            return None
+        if len(secret) < MIN_SECRET_LENGTH:
+            if not self._secret_warned:
+                self._secret_warned = True
+                log.warning("admin shared secret ignored: shorter than 16 characters", extra={"env": name})
+            return None
+        return secret.encode()
+
+    async def authenticate(self, request: web.Request) -> web.Response | None:
+        """None when the caller may revoke, else the 401/403 answer."""
+        scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
+        credential = credential.strip()
+        if scheme.lower() != "bearer" or not credential:
+            return _unauthorized("")
+        secret = self._shared_secret()
+        # compare digests: constant time whatever the lengths
+        if secret is not None and hmac.compare_digest(
+            hashlib.sha256(credential.encode()).digest(), hashlib.sha256(secret).digest()
+        ):
+            return None
+        pipeline = self.gateway.pipeline
+        if pipeline is None:
+            return _unauthorized()
+        try:
+            token = await pipeline.validator.validate(credential)
+        except TokenError:
+            return _unauthorized()
+        refused = self.gateway.revocation.list.check(token)
+        if refused is not None:
+            return _unauthorized()
+        scope = self.gateway.config.admin.scope
+        if scope not in token.scopes:
+            return _json(403, {"error": "insufficient_scope", "error_description": f"the token lacks {scope}"},
+                         {"WWW-Authenticate": f'Bearer realm="tokengate-admin", error="insufficient_scope", '
+                                              f'scope="{scope}"'})
+        return None
+
+    async def _revoke(self, entries: list[Entry], via: str) -> None:
+        for entry in entries:
+            await self.gateway.revocation.revoke(entry)
+            log.info("revoked", extra={"kind": entry.kind.value, "value": _loggable(entry), "issuer": entry.issuer,
+                                       "via": via, "reason": entry.reason})
+
+    # --- RFC 7009 --------------------------------------------------------------------------------
+
+    async def rfc7009(self, request: web.Request) -> web.Response:
+        denied = await self.authenticate(request)
+        if denied is not None:
+            return denied
+        form = await request.post()
+        token = form.get("token")
+        if not isinstance(token, str) or not token:
+            return _json(400, {"error": "invalid_request", "error_description": "the token parameter is required"})
+        hint = form.get("token_type_hint")
+        entries = self.entries_for_token(token, hint if isinstance(hint, str) else None)
+        try:
+            await self._revoke(entries, "rfc7009")
+        except RevocationWriteError as exc:
+            return _unavailable(exc)
+        # RFC 7009 2.2: 200 whether or not the token was known, so nobody learns which tokens exist
+        return web.Response(status=200, headers={"Cache-Control": "no-store"})
+
+    def entries_for_token(self, raw: str, hint: str | None) -> list[Entry]:
+        """The fingerprint of the presented token; for a JWT refresh token, also its family.
+
+        The token's claims are read unverified: the caller is an authenticated administrator,
+        and they only choose what to revoke and for how long (capped by the issuer's lifetime).
+        """
+        parts = jwt_parts(raw)
+        claims = parts[1] if parts is not None else {}
+        issuer = claims.get("iss") if isinstance(claims.get("iss"), str) else None
+        known_issuer = issuer if issuer is not None and self.gateway.config.issuer(issuer) is not None else None
+        factory = self.factory
+        entries = [factory.token(raw, issuer=known_issuer, reason="rfc7009")]
+        family = claims.get(self.gateway.revocation.list.family_claim)
+        if hint == "refresh_token" and isinstance(family, str) and family:
+            entries.append(factory.family(family, issuer=known_issuer, reason="rfc7009 refresh_token"))
+        return entries
+
+    # --- JSON ------------------------------------------------------------------------------------
+
+    async def entries(self, request: web.Request) -> web.Response:
+        denied = await self.authenticate(request)
+        if denied is not None:
+            return denied
+        try:
+            body = orjson.loads(await request.read())
+            if not isinstance(body, dict):
+                raise ValueError("the body must be a JSON object")
+            targets = [t for t in TARGETS if t in body]
+            if len(targets) != 1:
+                raise ValueError(f"name exactly one of {', '.join(TARGETS)}")
+            value = body[targets[0]]
+            ttl = body.get("ttl")
+            if ttl is not None and (not isinstance(ttl, int | float) or isinstance(ttl, bool) or ttl <= 0):
+                raise ValueError("ttl is a positive number of seconds")
+            entry = self.factory.build(
+                targets[0], value, issuer=_optional_str(body, "issuer"), before=body.get("before"),
+                ttl=float(ttl) if ttl is not None else None, reason=_optional_str(body, "reason") or "",
+            )
+        except (ValueError, orjson.JSONDecodeError) as exc:
+            return _json(400, {"error": "invalid_request", "error_description": str(exc)})
+        try:
+            await self._revoke([entry], "admin")
+        except RevocationWriteError as exc:
+            return _unavailable(exc)
+        return _json(200, {"revoked": entry.to_json()})
+
+    # --- RFC 8935 SET push -----------------------------------------------------------------------
+
+    async def events(self, request: web.Request) -> web.Response:
+        denied = await self.authenticate(request)
+        if denied is not None:
+            return denied
+        try:
+            if request.content_type != "application/secevent+jwt":
+                raise SetError("invalid_request", "Content-Type must be application/secevent+jwt")
+            raw = (await request.read()).decode("ascii", "replace").strip()
+            claims = await self.verify_set(raw)
+            entries = entries_from_set(claims, self.factory)
+        except SetError as exc:
+            log.info("security event refused", extra={"err": exc.err, "description": exc.description})
+            return _json(400, {"err": exc.err, "description": exc.description})
+        try:
+            await self._revoke(entries, "set")
+        except RevocationWriteError as exc:
+            return _unavailable(exc)
+        return web.Response(status=202)
+
+    async def verify_set(self, raw: str) -> dict[str, Any]:
+        """The claims of a SET signed by a configured issuer, or SetError."""
+        parts = jwt_parts(raw)
+        if parts is None:
+            raise SetError("invalid_request", "the body is not a compact JWS")
+        header, unverified = parts
+        typ = header.get("typ")
+        if typ is not None and str(typ).lower() not in SECEVENT_TYPES:
+            raise SetError("invalid_request", f"typ {typ!r} is not secevent+jwt")
+        issuer = unverified.get("iss")
+        pipeline = self.gateway.pipeline
+        config = self.gateway.config.issuer(issuer) if isinstance(issuer, str) else None
+        keys = pipeline.validator.keys.get(issuer) if pipeline is not None and isinstance(issuer, str) else None
+        if config is None or keys is None:
+            raise SetError("invalid_issuer", "the SET issuer is not a configured JWT issuer")
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in config.algorithms:
+            raise SetError("invalid_key", f"algorithm {alg!r} is not allowed for this issuer")
+        kid = header.get("kid")
+        try:
+            candidates = await keys.keys_for(kid if isinstance(kid, str) else None)
+        except TokenError as exc:
+            raise SetError("invalid_key", f"no usable key: {exc.reason.value}") from None
+        for key in candidates:
+            if key.algorithm_name != alg and not (key.algorithm_name[:2] in ("RS", "PS") and alg[:2] in ("RS", "PS")):
+                continue
+            try:
+                claims: dict[str, Any] = jwt.decode(
+                    raw, key=key.key, algorithms=[alg], issuer=issuer, leeway=config.leeway,
+                    options={"verify_aud": False, "require": ["iss", "iat", "jti"]},
+                )
+            except jwt.InvalidSignatureError:
+                continue
+            except jwt.PyJWTError as exc:
+                raise SetError("invalid_request", f"invalid SET: {exc}") from None
+            break
+        else:
+            raise SetError("invalid_key", "the SET signature does not verify with the issuer's keys")
+        audience = claims.get("aud")
+        if audience is not None:
+            wanted = set(config.audiences)
+            given = {audience} if isinstance(audience, str) else set(audience) if isinstance(audience, list) else set()
+            if not wanted & given:
+                raise SetError("invalid_audience", "the SET is not addressed to this gateway")
+        if not isinstance(claims.get("events"), dict) or not claims["events"]:
+            raise SetError("invalid_request", "the SET has no events claim")
+        return claims
+
+
+# --- mapping events to entries -------------------------------------------------------------------
+
+
+def entries_from_set(claims: dict[str, Any], factory: EntryFactory, now: float | None = None) -> list[Entry]:
+    """Revocations for the events of one verified SET; SetError when a handled event cannot be applied.
+
+    session-revoked -> the session's family (sid), or the subject when no session is named;
+    token-revoked   -> the token (jti), or every token of the subject;
+    credential-change and account events -> every token of the subject issued before the event.
+    Other event types are accepted and ignored.
+    """
+    now = time.time() if now is None else now
+    issuer = str(claims["iss"])
+    entries: list[Entry] = []
+    for event_type, event in claims["events"].items():
+        if event_type not in HANDLED_EVENTS:
+            log.info("security event ignored", extra={"event_type": str(event_type)[:200]})
+            continue
+        event = event if isinstance(event, dict) else {}
+        if event_type == CAEP + "credential-change" and event.get("change_type") == "create":
+            continue  # a credential added: nothing to revoke
+        when = _event_time(event, claims, now)
+        reason = f"set {event_type.rsplit('/', 1)[-1]} jti={str(claims.get('jti'))[:64]}"
+        ident = _identify(event.get("subject") or claims.get("sub_id") or _plain_sub(claims), issuer,
+                          session_event=event_type in SESSION_EVENTS)
+        if event_type in SESSION_EVENTS and ident.session is not None:
+            entries.append(factory.family(ident.session, issuer=issuer, reason=reason, now=now))
+        elif event_type in TOKEN_EVENTS and ident.jti is not None:
+            entries.append(factory.jti(ident.jti, issuer=issuer, reason=reason, now=now))
+        elif ident.user is not None:
+            user_issuer, sub = ident.user
+            entries.append(factory.subject(sub, issuer=user_issuer, before=when, reason=reason, now=now))
+        else:
+            raise SetError("invalid_request", f"{event_type}: {ident.problem or 'no usable subject identifier'}")
+    return entries
+
+
+class _Ident:
+    def __init__(self) -> None:
+        self.session: str | None = None
+        self.user: tuple[str, str] | None = None
+        self.jti: str | None = None
+        self.problem: str | None = None
+
+
+def _plain_sub(claims: dict[str, Any]) -> dict[str, Any] | None:
+    sub = claims.get("sub")
+    return {"format": "iss_sub", "iss": claims["iss"], "sub": sub} if isinstance(sub, str) else None
+
+
+def _identify(subject: Any, issuer: str, session_event: bool) -> _Ident:
+    """Session id, user (issuer, sub) and jti named by an RFC 9493 / SSF subject identifier."""
+    ident = _Ident()
+    if not isinstance(subject, dict):
+        return ident
+    fmt = str(subject.get("format") or subject.get("subject_type") or "").replace("-", "_")
+    if fmt == "complex":
+        session, user = subject.get("session"), subject.get("user")
+        if isinstance(session, dict):
+            sid = _identify(session, issuer, True)
+            ident.session = sid.session
+        if isinstance(user, dict):
+            ident.user = _identify(user, issuer, False).user
+    elif fmt == "iss_sub":
+        iss, sub = subject.get("iss"), subject.get("sub")
+        if isinstance(sub, str) and sub:
+            ident.user = (iss if isinstance(iss, str) and iss else issuer, sub)
+    elif fmt == "opaque":
+        value = subject.get("id")
+        if isinstance(value, str) and value:
+            if session_event:
+                ident.session = value
+            else:
+                ident.user = (issuer, value)
+    elif fmt == "jwt_id":
+        jti = subject.get("jti")
+        if isinstance(jti, str) and jti:
+            ident.jti = jti
+    else:
+        ident.problem = f"subject identifier format {fmt or '(none)'!r} is not supported"
+    return ident
+
+
+def _event_time(event: dict[str, Any], claims: dict[str, Any], now: float) -> float:
+    """event_timestamp (seconds; milliseconds tolerated), else the SET's iat, never after now."""
+    for value in (event.get("event_timestamp"), claims.get("iat")):
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            seconds = value / 1000 if value > 1e11 else float(value)
+            return min(seconds, now)
+    return now
+
+
+def _optional_str(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string")
+    return value
+
+
+def _loggable(entry: Entry) -> str:
+    """What a log line may say about an entry: token values are already fingerprints or jtis."""
+    if entry.kind is Kind.TOKEN and len(entry.value) == 64:
+        return entry.value[:32]
+    return entry.value[:200]

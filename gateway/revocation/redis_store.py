@@ -1,0 +1,376 @@
+"""The revocation list shared through Redis: every replica keeps a full local copy, fed by a stream.
+
+Start: note the stream's last id, SCAN every entry key into the local list, then follow the
+stream (XREAD BLOCK) from that id. A revocation written anywhere (another replica, the
+authorization server, ``gateway revoke``) is one key plus one stream message, so every replica
+applies it within a stream round trip. The per-request check never talks to Redis.
+
+After a lost connection the follower continues from its last id, unless the stream no longer
+holds everything after it (trimmed past it, recreated, or rolled back by a failover): then it
+reloads every key (a resync). While the feed is down the local copy is enforced for at most
+``max_staleness``; after that ``check`` answers REVOCATION_UNAVAILABLE (503) and ``ready`` is
+false until the feed is back and caught up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .. import metrics
+from ..config import RevocationConfig
+from ..reasons import Reason
+from ..tokens.token import ValidatedToken
+from .entries import Entry
+from .schema import (
+    STREAM_MAXLEN,
+    RevocationWriteError,
+    Schema,
+    decode,
+    stream_fields,
+    stream_id,
+    write_entry,
+)
+from .store import RevocationStore
+
+log = logging.getLogger("gateway.revocation")
+
+SCAN_BATCH = 1000
+READ_BATCH = 1000
+SWEEP_INTERVAL = 30.0
+
+
+class RedisStore(RevocationStore):
+    """A RevocationStore whose list lives in Redis and is mirrored locally by every replica."""
+
+    def __init__(self, config: RevocationConfig, stream_maxlen: int = STREAM_MAXLEN) -> None:
+        super().__init__(config.family_claim)
+        self.config = config
+        self.schema = Schema.for_prefix(config.key_prefix, config.cluster)
+        self.stream_maxlen = stream_maxlen
+        self.last_id = "0-0"
+        self.synced = False
+        self._last_contact = float("-inf")  # monotonic time of the feed's last successful Redis reply
+        # XREAD blocks at most this long, so a healthy but idle feed still proves itself often enough
+        self._block_ms = int(max(20.0, min(1000.0, config.max_staleness * 1000 / 4)))
+        self._redis: Any = None
+        self._feed: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._first_attempt = asyncio.Event()
+        self._next_check = 0.0
+        self._up = False
+        self._seen_added: int | None = None  # stream entries-added up to last_id (Redis >= 7)
+        self.instance = os.urandom(4).hex()  # in our connection names: CLIENT LIST tells replicas apart
+
+    # --- state -------------------------------------------------------------------------------
+
+    @property
+    def stale(self) -> bool:
+        return time.monotonic() - self._last_contact > self.config.max_staleness
+
+    @property
+    def ready(self) -> bool:
+        return self.synced and not self.stale
+
+    def check(self, token: ValidatedToken) -> Reason | None:
+        """A local lookup; fail closed once the copy may have missed revocations for too long."""
+        reason = self.list.check(token)
+        if reason is None and (not self.synced or self.stale):
+            return Reason.REVOCATION_UNAVAILABLE
+        return reason
+
+    def _set_up(self, up: bool) -> None:
+        if up != self._up:
+            self._up = up
+            metrics.REVOCATION_REDIS_UP.set(1 if up else 0)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect and load; waits for the first load attempt only (Redis down = not ready, 503)."""
+        self._redis = connect(self.config, f"rw-{self.instance}", retries=2)
+        self._feed = connect(self.config, f"feed-{self.instance}", retries=0)
+        metrics.REVOCATION_REDIS_UP.set(0)
+        self._tasks = [
+            asyncio.create_task(self._follow(), name="revocation-feed"),
+            asyncio.create_task(self._housekeeping(), name="revocation-housekeeping"),
+        ]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._first_attempt.wait(), timeout=10.0)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        for client in (self._feed, self._redis):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+        self._set_up(False)
+
+    # --- writes ------------------------------------------------------------------------------
+
+    async def revoke(self, entry: Entry) -> None:
+        """Enforce here at once, then write the key and its notification for every other replica."""
+        if not entry.created_at:
+            entry = replace(entry, created_at=time.time())
+        self.apply(entry)
+        if self._redis is None:
+            raise RevocationWriteError("the Redis revocation store is not started")
+        try:
+            await write_entry(self._redis, self.schema, entry, self.stream_maxlen)
+        except RevocationWriteError:
+            metrics.REVOCATION_REDIS_ERRORS.inc()
+            raise
+        except Exception as exc:  # redis errors, OSError, timeouts
+            metrics.REVOCATION_REDIS_ERRORS.inc()
+            raise RevocationWriteError(f"revocation not written to Redis: {type(exc).__name__}: {exc}") from exc
+
+    # --- the feed ----------------------------------------------------------------------------
+
+    async def _follow(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                if not self.synced:
+                    await self.resync("startup")
+                else:
+                    await self._catch_up()
+                self._set_up(True)
+                self._first_attempt.set()
+                backoff = 0.05
+                while True:
+                    await self._read()
+                    if time.monotonic() >= self._next_check:
+                        await self._catch_up()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any Redis or network failure: count it, back off, reconnect
+                metrics.REVOCATION_REDIS_ERRORS.inc()
+                self._set_up(False)
+                self._first_attempt.set()
+                log.warning("revocation feed error", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+
+    async def _read(self) -> None:
+        reply = await self._feed.xread(
+            {self.schema.stream_key: self.last_id}, count=READ_BATCH, block=self._block_ms
+        )
+        self._last_contact = time.monotonic()
+        for _stream, messages in _stream_messages(reply):
+            now = time.time()
+            for message_id, fields in messages:
+                self.last_id = message_id.decode() if isinstance(message_id, bytes) else str(message_id)
+                if self._seen_added is not None:
+                    self._seen_added += 1
+                try:
+                    entry = stream_fields(fields)
+                except ValueError as exc:
+                    metrics.REVOCATION_REDIS_ERRORS.inc()
+                    log.warning("unreadable revocation message", extra={"id": self.last_id, "error": str(exc)})
+                    continue
+                if entry is None:
+                    continue
+                self.apply(entry)
+                if entry.created_at:
+                    metrics.REVOCATION_LAG.set(max(0.0, now - entry.created_at))
+        metrics.REVOCATION_ENTRIES.set(len(self.list))
+
+    async def _catch_up(self) -> None:
+        """Before reading on from ``last_id``: resync unless the stream still holds all that followed it."""
+        self._next_check = time.monotonic() + self.config.resync_interval
+        info = await self._stream_info()
+        cause = self._gap(info)
+        if cause is not None:
+            await self.resync(cause)
+        else:
+            self._last_contact = time.monotonic()
+
+    def _gap(self, info: _StreamInfo | None) -> str | None:
+        """Why messages after ``last_id`` may be lost (the resync cause), or None when none can be."""
+        if info is None:
+            return "stream_missing" if self.last_id != "0-0" else None  # deleted, or Redis lost its data
+        ours = stream_id(self.last_id)
+        if stream_id(info.last_generated) < ours:
+            return "stream_reset"  # a failover or a restore rolled the stream back
+        if info.max_deleted is not None and stream_id(info.max_deleted) > ours:
+            return "trimmed"  # XDEL of a message we never read
+        if info.entries_added is not None and self._seen_added is not None:
+            if info.entries_added < self._seen_added:
+                return "stream_reset"  # recreated since we counted
+            unread = info.entries_added - self._seen_added
+            return "trimmed" if info.length < unread else None  # some unread messages are gone
+        # Redis < 7 (no entries-added): assume the worst when the oldest message left is newer than ours
+        if stream_id(info.last_generated) > ours and (
+            info.first_entry is None or stream_id(info.first_entry) > ours
+        ):
+            return "trimmed"
+        return None
+
+    async def resync(self, cause: str = "manual") -> int:
+        """Reload every key into the local copy, then follow the stream from where it stood.
+
+        The stream position is taken first, so a revocation written during the scan is
+        applied at least once. Entries are only added (a resync never weakens the list).
+        """
+        info = await self._stream_info()
+        position = info.last_generated if info is not None else "0-0"
+        seen_added = info.entries_added if info is not None else 0  # None on Redis < 7
+        loaded = 0
+        batch: list[Any] = []
+        async for key in self._redis.scan_iter(match=self.schema.scan_pattern(), count=SCAN_BATCH, _type="STRING"):
+            batch.append(key)
+            if len(batch) >= SCAN_BATCH:
+                loaded += await self._load(batch)
+                batch = []
+        if batch:
+            loaded += await self._load(batch)
+        self.last_id, self._seen_added = position, seen_added
+        self.synced = True
+        self._last_contact = time.monotonic()
+        self._next_check = self._last_contact + self.config.resync_interval
+        metrics.REVOCATION_RESYNCS.labels(cause).inc()
+        metrics.REVOCATION_ENTRIES.set(len(self.list))
+        log.info("revocation list loaded", extra={"cause": cause, "keys": loaded, "entries": len(self.list)})
+        return loaded
+
+    async def _load(self, keys: list[Any]) -> int:
+        values = await self._redis.mget(keys)
+        now = time.time()
+        loaded = 0
+        add = self.list.add
+        for raw in values:
+            if raw is None:
+                continue  # expired between SCAN and MGET
+            try:
+                entry = decode(raw)
+            except ValueError:
+                metrics.REVOCATION_REDIS_ERRORS.inc()
+                continue
+            if entry.expires_at > now:
+                add(entry)
+                loaded += 1
+        return loaded
+
+    async def _stream_info(self) -> _StreamInfo | None:
+        try:
+            info = await self._redis.xinfo_stream(self.schema.stream_key)
+        except Exception as exc:
+            if "no such key" in str(exc).lower():
+                return None
+            raise
+        first = info.get("first-entry")
+        max_deleted = info.get("max-deleted-entry-id")
+        added = info.get("entries-added")
+        return _StreamInfo(
+            last_generated=_text(info["last-generated-id"]),
+            length=int(info.get("length") or 0),
+            first_entry=_text(first[0]) if first else None,
+            max_deleted=_text(max_deleted) if max_deleted is not None else None,
+            entries_added=int(added) if added is not None else None,
+        )
+
+    # --- housekeeping ------------------------------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        """Drop expired entries now and then; keep the redis_up gauge honest while the feed hangs."""
+        tick = max(0.05, min(1.0, self.config.max_staleness / 4))
+        next_sweep = time.monotonic() + SWEEP_INTERVAL
+        while True:
+            await asyncio.sleep(tick)
+            if self.stale:
+                self._set_up(False)
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + SWEEP_INTERVAL
+                dropped = self.list.sweep()
+                metrics.REVOCATION_ENTRIES.set(len(self.list))
+                if dropped:
+                    log.debug("revocation entries expired", extra={"dropped": dropped})
+
+
+@dataclass(frozen=True)
+class _StreamInfo:
+    last_generated: str
+    length: int
+    first_entry: str | None
+    max_deleted: str | None  # Redis >= 7
+    entries_added: int | None  # Redis >= 7
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _stream_messages(reply: Any) -> list[tuple[Any, list[tuple[Any, Any]]]]:
+    """XREAD's reply as (stream, messages) pairs, whether RESP2 (list) or RESP3 (dict) shaped."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return [(name, list(messages)) for name, messages in reply.items()]
+    return [(name, list(messages)) for name, messages in reply]
+
+
+# --- connections ---------------------------------------------------------------------------------
+
+
+def client_name(role: str) -> str:
+    """CLIENT SETNAME of our connections: an operator (or a test) can find and kill them."""
+    return f"tokengate-revocation-{role}-{socket.gethostname()}-{os.getpid()}".replace(" ", "_")[:100]
+
+
+def connect(config: RevocationConfig, role: str = "rw", retries: int = 2) -> Any:
+    """A redis.asyncio client for the configured deployment: URL (redis:// or rediss://), Sentinel or Cluster."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff, NoBackoff
+
+    retry = Retry(ExponentialBackoff(cap=0.5, base=0.02), retries) if retries else Retry(NoBackoff(), 0)
+    common: dict[str, Any] = {
+        "socket_connect_timeout": 2.0,
+        "socket_timeout": 5.0,
+        "client_name": client_name(role),
+        "retry": retry,
+    }
+    if config.sentinel is not None:
+        from redis.asyncio.connection import parse_url
+        from redis.asyncio.sentinel import Sentinel
+
+        url_kwargs: dict[str, Any] = dict(parse_url(config.redis_url)) if config.redis_url else {}
+        tls = bool(config.redis_url and config.redis_url.startswith("rediss://"))
+        hosts = [_host_port(h) for h in config.sentinel.hosts]
+        password = config.sentinel.password or url_kwargs.get("password")
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            hosts,
+            sentinel_kwargs={"password": config.sentinel.password, "ssl": tls, "socket_connect_timeout": 2.0,
+                             "socket_timeout": 2.0},
+            ssl=tls,
+        )
+        return sentinel.master_for(
+            config.sentinel.service_name, password=password, username=url_kwargs.get("username"),
+            db=url_kwargs.get("db", 0), **common,
+        )
+    if config.redis_url is None:
+        raise ValueError("revocation.redis_url (or sentinel) is required for the Redis store")
+    if config.cluster:
+        from redis.asyncio.cluster import RedisCluster
+
+        return RedisCluster.from_url(config.redis_url, **common)
+    from redis.asyncio import Redis
+
+    return Redis.from_url(config.redis_url, **common)
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return text, 26379
+    return host.strip("[]"), int(port)

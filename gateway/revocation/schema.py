@@ -1,0 +1,328 @@
+"""The Redis schema of the revocation list: the one module that owns key names, values, TTLs and the feed.
+
+This is a public contract (docs/revocation.md): authorization servers written in any
+language write these keys, and every gateway replica reads them.
+
+With the default ``key_prefix`` ``gateway:revoked:`` (P below):
+
+    P token:<jti or sha256 hex>     string  JSON entry, EX = seconds until expires_at
+    P family:<family id>            string  (the value of ``family_claim``, e.g. sid)
+    P subject:<issuer>|<sub>        string  (issuer ``*`` = any issuer)
+    P client:<client_id>            string
+    P stream                        stream  one XADD per write: fields v=1, entry=<the same JSON>
+
+Redis Cluster: the prefix is wrapped in a hash tag (``{gateway:revoked:}token:...``) so that
+every key and the stream sit in one slot and one script can write a key and its notification.
+
+A write is one Lua script (``WRITE_SCRIPT``): compare the key's current value with the one
+the writer merged from, SET the merged entry with its TTL, XADD it to the stream (MAXLEN ~).
+So a key never exists without its notification, and two writers never weaken each other.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from .entries import ANY_ISSUER, Entry, Kind
+
+SCHEMA_VERSION = "1"
+DEFAULT_PREFIX = "gateway:revoked:"
+STREAM_SUFFIX = "stream"
+STREAM_MAXLEN = 100_000  # approximate (MAXLEN ~): a replica disconnected longer than this many writes resyncs
+EXPIRY_MARGIN = 60.0  # seconds added to every expiry: validation leeway and clock skew between hosts
+MAX_REASON = 200
+_FINGERPRINT = re.compile(r"^(?:[0-9a-f]{32}|[0-9a-f]{64})$")
+
+# KEYS[1] entry key, KEYS[2] stream; ARGV[1] the value the writer merged from ("" = no key),
+# ARGV[2] the new value, ARGV[3] TTL in seconds, ARGV[4] stream MAXLEN. Returns the stream id,
+# or nil when the key changed since the writer read it (the writer merges again and retries).
+WRITE_SCRIPT = """\
+local current = redis.call('GET', KEYS[1])
+if (current or '') ~= ARGV[1] then return false end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'v', '1', 'entry', ARGV[2])
+"""
+
+
+class RevocationWriteError(Exception):
+    """A revocation could not be written to Redis (it may still be enforced locally)."""
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Key names under one prefix."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    @classmethod
+    def for_prefix(cls, key_prefix: str = DEFAULT_PREFIX, cluster: bool = False) -> Schema:
+        """In cluster mode the prefix becomes a hash tag unless it already holds one."""
+        if cluster and not re.search(r"\{[^}]+\}", key_prefix):
+            key_prefix = "{" + key_prefix + "}"
+        return cls(key_prefix)
+
+    @property
+    def stream_key(self) -> str:
+        return self.prefix + STREAM_SUFFIX
+
+    def entry_key(self, entry: Entry) -> str:
+        kind, name = entry.key()
+        return f"{self.prefix}{kind}:{name}"
+
+    def scan_pattern(self) -> str:
+        """SCAN MATCH pattern for every key under the prefix (glob characters escaped)."""
+        return re.sub(r"([*?\[\]\\])", r"\\\1", self.prefix) + "*"
+
+
+# --- values ----------------------------------------------------------------------------------
+
+
+def encode(entry: Entry) -> bytes:
+    return orjson.dumps(entry.to_json())
+
+
+def decode(raw: bytes | str) -> Entry:
+    """The entry in a key or stream value; ValueError when it is not one."""
+    try:
+        data = orjson.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return Entry.from_json(data)
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"not a revocation entry: {exc}") from None
+
+
+def decode_or_none(raw: bytes | str | None) -> Entry | None:
+    if raw is None:
+        return None
+    try:
+        return decode(raw)
+    except ValueError:
+        return None
+
+
+def merge(old: Entry | None, new: Entry) -> Entry:
+    """Two writes of one key keep the stronger of each: later expiry, later cut-off."""
+    if old is None or old.key() != new.key():
+        return new
+    not_before = new.not_before
+    if old.not_before is not None:
+        not_before = old.not_before if not_before is None else max(old.not_before, not_before)
+    return replace(new, expires_at=max(old.expires_at, new.expires_at), not_before=not_before)
+
+
+def ttl_seconds(entry: Entry, now: float | None = None) -> int:
+    """The key's EX: whole seconds until the entry expires, at least 1."""
+    now = time.time() if now is None else now
+    return max(1, math.ceil(entry.expires_at - now))
+
+
+def stream_id(value: bytes | str) -> tuple[int, int]:
+    """A stream id ``ms-seq`` as a comparable pair."""
+    text = value.decode() if isinstance(value, bytes) else value
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def stream_fields(fields: Mapping[Any, Any]) -> Entry | None:
+    """The entry carried by one stream message (None for messages of another kind)."""
+    raw = fields.get(b"entry", fields.get("entry"))
+    return decode(raw) if raw is not None else None
+
+
+# --- building entries: the TTL policy ----------------------------------------------------------
+
+
+def as_timestamp(value: float | int | str | datetime | None) -> float | None:
+    """Epoch seconds from a number, an ISO-8601 string or an aware datetime."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("a datetime needs a time zone")
+        return value.timestamp()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return float(text)
+        except ValueError:
+            pass
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if parsed.tzinfo is None:
+            raise ValueError(f"{value!r} has no time zone (add Z or +00:00)")
+        return parsed.timestamp()
+    raise ValueError(f"{value!r} is not a time")
+
+
+def fingerprint_of(raw_token: str) -> str:
+    """SHA-256 hex of the raw token (the same function as the gateway's token fingerprint)."""
+    return hashlib.sha256(raw_token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _nonempty(name: str, value: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string")
+    return value
+
+
+@dataclass(frozen=True)
+class EntryFactory:
+    """Builds entries with the expiry rule of the contract.
+
+    An entry lives until every token it can match has expired: for a token or a family, now
+    plus the issuer's maximum token lifetime (or the token's own ``exp`` when known); for a
+    subject or a client cut-off T, T plus that lifetime. ``EXPIRY_MARGIN`` is added to all.
+    """
+
+    default_ttl: float = 86400.0
+    lifetimes: Mapping[str, float] | None = None
+
+    def lifetime(self, issuer: str | None) -> float:
+        """The issuer's max token lifetime; without an issuer, the longest of any."""
+        lifetimes = self.lifetimes or {}
+        if issuer is not None and issuer != ANY_ISSUER and issuer in lifetimes:
+            return lifetimes[issuer]
+        return max([self.default_ttl, *lifetimes.values()])
+
+    def _expiry(self, base: float, issuer: str | None, ttl: float | None) -> float:
+        return base + (self.lifetime(issuer) if ttl is None else ttl) + EXPIRY_MARGIN
+
+    def _cutoff(self, before: float | str | datetime | None, issuer: str | None, ttl: float | None,
+                now: float) -> tuple[float, float]:
+        """The cut-off (default now) and the expiry: the cut-off plus the lifetime, never before now."""
+        given = as_timestamp(before)
+        cutoff = now if given is None else given
+        lifetime = self.lifetime(issuer) if ttl is None else ttl
+        return cutoff, max(cutoff + lifetime, now) + EXPIRY_MARGIN
+
+    @staticmethod
+    def _reason(reason: str) -> str:
+        return (reason or "")[:MAX_REASON]
+
+    def jti(self, jti: str, *, issuer: str | None = None, ttl: float | None = None, expires_at: float | None = None,
+            reason: str = "", now: float | None = None) -> Entry:
+        now = time.time() if now is None else now
+        expiry = expires_at + EXPIRY_MARGIN if expires_at is not None else self._expiry(now, issuer, ttl)
+        return Entry(Kind.TOKEN, _nonempty("jti", jti), expiry, issuer or ANY_ISSUER, None, self._reason(reason), now)
+
+    def fingerprint(self, fingerprint: str, *, issuer: str | None = None, ttl: float | None = None,
+                    expires_at: float | None = None, reason: str = "", now: float | None = None) -> Entry:
+        value = _nonempty("fingerprint", fingerprint).strip().lower()
+        if not _FINGERPRINT.match(value):
+            raise ValueError("a fingerprint is the SHA-256 hex of the token (64 hex digits, or the 32-digit prefix)")
+        return self.jti(value, issuer=issuer, ttl=ttl, expires_at=expires_at, reason=reason, now=now)
+
+    def token(self, raw_token: str, *, issuer: str | None = None, ttl: float | None = None,
+              expires_at: float | None = None, reason: str = "", now: float | None = None) -> Entry:
+        """Revoke one raw token by its fingerprint, hashed here: the raw token goes nowhere."""
+        now = time.time() if now is None else now
+        exp = expires_at if expires_at is not None else _unverified_exp(raw_token)
+        if exp is not None:  # a JWT's own exp, capped by the issuer's max lifetime
+            exp = min(exp, now + (self.lifetime(issuer) if ttl is None else ttl))
+        return self.jti(fingerprint_of(_nonempty("token", raw_token)), issuer=issuer, ttl=ttl, expires_at=exp,
+                        reason=reason, now=now)
+
+    def family(self, family: str, *, issuer: str | None = None, ttl: float | None = None, reason: str = "",
+               now: float | None = None) -> Entry:
+        now = time.time() if now is None else now
+        return Entry(Kind.FAMILY, _nonempty("family", family), self._expiry(now, issuer, ttl), issuer or ANY_ISSUER,
+                     None, self._reason(reason), now)
+
+    def subject(self, sub: str, *, issuer: str | None = None, before: float | str | datetime | None = None,
+                ttl: float | None = None, reason: str = "", now: float | None = None) -> Entry:
+        now = time.time() if now is None else now
+        cutoff, expiry = self._cutoff(before, issuer, ttl, now)
+        return Entry(Kind.SUBJECT, _nonempty("subject", sub), expiry, issuer or ANY_ISSUER, cutoff,
+                     self._reason(reason), now)
+
+    def client(self, client_id: str, *, issuer: str | None = None, before: float | str | datetime | None = None,
+               ttl: float | None = None, reason: str = "", now: float | None = None) -> Entry:
+        now = time.time() if now is None else now
+        cutoff, expiry = self._cutoff(before, issuer, ttl, now)
+        return Entry(Kind.CLIENT, _nonempty("client_id", client_id), expiry, issuer or ANY_ISSUER, cutoff,
+                     self._reason(reason), now)
+
+
+    def build(self, target: str, value: str, *, issuer: str | None = None,
+              before: float | str | datetime | None = None, ttl: float | None = None, reason: str = "") -> Entry:
+        """One entry from a target name as the CLI and the admin JSON endpoint spell it."""
+        if target in ("subject", "client"):
+            method = self.subject if target == "subject" else self.client
+            return method(value, issuer=issuer, before=before, ttl=ttl, reason=reason)
+        if before is not None:
+            raise ValueError("before applies to subject and client revocations only")
+        if target == "jti":
+            return self.jti(value, issuer=issuer, ttl=ttl, reason=reason)
+        if target == "token":
+            return self.token(value, issuer=issuer, ttl=ttl, reason=reason)
+        if target == "fingerprint":
+            return self.fingerprint(value, issuer=issuer, ttl=ttl, reason=reason)
+        if target == "family":
+            return self.family(value, issuer=issuer, ttl=ttl, reason=reason)
+        raise ValueError(f"unknown revocation target {target!r}; one of {', '.join(TARGETS)}")
+
+
+TARGETS = ("jti", "token", "fingerprint", "family", "subject", "client")
+
+
+def _unverified_exp(raw_token: str) -> float | None:
+    """``exp`` of a JWT-shaped token, unverified (used only to shorten an entry's life)."""
+    parts = raw_token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = orjson.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, orjson.JSONDecodeError):
+        return None
+    exp = payload.get("exp") if isinstance(payload, dict) else None
+    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+
+
+# --- the write, shared by the gateway's store and the Python API ---------------------------------
+
+
+def write_args(schema: Schema, old_raw: bytes | None, entry: Entry, maxlen: int = STREAM_MAXLEN,
+               now: float | None = None) -> tuple[list[str], list[bytes | int]]:
+    """KEYS and ARGV of WRITE_SCRIPT for ``entry`` merged over the key's current value."""
+    merged = merge(decode_or_none(old_raw), entry)
+    keys = [schema.entry_key(entry), schema.stream_key]
+    return keys, [old_raw or b"", encode(merged), ttl_seconds(merged, now), maxlen]
+
+
+WRITE_ATTEMPTS = 8
+
+
+async def write_entry(client: Any, schema: Schema, entry: Entry, maxlen: int = STREAM_MAXLEN) -> str:
+    """Write one entry (key + stream notification) with redis.asyncio; returns the stream id."""
+    key = schema.entry_key(entry)
+    for _ in range(WRITE_ATTEMPTS):
+        old = await client.get(key)
+        keys, args = write_args(schema, old, entry, maxlen)
+        result = await client.eval(WRITE_SCRIPT, 2, *keys, *args)
+        if result is not None:
+            return result.decode() if isinstance(result, bytes) else str(result)
+    raise RevocationWriteError(f"{key} kept changing under concurrent writers")
+
+
+def write_entry_sync(client: Any, schema: Schema, entry: Entry, maxlen: int = STREAM_MAXLEN) -> str:
+    """The same write with the synchronous redis client."""
+    key = schema.entry_key(entry)
+    for _ in range(WRITE_ATTEMPTS):
+        old = client.get(key)
+        keys, args = write_args(schema, old, entry, maxlen)
+        result = client.eval(WRITE_SCRIPT, 2, *keys, *args)
+        if result is not None:
+            return result.decode() if isinstance(result, bytes) else str(result)
+    raise RevocationWriteError(f"{key} kept changing under concurrent writers")

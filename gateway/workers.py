@@ -1,0 +1,296 @@
+"""Several worker processes on one port, under a supervising parent (``workers: N``, N > 1).
+
+The parent serves no request itself:
+
+- for every listen address it holds a bound, non-listening ``SO_REUSEPORT`` socket, so port 0
+  resolves once and the ports stay reserved while workers come and go;
+- it starts N workers (``python -m gateway.workers``: a fresh interpreter each, so
+  ``PROMETHEUS_MULTIPROC_DIR`` is set before prometheus-client loads). Each worker listens on
+  the same ports with ``SO_REUSEPORT`` and the kernel spreads connections among them. Every
+  worker serves the admin port as well: ``/metrics`` from any of them adds up all workers;
+- it restarts a worker that dies (backing off when one keeps dying young), forwards SIGTERM,
+  SIGINT (as SIGTERM) and SIGHUP, and watches the configuration file, sending SIGHUP to the
+  workers when it changes. A restarted worker starts from the last valid file.
+
+The parent waits for signals with ``sigtimedwait``: no handlers, no event loop, no threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from prometheus_client import multiprocess
+
+from .config import Address, ConfigError, GatewayConfig, parse_config
+from .reload import POLL_INTERVAL, ConfigFile, pinned
+
+log = logging.getLogger("gateway.workers")
+
+SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
+LISTEN_KEYS = ("listen", "admin_listen", "decision_listen")
+STABLE_AFTER = 30.0  # a worker that lived this long is restarted at once when it dies
+MAX_BACKOFF = 30.0
+KILL_MARGIN = 5.0  # beyond shutdown_grace, before workers that still run are killed
+
+
+@dataclass
+class WorkerSpec:
+    """What the parent tells a worker (JSON on the worker's stdin)."""
+
+    slot: int
+    parent: int
+    path: str
+    declared: str  # the file's text when the gateway started: restart-only keys are compared with it
+    current: str  # the last valid text, which a restarted worker starts from even if the file broke since
+    ports: dict[str, int]  # listen key -> the port the parent reserved
+
+    def configs(self) -> tuple[GatewayConfig, GatewayConfig]:
+        """The file as the gateway started from it, and what this worker runs (ports resolved)."""
+        declared = parse_config(self.declared, self.path)
+        ports = {key: Address(getattr(declared, key).host, port) for key, port in self.ports.items()}
+        return declared, pinned(parse_config(self.current, self.path), declared.model_copy(update=ports))
+
+
+def supervise(path: str) -> int:
+    """Run the parent until SIGTERM or SIGINT and the workers have drained; the exit status."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        config = parse_config(text, path)
+    except (OSError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return Supervisor(path, text, config).run()
+
+
+class Supervisor:
+    def __init__(self, path: str, text: str, config: GatewayConfig) -> None:
+        self.path = path
+        self.declared_text = self.current_text = text
+        self.declared = self.current = config
+        self.file = ConfigFile(path)
+        self.reservations: list[socket.socket] = []
+        self.ports: dict[str, int] = {}
+        self.metrics_dir = ""
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}  # slot -> running worker
+        self.started: dict[int, float] = {}
+        self.failures: dict[int, int] = {}
+        self.restart_at: dict[int, float] = {}
+
+    def run(self) -> int:
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # workers inherit the mask until serve() is ready
+        own_dir = False
+        try:
+            for key in LISTEN_KEYS:
+                address = getattr(self.declared, key)
+                if address is not None:
+                    self.reservations.append(reserve(address))
+                    self.ports[key] = self.reservations[-1].getsockname()[1]
+            self.metrics_dir, own_dir = prepare_metrics_dir()
+            self._warn_about_per_process_state()
+            log.info(
+                "starting workers",
+                extra={"workers": self.declared.workers, "ports": self.ports, "metrics_dir": self.metrics_dir},
+            )
+            for slot in range(self.declared.workers):
+                self._start(slot)
+            self._supervise()
+            return self._drain()
+        except OSError as exc:
+            log.error("cannot start the workers: %s", exc)
+            self._drain()
+            return 1
+        finally:
+            for sock in self.reservations:
+                sock.close()
+            if own_dir:
+                shutil.rmtree(self.metrics_dir, ignore_errors=True)
+
+    def _warn_about_per_process_state(self) -> None:
+        revocation = self.declared.revocation
+        if revocation.redis_url is None and revocation.sentinel is None:
+            log.warning(
+                "the revocation list is in memory, one per worker: a revocation reaches only the worker that "
+                "received it; with workers > 1 configure revocation.redis_url or revocation.sentinel"
+            )
+
+    def _start(self, slot: int) -> None:
+        spec = WorkerSpec(slot, os.getpid(), self.path, self.declared_text, self.current_text, self.ports)
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir}
+        proc = subprocess.Popen([sys.executable, "-m", "gateway.workers"], stdin=subprocess.PIPE, env=env)
+        assert proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):  # it died at once: reaped and restarted like any other
+            proc.stdin.write(json.dumps(asdict(spec)).encode())
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()
+        self.procs[slot] = proc
+        self.started[slot] = time.monotonic()
+        log.info("worker started", extra={"worker": slot, "pid": proc.pid})
+
+    def _supervise(self) -> None:
+        next_poll = time.monotonic() + POLL_INTERVAL
+        while True:
+            wake = min([next_poll, *self.restart_at.values()])
+            info = signal.sigtimedwait(SIGNALS, max(0.0, wake - time.monotonic()))
+            if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT):
+                log.info(
+                    "shutting down", extra={"signal": signal.Signals(info.si_signo).name,
+                                            "grace_seconds": self.declared.shutdown_grace},
+                )
+                return
+            self._reap(restart=True)
+            if info is not None and info.si_signo == signal.SIGHUP:
+                self._reload("SIGHUP")
+            now = time.monotonic()
+            for slot, when in list(self.restart_at.items()):
+                if when <= now:
+                    del self.restart_at[slot]
+                    self._start(slot)
+            if now >= next_poll:
+                next_poll = now + POLL_INTERVAL
+                if self.current.watch_config and self.file.poll():
+                    self._reload("file changed")
+
+    def _reap(self, restart: bool) -> None:
+        for slot, proc in list(self.procs.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            del self.procs[slot]
+            multiprocess.mark_process_dead(proc.pid, self.metrics_dir)  # type: ignore[no-untyped-call]
+            if not restart:
+                log.info("worker stopped", extra={"worker": slot, "pid": proc.pid, "exit_code": code})
+                continue
+            young = time.monotonic() - self.started[slot] < STABLE_AFTER
+            self.failures[slot] = self.failures.get(slot, 0) + 1 if young else 0
+            delay = min(MAX_BACKOFF, 2.0 ** (self.failures[slot] - 1)) if self.failures[slot] > 1 else 0.0
+            self.restart_at[slot] = time.monotonic() + delay
+            log.warning(
+                "worker exited; restarting it",
+                extra={"worker": slot, "pid": proc.pid, "exit_code": code, "restart_in": delay},
+            )
+
+    def _reload(self, cause: str) -> None:
+        """Tell the workers to reload; remember the file for restarted workers when it is valid."""
+        if cause != "file changed":
+            self.file.mark_seen()
+        try:
+            text = Path(self.path).read_text(encoding="utf-8")
+            config = parse_config(text, self.path)
+        except (OSError, ConfigError):
+            pass  # every worker says why, and keeps what it runs
+        else:
+            self.current_text, self.current = text, config
+        log.info("reloading workers", extra={"cause": cause})
+        for proc in self.procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGHUP)
+
+    def _drain(self) -> int:
+        """SIGTERM to every worker, wait until they are gone (killing them after the grace period)."""
+        self.restart_at.clear()
+        for proc in self.procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.declared.shutdown_grace + KILL_MARGIN
+        while self.procs and time.monotonic() < deadline:
+            signal.sigtimedwait(SIGNALS, min(0.5, max(0.0, deadline - time.monotonic())))
+            self._reap(restart=False)
+        stuck = list(self.procs.values())
+        for proc in stuck:
+            proc.kill()
+            proc.wait()
+            multiprocess.mark_process_dead(proc.pid, self.metrics_dir)  # type: ignore[no-untyped-call]
+        if stuck:
+            log.error("workers still running after the grace period were killed", extra={"killed": len(stuck)})
+        log.info("stopped")
+        return 1 if stuck else 0
+
+
+def reserve(address: Address) -> socket.socket:
+    """A bound, non-listening SO_REUSEPORT socket: it holds the port without taking connections."""
+    family, kind, proto, _, sockaddr = socket.getaddrinfo(
+        address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:  # as asyncio's listeners do
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {address}: {exc.strerror}") from None
+    return sock
+
+
+def prepare_metrics_dir() -> tuple[str, bool]:
+    """The multiprocess directory, emptied (stale files would add up); True when made here (and removed)."""
+    configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not configured:
+        return tempfile.mkdtemp(prefix="tokengate-metrics-"), True
+    clear_metrics_dir(configured)
+    return configured, False
+
+
+def clear_metrics_dir(path: str, keep_pid: int | None = None) -> None:
+    """Remove the metric files of earlier processes (a container restart keeps an emptyDir)."""
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        if keep_pid is None or not stale.name.endswith(f"_{keep_pid}.db"):
+            stale.unlink(missing_ok=True)
+
+
+# --- the worker side -----------------------------------------------------------------------
+
+
+def worker_main() -> None:
+    """``python -m gateway.workers``: one worker process, its spec read from stdin."""
+    from .cli import run_async
+    from .logs import setup_logging
+
+    spec = WorkerSpec(**json.loads(sys.stdin.buffer.read()))
+    with open(os.devnull, "rb") as devnull:
+        os.dup2(devnull.fileno(), 0)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+    declared, config = spec.configs()
+    setup_logging(config.log_level, worker=spec.slot, pid=os.getpid())
+    run_async(_serve_worker(spec, declared, config))
+
+
+async def _serve_worker(spec: WorkerSpec, declared: GatewayConfig, config: GatewayConfig) -> None:
+    from .runtime import Gateway
+    from .server import serve
+
+    stop = asyncio.Event()
+    watchdog = asyncio.create_task(_stop_when_orphaned(spec.parent, stop))
+    try:
+        await serve(Gateway(config, spec.path), reuse_port=True, stop=stop, watch=False, declared=declared)
+    finally:
+        watchdog.cancel()
+
+
+async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
+    """Drain and exit when the parent is gone (killed): nobody would restart or stop this worker."""
+    while os.getppid() == parent:  # noqa: ASYNC110 - no event tells a process its parent died
+        await asyncio.sleep(1.0)
+    log.warning("the supervising parent is gone; shutting down")
+    stop.set()
+
+
+if __name__ == "__main__":
+    worker_main()

@@ -1,0 +1,79 @@
+"""Test helpers: a raw HTTP/1.1 client, free ports, metric samples.
+
+aiohttp's client (and yarl) normalise URLs before sending them, which would hide exactly
+the ``..``, ``%2e`` and ``%2f`` forms the gateway has to handle; ``raw_request`` writes the
+request target byte for byte as given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import dataclass, field
+
+from multidict import CIMultiDict
+from prometheus_client import REGISTRY
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound once, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def metric(name: str, **labels: str) -> float:
+    """The current value of one sample in this process's registry (0 when never counted)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: CIMultiDict[str] = field(default_factory=CIMultiDict)
+    body: bytes = b""
+
+
+def _dechunk(data: bytes) -> bytes:
+    out, rest = bytearray(), data
+    while rest:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line.split(b";")[0] or b"0", 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        rest = rest[size + 2 :]
+    return bytes(out)
+
+
+async def raw_request(
+    url: str, target: str | bytes, method: str = "GET", headers: dict[str, str] | None = None,
+    extra_lines: list[str] | None = None, body: bytes = b"", timeout: float = 5.0, host_header: str | None = None,
+) -> RawResponse:
+    """Send one request with the target exactly as given; read the answer until the server closes."""
+    host_port = url.split("://", 1)[1]
+    host, port = host_port.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        raw_target = target if isinstance(target, bytes) else target.encode("latin-1")
+        lines = [f"Host: {host_header or host_port}", "Connection: close"]
+        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        lines += extra_lines or []
+        if body:
+            lines.append(f"Content-Length: {len(body)}")
+        head = method.encode() + b" " + raw_target + b" HTTP/1.1\r\n" + "".join(f"{h}\r\n" for h in lines).encode()
+        writer.write(head + b"\r\n" + body)
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+    head_bytes, _, payload = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head_bytes.decode("latin-1").split("\r\n")
+    response = RawResponse(int(status_line.split(" ")[1]))
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        response.headers.add(name.strip(), value.strip())
+    if "chunked" in response.headers.get("Transfer-Encoding", ""):
+        payload = _dechunk(payload)
+    response.body = payload
+    return response

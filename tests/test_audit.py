@@ -1,0 +1,204 @@
+"""Issue 2, point 9: one audit record per request, its fields, no raw token anywhere, counts under load."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import random
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.logs import JsonFormatter
+from tests.conftest import bearer
+from tests.helpers import free_port, metric, raw_request
+
+FIELDS = {
+    "ts", "request_id", "client_ip", "method", "host", "path", "route", "upstream", "status", "decision", "reason",
+    "sub", "client_id", "iss", "jti", "sid", "token_fingerprint", "scopes", "required_scopes", "user_agent",
+    "duration_ms", "upstream_ms", "bytes_in", "bytes_out",
+}
+
+
+async def send(gw: Any, method: str, path: str, headers: dict[str, str] | None = None, data: Any = None) -> Any:
+    async with aiohttp.ClientSession() as session, session.request(
+        method, gw.url + path, headers=headers or {}, data=data
+    ) as resp:
+        return resp.status, await resp.read()
+
+
+async def test_allowed_request_record(gw, issuer):  # type: ignore[no-untyped-def]
+    token = issuer.mint(sub="alice", scope="orders:read profile", sid="session-1", jti="jti-1", client_id="web")
+    status, _ = await send(gw, "POST", "/orders", {**bearer(issuer.mint(scope="orders:write"))}, data=b"12345")
+    assert status == 200
+    status, _ = await send(gw, "GET", "/public/health/../../orders?page=3",
+                           {**bearer(token), "X-Request-Id": "rid-1", "User-Agent": "audit-test/1.0"})
+    assert status == 200
+    records = await gw.audit_records()
+    assert len(records) == 2
+    assert records[0]["bytes_in"] == 5
+    record = records[1]
+    assert set(record) >= FIELDS
+    ts = datetime.fromisoformat(record["ts"].replace("Z", "+00:00"))
+    assert record["ts"].endswith("Z") and ts.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
+    assert abs((datetime.now(UTC) - ts).total_seconds()) < 30
+    assert record["request_id"] == "rid-1"
+    assert record["client_ip"] == "127.0.0.1"
+    assert record["method"] == "GET"
+    assert record["host"] == gw.url.removeprefix("http://")
+    assert record["path"] == "/orders"  # the normalised path that was authorised, without the query
+    assert (record["route"], record["upstream"]) == ("list-orders", "orders")
+    assert (record["status"], record["decision"], record["reason"]) == (200, "allow", "allowed")
+    assert (record["sub"], record["client_id"], record["iss"]) == ("alice", "web", issuer.issuer)
+    assert (record["jti"], record["sid"]) == ("jti-1", "session-1")
+    assert record["token_fingerprint"] == hashlib.sha256(token.encode()).hexdigest()[:32]
+    assert record["scopes"] == ["orders:read", "profile"]
+    assert record["required_scopes"] == ["orders:read"]
+    assert record["user_agent"] == "audit-test/1.0"
+    assert record["duration_ms"] >= record["upstream_ms"] > 0
+    assert record["bytes_in"] == 0
+    assert record["bytes_out"] > 100  # the echo upstream's JSON
+
+
+async def test_generated_request_id_matches_the_response(gw):  # type: ignore[no-untyped-def]
+    async with aiohttp.ClientSession() as session, session.get(gw.url + "/orders") as resp:
+        request_id = resp.headers["X-Request-Id"]
+    records = await gw.audit_records()
+    assert records[-1]["request_id"] == request_id
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "scope", "status", "reason", "route"),
+    [
+        ("GET", "/orders", None, 401, "missing_token", "list-orders"),
+        ("GET", "/orders", "profile", 403, "insufficient_scope", "list-orders"),
+        ("GET", "/nothing", "orders:read", 404, "no_route", ""),
+        ("DELETE", "/orders", "orders:read", 405, "method_not_allowed", ""),
+        ("GET", "/public/health/..%2f..%2forders", None, 400, "bad_path", ""),
+        ("GET", "/public/health", None, 200, "public_route", "health"),
+    ],
+)
+async def test_denials_are_recorded_with_the_shared_reason(  # type: ignore[no-untyped-def]
+    gw, issuer, method, path, scope, status, reason, route
+):
+    before = metric("gateway_requests_total", route=route, method=method, status=str(status),
+                    decision="allow" if status == 200 else "deny", reason=reason)
+    headers = bearer(issuer.mint(scope=scope)) if scope else {}
+    response = await raw_request(gw.url, path, method=method, headers=headers)
+    assert response.status == status
+    if status != 200:
+        assert json.loads(response.body)["reason"] == reason  # the client sees the same word ...
+    records = await gw.audit_records()
+    assert len(records) == 1
+    assert (records[0]["status"], records[0]["reason"]) == (status, reason)  # ... as the audit record ...
+    assert records[0]["decision"] == ("allow" if status == 200 else "deny")
+    after = metric("gateway_requests_total", route=route, method=method, status=str(status),
+                   decision="allow" if status == 200 else "deny", reason=reason)
+    assert after == before + 1  # ... and the metric label
+
+
+async def test_insufficient_scope_record(gw, issuer):  # type: ignore[no-untyped-def]
+    token = issuer.mint(sub="bob", scope="profile")
+    await send(gw, "GET", "/orders/7/status", bearer(token))
+    record = (await gw.audit_records())[-1]
+    assert (record["status"], record["reason"], record["sub"]) == (403, "insufficient_scope", "bob")
+    assert record["required_scopes"] == ["orders:admin", "orders:read"]
+    assert record["scopes"] == ["profile"]
+    assert record["upstream_ms"] is None
+
+
+async def test_invalid_token_record_has_a_fingerprint_but_no_identity(gw, issuer):  # type: ignore[no-untyped-def]
+    token = issuer.mint(sub="mallory", ttl=-3600)
+    await send(gw, "GET", "/orders", bearer(token))
+    record = (await gw.audit_records())[-1]
+    assert record["reason"] == "token_expired"
+    assert record["token_fingerprint"] == hashlib.sha256(token.encode()).hexdigest()[:32]
+    assert record["sub"] is None and record["scopes"] == []
+
+
+async def test_upstream_failure_is_recorded(make_gateway, issuer):  # type: ignore[no-untyped-def]
+    gw = await make_gateway(upstreams={"orders": {"url": f"http://127.0.0.1:{free_port()}"}})
+    await send(gw, "GET", "/orders", bearer(issuer.mint()))
+    record = (await gw.audit_records())[-1]
+    assert (record["status"], record["reason"], record["upstream"]) == (502, "upstream_unavailable", "orders")
+
+
+async def test_no_raw_token_in_the_audit_trail_or_the_log(gw, issuer, caplog):  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.DEBUG)
+    tokens = {
+        "valid": issuer.mint(),
+        "expired": issuer.mint(ttl=-3600),
+        "no-scope": issuer.mint(scope="profile"),
+        "bad-signature": issuer.mint()[:-6] + "AAAAAA",
+        "unknown-kid": issuer.mint(headers={"kid": "nope"}),
+        "garbage": "this-is-not-a-jwt-but-a-secret-value",
+    }
+    for token in tokens.values():
+        for path in ("/orders", "/orders/1/status", "/nothing", "/public/health"):
+            await send(gw, "GET", path, bearer(token))
+        await send(gw, "GET", f"/orders?access_token={token}")
+        await send(gw, "GET", f"/nothing?access_token={token}")
+        await raw_request(gw.url, f"/orders%2F?access_token={token}")  # 400 before the query is looked at
+        await raw_request(gw.url, f"/orders?x=1&access_token={token}", headers=bearer(token))
+        await raw_request(gw.url, "/orders", headers={"Authorization": f"Bearer {token} extra"})
+        await raw_request(gw.url, "/orders", headers={"Authorization": f"Basic {token}"})
+    await gw.audit_records()
+    audit_text = gw.audit_path.read_text()
+    assert audit_text.count("\n") == len(tokens) * 10
+    formatter = JsonFormatter()
+    log_text = "\n".join(formatter.format(r) for r in caplog.records)
+    for name, token in tokens.items():
+        for part in {token, *token.split(".")}:
+            if len(part) >= 20:
+                assert part not in audit_text, f"{name} token found in the audit trail"
+                assert part not in log_text, f"{name} token found in the log"
+                assert part not in caplog.text
+
+
+async def test_record_count_equals_request_count_under_load(gw, issuer):  # type: ignore[no-untyped-def]
+    good, poor = issuer.mint(), issuer.mint(scope="profile")
+    plans = [
+        ("/orders", bearer(good)), ("/orders", bearer(poor)), ("/orders", {}), ("/public/health", {}),
+        ("/nothing", {}), ("/orders/1/status", bearer(good)),
+    ]
+    rng = random.Random(7)
+    requests = [rng.choice(plans) for _ in range(500)]
+    semaphore = asyncio.Semaphore(50)
+    statuses: dict[int, int] = {}
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=50)) as session:
+
+        async def one(index: int, path: str, headers: dict[str, str]) -> None:
+            async with semaphore, session.get(
+                gw.url + path, headers={**headers, "X-Request-Id": f"load-{index}"}
+            ) as resp:
+                await resp.read()
+                statuses[resp.status] = statuses.get(resp.status, 0) + 1
+
+        await asyncio.gather(*(one(i, path, headers) for i, (path, headers) in enumerate(requests)))
+    records = await gw.audit_records()
+    assert len(records) == 500
+    assert {r["request_id"] for r in records} == {f"load-{i}" for i in range(500)}
+    recorded: dict[int, int] = {}
+    for record in records:
+        recorded[record["status"]] = recorded.get(record["status"], 0) + 1
+    assert recorded == statuses
+    assert len(gw.audit_path.read_bytes().splitlines()) == 500  # whole lines, none torn
+
+
+async def test_stdout_sink(make_gateway, capfd):  # type: ignore[no-untyped-def]
+    gw = await make_gateway(audit={"sink": "stdout", "flush_interval": "10ms"})
+    await send(gw, "GET", "/public/health", {"X-Request-Id": "to-stdout"})
+    await gw.gateway.audit.flush()
+    lines = [json.loads(line) for line in capfd.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["request_id"] for r in lines if r.get("type") == "audit"] == ["to-stdout"]
+
+
+async def test_audit_sink_none_writes_nothing(make_gateway):  # type: ignore[no-untyped-def]
+    gw = await make_gateway(audit={"sink": "none"})
+    await send(gw, "GET", "/public/health")
+    assert await gw.audit_records() == []

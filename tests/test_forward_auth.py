@@ -1,0 +1,497 @@
+"""The forward-auth decision endpoint behind a real nginx (auth_request), and Traefik-,
+ingress-nginx- and Envoy-shaped check requests sent straight to the decision port.
+
+nginx is the Debian package, started here on a free port with its own configuration, pid
+file, logs and temp paths under tmp_path (``daemon off``), in front of the echo upstream.
+The configuration is the one docs/forward-auth.md documents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.demo import DemoIssuer, EchoUpstream
+from gateway.forward_auth import CheckRequestError, original_request
+from tests.conftest import GatewayFactory, RunningGateway, bearer
+from tests.helpers import free_port, metric, raw_request
+
+NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin:/usr/local/nginx/sbin")
+
+# The snippet of docs/forward-auth.md ("nginx auth_request"), with test ports filled in.
+NGINX_SERVER = """
+    server {{
+        listen 127.0.0.1:{port};
+
+        location / {{
+            auth_request /_tokengate;
+            auth_request_set $tokengate_www_authenticate $upstream_http_www_authenticate;
+            auth_request_set $tokengate_request_id $upstream_http_x_request_id;
+            auth_request_set $tokengate_subject $upstream_http_x_auth_subject;
+            auth_request_set $tokengate_client_id $upstream_http_x_auth_client_id;
+            auth_request_set $tokengate_scopes $upstream_http_x_auth_scopes;
+            error_page 401 = @tokengate_401;
+            error_page 403 = @tokengate_403;
+
+            proxy_set_header X-Auth-Subject $tokengate_subject;
+            proxy_set_header X-Auth-Client-Id $tokengate_client_id;
+            proxy_set_header X-Auth-Scopes $tokengate_scopes;
+            proxy_pass {upstream}/;
+        }}
+
+        location = /_tokengate {{
+            internal;
+            proxy_pass http://127.0.0.1:{decision_port};
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_set_header X-Original-URI $request_uri;
+            proxy_set_header X-Original-Method $request_method;
+            proxy_set_header X-Forwarded-Host $host;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }}
+
+        location @tokengate_401 {{
+            default_type application/json;
+            add_header Cache-Control no-store always;
+            return 401 '{{"error":"unauthorized","request_id":"$tokengate_request_id"}}';
+        }}
+
+        location @tokengate_403 {{
+            default_type application/json;
+            add_header WWW-Authenticate $tokengate_www_authenticate always;
+            add_header Cache-Control no-store always;
+            return 403 '{{"error":"insufficient_scope","request_id":"$tokengate_request_id"}}';
+        }}
+    }}
+"""
+
+NGINX_MAIN = """
+{user}
+daemon off;
+master_process on;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 128; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/client_body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+{server}
+}}
+"""
+
+
+@dataclass
+class Nginx:
+    url: str
+    error_log: Path
+
+
+@dataclass
+class Stack:
+    gateway: RunningGateway
+    nginx: Nginx
+
+    @property
+    def decision_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway.port('decision')}"
+
+
+@pytest.fixture
+def nginx_binary() -> str:
+    if NGINX is None:
+        pytest.skip("nginx is not installed (Debian package 'nginx'; `make system-deps` installs it)")
+    return NGINX
+
+
+def _start_nginx(
+    binary: str, directory: Path, decision_port: int, upstream: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    user = f"user {pwd.getpwuid(os.geteuid()).pw_name};" if os.geteuid() == 0 else ""  # workers keep our uid
+    server = NGINX_SERVER.format(port=port, decision_port=decision_port, upstream=upstream)
+    config = directory / "nginx.conf"
+    config.write_text(NGINX_MAIN.format(user=user, tmp=directory, server=server))
+    process = subprocess.Popen(
+        [binary, "-p", str(directory), "-c", str(config), "-e", str(directory / "error.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    return process, f"http://127.0.0.1:{port}"
+
+
+async def _wait_listening(url: str, process: subprocess.Popen[bytes], error_log: Path) -> None:
+    host, port = url.rsplit("//", 1)[1].rsplit(":", 1)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            stderr = process.stderr.read().decode() if process.stderr else ""
+            log = error_log.read_text() if error_log.exists() else ""
+            pytest.fail(f"nginx exited with {process.returncode}: {stderr}{log}")
+        try:
+            _, writer = await asyncio.open_connection(host, int(port))
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        return
+    pytest.fail("nginx did not start listening within 10 s")
+
+
+@pytest.fixture
+async def stack(
+    nginx_binary: str, make_gateway: GatewayFactory, upstream: EchoUpstream, tmp_path: Path
+) -> AsyncIterator[Stack]:
+    """Gateway with a decision port, and nginx using it with auth_request in front of the echo upstream."""
+    gw = await make_gateway(decision_listen="127.0.0.1:0", trusted_proxies=["127.0.0.1/32"])
+    directory = tmp_path / "nginx"
+    directory.mkdir()
+    process, url = _start_nginx(nginx_binary, directory, gw.port("decision"), upstream.url)
+    try:
+        await _wait_listening(url, process, directory / "error.log")
+        yield Stack(gw, Nginx(url, directory / "error.log"))
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stderr is not None:
+            process.stderr.close()
+
+
+@pytest.fixture
+async def decision_gw(make_gateway: GatewayFactory) -> RunningGateway:
+    """A gateway whose decision port trusts 127.0.0.1 (the test plays the ingress)."""
+    return await make_gateway(
+        decision_listen="127.0.0.1:0", decision_path_prefix="/ext_authz", trusted_proxies=["127.0.0.1/32"]
+    )
+
+
+def decision_url(gw: RunningGateway) -> str:
+    return f"http://127.0.0.1:{gw.port('decision')}"
+
+
+async def last_record(gw: RunningGateway) -> dict[str, object]:
+    records = await gw.audit_records()
+    assert records, "no audit record was written"
+    return records[-1]
+
+
+# --- nginx auth_request ------------------------------------------------------------------
+
+
+async def test_nginx_no_token_is_401_with_challenge(stack: Stack, upstream: EchoUpstream, http: aiohttp.ClientSession):
+    async with http.get(f"{stack.nginx.url}/orders") as resp:
+        assert resp.status == 401
+        assert resp.headers.getall("WWW-Authenticate") == ['Bearer realm="tokengate"']
+        body = await resp.json(content_type=None)
+    assert upstream.requests == []
+    record = await last_record(stack.gateway)
+    assert record["mode"] == "decision"
+    assert (record["reason"], record["status"], record["path"], record["method"]) == (
+        "missing_token", 401, "/orders", "GET")
+    assert body == {"error": "unauthorized", "request_id": record["request_id"]}
+
+
+async def test_nginx_missing_scope_is_403_with_scope_challenge(
+    stack: Stack, issuer: DemoIssuer, upstream: EchoUpstream, http: aiohttp.ClientSession
+):
+    async with http.get(f"{stack.nginx.url}/orders", headers=bearer(issuer.mint(scope="profile"))) as resp:
+        assert resp.status == 403
+        challenge = resp.headers.getall("WWW-Authenticate")
+    assert len(challenge) == 1
+    assert 'error="insufficient_scope"' in challenge[0] and 'scope="orders:read"' in challenge[0]
+    assert upstream.requests == []
+    assert (await last_record(stack.gateway))["reason"] == "insufficient_scope"
+
+
+async def test_nginx_good_token_reaches_upstream_with_identity(
+    stack: Stack, issuer: DemoIssuer, upstream: EchoUpstream, http: aiohttp.ClientSession
+):
+    before = metric("gateway_requests_total", route="list-orders", method="GET", status="200",
+                    decision="allow", reason="allowed")
+    headers = {**bearer(issuer.mint(sub="alice", scope="orders:read profile")), "X-Auth-Subject": "mallory"}
+    async with http.get(f"{stack.nginx.url}/orders?limit=5", headers=headers) as resp:
+        assert resp.status == 200
+        seen = await resp.json()
+    assert seen["path"] == "/orders?limit=5"
+    assert seen["headers"]["X-Auth-Subject"] == "alice"  # the client's own value never gets through
+    assert seen["headers"]["X-Auth-Client-Id"] == "demo-client"
+    assert seen["headers"]["X-Auth-Scopes"] == "orders:read profile"
+    record = await last_record(stack.gateway)
+    assert (record["mode"], record["reason"], record["sub"], record["route"]) == (
+        "decision", "allowed", "alice", "list-orders")
+    assert record["upstream"] is None
+    assert record["client_ip"] == "127.0.0.1"
+    assert metric("gateway_requests_total", route="list-orders", method="GET", status="200",
+                  decision="allow", reason="allowed") == before + 1
+
+
+async def test_nginx_passes_the_original_method(
+    stack: Stack, issuer: DemoIssuer, upstream: EchoUpstream, http: aiohttp.ClientSession
+):
+    """nginx's auth subrequest is always a GET: the method must come from X-Original-Method."""
+    reader = bearer(issuer.mint(scope="orders:read"))
+    async with http.post(f"{stack.nginx.url}/orders", headers=reader, data=b"{}") as resp:
+        assert resp.status == 403
+    async with http.post(f"{stack.nginx.url}/orders", headers=bearer(issuer.mint(scope="orders:write")),
+                         data=b'{"item": 1}') as resp:
+        assert resp.status == 200
+        seen = await resp.json()
+    assert seen["method"] == "POST" and seen["body_bytes"] == 11
+    assert (await last_record(stack.gateway))["route"] == "create-order"
+
+
+async def test_nginx_public_route_drops_client_identity_headers(
+    stack: Stack, upstream: EchoUpstream, http: aiohttp.ClientSession
+):
+    async with http.get(f"{stack.nginx.url}/public/health", headers={"X-Auth-Subject": "mallory"}) as resp:
+        assert resp.status == 200
+        seen = await resp.json()
+    assert "X-Auth-Subject" not in seen["headers"]
+    assert (await last_record(stack.gateway))["reason"] == "public_route"
+
+
+@pytest.mark.parametrize("target", [
+    "/public/health/../../orders",
+    "/public/health/%2e%2e/%2e%2e/orders",
+    "/public//health/./../../ord%65rs",
+])
+async def test_nginx_path_tricks_are_normalised_like_the_proxy(
+    stack: Stack, issuer: DemoIssuer, upstream: EchoUpstream, target: str
+):
+    denied = await raw_request(stack.nginx.url, target)
+    assert denied.status == 401
+    assert upstream.requests == []
+    decision = await last_record(stack.gateway)
+    assert (decision["path"], decision["reason"]) == ("/orders", "missing_token")
+
+    # the proxy decides the same raw request the same way
+    proxied = await raw_request(stack.gateway.url, target)
+    assert proxied.status == 401
+    assert (await last_record(stack.gateway))["reason"] == "missing_token"
+
+    allowed = await raw_request(stack.nginx.url, target, headers=bearer(issuer.mint(scope="orders:read")))
+    assert allowed.status == 200
+    assert upstream.requests[-1]["path"] == "/orders"  # nginx forwards the normalised URI, as authorised
+
+
+async def test_nginx_client_cannot_choose_the_authorised_path(
+    stack: Stack, upstream: EchoUpstream, http: aiohttp.ClientSession
+):
+    """Headers a client adds are passed to the auth subrequest; they must not pick the path."""
+    spoof = {"X-Original-URI": "/public/health", "X-Original-Method": "GET", "X-Forwarded-Uri": "/public/health",
+             "X-Forwarded-Method": "GET", "X-Original-URL": "http://127.0.0.1/public/health"}
+    async with http.get(f"{stack.nginx.url}/orders", headers=spoof) as resp:
+        assert resp.status != 200
+    assert upstream.requests == []
+    assert (await last_record(stack.gateway))["decision"] == "deny"
+
+
+async def test_nginx_other_denials_surface_as_500(stack: Stack, upstream: EchoUpstream, http: aiohttp.ClientSession):
+    """auth_request only knows 2xx, 401 and 403; the audit record keeps the real reason."""
+    async with http.get(f"{stack.nginx.url}/nowhere") as resp:
+        assert resp.status == 500
+    assert upstream.requests == []
+    record = await last_record(stack.gateway)
+    assert (record["reason"], record["status"]) == ("no_route", 404)
+
+
+# --- Traefik ForwardAuth ---------------------------------------------------------------
+
+
+def traefik_headers(method: str, uri: str, **extra: str) -> dict[str, str]:
+    """What Traefik's ForwardAuth sends: the client's headers plus X-Forwarded-* of the original request."""
+    return {"X-Forwarded-Method": method, "X-Forwarded-Proto": "https", "X-Forwarded-Host": "api.example",
+            "X-Forwarded-Uri": uri, "X-Forwarded-For": "203.0.113.7", **extra}
+
+
+async def test_traefik_allowed_returns_identity_headers(
+    decision_gw: RunningGateway, issuer: DemoIssuer, http: aiohttp.ClientSession
+):
+    token = issuer.mint(sub="bob", scope="orders:admin")
+    headers = traefik_headers("GET", "/orders/42/status?verbose=1", **bearer(token))
+    async with http.get(f"{decision_url(decision_gw)}/", headers=headers) as resp:
+        assert resp.status == 200
+        assert resp.headers["X-Auth-Subject"] == "bob"
+        assert resp.headers["X-Auth-Client-Id"] == "demo-client"
+        assert resp.headers["X-Auth-Scopes"] == "orders:admin"
+        assert resp.headers["Cache-Control"] == "no-store"
+        assert await resp.read() == b""
+    record = await last_record(decision_gw)
+    assert (record["mode"], record["method"], record["host"], record["path"], record["route"]) == (
+        "decision", "GET", "api.example", "/orders/42/status", "order-status")
+    assert record["client_ip"] == "203.0.113.7"  # from X-Forwarded-For: the peer is a trusted proxy
+
+
+async def test_traefik_denials_carry_rfc6750_response(
+    decision_gw: RunningGateway, issuer: DemoIssuer, http: aiohttp.ClientSession
+):
+    async with http.get(decision_url(decision_gw), headers=traefik_headers("GET", "/orders")) as resp:
+        assert resp.status == 401
+        assert resp.headers["WWW-Authenticate"] == 'Bearer realm="tokengate"'
+        body = await resp.json()
+    assert body["reason"] == "missing_token"
+    expired = issuer.mint(scope="orders:read", ttl=-120)
+    headers = traefik_headers("GET", "/orders", **bearer(expired))
+    async with http.get(decision_url(decision_gw), headers=headers) as resp:
+        assert resp.status == 401
+        assert 'error="invalid_token"' in resp.headers["WWW-Authenticate"]
+        assert (await resp.json())["reason"] == "token_expired"
+    writer = bearer(issuer.mint(scope="orders:read"))
+    async with http.get(decision_url(decision_gw), headers=traefik_headers("DELETE", "/orders/7", **writer)) as resp:
+        assert resp.status == 403
+        assert 'scope="orders:write"' in resp.headers["WWW-Authenticate"]
+        assert "X-Auth-Subject" not in resp.headers
+
+
+async def test_traefik_client_header_injection_is_refused(
+    decision_gw: RunningGateway, issuer: DemoIssuer, http: aiohttp.ClientSession
+):
+    """Traefik copies the client's headers: an X-Original-URI of the client's choosing must not win."""
+    headers = traefik_headers("GET", "/orders", **{"X-Original-URI": "/public/health", "X-Original-Method": "GET"})
+    async with http.get(decision_url(decision_gw), headers=headers) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["reason"] == "bad_path"
+    headers = traefik_headers("DELETE", "/orders/7", **{"X-Original-URI": "/orders/7", "X-Original-Method": "GET"},
+                              **bearer(issuer.mint(scope="orders:read")))
+    async with http.get(decision_url(decision_gw), headers=headers) as resp:
+        assert resp.status == 400
+
+
+async def test_traefik_untrusted_peer_keeps_peer_address(make_gateway: GatewayFactory, http: aiohttp.ClientSession):
+    gw = await make_gateway(decision_listen="127.0.0.1:0")  # no trusted_proxies
+    async with http.get(decision_url(gw), headers=traefik_headers("GET", "/public/health")) as resp:
+        assert resp.status == 200
+        assert resp.headers["X-Auth-Subject"] == ""  # always present, so the ingress overwrites a client's value
+    assert (await last_record(gw))["client_ip"] == "127.0.0.1"
+
+
+# --- ingress-nginx auth-url -----------------------------------------------------------
+
+
+async def test_ingress_nginx_shape(decision_gw: RunningGateway, issuer: DemoIssuer, http: aiohttp.ClientSession):
+    """ingress-nginx sends X-Original-URL (scheme://host/uri) and X-Original-Method; Host is the auth-url host."""
+    headers = {"Host": "tokengate.auth.svc:8081", "X-Original-URL": "https://API.example/orders?limit=1",
+               "X-Original-Method": "GET", "X-Real-IP": "198.51.100.9", "X-Sent-From": "nginx-ingress-controller",
+               "X-Auth-Request-Redirect": "/orders?limit=1", **bearer(issuer.mint(scope="orders:read"))}
+    async with http.get(f"{decision_url(decision_gw)}/verify", headers=headers) as resp:
+        assert resp.status == 200
+        assert resp.headers["X-Auth-Subject"] == "alice"
+    record = await last_record(decision_gw)
+    assert (record["host"], record["path"], record["client_ip"]) == ("API.example", "/orders", "198.51.100.9")
+
+    spoofed = {**headers, "X-Original-URI": "/public/health"}  # ingress-nginx passes this client header through
+    spoofed.pop("Authorization")
+    async with http.get(f"{decision_url(decision_gw)}/verify", headers=spoofed) as resp:
+        assert resp.status == 400
+
+
+async def test_host_routes_use_the_original_host(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, upstream: EchoUpstream, http: aiohttp.ClientSession
+):
+    routes = [{"name": "admin", "host": "admin.example", "path_prefix": "/", "upstream": "orders",
+               "scopes": ["orders:admin"]},
+              {"name": "www", "host": "www.example", "path_prefix": "/", "upstream": "orders", "auth": "none"}]
+    gw = await make_gateway(decision_listen="127.0.0.1:0", routes=routes)
+    for host, status in (("www.example", 200), ("admin.example", 401), ("other.example", 404)):
+        headers = traefik_headers("GET", "/x", **{"X-Forwarded-Host": host})
+        async with http.get(decision_url(gw), headers=headers) as resp:
+            assert resp.status == status, host
+    # a client-chosen X-Forwarded-Host that contradicts the ingress's X-Original-URL is refused
+    headers = {"X-Original-URL": "http://admin.example/x", "X-Original-Method": "GET",
+               "X-Forwarded-Host": "www.example"}
+    async with http.get(decision_url(gw), headers=headers) as resp:
+        assert resp.status == 400
+
+
+# --- Envoy ext_authz (HTTP service) ------------------------------------------------------
+
+
+async def test_envoy_check_uses_method_and_prefixed_path(
+    decision_gw: RunningGateway, issuer: DemoIssuer, http: aiohttp.ClientSession
+):
+    """Envoy sends the original method and path_prefix + path, with Host and Authorization by default."""
+    writer = bearer(issuer.mint(sub="carol", scope="orders:write"))
+    async with http.put(f"{decision_url(decision_gw)}/ext_authz/orders/9?dry_run=1",
+                        headers={"Host": "api.example", "Content-Length": "0", **writer}) as resp:
+        assert resp.status == 200
+        assert resp.headers["X-Auth-Subject"] == "carol"
+        assert resp.headers["X-Auth-Scopes"] == "orders:write"
+    record = await last_record(decision_gw)
+    assert (record["method"], record["path"], record["route"], record["host"]) == (
+        "PUT", "/orders/9", "change-order", "api.example")
+
+    async with http.delete(f"{decision_url(decision_gw)}/ext_authz/orders/9",
+                           headers=bearer(issuer.mint(scope="orders:read"))) as resp:
+        assert resp.status == 403
+        assert 'error="insufficient_scope"' in resp.headers["WWW-Authenticate"]
+        assert (await resp.json())["reason"] == "insufficient_scope"
+
+
+async def test_envoy_path_tricks_and_missing_prefix(decision_gw: RunningGateway, issuer: DemoIssuer):
+    url = decision_url(decision_gw)
+    trick = await raw_request(url, "/ext_authz/public/health/../../orders")
+    assert trick.status == 401
+    assert (await last_record(decision_gw))["path"] == "/orders"
+    no_prefix = await raw_request(url, "/orders", headers=bearer(issuer.mint(scope="orders:read")))
+    assert no_prefix.status == 400
+    assert (await last_record(decision_gw))["reason"] == "bad_path"
+
+
+async def test_decision_sources_can_be_pinned(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+):
+    gw = await make_gateway(decision_listen="127.0.0.1:0", decision_sources=["nginx"])
+    async with http.get(f"{decision_url(gw)}/public/health") as resp:  # an Envoy-shaped check
+        assert resp.status == 400
+    headers = {"X-Original-URI": "/orders", "X-Original-Method": "GET", "X-Forwarded-Uri": "/public/health",
+               **bearer(issuer.mint(scope="orders:read"))}
+    async with http.get(decision_url(gw), headers=headers) as resp:  # Traefik headers are not consulted
+        assert resp.status == 200
+
+
+# --- shape detection (pure) --------------------------------------------------------------
+
+
+def _headers(**values: str) -> CIMultiDictProxy[str]:
+    return CIMultiDictProxy(CIMultiDict({k.replace("_", "-"): v for k, v in values.items()}))
+
+
+def test_original_request_order_and_agreement():
+    nginx = original_request("GET", "/auth", _headers(X_Original_URI="/a?b", X_Original_Method="POST",
+                                                        X_Forwarded_Host="h.example"))
+    assert (nginx.source, nginx.method, nginx.target, nginx.host) == ("nginx", "POST", "/a?b", "h.example")
+    both = original_request("GET", "/auth", _headers(X_Original_URI="/a", X_Original_Method="PUT",
+                                                       X_Forwarded_Uri="/a", X_Forwarded_Method="PUT"))
+    assert both.source == "nginx"
+    envoy = original_request("PATCH", "/check/a/b", _headers(Host="h:8443"), path_prefix="/check")
+    assert (envoy.source, envoy.method, envoy.target, envoy.host) == ("envoy", "PATCH", "/a/b", "h:8443")
+    for bad in (
+        _headers(X_Original_URI="/a"),  # no method: never guessed (nginx's subrequest is always GET)
+        _headers(X_Original_URI="/a", X_Original_Method="GET", X_Forwarded_Uri="/b"),
+        _headers(X_Forwarded_Uri="/a", X_Forwarded_Method="GET", X_Original_Method="POST", X_Original_URI="/a"),
+        _headers(X_Original_URI="a", X_Original_Method="GET"),
+        _headers(X_Original_URI="/a", X_Original_Method="G E T"),
+        _headers(X_Original_URL="/relative", X_Original_Method="GET"),
+        _headers(X_Original_URL="http://u@h/a", X_Original_Method="GET"),
+    ):
+        with pytest.raises(CheckRequestError):
+            original_request("GET", "/auth", bad)

@@ -1,0 +1,93 @@
+"""Issue 2, point 10: Prometheus metrics, /healthz and /readyz on the admin port (never the public one)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.demo import DemoIssuer
+from tests.conftest import AUDIENCE, bearer
+from tests.helpers import free_port
+
+
+async def get(url: str) -> tuple[int, str, Any]:
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        return resp.status, await resp.text(), resp.headers
+
+
+def samples(text: str) -> list[tuple[str, dict[str, str], float]]:
+    return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+async def test_metrics_on_the_admin_port(gw, issuer):  # type: ignore[no-untyped-def]
+    token = issuer.mint()
+    async with aiohttp.ClientSession() as session:
+        for _ in range(2):  # the second one comes from the verified-token cache
+            async with session.get(gw.url + "/orders", headers=bearer(token)) as resp:
+                assert resp.status == 200
+        async with session.get(gw.url + "/orders") as resp:
+            assert resp.status == 401
+    status, text, headers = await get(gw.admin_url + "/metrics")
+    assert status == 200
+    assert headers["Content-Type"].startswith("text/plain")
+    found = samples(text)
+    names = {name for name, _, _ in found}
+    for name in ("gateway_requests_total", "gateway_request_duration_seconds_bucket",
+                 "gateway_upstream_duration_seconds_bucket", "gateway_token_validations_total",
+                 "gateway_jwks_refresh_total", "gateway_token_cache_total"):
+        assert name in names, name
+
+    def value(name: str, **labels: str) -> float:
+        return sum(v for n, lab, v in found if n == name and all(lab.get(k) == w for k, w in labels.items()))
+
+    assert value("gateway_requests_total", route="list-orders", method="GET", status="200", decision="allow",
+                 reason="allowed") >= 2
+    assert value("gateway_requests_total", route="list-orders", method="GET", status="401", decision="deny",
+                 reason="missing_token") >= 1
+    assert value("gateway_token_validations_total", issuer=issuer.issuer, result="valid") == 1
+    assert value("gateway_jwks_refresh_total", issuer=issuer.issuer, result="ok") == 1
+    assert value("gateway_token_cache_total", cache="verified_token", result="hit") >= 1
+    assert value("gateway_token_cache_total", cache="verified_token", result="miss") >= 1
+    assert value("gateway_request_duration_seconds_count", route="list-orders") >= 3
+    assert value("gateway_upstream_duration_seconds_count", upstream="orders") >= 2
+
+
+async def test_admin_endpoints_are_not_on_the_public_port(gw, upstream):  # type: ignore[no-untyped-def]
+    assert gw.port("proxy") != gw.port("admin")
+    for path in ("/metrics", "/healthz", "/readyz"):
+        status, _, _ = await get(gw.url + path)
+        assert status == 404, path
+    assert upstream.requests == []
+    status, _, _ = await get(gw.admin_url + "/orders")  # and the proxy is not on the admin port
+    assert status == 404
+
+
+async def test_healthz_and_readyz(gw):  # type: ignore[no-untyped-def]
+    status, text, _ = await get(gw.admin_url + "/healthz")
+    assert (status, text) == (200, '{"status":"alive"}')
+    async with aiohttp.ClientSession() as session, session.get(gw.admin_url + "/readyz") as resp:
+        assert resp.status == 200
+        body = await resp.json()
+    assert body["ready"] is True
+    assert body["jwks_loaded"] is True
+
+
+async def test_readyz_fails_until_every_issuer_has_keys(make_gateway, issuer):  # type: ignore[no-untyped-def]
+    missing = DemoIssuer(audience=AUDIENCE, issuer=f"http://127.0.0.1:{free_port()}")  # never started
+    gw = await make_gateway(issuers=[
+        {"issuer": issuer.issuer, "audiences": [AUDIENCE]},
+        {"issuer": missing.issuer, "audiences": [AUDIENCE]},
+    ])
+    status, _, _ = await get(gw.admin_url + "/healthz")
+    assert status == 200  # alive ...
+    async with aiohttp.ClientSession() as session, session.get(gw.admin_url + "/readyz") as resp:
+        assert resp.status == 503  # ... but not ready
+        body = await resp.json()
+    assert body["ready"] is False
+    assert body["jwks_loaded"] is False
+    _, text, _ = await get(gw.admin_url + "/metrics")
+    errors = [v for n, lab, v in samples(text)
+              if n == "gateway_jwks_refresh_total" and lab == {"issuer": missing.issuer, "result": "error"}]
+    assert errors == [1.0]

@@ -1,0 +1,299 @@
+"""Revocation list semantics, the Redis schema's pure parts, SET event mapping, and the in-memory intake.
+
+No Redis here: tests/test_revocation_redis.py runs the shared list against a real redis-server.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import jwt
+import pytest
+from click.testing import CliRunner
+
+from gateway.cli import main as cli_main
+from gateway.config import RevocationConfig
+from gateway.reasons import Reason
+from gateway.revocation import ANY_ISSUER, Entry, EntryFactory, Kind, RevocationList, Schema
+from gateway.revocation.intake import CAEP, OAUTH, RISC, SetError, entries_from_set
+from gateway.revocation.redis_store import RedisStore
+from gateway.revocation.schema import (
+    EXPIRY_MARGIN,
+    decode,
+    encode,
+    fingerprint_of,
+    merge,
+    stream_id,
+    ttl_seconds,
+    write_args,
+)
+from gateway.tokens.token import ValidatedToken, fingerprint
+from tests.conftest import bearer
+
+ISS = "https://as.example"
+FAR = time.time() + 3600
+
+
+def token(raw: str = "raw-token", iss: str = ISS, sub: str | None = "alice", client: str | None = "app",
+          jti: str | None = "j1", iat: float | None = None, **claims: object) -> ValidatedToken:
+    return ValidatedToken(
+        issuer=iss, subject=sub, client_id=client, scopes=frozenset(), expires_at=FAR, fingerprint=fingerprint(raw),
+        jti=jti, issued_at=time.time() - 10 if iat is None else iat, claims=dict(claims),
+    )
+
+
+# --- the local list --------------------------------------------------------------------------------
+
+
+def test_token_entries_match_jti_full_fingerprint_and_audit_prefix():
+    for value in ("j1", fingerprint("raw-token"), fingerprint("raw-token")[:32]):
+        rl = RevocationList()
+        rl.add(Entry(Kind.TOKEN, value, FAR))
+        assert rl.check(token()) is Reason.REVOKED_TOKEN
+        assert rl.check(token(raw="other", jti="j2")) is None
+
+
+def test_family_entry_matches_the_family_claim_only():
+    rl = RevocationList(family_claim="sid")
+    rl.add(Entry(Kind.FAMILY, "s1", FAR))
+    assert rl.check(token(sid="s1")) is Reason.REVOKED_FAMILY
+    assert rl.check(token(sid="s2")) is None
+    assert rl.check(token()) is None
+    other_claim = RevocationList(family_claim="rfid")
+    other_claim.add(Entry(Kind.FAMILY, "s1", FAR))
+    assert other_claim.check(token(sid="s1")) is None
+    assert other_claim.check(token(rfid="s1")) is Reason.REVOKED_FAMILY
+
+
+def test_subject_entry_revokes_tokens_issued_before_the_cutoff_per_issuer():
+    now = time.time()
+    rl = RevocationList()
+    rl.add(Entry(Kind.SUBJECT, "alice", FAR, issuer=ISS, not_before=now))
+    assert rl.check(token(iat=now - 5)) is Reason.REVOKED_SUBJECT
+    assert rl.check(token(iat=now + 1)) is None
+    assert rl.check(token(iat=now - 5, iss="https://other.example")) is None
+    assert rl.check(token(iat=now - 5, sub="bob")) is None
+    any_issuer = RevocationList()
+    any_issuer.add(Entry(Kind.SUBJECT, "alice", FAR, issuer=ANY_ISSUER, not_before=now))
+    assert any_issuer.check(token(iat=now - 5, iss="https://other.example")) is Reason.REVOKED_SUBJECT
+
+
+def test_subject_entry_treats_a_token_without_iat_as_old():
+    rl = RevocationList()
+    rl.add(Entry(Kind.SUBJECT, "alice", FAR, not_before=time.time()))
+    unknown_age = ValidatedToken(ISS, "alice", None, frozenset(), FAR, fingerprint("x"))
+    assert rl.check(unknown_age) is Reason.REVOKED_SUBJECT
+
+
+def test_client_entry_and_later_cutoff_wins():
+    now = time.time()
+    rl = RevocationList()
+    rl.add(Entry(Kind.CLIENT, "app", FAR, not_before=now - 100))
+    rl.add(Entry(Kind.CLIENT, "app", FAR - 10, not_before=now))
+    rl.add(Entry(Kind.CLIENT, "app", FAR - 20, not_before=now - 200))  # an older cut-off never weakens it
+    assert rl.check(token(iat=now - 50)) is Reason.REVOKED_CLIENT
+    assert rl.check(token(iat=now + 1)) is None
+    assert rl.check(token(iat=now - 50, client="other")) is None
+
+
+def test_expired_entries_stop_matching_and_are_swept():
+    now = time.time()
+    rl = RevocationList()
+    rl.add(Entry(Kind.TOKEN, "j1", now - 1))
+    rl.add(Entry(Kind.FAMILY, "s1", now + 100))
+    rl.add(Entry(Kind.SUBJECT, "alice", now - 1, not_before=now))
+    assert rl.check(token(sid="zz")) is None
+    assert len(rl) == 3
+    assert rl.sweep(now) == 2
+    assert len(rl) == 1
+    assert rl.check(token(sid="s1")) is Reason.REVOKED_FAMILY
+
+
+def test_matcher_for_selects_cached_tokens_to_evict():
+    rl = RevocationList()
+    matches = rl.matcher_for(Entry(Kind.FAMILY, "s1", FAR))
+    assert matches(token(sid="s1"))
+    assert not matches(token(sid="s2"))
+
+
+def test_a_tiny_staleness_budget_fails_closed_before_the_first_sync():
+    store = RedisStore(RevocationConfig(redis_url="redis://127.0.0.1:1/0", max_staleness=1.0))
+    assert not store.ready
+    assert store.check(token()) is Reason.REVOCATION_UNAVAILABLE
+    store.list.add(Entry(Kind.TOKEN, "j1", FAR))
+    assert store.check(token()) is Reason.REVOKED_TOKEN  # a known revocation keeps its own reason
+
+
+# --- the schema ----------------------------------------------------------------------------------
+
+
+def test_key_names():
+    schema = Schema.for_prefix("gateway:revoked:")
+    assert schema.entry_key(Entry(Kind.TOKEN, "j1", FAR)) == "gateway:revoked:token:j1"
+    assert schema.entry_key(Entry(Kind.FAMILY, "s1", FAR)) == "gateway:revoked:family:s1"
+    assert schema.entry_key(Entry(Kind.SUBJECT, "alice", FAR, issuer=ISS)) == f"gateway:revoked:subject:{ISS}|alice"
+    assert schema.entry_key(Entry(Kind.SUBJECT, "alice", FAR)) == "gateway:revoked:subject:*|alice"
+    assert schema.entry_key(Entry(Kind.CLIENT, "app", FAR)) == "gateway:revoked:client:app"
+    assert schema.stream_key == "gateway:revoked:stream"
+    cluster = Schema.for_prefix("gateway:revoked:", cluster=True)
+    assert cluster.stream_key == "{gateway:revoked:}stream"
+    assert cluster.entry_key(Entry(Kind.TOKEN, "j1", FAR)) == "{gateway:revoked:}token:j1"
+    assert Schema.for_prefix("{gw}:revoked:", cluster=True).prefix == "{gw}:revoked:"
+    assert Schema.for_prefix("a*b[c]:").scan_pattern() == "a\\*b\\[c\\]:*"
+
+
+def test_values_round_trip_and_merge_keeps_the_stronger_entry():
+    entry = Entry(Kind.SUBJECT, "alice", FAR, ISS, 1000.0, "why", 999.0)
+    assert decode(encode(entry)) == entry
+    with pytest.raises(ValueError):
+        decode(b"[1, 2]")
+    with pytest.raises(ValueError):
+        decode(b"{not json")
+    older = Entry(Kind.SUBJECT, "alice", FAR + 100, ISS, 2000.0)
+    merged = merge(older, entry)
+    assert (merged.expires_at, merged.not_before, merged.reason) == (FAR + 100, 2000.0, "why")
+    assert merge(None, entry) is entry
+    keys, args = write_args(Schema(), encode(older), entry, maxlen=50, now=FAR - 10)
+    assert keys == [f"gateway:revoked:subject:{ISS}|alice", "gateway:revoked:stream"]
+    assert args[0] == encode(older) and decode(args[1]).expires_at == FAR + 100 and args[2] == 110 and args[3] == 50
+
+
+def test_ttl_and_stream_ids():
+    assert ttl_seconds(Entry(Kind.TOKEN, "j", 100.2), now=50.0) == 51
+    assert ttl_seconds(Entry(Kind.TOKEN, "j", 10.0), now=50.0) == 1
+    assert stream_id(b"1700000000000-3") < stream_id("1700000000000-10") < stream_id("1700000000001-0")
+
+
+def test_entry_factory_ttl_policy():
+    now = 1_000_000.0
+    factory = EntryFactory(default_ttl=3600, lifetimes={ISS: 600, "https://long.example": 7200})
+    assert factory.jti("j", issuer=ISS, now=now).expires_at == now + 600 + EXPIRY_MARGIN
+    assert factory.jti("j", now=now).expires_at == now + 7200 + EXPIRY_MARGIN  # unknown issuer: the longest
+    assert factory.family("s", issuer=ISS, ttl=30, now=now).expires_at == now + 30 + EXPIRY_MARGIN
+    past = factory.subject("alice", issuer=ISS, before=now - 100, now=now)
+    assert (past.not_before, past.expires_at) == (now - 100, now + 500 + EXPIRY_MARGIN)
+    long_ago = factory.subject("alice", issuer=ISS, before=now - 10_000, now=now)
+    assert long_ago.expires_at == now + EXPIRY_MARGIN
+    iso = factory.client("app", before="1970-01-12T13:46:40Z", now=now)
+    assert iso.not_before == now and iso.kind is Kind.CLIENT
+
+
+def test_revoke_token_hashes_locally_and_uses_the_jwt_exp():
+    now = time.time()
+    raw = jwt.encode({"exp": int(now) + 120, "sub": "alice"}, "k" * 32, algorithm="HS256")
+    entry = EntryFactory(default_ttl=86400).token(raw, now=now)
+    assert entry.value == fingerprint_of(raw) == fingerprint(raw)
+    assert raw not in encode(entry).decode()
+    assert entry.expires_at == int(now) + 120 + EXPIRY_MARGIN
+    capped = EntryFactory(default_ttl=60).token(jwt.encode({"exp": int(now) + 9999}, "k" * 32), now=now)
+    assert capped.expires_at == now + 60 + EXPIRY_MARGIN
+
+
+def test_entry_factory_refuses_bad_input():
+    factory = EntryFactory()
+    with pytest.raises(ValueError, match="fingerprint"):
+        factory.fingerprint("not-hex")
+    assert factory.fingerprint("AB" * 16).value == "ab" * 16
+    with pytest.raises(ValueError):
+        factory.build("jti", "")
+    with pytest.raises(ValueError, match="before"):
+        factory.build("family", "s1", before=5)
+    with pytest.raises(ValueError, match="unknown"):
+        factory.build("device", "d1")
+    with pytest.raises(ValueError, match="zone"):
+        factory.build("subject", "alice", before="2024-01-01T00:00:00")
+
+
+# --- security events -------------------------------------------------------------------------------
+
+
+def set_claims(event_type: str, event: dict | None = None, **claims: object) -> dict:
+    return {"iss": ISS, "iat": 1_000_000, "jti": "set-1", "events": {event_type: event or {}}, **claims}
+
+
+def test_session_revoked_maps_to_family_or_subject():
+    factory = EntryFactory()
+    now = 1_000_100.0
+    [family] = entries_from_set(set_claims(CAEP + "session-revoked", sub_id={"format": "opaque", "id": "s1"}),
+                                factory, now)
+    assert (family.kind, family.value, family.issuer) == (Kind.FAMILY, "s1", ISS)
+    complex_id = {"format": "complex", "session": {"format": "opaque", "id": "s2"},
+                  "user": {"format": "iss_sub", "iss": ISS, "sub": "alice"}}
+    [family] = entries_from_set(set_claims(CAEP + "session-revoked", sub_id=complex_id), factory, now)
+    assert family.value == "s2"
+    [subject] = entries_from_set(
+        set_claims(RISC + "sessions-revoked", {"subject": {"subject_type": "iss-sub", "iss": ISS, "sub": "bob"}}),
+        factory, now)
+    assert (subject.kind, subject.value, subject.not_before) == (Kind.SUBJECT, "bob", 1_000_000)
+
+
+def test_token_and_credential_events():
+    factory = EntryFactory()
+    now = 1_000_100.0
+    [tok] = entries_from_set(set_claims(OAUTH + "token-revoked", sub_id={"format": "jwt_id", "iss": ISS, "jti": "j9"}),
+                             factory, now)
+    assert (tok.kind, tok.value) == (Kind.TOKEN, "j9")
+    [sub] = entries_from_set(
+        set_claims(CAEP + "credential-change", {"change_type": "update", "event_timestamp": 1_000_050},
+                   sub_id={"format": "iss_sub", "iss": ISS, "sub": "alice"}), factory, now)
+    assert (sub.kind, sub.value, sub.issuer, sub.not_before) == (Kind.SUBJECT, "alice", ISS, 1_000_050.0)
+    in_ms = set_claims(RISC + "credential-compromise", {"event_timestamp": 1_700_000_050_000}, sub="bob")
+    [sub] = entries_from_set(in_ms, factory, 1_700_000_100.0)
+    assert (sub.value, sub.not_before) == ("bob", 1_700_000_050.0)
+    created = set_claims(CAEP + "credential-change", {"change_type": "create"}, sub="alice")
+    assert entries_from_set(created, factory, now) == []
+    ignored = set_claims("https://schemas.openid.net/secevent/caep/event-type/device-compliance-change", sub="x")
+    assert entries_from_set(ignored, factory, now) == []
+    with pytest.raises(SetError) as refused:
+        entries_from_set(set_claims(RISC + "account-disabled", sub_id={"format": "email", "email": "a@b.c"}),
+                         factory, now)
+    assert refused.value.err == "invalid_request" and "email" in refused.value.description
+
+
+# --- intake and CLI with the in-memory list ----------------------------------------------------------
+
+
+@pytest.fixture
+def admin_secret(monkeypatch: pytest.MonkeyPatch) -> str:
+    secret = "s3cret-" + uuid.uuid4().hex
+    monkeypatch.setenv("GATEWAY_ADMIN_SECRET", secret)
+    return secret
+
+
+async def test_memory_store_revokes_through_the_admin_json_endpoint(make_gateway, issuer, http, admin_secret):
+    gw = await make_gateway()
+    tok = issuer.mint(sid="sess-1")
+    async with http.get(f"{gw.url}/orders", headers=bearer(tok)) as resp:
+        assert resp.status == 200
+    async with http.post(f"{gw.admin_url}/revocation/entries", json={"family": "sess-1", "reason": "test"},
+                         headers=bearer(admin_secret)) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["revoked"]["kind"] == "family"
+    async with http.get(f"{gw.url}/orders", headers=bearer(tok)) as resp:
+        assert resp.status == 401
+        assert 'error="invalid_token"' in resp.headers["WWW-Authenticate"]
+    assert (await gw.audit_records())[-1]["reason"] == "revoked_family"
+    async with http.post(f"{gw.admin_url}/revocation/entries", json={"family": "a", "jti": "b"},
+                         headers=bearer(admin_secret)) as resp:
+        assert resp.status == 400
+
+
+async def test_a_short_shared_secret_is_not_accepted(make_gateway, http, monkeypatch):
+    monkeypatch.setenv("GATEWAY_ADMIN_SECRET", "short")
+    gw = await make_gateway()
+    async with http.post(f"{gw.admin_url}/revocation/revoke", data={"token": "x"}, headers=bearer("short")) as resp:
+        assert resp.status == 401
+
+
+def test_cli_without_redis_exits_2_and_says_why(tmp_path):
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        "upstreams: {u: {url: 'http://127.0.0.1:9'}}\n"
+        "routes: [{name: r, path: /x, upstream: u, auth: none}]\n"
+    )
+    result = CliRunner().invoke(cli_main, ["revoke", "--config", str(config), "--jti", "j1"])
+    assert result.exit_code == 2
+    assert "in its own memory" in result.output and "--admin-url" in result.output
+    both = CliRunner().invoke(cli_main, ["revoke", "--config", str(config), "--jti", "j1", "--family", "f"])
+    assert both.exit_code == 1

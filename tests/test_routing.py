@@ -1,0 +1,283 @@
+"""Issue 2, points 1-2: raw request-target normalisation, route matching, and bypass attempts.
+
+The end-to-end tests send raw request targets over a socket (aiohttp's client would normalise
+them first) and check what the real upstream received.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.config import RouteConfig
+from gateway.routing import BadTarget, RouteTable, normalise_target
+from tests.conftest import bearer
+from tests.helpers import raw_request
+
+# --- normalisation (unit) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "path", "query"),
+    [
+        ("/orders", "/orders", ""),
+        ("/orders?x=1&y=%2F", "/orders", "x=1&y=%2F"),  # the query is left as sent
+        ("/public/health/../../orders", "/orders", ""),
+        ("/public/health/%2e%2e/%2e%2e/orders", "/orders", ""),
+        ("/public/health/%2E%2e/.%2E/orders", "/orders", ""),
+        ("/a/./b/../c", "/a/c", ""),
+        ("/../../../orders", "/orders", ""),  # ".." above the root stays at the root
+        ("//orders", "/orders", ""),
+        ("/orders//1///status", "/orders/1/status", ""),
+        ("/a/b/", "/a/b/", ""),
+        ("/a/b/..", "/a/", ""),
+        ("/a/b/.", "/a/b/", ""),
+        ("/a/b/%2e%2e", "/a/", ""),  # same as "/a/b/.." once unreserved characters are decoded
+        ("/a/b/%2e", "/a/b/", ""),
+        ("/%7Euser/%41%2d%5f", "/~user/A-_", ""),  # unreserved characters decoded
+        ("/a%20b/%3f/%c3%a9", "/a%20b/%3F/%C3%A9", ""),  # reserved and non-ASCII stay encoded, hex upper-cased
+        ("/", "/", ""),
+        ("/..", "/", ""),
+        ("/orders;v=1", "/orders;v=1", ""),  # a path parameter on a normal segment is just part of it
+    ],
+)
+def test_normalise_target(raw: str, path: str, query: str) -> None:
+    target = normalise_target(raw)
+    assert (target.path, target.query) == (path, query)
+    assert target.forward == (f"{path}?{query}" if query else path)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "/public/health/..%2f..%2forders",  # encoded slash
+        "/public/health%2F..%2F..%2Forders",
+        "/public/health/..%5c..%5corders",  # encoded backslash
+        "/public/health/..\\..\\orders",  # raw backslash
+        "/public/health%00",  # NUL
+        "/public/health/%00/../../orders",
+        "/public/health/%252e%252e/%252e%252e/orders",  # double encoding
+        "/public/%25",
+        "/public/health/..;/..;/orders",  # Tomcat-style path parameters on dot segments
+        "/public/health/.;/orders",
+        "/public/health/%2e%2e;x/orders",
+        "/public/;/orders",
+        "/public/health/%zz",  # broken percent-encoding
+        "/public/health/%2",
+        "http://127.0.0.1/orders",  # absolute-form is not accepted
+        "orders",
+        "*",
+        "/public/health#frag",
+        "/public/héalth",  # non-ASCII must be percent-encoded
+        "/public/health/<script>",
+        "/orders?x=\x01",
+    ],
+)
+def test_ambiguous_targets_are_rejected(raw: str) -> None:
+    with pytest.raises(BadTarget):
+        normalise_target(raw)
+
+
+# --- route table (unit) --------------------------------------------------------------------
+
+
+def _table(*routes: dict[str, object]) -> RouteTable:
+    return RouteTable(RouteConfig.model_validate({"upstream": "u", **r}) for r in routes)
+
+
+def test_exact_param_and_prefix_routes() -> None:
+    table = _table(
+        {"name": "list", "path": "/orders", "methods": ["GET"]},
+        {"name": "one", "path": "/orders/{id}", "methods": ["PUT", "DELETE"]},
+        {"name": "status", "path": "/orders/{id}/status", "methods": ["GET"]},
+        {"name": "files", "path_prefix": "/files", "methods": ["*"]},
+    )
+
+    def name(method: str, path: str) -> str | None:
+        route = table.match("h", method, path).route
+        return route.name if route else None
+
+    assert name("GET", "/orders") == "list"
+    assert name("HEAD", "/orders") == "list"  # HEAD comes with GET
+    assert name("GET", "/orders/") is None  # exact means exact
+    assert name("GET", "/orders/x") is None
+    assert name("PUT", "/orders/42") == "one"
+    assert name("PUT", "/orders/42/extra") is None  # {id} is one segment
+    assert name("GET", "/orders/42/status") == "status"
+    assert name("GET", "/orders/42/statusx") is None
+    assert name("PATCH", "/files") == "files"
+    assert name("GET", "/files/a/b") == "files"
+    assert name("GET", "/filesystem") is None  # a prefix ends at a segment boundary
+    assert name("GET", "/other") is None
+
+
+def test_method_mismatch_reports_allowed_methods() -> None:
+    table = _table(
+        {"name": "list", "path": "/orders", "methods": ["GET"]},
+        {"name": "create", "path": "/orders", "methods": ["POST"]},
+    )
+    match = table.match("h", "DELETE", "/orders")
+    assert match.route is None
+    assert match.allowed_methods == {"GET", "HEAD", "POST"}
+    assert table.match("h", "DELETE", "/nothing").allowed_methods == frozenset()
+
+
+def test_first_matching_route_wins() -> None:
+    table = _table(
+        {"name": "specific", "path": "/a/b", "methods": ["GET"]},
+        {"name": "catch-all", "path_prefix": "/a", "methods": ["GET"]},
+    )
+    assert table.match("h", "GET", "/a/b").route.name == "specific"  # type: ignore[union-attr]
+    assert table.match("h", "GET", "/a/c").route.name == "catch-all"  # type: ignore[union-attr]
+
+
+def test_host_matching() -> None:
+    table = _table(
+        {"name": "api", "path": "/x", "host": "API.example.com"},
+        {"name": "wild", "path": "/x", "host": "*.example.org"},
+        {"name": "v6", "path": "/y", "host": "[::1]"},
+    )
+
+    def name(host: str, path: str = "/x") -> str | None:
+        route = table.match(host, "GET", path).route
+        return route.name if route else None
+
+    assert name("api.example.com") == "api"
+    assert name("api.example.com:8443") == "api"  # the port is not part of the match
+    assert name("Api.Example.Com") == "api"
+    assert name("evil.com") is None
+    assert name("a.example.org") == "wild"
+    assert name("a.b.example.org") == "wild"
+    assert name("example.org") is None  # the wildcard needs a label
+    assert name("badexample.org") is None
+    assert name("[::1]:8080", "/y") == "v6"
+    assert name("[::1]", "/y") == "v6"
+
+
+# --- end to end: raw targets through the real gateway ---------------------------------------
+
+BYPASS_ATTEMPTS_NORMALISED = [  # normalise to the protected /orders: must meet the token check
+    "/public/health/../../orders",
+    "/public/health/%2e%2e/%2e%2e/orders",
+    "/public/health/%2E%2E/%2e%2E/orders",
+    "/public/health/.%2e/.%2e/orders",
+    "/public/health/./../../orders",
+    "/public/files/../../orders",
+    "/public/files/a/../../../orders",
+    "//orders",
+    "///orders",
+    "/./orders",
+    "/public/health/../../orders/1/status",
+]
+BYPASS_ATTEMPTS_REJECTED = [  # ambiguous: 400 before any route is considered
+    "/public/health/..%2f..%2forders",
+    "/public/health/..%2F..%2Forders",
+    "/public/health%2F..%2F..%2Forders",
+    "/public/health/..%5c..%5corders",
+    "/public/health/..%5C..%5Corders",
+    "/public/health/..\\..\\orders",
+    "/public/health%00/../../orders",
+    "/public/health/%00",
+    "/public/health/%252e%252e/%252e%252e/orders",
+    "/public/health/%252e%252e%252f%252e%252e%252forders",
+    "/public/health/..;/..;/orders",
+    "/public/files/..;/..;/orders",
+    "/public/health/%2e%2e;/%2e%2e;/orders",
+]
+
+
+def _protected_paths_seen(upstream_requests: list[dict[str, object]]) -> list[object]:
+    return [r["path"] for r in upstream_requests if str(r["path"]).startswith("/orders")]
+
+
+@pytest.mark.parametrize("target", BYPASS_ATTEMPTS_NORMALISED)
+async def test_dot_segment_bypass_meets_the_token_check(gw, upstream, target):  # type: ignore[no-untyped-def]
+    response = await raw_request(gw.url, target)
+    assert response.status == 401
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="tokengate"'
+    assert upstream.requests == []
+    records = await gw.audit_records()
+    assert records[-1]["path"].startswith("/orders")  # the audited path is the one that was checked
+    assert records[-1]["reason"] == "missing_token"
+
+
+@pytest.mark.parametrize("target", BYPASS_ATTEMPTS_REJECTED)
+async def test_ambiguous_bypass_is_refused_with_400(gw, upstream, target):  # type: ignore[no-untyped-def]
+    response = await raw_request(gw.url, target)
+    assert response.status == 400
+    assert b'"bad_path"' in response.body
+    assert upstream.requests == []
+
+
+async def test_bypass_with_a_token_lacking_the_scope_is_403(gw, issuer, upstream):  # type: ignore[no-untyped-def]
+    token = issuer.mint(scope="profile")
+    response = await raw_request(gw.url, "/public/health/%2e%2e/%2e%2e/orders", headers=bearer(token))
+    assert response.status == 403
+    assert _protected_paths_seen(upstream.requests) == []
+
+
+async def test_the_upstream_receives_exactly_the_authorised_path(gw, issuer, upstream):  # type: ignore[no-untyped-def]
+    token = issuer.mint(scope="orders:read")
+    response = await raw_request(gw.url, "/public/health/%2e%2e/./%2E%2E/orders?page=2", headers=bearer(token))
+    assert response.status == 200
+    assert [r["path"] for r in upstream.requests] == ["/orders?page=2"]
+
+
+@pytest.mark.parametrize(
+    ("target", "forwarded"),
+    [
+        ("/public/files/a/./b/../c", "/public/files/a/c"),
+        ("/public/files/%7Euser/%41", "/public/files/~user/A"),
+        ("/public/files/a%20b/%3f", "/public/files/a%20b/%3F"),
+        ("/public/files//x///y", "/public/files/x/y"),
+        ("/public/health?q=%2e%2e%2f", "/public/health?q=%2e%2e%2f"),
+    ],
+)
+async def test_public_routes_forward_the_normalised_path(gw, upstream, target, forwarded):  # type: ignore[no-untyped-def]
+    response = await raw_request(gw.url, target)
+    assert response.status == 200
+    assert [r["path"] for r in upstream.requests] == [forwarded]
+
+
+async def test_dot_segments_cannot_climb_out_of_a_prefix_into_another_route(gw, upstream):  # type: ignore[no-untyped-def]
+    for target in ("/public/files/../health/../../orders", "/public/files/%2e%2e/%2e%2e/download/5"):
+        response = await raw_request(gw.url, target)
+        assert response.status == 401, target
+    assert upstream.requests == []
+
+
+async def test_absolute_form_target_is_refused(gw, upstream):  # type: ignore[no-untyped-def]
+    response = await raw_request(gw.url, "http://127.0.0.1/public/health")
+    assert response.status == 400
+    assert upstream.requests == []
+
+
+async def test_unknown_path_is_404_and_never_forwarded(gw, issuer, upstream, http):  # type: ignore[no-untyped-def]
+    token = issuer.mint(scope="orders:read orders:write orders:admin")
+    for path in ("/nothing", "/orders/1/2/3", "/ORDERS", "/public", "/public/health/.."):
+        response = await raw_request(gw.url, path, headers=bearer(token))
+        assert response.status == 404, path
+        assert b'"no_route"' in response.body
+    assert upstream.requests == []
+
+
+async def test_wrong_method_is_405_with_allow(gw, issuer, upstream):  # type: ignore[no-untyped-def]
+    token = issuer.mint(scope="orders:read orders:write")
+    response = await raw_request(gw.url, "/orders", method="DELETE", headers=bearer(token))
+    assert response.status == 405
+    assert response.headers["Allow"] == "GET, HEAD, POST"
+    response = await raw_request(gw.url, "/orders/7", method="GET", headers=bearer(token))
+    assert response.status == 405
+    assert response.headers["Allow"] == "DELETE, PUT"
+    assert upstream.requests == []
+
+
+async def test_host_routes_end_to_end(make_gateway, issuer, upstream):  # type: ignore[no-untyped-def]
+    gw = await make_gateway(routes=[
+        {"name": "api", "path_prefix": "/", "host": "api.example", "upstream": "orders", "auth": "none"},
+        {"name": "other", "path": "/only-here", "upstream": "orders", "auth": "none"},
+    ])
+    ok = await raw_request(gw.url, "/anything", host_header="api.example")
+    assert ok.status == 200
+    wrong_host = await raw_request(gw.url, "/anything")  # Host: 127.0.0.1:port
+    assert wrong_host.status == 404
+    assert [r["path"] for r in upstream.requests] == ["/anything"]
