@@ -8,6 +8,7 @@
 FROM python:3.11-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
+    PIP_ROOT_USER_ACTION=ignore \
     PYTHONDONTWRITEBYTECODE=1
 # A venv without pip or setuptools: the base image's pip installs into it, so the
 # final image carries only the gateway and its dependencies.
@@ -15,7 +16,8 @@ RUN python -m venv --without-pip /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY gateway/ gateway/
-RUN pip install --no-cache-dir --python /opt/venv/bin/python .
+# --python goes before the subcommand (pip >= 22.3); the install lands in /opt/venv only.
+RUN pip --python /opt/venv/bin/python install --no-cache-dir .
 
 FROM python:3.11-slim
 LABEL org.opencontainers.image.title="tokengate" \

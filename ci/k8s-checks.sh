@@ -10,7 +10,8 @@
 #      selectors and port names, dashboard), and values.schema.json against the gateway's
 #      config models (gateway/config.py) so the two do not drift apart
 #   4. promtool check rules + promtool test rules: the alerts parse and fire on synthetic series
-#   5. gateway check-config on each rendered gateway.yaml, when the gateway is installed
+#   5. gateway check-config on each rendered gateway.yaml (or the package's own config
+#      loader when the gateway is not installed yet)
 #   6. hadolint on the Dockerfile
 #
 # Prints "ok"/"FAIL" per check and ends with one line "k8s-checks: N passed, N failed";
@@ -44,8 +45,9 @@ fi
 if [ ! -x "$T/promtool" ]; then
   # promtool from Debian's prometheus package: downloaded and unpacked, not installed.
   d=$(mktemp -d)
-  (cd "$d" && { apt-get download -q "$PROMTOOL_DEB" >/dev/null 2>&1 \
-      || { apt-get update -qq && apt-get download -q "$PROMTOOL_DEB" >/dev/null 2>&1; }; })
+  # The pinned version first; the archive's current one if a point release replaced it.
+  get() { apt-get download -q "$PROMTOOL_DEB" >/dev/null 2>&1 || apt-get download -q prometheus >/dev/null 2>&1; }
+  (cd "$d" && { get || { apt-get update -qq && get; }; })
   dpkg-deb -x "$d"/prometheus_*.deb "$d/x"
   install -m 0755 "$d/x/usr/bin/promtool" "$T/promtool"
   rm -rf "$d"

@@ -218,7 +218,11 @@ class DecisionHandler:
                 method=original.method, raw_target=original.target, host=original.host,
                 authorization=tuple(headers.getall("Authorization", ())),
             )
-            decision = await pipeline.decider.decide(facts)
+            pipeline.in_flight += 1  # a reload retires this pipeline only when its requests are done
+            try:
+                decision = await pipeline.decider.decide(facts)
+            finally:
+                pipeline.in_flight -= 1
         if decision.allowed:
             response = web.Response(status=200, headers=allow_headers(decision, config, exchange.request_id))
         else:

@@ -51,14 +51,14 @@ INTROSPECTION_COALESCED = Counter(
     ["issuer"],
 )
 REVOCATION_ENTRIES = Gauge(
-    "gateway_revocation_entries", "Entries in the local copy of the revocation list", multiprocess_mode="max",
+    "gateway_revocation_entries", "Entries in the local copy of the revocation list", multiprocess_mode="livemax",
 )
 REVOCATION_REDIS_UP = Gauge(
-    "gateway_revocation_redis_up", "1 while the revocation feed from Redis is connected", multiprocess_mode="min",
+    "gateway_revocation_redis_up", "1 while the revocation feed from Redis is connected", multiprocess_mode="livemin",
 )
 REVOCATION_LAG = Gauge(
     "gateway_revocation_notification_lag_seconds", "Delay between a revocation write and its notification here",
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )
 REVOCATION_RESYNCS = Counter("gateway_revocation_resyncs_total", "Full reloads of the revocation list", ["cause"])
 REVOCATION_REDIS_ERRORS = Counter("gateway_revocation_redis_errors_total", "Redis errors in the revocation feed")

@@ -99,7 +99,11 @@ async def tokengate_middleware(request: web.Request, handler: Handler) -> web.St
     exchange, _ = new_exchange(request, config, "middleware")
     if pipeline is None:  # not started yet or already stopped: fail closed
         return _deny(gateway, exchange, Decision(Reason.SHUTTING_DOWN))
-    decision = await pipeline.decider.decide(facts_of(request))
+    pipeline.in_flight += 1  # the pipeline outlives a swap until its decisions are done
+    try:
+        decision = await pipeline.decider.decide(facts_of(request))
+    finally:
+        pipeline.in_flight -= 1
     if not decision.allowed:
         return _deny(gateway, exchange, decision)
     assert decision.target is not None

@@ -58,16 +58,22 @@ class ProxyHandler:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self.in_flight = 0  # requests between head and the end of the response body (Server.stop waits)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         # one pipeline for the whole request, even when a reload swaps in another meanwhile
         pipeline = self.gateway.pipeline
         assert pipeline is not None
         pipeline.in_flight += 1
+        self.in_flight += 1
         try:
-            return await self._handle(request, pipeline)
+            response = await self._handle(request, pipeline)
         finally:
             pipeline.in_flight -= 1
+            self.in_flight -= 1
+        if self.gateway.draining:
+            response.force_close()  # no further request on a connection of a gateway going away
+        return response
 
     async def _handle(self, request: web.BaseRequest, pipeline: Pipeline) -> web.StreamResponse:
         gateway = self.gateway
@@ -151,6 +157,8 @@ def admin_app(gateway: Gateway) -> web.Application:
 
 # --- lifecycle -----------------------------------------------------------------------------
 
+_LAST_RESORT = 1.0  # seconds aiohttp still gives a request after the grace period, before cancelling it
+
 AdminHook = Callable[[web.Application, Gateway], None]
 ADMIN_HOOKS: list[AdminHook] = []  # other modules (revocation intake) add admin routes here
 
@@ -165,14 +173,16 @@ class Server:
         self.ports: dict[str, int] = {}  # listener name -> bound port (useful with port 0)
         self.stopped = asyncio.Event()
         self._admin: web.BaseRunner | None = None
+        self._proxy: ProxyHandler | None = None
 
     async def start(self) -> None:
         gateway = self.gateway
         await gateway.start()
         config = gateway.config
-        grace = config.shutdown_grace
-        proxy = web.Server(ProxyHandler(gateway), access_log=None, handler_cancellation=False)
-        proxy_runner = web.ServerRunner(proxy, shutdown_timeout=grace, handle_signals=False)
+        self._proxy = ProxyHandler(gateway)
+        proxy = web.Server(self._proxy, access_log=None, handler_cancellation=False)
+        # stop() waits up to the grace period itself; aiohttp's own wait is only the last resort
+        proxy_runner = web.ServerRunner(proxy, shutdown_timeout=_LAST_RESORT, handle_signals=False)
         await self._listen("proxy", proxy_runner, config.listen)
         admin = admin_app(gateway)
         for hook in ADMIN_HOOKS:
@@ -199,11 +209,18 @@ class Server:
         await self._listen(name, runner, address)
 
     async def stop(self) -> None:
-        """Fail readiness at once, stop accepting, let in-flight requests finish, then close."""
+        """Fail readiness at once, stop accepting, let in-flight requests finish, then close.
+
+        The admin port answers until the public ones are done: /readyz says 503 meanwhile.
+        """
         self.gateway.draining = True
-        # every public listener closes at once and drains in parallel (up to shutdown_grace);
-        # the admin port answers until they are done: /readyz says 503, /metrics stays scrapable
         public = [runner for runner in self.runners if runner is not self._admin]
+        for runner in public:
+            for site in runner.sites:
+                await site.stop()  # closes the listening socket: new connections are refused
+        # aiohttp's shutdown stops reading from busy connections, which would stall a request
+        # whose body is still streaming in: let the proxied requests finish first
+        await self._proxied_requests_done(self.gateway.config.shutdown_grace)
         for result in await asyncio.gather(*(runner.cleanup() for runner in public), return_exceptions=True):
             if isinstance(result, Exception):
                 log.error("listener did not close cleanly", extra={"error": repr(result)})
@@ -211,6 +228,16 @@ class Server:
             await self._admin.cleanup()
         await self.gateway.stop()
         self.stopped.set()
+
+    async def _proxied_requests_done(self, grace: float) -> None:
+        proxy = self._proxy
+        if proxy is None:
+            return
+        deadline = time.monotonic() + grace
+        while proxy.in_flight and time.monotonic() < deadline:  # noqa: ASYNC110 - a plain counter, polled
+            await asyncio.sleep(0.05)
+        if proxy.in_flight:
+            log.warning("requests still running after the grace period are cut", extra={"requests": proxy.in_flight})
 
 
 ExtraListener = Callable[[Server], Awaitable[None]]
@@ -233,9 +260,11 @@ async def serve(
     for sig in handled:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGHUP])  # held until there is something to reload
+    # the watcher's baseline is the file as loaded, not as it may be once start-up is over
+    reloader = Reloader(gateway, declared) if gateway.config_path else None
     server = Server(gateway, reuse_port)
     await server.start()
-    reloader = Reloader(gateway, declared) if gateway.config_path else None
     if reloader is not None:
         handled.append(signal.SIGHUP)
         with contextlib.suppress(NotImplementedError):

@@ -3,7 +3,7 @@ ingress-nginx- and Envoy-shaped check requests sent straight to the decision por
 
 nginx is the Debian package, started here on a free port with its own configuration, pid
 file, logs and temp paths under tmp_path (``daemon off``), in front of the echo upstream.
-The configuration is the one docs/forward-auth.md documents.
+The server block is read from docs/forward-auth.md, so the documented snippet is what is tested.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import time
@@ -29,53 +30,21 @@ from tests.helpers import free_port, metric, raw_request
 
 NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin:/usr/local/nginx/sbin")
 
-# The snippet of docs/forward-auth.md ("nginx auth_request"), with test ports filled in.
-NGINX_SERVER = """
-    server {{
-        listen 127.0.0.1:{port};
+DOC = Path(__file__).resolve().parents[1] / "docs" / "forward-auth.md"
 
-        location / {{
-            auth_request /_tokengate;
-            auth_request_set $tokengate_www_authenticate $upstream_http_www_authenticate;
-            auth_request_set $tokengate_request_id $upstream_http_x_request_id;
-            auth_request_set $tokengate_subject $upstream_http_x_auth_subject;
-            auth_request_set $tokengate_client_id $upstream_http_x_auth_client_id;
-            auth_request_set $tokengate_scopes $upstream_http_x_auth_scopes;
-            error_page 401 = @tokengate_401;
-            error_page 403 = @tokengate_403;
 
-            proxy_set_header X-Auth-Subject $tokengate_subject;
-            proxy_set_header X-Auth-Client-Id $tokengate_client_id;
-            proxy_set_header X-Auth-Scopes $tokengate_scopes;
-            proxy_pass {upstream}/;
-        }}
+def documented_nginx_server(port: int, decision_port: int, upstream: str) -> str:
+    """The ``server`` block of docs/forward-auth.md, with the test's ports filled in."""
+    match = re.search(r"```nginx\n(.*?)```", DOC.read_text(), re.S)
+    assert match, "docs/forward-auth.md has no nginx snippet"
+    block = match.group(1)
+    for placeholder, value in (("listen 80;", f"listen 127.0.0.1:{port};"),
+                               ("http://127.0.0.1:8081", f"http://127.0.0.1:{decision_port}"),
+                               ("http://orders-backend/", f"{upstream}/")):
+        assert placeholder in block, placeholder
+        block = block.replace(placeholder, value)
+    return block
 
-        location = /_tokengate {{
-            internal;
-            proxy_pass http://127.0.0.1:{decision_port};
-            proxy_pass_request_body off;
-            proxy_set_header Content-Length "";
-            proxy_set_header X-Original-URI $request_uri;
-            proxy_set_header X-Original-Method $request_method;
-            proxy_set_header X-Forwarded-Host $host;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-        }}
-
-        location @tokengate_401 {{
-            default_type application/json;
-            add_header Cache-Control no-store always;
-            return 401 '{{"error":"unauthorized","request_id":"$tokengate_request_id"}}';
-        }}
-
-        location @tokengate_403 {{
-            default_type application/json;
-            add_header WWW-Authenticate $tokengate_www_authenticate always;
-            add_header Cache-Control no-store always;
-            return 403 '{{"error":"insufficient_scope","request_id":"$tokengate_request_id"}}';
-        }}
-    }}
-"""
 
 NGINX_MAIN = """
 {user}
@@ -125,7 +94,7 @@ def _start_nginx(
 ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     user = f"user {pwd.getpwuid(os.geteuid()).pw_name};" if os.geteuid() == 0 else ""  # workers keep our uid
-    server = NGINX_SERVER.format(port=port, decision_port=decision_port, upstream=upstream)
+    server = documented_nginx_server(port, decision_port, upstream)
     config = directory / "nginx.conf"
     config.write_text(NGINX_MAIN.format(user=user, tmp=directory, server=server))
     process = subprocess.Popen(

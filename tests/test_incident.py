@@ -197,7 +197,7 @@ async def test_revoke_command_through_redis(make_gateway, issuer, http, tmp_path
         "--config", str(config), "--reason", "token posted in a public repo",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
-    stdout, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
     out = stdout.decode()
     assert proc.returncode == 0, stderr.decode()
     assert f"revoked token {t.a.jti}" in out and "revoked family family-alice-1" in out

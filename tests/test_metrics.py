@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.demo import DemoIssuer
 from tests.conftest import AUDIENCE, bearer
-from tests.helpers import free_port
+from tests.helpers import free_port, metric
 
 
 async def get(url: str) -> tuple[int, str, Any]:
@@ -21,7 +21,11 @@ def samples(text: str) -> list[tuple[str, dict[str, str], float]]:
     return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples]
 
 
-async def test_metrics_on_the_admin_port(gw, issuer):  # type: ignore[no-untyped-def]
+async def test_metrics_on_the_admin_port(make_gateway, issuer):  # type: ignore[no-untyped-def]
+    # counters live as long as the process: compare with their values before this gateway started
+    valid_before = metric("gateway_token_validations_total", issuer=issuer.issuer, result="valid")
+    refresh_before = metric("gateway_jwks_refresh_total", issuer=issuer.issuer, result="ok")
+    gw = await make_gateway()
     token = issuer.mint()
     async with aiohttp.ClientSession() as session:
         for _ in range(2):  # the second one comes from the verified-token cache
@@ -46,8 +50,8 @@ async def test_metrics_on_the_admin_port(gw, issuer):  # type: ignore[no-untyped
                  reason="allowed") >= 2
     assert value("gateway_requests_total", route="list-orders", method="GET", status="401", decision="deny",
                  reason="missing_token") >= 1
-    assert value("gateway_token_validations_total", issuer=issuer.issuer, result="valid") == 1
-    assert value("gateway_jwks_refresh_total", issuer=issuer.issuer, result="ok") == 1
+    assert value("gateway_token_validations_total", issuer=issuer.issuer, result="valid") == valid_before + 1
+    assert value("gateway_jwks_refresh_total", issuer=issuer.issuer, result="ok") == refresh_before + 1
     assert value("gateway_token_cache_total", cache="verified_token", result="hit") >= 1
     assert value("gateway_token_cache_total", cache="verified_token", result="miss") >= 1
     assert value("gateway_request_duration_seconds_count", route="list-orders") >= 3
@@ -76,6 +80,7 @@ async def test_healthz_and_readyz(gw):  # type: ignore[no-untyped-def]
 
 async def test_readyz_fails_until_every_issuer_has_keys(make_gateway, issuer):  # type: ignore[no-untyped-def]
     missing = DemoIssuer(audience=AUDIENCE, issuer=f"http://127.0.0.1:{free_port()}")  # never started
+    errors_before = metric("gateway_jwks_refresh_total", issuer=missing.issuer, result="error")
     gw = await make_gateway(issuers=[
         {"issuer": issuer.issuer, "audiences": [AUDIENCE]},
         {"issuer": missing.issuer, "audiences": [AUDIENCE]},
@@ -90,4 +95,4 @@ async def test_readyz_fails_until_every_issuer_has_keys(make_gateway, issuer):  
     _, text, _ = await get(gw.admin_url + "/metrics")
     errors = [v for n, lab, v in samples(text)
               if n == "gateway_jwks_refresh_total" and lab == {"issuer": missing.issuer, "result": "error"}]
-    assert errors == [1.0]
+    assert errors == [errors_before + 1]

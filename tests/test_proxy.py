@@ -198,7 +198,7 @@ SCOPE_ROUTES = [
 )
 async def test_scope_and_scp(make_gateway, issuer, claims, path, status):  # type: ignore[no-untyped-def]
     gw = await make_gateway(routes=SCOPE_ROUTES)
-    got, body, headers = await call(gw, path=path, token=issuer.mint(**claims))
+    got, body, _ = await call(gw, path=path, token=issuer.mint(**claims))
     assert got == status
     if status == 403:
         assert body["error"] == "insufficient_scope"

@@ -9,6 +9,8 @@ killed with CLIENT KILL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
 import sys
 import time
 import uuid
@@ -26,7 +28,7 @@ from gateway.revocation.intake import CAEP
 from gateway.revocation.schema import EXPIRY_MARGIN
 from gateway.tokens.token import fingerprint
 from tests.conftest import AUDIENCE, base_config, bearer
-from tests.helpers import metric
+from tests.helpers import free_port, metric
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -142,6 +144,13 @@ async def wait_status(http, gw, token: str, wanted: int, within: float) -> float
         await asyncio.sleep(0.002)
 
 
+async def until(condition, within: float) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
 async def last_reason(gw) -> str:
     return (await gw.audit_records())[-1]["reason"]
 
@@ -248,7 +257,7 @@ async def test_revocation_written_while_the_connection_is_cut_is_enforced_after_
     await wait_status(http, a, tok, 401, within=0.5)
     await asyncio.sleep(0.2)
     assert await status(http, b, tok) == 200  # B really missed the notification (and is within max_staleness)
-    assert metric("gateway_revocation_redis_up") == 0 or not b.gateway.revocation._up
+    await until(lambda: not b.gateway.revocation.connected, within=0.5)  # B's feed saw the cut
     await relay.restore()
     await wait_status(http, b, tok, 401, within=2.0)
     assert metric("gateway_revocation_resyncs_total", cause="trimmed") == resyncs  # continued from its last id
@@ -307,7 +316,7 @@ async def test_redis_down_longer_than_max_staleness_fails_closed_with_503(
     async with http.get(f"{b.admin_url}/readyz") as resp:
         assert resp.status == 503
         assert (await resp.json())["revocation_synced"] is False
-    assert metric("gateway_revocation_redis_up") == 0
+    await until(lambda: metric("gateway_revocation_redis_up") == 0, within=0.5)  # the gauge follows within a tick
     await relay.restore()
     await wait_status(http, b, tok, 200, within=8.0)  # a frozen socket first has to time out
     async with http.get(f"{b.admin_url}/readyz") as resp:
@@ -454,3 +463,137 @@ async def test_cli_revoke_end_to_end(make_gateway, issuer, http, redis_url, pref
     assert code == 0, err
     assert by_token not in out and fingerprint(by_token) in out
     await wait_status(http, gw, by_token, 401, within=0.5)
+
+
+# --- deployments: TLS, Sentinel, Cluster (each with its own redis processes) -------------------------
+
+
+@contextlib.asynccontextmanager
+async def redis_server(workdir: Path, *args: str):
+    """A redis-server (or sentinel) process for one test, stopped at the end."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    proc = await asyncio.create_subprocess_exec(
+        shutil.which("redis-server") or "/usr/bin/redis-server", *args, "--dir", str(workdir),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        await proc.wait()
+
+
+async def ping_until_up(client: Any, within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            await client.ping()
+            return
+        except Exception:
+            assert time.monotonic() < deadline, "redis did not come up"
+            await asyncio.sleep(0.02)
+
+
+def tls_files(directory: Path) -> dict[str, Path]:
+    """A CA and a server certificate for 127.0.0.1 (EC P-256, valid for a day)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tokengate test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(1).not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
+    server = (x509.CertificateBuilder()
+              .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+              .issuer_name(ca_name).public_key(server_key.public_key()).serial_number(2)
+              .not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(days=1))
+              .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                             critical=False)
+              .sign(ca_key, hashes.SHA256()))
+    files = {"ca": directory / "ca.pem", "cert": directory / "server.pem", "key": directory / "server.key"}
+    directory.mkdir(parents=True, exist_ok=True)
+    files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files["cert"].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    files["key"].write_bytes(server_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return files
+
+
+async def test_tls_rediss_url(make_gateway, issuer, http, tmp_path):
+    files = tls_files(tmp_path / "tls")
+    port = free_port()
+    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={files['ca']}"
+    async with redis_server(tmp_path / "redis", "--port", "0", "--tls-port", str(port), "--tls-cert-file",
+                            str(files["cert"]), "--tls-key-file", str(files["key"]), "--tls-ca-cert-file",
+                            str(files["ca"]), "--tls-auth-clients", "no", "--save", ""):
+        probe = Redis.from_url(url)
+        await ping_until_up(probe)
+        gw = await make_gateway(revocation={"redis_url": url, "key_prefix": "tls:revoked:"})
+        tok = issuer.mint(jti="tls-jti")
+        assert await status(http, gw, tok) == 200
+        async with Revoker.from_config(gw.gateway.config) as revoker:
+            await revoker.revoke_jti("tls-jti")
+        await wait_status(http, gw, tok, 401, within=0.5)
+        assert gw.gateway.revocation.ready
+        await probe.aclose()
+        await gw.stop()
+
+
+async def test_sentinel(make_gateway, issuer, http, redis_proc, tmp_path, prefix):
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(f"port {port}\nsentinel monitor tg 127.0.0.1 {redis_proc.port} 1\n")
+    async with redis_server(tmp_path / "sentinel", str(conf), "--sentinel"):
+        await ping_until_up(Redis(port=port))
+        sentinel = {"hosts": [f"127.0.0.1:{port}"], "service_name": "tg"}
+        a = await make_gateway(revocation={"sentinel": sentinel, "key_prefix": prefix})
+        b = await make_gateway(revocation={"sentinel": sentinel, "key_prefix": prefix})
+        tok = issuer.mint(sid="sentinel-family")
+        async with Revoker.from_config(a.gateway.config) as revoker:
+            await revoker.revoke_family("sentinel-family")
+        for gw in (a, b):
+            await wait_status(http, gw, tok, 401, within=0.5)
+            await gw.stop()
+
+
+async def test_cluster_keys_share_one_hash_slot(make_gateway, issuer, http, tmp_path):
+    port = free_port()
+    async with redis_server(tmp_path / "cluster", "--port", str(port), "--cluster-enabled", "yes",
+                            "--cluster-port", str(free_port()),  # the default (port + 10000) may not exist
+                            "--cluster-config-file", str(tmp_path / "nodes.conf"), "--save", ""):
+        node = Redis(port=port)
+        await ping_until_up(node)
+        await node.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        await until_async(lambda: node.execute_command("CLUSTER", "INFO"), lambda info: b"cluster_state:ok" in info)
+        url = f"redis://127.0.0.1:{port}/0"
+        revocation_config = {"redis_url": url, "cluster": True, "key_prefix": "gateway:revoked:"}
+        a = await make_gateway(revocation=revocation_config)
+        b = await make_gateway(revocation=revocation_config)
+        tok = issuer.mint(jti="cluster-jti", sub="grace")
+        async with Revoker(url, cluster=True) as revoker:
+            await revoker.revoke_jti("cluster-jti")
+            await revoker.revoke_subject("nobody-here")
+        for gw in (a, b):
+            await wait_status(http, gw, tok, 401, within=0.5)
+            await gw.stop()
+        keys = await node.keys("*")
+        assert sorted(keys) == [b"{gateway:revoked:}stream", b"{gateway:revoked:}subject:*|nobody-here",
+                                b"{gateway:revoked:}token:cluster-jti"]
+        slots = {await node.execute_command("CLUSTER", "KEYSLOT", key) for key in keys}
+        assert len(slots) == 1
+        await node.aclose()
+
+
+async def until_async(fetch, condition, within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition(await fetch()):
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)

@@ -314,8 +314,7 @@ class Render:
             assert sa.get("automountServiceAccountToken") is False, "ServiceAccount automountServiceAccountToken"
 
     def rule_topology_spread(self) -> None:
-        tsc = self.pod["spec"].get("topologySpreadConstraints") or []
-        assert tsc, "no topologySpreadConstraints"
+        tsc = self.pod["spec"].get("topologySpreadConstraints") or []  # absent: topologySpread.enabled=false
         labels = self.pod["metadata"]["labels"]
         for t in tsc:
             assert matches(t["labelSelector"]["matchLabels"], labels), f"{t['topologyKey']}: selector misses the pods"

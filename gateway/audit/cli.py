@@ -118,13 +118,16 @@ def incident_command(
         sys.exit(1)
     operator = operator_name()
     record = action_record(incident, entries, text, operator)
-    from . import incident as incident_module
+    from .incident import revoke as revoke_entries
+    from .incident import shared_store
 
     try:
-        asyncio.run(incident_module.revoke(config, entries, record))
+        store = shared_store(config)
     except RevokeError as exc:
         click.echo(f"error: cannot revoke: {exc}", err=True)
         sys.exit(1)
+    try:
+        asyncio.run(revoke_entries(config, store, entries, record))
     except Exception as exc:  # the store's own errors (redis, network): say so, revoke nothing more
         click.echo(f"error: revocation failed, nothing may have been revoked: {exc}", err=True)
         sys.exit(1)

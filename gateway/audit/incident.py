@@ -25,7 +25,7 @@ from typing import IO, Any
 
 from ..config import GatewayConfig
 from ..revocation.entries import ANY_ISSUER, Entry, Kind
-from ..revocation.store import RevocationStore
+from ..revocation.store import MemoryStore, RevocationStore, build_store
 from ..tokens.token import FINGERPRINT_PREFIX
 from .query import Query, Record, Warn, _stderr, _verbatim_in_json, iter_records
 from .record import rfc3339
@@ -555,17 +555,21 @@ def action_record(incident: Incident, entries: Sequence[Entry], reason: str, ope
     }
 
 
-async def revoke(config: GatewayConfig, entries: Sequence[Entry], record: Record) -> None:
-    """Write the entries through the configured store, then the action record to the audit sink."""
-    from ..revocation.store import MemoryStore, build_store
-    from .writer import AuditWriter
-
+def shared_store(config: GatewayConfig) -> RevocationStore:
+    """The store the gateways share (Redis); refused when the configuration keeps the list in memory."""
     store = build_store(config.revocation)
     if isinstance(store, MemoryStore):
         raise RevokeError(
             "this configuration keeps the revocation list in memory (no revocation.redis_url or sentinel):"
             " a revocation made from the command line would not reach the running gateways"
         )
+    return store
+
+
+async def revoke(config: GatewayConfig, store: RevocationStore, entries: Sequence[Entry], record: Record) -> None:
+    """Write the entries through ``store`` (started and stopped here), then the action record to the audit sink."""
+    from .writer import AuditWriter
+
     await store.start()
     try:
         await apply_revocation(store, entries)

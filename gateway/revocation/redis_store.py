@@ -75,6 +75,11 @@ class RedisStore(RevocationStore):
         return time.monotonic() - self._last_contact > self.config.max_staleness
 
     @property
+    def connected(self) -> bool:
+        """True while the feed is connected and caught up (the redis_up gauge)."""
+        return self._up
+
+    @property
     def ready(self) -> bool:
         return self.synced and not self.stale
 
@@ -344,15 +349,18 @@ def connect(config: RevocationConfig, role: str = "rw", retries: int = 2) -> Any
         from redis.asyncio.connection import parse_url
         from redis.asyncio.sentinel import Sentinel
 
+        # with Sentinel, redis_url only lends its credentials, db and TLS settings (rediss://...?ssl_ca_certs=)
         url_kwargs: dict[str, Any] = dict(parse_url(config.redis_url)) if config.redis_url else {}
         tls = bool(config.redis_url and config.redis_url.startswith("rediss://"))
+        tls_options = {k: v for k, v in url_kwargs.items() if k.startswith("ssl_")} if tls else {}
         hosts = [_host_port(h) for h in config.sentinel.hosts]
         password = config.sentinel.password or url_kwargs.get("password")
+        sentinel_kwargs: dict[str, Any] = {"password": config.sentinel.password, "socket_connect_timeout": 2.0,
+                                           "socket_timeout": 2.0}
+        if tls:
+            sentinel_kwargs.update(ssl=True, **tls_options)
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            hosts,
-            sentinel_kwargs={"password": config.sentinel.password, "ssl": tls, "socket_connect_timeout": 2.0,
-                             "socket_timeout": 2.0},
-            ssl=tls,
+            hosts, sentinel_kwargs=sentinel_kwargs, **({"ssl": True, **tls_options} if tls else {}),
         )
         return sentinel.master_for(
             config.sentinel.service_name, password=password, username=url_kwargs.get("username"),

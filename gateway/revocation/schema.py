@@ -21,9 +21,11 @@ So a key never exists without its notification, and two writers never weaken eac
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import math
+import random
 import re
 import time
 from collections.abc import Mapping
@@ -301,28 +303,35 @@ def write_args(schema: Schema, old_raw: bytes | None, entry: Entry, maxlen: int 
     return keys, [old_raw or b"", encode(merged), ttl_seconds(merged, now), maxlen]
 
 
-WRITE_ATTEMPTS = 8
+WRITE_ATTEMPTS = 50
+
+
+def _jitter(attempt: int) -> float:
+    """A short random pause before retrying a write that lost a race on its key."""
+    return random.uniform(0, 0.002 * min(attempt + 1, 10))  # noqa: S311 - not cryptographic
 
 
 async def write_entry(client: Any, schema: Schema, entry: Entry, maxlen: int = STREAM_MAXLEN) -> str:
     """Write one entry (key + stream notification) with redis.asyncio; returns the stream id."""
     key = schema.entry_key(entry)
-    for _ in range(WRITE_ATTEMPTS):
+    for attempt in range(WRITE_ATTEMPTS):
         old = await client.get(key)
         keys, args = write_args(schema, old, entry, maxlen)
         result = await client.eval(WRITE_SCRIPT, 2, *keys, *args)
         if result is not None:
             return result.decode() if isinstance(result, bytes) else str(result)
+        await asyncio.sleep(_jitter(attempt))
     raise RevocationWriteError(f"{key} kept changing under concurrent writers")
 
 
 def write_entry_sync(client: Any, schema: Schema, entry: Entry, maxlen: int = STREAM_MAXLEN) -> str:
     """The same write with the synchronous redis client."""
     key = schema.entry_key(entry)
-    for _ in range(WRITE_ATTEMPTS):
+    for attempt in range(WRITE_ATTEMPTS):
         old = client.get(key)
         keys, args = write_args(schema, old, entry, maxlen)
         result = client.eval(WRITE_SCRIPT, 2, *keys, *args)
         if result is not None:
             return result.decode() if isinstance(result, bytes) else str(result)
+        time.sleep(_jitter(attempt))
     raise RevocationWriteError(f"{key} kept changing under concurrent writers")

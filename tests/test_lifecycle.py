@@ -1,0 +1,393 @@
+"""The gateway as Kubernetes runs it: a real ``gateway serve`` process, signals, reloads, workers.
+
+Each test starts ``python -m gateway serve --config FILE`` in a process group of its own
+(killed in teardown whatever happens) against the in-test issuer and upstream, with the
+configuration mounted the way a ConfigMap is, and reads the JSON log lines of its stdout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.configmap import ConfigMapDir
+from tests.conftest import base_config, bearer
+
+ROOT = Path(__file__).resolve().parent.parent
+EXTRA_ROUTE = {"name": "extra", "path_prefix": "/extra", "upstream": "orders", "auth": "none"}
+
+Record = dict[str, Any]
+
+
+@dataclass
+class GatewayProcess:
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def logs(self) -> list[Record]:
+        records = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict):
+                    records.append(record)
+        return records
+
+    def messages(self, msg: str) -> list[Record]:
+        return [r for r in self.logs() if r.get("msg") == msg]
+
+    async def wait_log(
+        self, predicate: Callable[[Record], bool], count: int = 1, timeout: float = 10.0
+    ) -> list[Record]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [r for r in self.logs() if predicate(r)]
+            if len(found) >= count:
+                return found
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"not in the log (exit {self.proc.poll()}):\n{self.log_path.read_text()[-4000:]}")
+            await asyncio.sleep(0.05)
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return dict(self.messages("gateway listening")[-1]["ports"])
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.ports['proxy']}{path}"
+
+    def admin(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.ports['admin']}{path}"
+
+    async def wait_exit(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            assert time.monotonic() < deadline, "the gateway did not exit in time"
+            await asyncio.sleep(0.05)
+        return self.proc.returncode
+
+
+Spawn = Callable[..., Awaitable[GatewayProcess]]
+
+
+@pytest.fixture
+async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
+    """Start ``gateway serve``; waits for ``listening`` workers to listen. All are SIGKILLed in teardown."""
+    started: list[GatewayProcess] = []
+
+    async def start(config_path: Path, listening: int = 1) -> GatewayProcess:
+        log_path = tmp_path / f"gateway-{len(started)}.log"
+        env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+        with open(log_path, "ab") as out:  # O_APPEND: the parent and the workers share it
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "serve", "--config", str(config_path)],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT, env=env,
+            )
+        gateway = GatewayProcess(proc, log_path)
+        started.append(gateway)
+        await gateway.wait_log(lambda r: r.get("msg") == "gateway listening", count=listening, timeout=30)
+        return gateway
+
+    yield start
+    for gateway in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(gateway.proc.pid, signal.SIGKILL)  # the whole group: parent and workers
+        gateway.proc.wait(timeout=5)
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> ConfigMapDir:
+    return ConfigMapDir(tmp_path / "config")
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float, every: float = 0.05) -> None:
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, f"not true within {within}s"
+        await asyncio.sleep(every)
+
+
+async def status_of(url: str) -> int:
+    """The status of one GET on a fresh connection (0 when refused)."""
+    try:
+        async with aiohttp.ClientSession() as http, http.get(url) as resp:
+            await resp.read()
+            return resp.status
+    except aiohttp.ClientConnectionError:
+        return 0
+
+
+async def refuses(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except ConnectionRefusedError:
+        return True
+    writer.close()
+    return False
+
+
+async def scrape(gateway: GatewayProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    async with aiohttp.ClientSession() as http, http.get(gateway.admin("/metrics")) as resp:
+        text = await resp.text()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text) for sample in family.samples
+    }
+
+
+def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    wanted = set(labels.items())
+    return sum(value for (sample, sample_labels), value in samples.items()
+               if sample == name and wanted <= set(sample_labels))
+
+
+# --- SIGTERM -------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(45)
+async def test_sigterm_fails_readiness_refuses_new_connections_and_drains_in_flight(
+    spawn: Spawn, files: ConfigMapDir, issuer: Any, upstream: Any, tmp_path: Path
+) -> None:
+    config = base_config(issuer, upstream, tmp_path / "audit.jsonl")
+    config["shutdown_grace"] = "10s"
+    files.write(config)
+    gateway = await spawn(files.path)
+    await eventually(lambda: _is(status_of(gateway.admin("/readyz")), 200), within=10)
+
+    first_chunk = asyncio.Event()
+
+    async def streamed_body() -> AsyncIterator[bytes]:
+        for _ in range(12):
+            yield b"x" * 4096
+            first_chunk.set()
+            await asyncio.sleep(0.25)
+
+    async with aiohttp.ClientSession() as http:
+
+        async def call(method: str, path: str, **kwargs: Any) -> tuple[int, bytes]:
+            async with http.request(method, gateway.url(path), **kwargs) as resp:
+                return resp.status, await resp.read()
+
+        slow = asyncio.create_task(call("GET", "/slow/3"))
+        upload = asyncio.create_task(
+            call("POST", "/orders", data=streamed_body(), headers=bearer(issuer.mint(scope="orders:write")))
+        )
+        await first_chunk.wait()
+        await asyncio.sleep(0.3)  # both requests are inside the gateway now
+        proxy_port = gateway.ports["proxy"]
+        gateway.proc.send_signal(signal.SIGTERM)
+
+        await eventually(lambda: _is(status_of(gateway.admin("/readyz")), 503), within=1.5)
+        await eventually(lambda: refuses(proxy_port), within=1.5)
+        assert not slow.done() and not upload.done(), "readiness and the listener went before the requests ended"
+
+        assert (await slow)[0] == 200
+        status, body = await upload
+        assert status == 200
+        assert json.loads(body)["body_bytes"] == 12 * 4096  # the streamed body arrived whole
+    assert await gateway.wait_exit(15) == 0
+    assert gateway.messages("shutting down")
+
+
+async def _is(status: Awaitable[int], expected: int) -> bool:
+    return await status == expected
+
+
+# --- hot reload ----------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(45)
+async def test_a_changed_configmap_is_applied_without_dropping_a_keepalive_connection(
+    spawn: Spawn, files: ConfigMapDir, issuer: Any, upstream: Any, tmp_path: Path
+) -> None:
+    config = base_config(issuer, upstream, tmp_path / "audit.jsonl")
+    files.write(config)
+    gateway = await spawn(files.path)
+
+    opened: list[object] = []
+
+    async def on_connection(_session: object, _context: object, params: object) -> None:
+        opened.append(params)
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(on_connection)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), trace_configs=[trace]) as http:
+
+        async def status(path: str) -> int:
+            async with http.get(gateway.url(path)) as resp:
+                await resp.read()
+                return resp.status
+
+        assert await status("/extra/1") == 404
+        config["routes"].append(EXTRA_ROUTE)
+        files.write(config)
+        await eventually(lambda: _is(status("/extra/1"), 200), within=10, every=0.2)
+        assert await status("/public/health") == 200
+    assert len(opened) == 1, "the keep-alive connection was dropped"
+
+    [reloaded] = gateway.messages("config reloaded")
+    assert reloaded["cause"] == "file changed"
+    samples = await scrape(gateway)
+    assert total(samples, "gateway_config_reload_total", result="success") == 1
+    assert total(samples, "gateway_config_reload_total", result="error") == 0
+
+
+@pytest.mark.timeout(45)
+async def test_an_invalid_file_keeps_the_running_config_and_says_where(
+    spawn: Spawn, files: ConfigMapDir, issuer: Any, upstream: Any, tmp_path: Path
+) -> None:
+    config = base_config(issuer, upstream, tmp_path / "audit.jsonl")
+    files.write(config)
+    gateway = await spawn(files.path)
+
+    index = len(config["routes"])
+    config["routes"].append({**EXTRA_ROUTE, "upstream": "nope"})
+    text = files.write(config)
+    line = next(n for n, content in enumerate(text.splitlines(), 1) if "upstream: nope" in content)
+
+    [rejected] = await gateway.wait_log(lambda r: str(r.get("msg", "")).startswith("config reload rejected"))
+    assert rejected["level"] == "error"
+    assert f"{files.path}:{line}: routes[{index}].upstream: unknown upstream 'nope'" in rejected["msg"]
+    assert await status_of(gateway.url("/public/health")) == 200  # the old configuration serves on
+    assert await status_of(gateway.url("/extra/1")) == 404
+    samples = await scrape(gateway)
+    assert total(samples, "gateway_config_reload_total", result="error") == 1
+    assert total(samples, "gateway_config_reload_total", result="success") == 0
+
+    config["routes"][index]["upstream"] = "orders"  # fixed: the next version goes in
+    files.write(config)
+    await eventually(lambda: _is(status_of(gateway.url("/extra/1")), 200), within=10, every=0.2)
+    assert total(await scrape(gateway), "gateway_config_reload_total", result="success") == 1
+
+
+@pytest.mark.timeout(45)
+async def test_sighup_reloads_when_watching_is_off(
+    spawn: Spawn, issuer: Any, upstream: Any, tmp_path: Path
+) -> None:
+    config = base_config(issuer, upstream, tmp_path / "audit.jsonl")
+    config["watch_config"] = False
+    path = tmp_path / "gateway.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML; a plain file edited in place
+    gateway = await spawn(path)
+
+    config["routes"].append(EXTRA_ROUTE)
+    path.write_text(json.dumps(config))
+    await asyncio.sleep(1.5)  # more than a poll interval: nobody watches
+    assert await status_of(gateway.url("/extra/1")) == 404
+
+    gateway.proc.send_signal(signal.SIGHUP)
+    await eventually(lambda: _is(status_of(gateway.url("/extra/1")), 200), within=10, every=0.1)
+    [reloaded] = gateway.messages("config reloaded")
+    assert reloaded["cause"] == "SIGHUP"
+
+
+# --- several workers -----------------------------------------------------------------------
+
+
+def requests_by_pid(metrics_dir: str) -> dict[int, float]:
+    """gateway_requests_total of each process, from its own multiprocess file."""
+    counts: dict[int, float] = {}
+    for file in Path(metrics_dir).glob("counter_*.db"):
+        pid = int(file.stem.rsplit("_", 1)[1])
+        counts[pid] = sum(
+            sample.value for family in MultiProcessCollector.merge([str(file)]) for sample in family.samples
+            if sample.name == "gateway_requests_total"
+        )
+    return counts
+
+
+@pytest.mark.timeout(80)
+async def test_workers_share_the_port_metrics_audit_reloads_and_restarts(
+    spawn: Spawn, files: ConfigMapDir, issuer: Any, upstream: Any, tmp_path: Path
+) -> None:
+    audit_path = tmp_path / "audit.jsonl"
+    config = base_config(issuer, upstream, audit_path)
+    config.update(workers=2, shutdown_grace="5s")
+    files.write(config)
+    gateway = await spawn(files.path, listening=2)
+    [starting] = gateway.messages("starting workers")
+    metrics_dir = starting["metrics_dir"]
+    workers = {r["pid"] for r in gateway.messages("gateway listening")}
+    assert len(workers) == 2
+    sent = 0
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, limit=0)) as http:
+
+        async def get(path: str, request_id: str | None = None) -> int:
+            nonlocal sent
+            sent += 1
+            headers = {"X-Request-Id": request_id} if request_id else {}
+            async with http.get(gateway.url(path), headers=headers) as resp:
+                await resp.read()
+                return resp.status
+
+        # every request on a new connection: SO_REUSEPORT spreads them over both workers
+        n = 60
+        ids = [f"lifecycle-{i:03d}" for i in range(n)]
+        pad = "p" * 1500  # long audit lines: a torn write would show
+        statuses = await asyncio.gather(*(get(f"/public/files/{pad}/{i}", ids[i]) for i in range(n)))
+        assert statuses == [200] * n
+
+        served = requests_by_pid(metrics_dir)
+        assert {pid for pid, count in served.items() if count} == workers, served
+        assert total(await scrape(gateway), "gateway_requests_total") == n
+
+        # one audit file, two writers: exactly n whole lines
+        async def audit_complete() -> bool:
+            return audit_path.exists() and audit_path.read_bytes().count(b"\n") >= n
+
+        await eventually(audit_complete, within=5)
+        await asyncio.sleep(0.2)
+        data = audit_path.read_bytes()
+        assert data.endswith(b"\n")
+        records = [json.loads(line) for line in data.splitlines()]
+        assert len(records) == n
+        assert sorted(r["request_id"] for r in records) == ids
+        assert {r["type"] for r in records} == {"audit"}
+        assert {r["type"] for r in gateway.logs()} == {"log"}  # stdout carries only the operational log
+
+        # a changed file reaches every worker
+        config["routes"].append(EXTRA_ROUTE)
+        files.write(config)
+
+        async def all_reloaded() -> bool:
+            return await asyncio.gather(*(get(f"/extra/{i}") for i in range(8))) == [200] * 8
+
+        await eventually(all_reloaded, within=15, every=0.2)
+        await gateway.wait_log(lambda r: r.get("msg") == "config reloaded", count=2)
+        assert {r["pid"] for r in gateway.messages("config reloaded")} == workers
+
+        # a worker that dies is replaced; what it counted stays in the sums
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        await gateway.wait_log(lambda r: r.get("msg") == "worker exited; restarting it" and r["pid"] == victim)
+        [replacement] = await gateway.wait_log(
+            lambda r: r.get("msg") == "gateway listening" and r["pid"] not in workers, timeout=30
+        )
+        assert await gateway.wait_log(lambda r: r.get("msg") == "worker started" and r["pid"] == replacement["pid"])
+        statuses = await asyncio.gather(*(get(f"/extra/after-restart-{i}") for i in range(10)))
+        assert statuses == [200] * 10  # the replacement started from the reloaded file
+        assert total(await scrape(gateway), "gateway_requests_total") == sent
+
+    # SIGTERM to the parent reaches the workers; all exit, the metrics directory goes
+    gateway.proc.send_signal(signal.SIGTERM)
+    assert await gateway.wait_exit(20) == 0
+    for pid in workers | {replacement["pid"]}:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not Path(metrics_dir).exists()
+    assert len(gateway.messages("worker stopped")) == 2
