@@ -35,7 +35,9 @@ def ts(moment: float) -> str:
     return datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def record(rng: random.Random, moment: float, token: dict[str, Any], ip: str, scope_fail: bool = False) -> dict[str, Any]:
+def record(
+    rng: random.Random, moment: float, token: dict[str, Any], ip: str, scope_fail: bool = False
+) -> dict[str, Any]:
     name, method, path, scopes = rng.choice(ROUTES)
     path = path.replace("{id}", str(rng.randrange(1, 100000)))
     held = token["scopes"]

@@ -231,7 +231,8 @@ class EchoUpstream:
             digest.update(chunk)
             size += len(chunk)
         seen = {
-            "method": request.method, "path": request.raw_path, "headers": {str(k): v for k, v in request.headers.items()},
+            "method": request.method, "path": request.raw_path,
+            "headers": {str(k): v for k, v in request.headers.items()},
             "body_bytes": size, "body_sha256": digest.hexdigest(),
         }
         self.requests.append(seen)

@@ -144,8 +144,11 @@ class Reloader:
             if not self.gateway.config.watch_config:
                 continue
             retry_due = self._retry_at is not None and time.monotonic() >= self._retry_at
-            if self.file.poll() or retry_due:
-                await self.reload("file changed" if not retry_due else "retry")
+            try:
+                if self.file.poll() or retry_due:
+                    await self.reload("file changed" if not retry_due else "retry")
+            except Exception:  # the watcher must outlive anything one reload does
+                log.exception("config watcher error")
 
     async def _reload(self, cause: str) -> bool:
         if cause != "file changed":
@@ -153,10 +156,11 @@ class Reloader:
         self._retry_at = None
         try:
             config = await asyncio.to_thread(load_config, self.path)
-        except ConfigError as exc:
-            for problem in exc.problems:
+        except (ConfigError, ValueError) as exc:  # ValueError: not UTF-8
+            problems = exc.problems if isinstance(exc, ConfigError) else [f"{self.path}: {exc}"]
+            for problem in problems:
                 log.error("config reload rejected: %s", problem, extra={"cause": cause})
-            log.error("the running configuration stays", extra={"file": self.path, "problems": len(exc.problems)})
+            log.error("the running configuration stays", extra={"file": self.path, "problems": len(problems)})
             return False
         restart = restart_needed(self.declared, config)
         if restart:
@@ -169,8 +173,8 @@ class Reloader:
             await self._apply(config)
         except Exception as exc:  # whatever breaks, the old pipeline serves on
             log.error(
-                "config reload failed: %s; the running configuration stays", exc or type(exc).__name__,
-                extra={"file": self.path, "cause": cause, "retry_in": RETRY_INTERVAL},
+                "config reload failed: %s; the running configuration stays", str(exc) or type(exc).__name__,
+                extra={"file": self.path, "cause": cause, "error_type": type(exc).__name__, "retry_in": RETRY_INTERVAL},
             )
             self._retry_at = time.monotonic() + RETRY_INTERVAL
             return False

@@ -98,6 +98,10 @@ class ProxyHandler:
         limit = decision.route.max_body_size or config.max_body_size
         if request.content_length is not None and request.content_length > limit:
             return self._deny(decision, Reason.BODY_TOO_LARGE, exchange, config)
+        if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
+            # the policy passed: now ask for the body (a denied request is answered without reading it)
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0
         upstream = pipeline.upstreams[decision.route.upstream]
         context = ForwardContext(
             client_ip=exchange.client_ip, peer=peer, peer_trusted=is_trusted(peer, config.trusted_proxies),

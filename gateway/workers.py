@@ -69,7 +69,7 @@ def supervise(path: str) -> int:
     try:
         text = Path(path).read_text(encoding="utf-8")
         config = parse_config(text, path)
-    except (OSError, ConfigError) as exc:
+    except (OSError, ValueError, ConfigError) as exc:  # ValueError: not UTF-8
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return Supervisor(path, text, config).run()
@@ -109,7 +109,7 @@ class Supervisor:
             self._supervise()
             return self._drain()
         except OSError as exc:
-            log.error("cannot start the workers: %s", exc)
+            log.error("cannot start the workers: %s", exc.strerror or exc)
             self._drain()
             return 1
         finally:
@@ -189,7 +189,7 @@ class Supervisor:
         try:
             text = Path(self.path).read_text(encoding="utf-8")
             config = parse_config(text, self.path)
-        except (OSError, ConfigError):
+        except (OSError, ValueError, ConfigError):
             pass  # every worker says why, and keeps what it runs
         else:
             self.current_text, self.current = text, config

@@ -6,7 +6,10 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import random
+import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -202,3 +205,37 @@ async def test_audit_sink_none_writes_nothing(make_gateway):  # type: ignore[no-
     gw = await make_gateway(audit={"sink": "none"})
     await send(gw, "GET", "/public/health")
     assert await gw.audit_records() == []
+
+
+async def test_a_stalled_audit_sink_does_not_block_requests(make_gateway, tmp_path):  # type: ignore[no-untyped-def]
+    """The audit trail goes to a pipe nobody reads for a while: requests are still answered at once."""
+    fifo = tmp_path / "audit.fifo"
+    os.mkfifo(fifo)
+    release, chunks = threading.Event(), []
+
+    def slow_reader() -> None:
+        fd = os.open(fifo, os.O_RDONLY)
+        release.wait(20)
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        os.close(fd)
+
+    reader = threading.Thread(target=slow_reader, daemon=True)
+    reader.start()
+    gw = await make_gateway(audit={"sink": "file", "path": str(fifo), "flush_interval": "5ms"})
+    try:
+        started = time.monotonic()
+        async with aiohttp.ClientSession() as session:
+            for index in range(400):  # ~250 KB of records: far more than a pipe buffer holds
+                async with session.get(gw.url + "/public/health", headers={"X-Request-Id": f"r{index}"}) as resp:
+                    assert resp.status == 200
+        assert time.monotonic() - started < 10
+        await asyncio.sleep(0.05)
+        assert chunks == []  # nothing was read: the writer thread is stuck, the event loop is not
+        assert gw.gateway.audit.written < 400
+    finally:
+        release.set()
+        await gw.stop()
+        reader.join(10)
+    lines = b"".join(chunks).splitlines()
+    assert [json.loads(line)["request_id"] for line in lines] == [f"r{i}" for i in range(400)]

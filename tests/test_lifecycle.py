@@ -171,7 +171,7 @@ async def test_sigterm_fails_readiness_refuses_new_connections_and_drains_in_fli
     first_chunk = asyncio.Event()
 
     async def streamed_body() -> AsyncIterator[bytes]:
-        for _ in range(12):
+        for _ in range(16):
             yield b"x" * 4096
             first_chunk.set()
             await asyncio.sleep(0.25)
@@ -182,7 +182,7 @@ async def test_sigterm_fails_readiness_refuses_new_connections_and_drains_in_fli
             async with http.request(method, gateway.url(path), **kwargs) as resp:
                 return resp.status, await resp.read()
 
-        slow = asyncio.create_task(call("GET", "/slow/3"))
+        slow = asyncio.create_task(call("GET", "/slow/4"))
         upload = asyncio.create_task(
             call("POST", "/orders", data=streamed_body(), headers=bearer(issuer.mint(scope="orders:write")))
         )
@@ -198,7 +198,7 @@ async def test_sigterm_fails_readiness_refuses_new_connections_and_drains_in_fli
         assert (await slow)[0] == 200
         status, body = await upload
         assert status == 200
-        assert json.loads(body)["body_bytes"] == 12 * 4096  # the streamed body arrived whole
+        assert json.loads(body)["body_bytes"] == 16 * 4096  # the streamed body arrived whole
     assert await gateway.wait_exit(15) == 0
     assert gateway.messages("shutting down")
 

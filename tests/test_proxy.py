@@ -557,6 +557,37 @@ async def test_route_body_limit_overrides_the_global_one(make_gateway, issuer, u
     assert status == 413
 
 
+async def _expect_continue(gw: Any, token: str | None) -> tuple[bytes, bytes]:
+    """Send a head with ``Expect: 100-continue``; the first answer, then the rest after sending the body."""
+    host, port = gw.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    writer.write(f"POST /orders HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Length: 5\r\n"
+                 "Expect: 100-continue\r\nConnection: close\r\n\r\n".encode())
+    await writer.drain()
+    try:
+        first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 0.5)
+        writer.write(b"hello")
+        rest = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    return first, rest
+
+
+async def test_expect_100_continue_after_the_policy_passed(gw, issuer, upstream):  # type: ignore[no-untyped-def]
+    first, rest = await _expect_continue(gw, issuer.mint(scope="orders:write"))
+    assert first == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert rest.startswith(b"HTTP/1.1 200 ")
+    assert upstream.requests[0]["body_bytes"] == 5
+    assert "expect" not in {k.lower() for k in upstream.requests[0]["headers"]}
+
+
+async def test_expect_100_continue_is_not_sent_to_a_denied_request(gw, upstream):  # type: ignore[no-untyped-def]
+    first, _ = await _expect_continue(gw, None)
+    assert first.startswith(b"HTTP/1.1 401 ")
+    assert upstream.requests == []
+
+
 # --- upstream failures ---------------------------------------------------------------------
 
 

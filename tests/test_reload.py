@@ -155,3 +155,19 @@ async def test_keys_that_only_a_restart_applies_are_reported_and_kept(
     assert (gateway.config.listen, gateway.config.shutdown_grace) == (listen, grace)
     assert gateway.config.routes[-1].name == "extra"
     assert "changed keys take effect only after a restart: listen, shutdown_grace" in caplog.text
+
+
+async def test_a_file_that_is_not_utf8_is_rejected_like_any_invalid_file(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    server, files, _ = running
+    gateway = server.gateway
+    old = gateway.pipeline
+    files.write("routes: []\n")
+    (files.root / "..data" / "gateway.yaml").write_bytes(b"\xff\xfe: not text\n")
+    before = reloads("error")
+
+    assert not await Reloader(gateway).reload("test")
+    assert gateway.pipeline is old
+    assert reloads("error") == before + 1
+    assert f"config reload rejected: {files.path}:" in caplog.text

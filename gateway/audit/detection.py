@@ -30,7 +30,6 @@ import ipaddress
 import logging
 import math
 import socket
-import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -179,7 +178,7 @@ class Detector:
 
     def _open_geoip(self, path: str) -> None:
         try:
-            import maxminddb
+            import maxminddb  # type: ignore[import-not-found, unused-ignore]
         except ImportError:
             log.warning("impossible-travel detection is off: geoip_database is set but the maxminddb package"
                         " is not installed (pip install maxminddb)")
@@ -370,7 +369,8 @@ class Detector:
             "reason": context.get("reason"),
             "first_network": state.first_network,
             "networks": sorted(state.networks),
-            "recent_ips": sorted(state.ips, key=state.ips.__getitem__)[-20:] if state.ips else [context.get("client_ip")],
+            "recent_ips": (sorted(state.ips, key=state.ips.__getitem__)[-20:] if state.ips
+                           else [context.get("client_ip")]),
             "first_seen": rfc3339(state.first_seen),
             "window_seconds": self.window,
         }

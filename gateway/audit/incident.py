@@ -496,9 +496,7 @@ def plan_revocation(incident: Incident, config: GatewayConfig, reason: str, now:
                 elif token.fingerprint and len(token.fingerprint) >= FINGERPRINT_PREFIX:
                     entries.append(Entry(Kind.TOKEN, token.fingerprint[:FINGERPRINT_PREFIX], expires,
                                          reason=note, created_at=now))
-        elif target.kind == "jti":
-            entries.append(Entry(Kind.TOKEN, target.value, expires, reason=note, created_at=now))
-        elif len(target.value) == FINGERPRINT_PREFIX:
+        elif target.kind == "jti" or len(target.value) == FINGERPRINT_PREFIX:
             entries.append(Entry(Kind.TOKEN, target.value, expires, reason=note, created_at=now))
         else:
             raise RevokeError("no audit record shows this token and the fingerprint prefix is too short to revoke by;"

@@ -62,7 +62,9 @@ def parse_time(value: str, now: datetime | None = None) -> datetime:
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"{value!r} is not an RFC 3339 time (2024-05-01T12:00:00Z) or a relative one (2h, 30m, 7d)")
+        raise ValueError(
+            f"{value!r} is not an RFC 3339 time (2024-05-01T12:00:00Z) or a relative one (2h, 30m, 7d)"
+        ) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.astimezone(UTC)
@@ -204,9 +206,9 @@ def _verbatim_in_json(value: str) -> bool:
 
 
 class _Tee(io.RawIOBase):
-    """Standard input, copied to a spool file as it is read (for a second pass)."""
+    """Standard input as a raw stream, copied to a spool file as it is read (for a second pass)."""
 
-    def __init__(self, source: IO[bytes], spool: IO[bytes]) -> None:
+    def __init__(self, source: IO[bytes], spool: IO[bytes] | None) -> None:
         self.source, self.spool = source, spool
 
     def readable(self) -> bool:
@@ -215,7 +217,7 @@ class _Tee(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         read1 = getattr(self.source, "read1", self.source.read)
         data = read1(len(buffer))
-        if data:
+        if data and self.spool is not None:
             self.spool.write(data)
         buffer[: len(data)] = data
         return len(data)
@@ -223,16 +225,16 @@ class _Tee(io.RawIOBase):
 
 def open_input(name: str, spool: IO[bytes] | None = None) -> IO[bytes]:
     """A binary stream of decompressed bytes: a file (``-`` is stdin), gzip or plain."""
-    raw: IO[bytes]
+    raw: io.BufferedReader
     if name == "-":
         stdin = sys.stdin.buffer
-        raw = io.BufferedReader(_Tee(stdin, spool), BLOCK) if spool is not None else stdin
-        if not hasattr(raw, "peek"):
-            raw = io.BufferedReader(raw, BLOCK)  # type: ignore[arg-type]
+        if isinstance(stdin, io.BufferedReader) and spool is None:
+            raw = stdin
+        else:
+            raw = io.BufferedReader(_Tee(stdin, spool), BLOCK)
     else:
         raw = open(name, "rb")  # noqa: SIM115 - closed by the caller
-    magic = raw.peek(2)[:2]  # type: ignore[attr-defined]
-    if magic == GZIP_MAGIC:
+    if raw.peek(2)[:2] == GZIP_MAGIC:
         return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
     return raw
 
@@ -258,8 +260,7 @@ def _blocks(stream: IO[bytes]) -> Iterator[tuple[bytes, int]]:
 def _candidate_lines(stream: IO[bytes], needles: Sequence[bytes]) -> Iterator[bytes]:
     """Lines of ``stream`` holding one of ``needles`` (every line when there are none)."""
     if not needles:
-        for line in stream:
-            yield line
+        yield from stream
         return
     if len(needles) == 1:
         needle = needles[0]

@@ -23,7 +23,8 @@ _COLOURS = {"allow": "#2e7d32", "deny": "#c62828"}
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:1200px;
 color:#1b1b1b;padding:0 1em}
-h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+h1{font-size:1.6em;margin-bottom:.2em}
+h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd;padding-bottom:.2em}
 .target{color:#444;margin-top:0}
 dl.summary{display:grid;grid-template-columns:max-content 1fr;gap:.2em 1.2em}dl.summary dt{font-weight:600}
 dl.summary dd{margin:0}
@@ -94,7 +95,7 @@ def timeline_svg(timeline: dict[str, Counter[str]], width: int = 1100, height: i
         label = f"{moment:%Y-%m-%d %H:%M} UTC: {counts['allow']} allowed, {counts['deny']} denied"
         parts.append(f'<g data-minute="{moment:%Y-%m-%dT%H:%M}" data-allow="{counts["allow"]}" '
                      f'data-deny="{counts["deny"]}"><title>{_e(label)}</title>')
-        y = top + plot_h
+        y = float(top + plot_h)
         for decision in ("allow", "deny"):
             if counts[decision]:
                 h = plot_h * counts[decision] / peak
@@ -220,14 +221,15 @@ def render_html(incident: Incident, generated: float | None = None) -> str:
         ))
 
     if not target.is_token:
-        out.append(f"<h2>Tokens of this {'subject' if target.kind == 'sub' else 'family'} ({len(incident.tokens)})</h2>")
+        kind = "subject" if target.kind == "sub" else "family"
+        out.append(f"<h2>Tokens of this {kind} ({len(incident.tokens)})</h2>")
         out.append(_table(_TOKEN_HEADERS, _token_rows(incident, list(incident.tokens.values()), False), "tokens"))
     if target.kind != "sub":
         title = "Other tokens of the same subject" if target.kind == "family" else \
             "Other tokens of the same family or subject"
         out.append(f"<h2>{title} ({len(incident.related) + incident.related_dropped})</h2>")
         if incident.related:
-            out.append(_table(["used during"] + _TOKEN_HEADERS, _token_rows(
+            out.append(_table(["used during", *_TOKEN_HEADERS], _token_rows(
                 incident, sorted(incident.related.values(), key=lambda t: t.first), True), "related"))
         else:
             out.append("<p>none</p>")

@@ -1,0 +1,229 @@
+"""Live detection: a token replayed from a second network is flagged, counted, reported and cut off."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+
+from gateway.audit.detection import Detector, distance_km, impossible_travel, network_of
+from gateway.audit.record import Exchange
+from gateway.config import parse_config
+from gateway.decision import Decision
+from gateway.reasons import Reason
+from gateway.revocation.store import MemoryStore
+from gateway.tokens.token import ValidatedToken
+from tests.audit_traffic import AWAY_IP, HOME_IP, TRUSTED, assert_no_raw_token, call, mint
+
+
+class Webhook:
+    """A real HTTP receiver on 127.0.0.1; the first ``fail_first`` deliveries get a 503."""
+
+    def __init__(self, fail_first: int = 0, delay: float = 0.0) -> None:
+        self.notices: list[dict[str, Any]] = []
+        self.attempts = 0
+        self.fail_first = fail_first
+        self.delay = delay
+        self.received = asyncio.Event()
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.attempts += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.attempts <= self.fail_first:
+            return web.Response(status=503)
+        self.notices.append(await request.json())
+        self.received.set()
+        return web.Response(status=204)
+
+
+@pytest.fixture
+async def webhook() -> AsyncIterator[Webhook]:
+    hook = Webhook(fail_first=1)
+    app = web.Application()
+    app.router.add_post("/hook", hook.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    hook.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    yield hook
+    await runner.cleanup()
+
+
+async def suspicious_count(http: aiohttp.ClientSession, admin_url: str, reason: str) -> float:
+    async with http.get(f"{admin_url}/metrics") as response:
+        text = await response.text()
+    match = re.search(rf'^gateway_suspicious_token_use_total\{{reason="{reason}"\}} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+async def test_second_network_is_flagged_counted_reported_and_cut_off(make_gateway, issuer, http, webhook):
+    gw = await make_gateway(**TRUSTED, detection={
+        "new_network_after_first_use": True, "window": "10m",
+        "on_detect": ["audit", "metric", "webhook", "revoke_family"], "webhook_url": webhook.url,
+    })
+    before = await suspicious_count(http, gw.admin_url, "new_network")
+    token = mint(issuer, "alice", "orders:read", "family-det-1")
+    sibling = mint(issuer, "alice", "orders:read", "family-det-1")
+    assert await call(http, gw, "GET", "/orders", token, HOME_IP) == 200
+    assert await call(http, gw, "GET", "/orders", token, "198.51.100.200") == 200  # same /24: not new
+    started = time.monotonic()
+    assert await call(http, gw, "GET", "/orders", token, AWAY_IP) == 200  # this one is let through, but flagged
+    assert time.monotonic() - started < 1.0
+
+    records = await gw.audit_records()
+    assert [r.get("suspicious") for r in records] == [None, None, ["new_network"]]
+    assert await suspicious_count(http, gw.admin_url, "new_network") == before + 1
+
+    await asyncio.wait_for(webhook.received.wait(), 5)
+    assert webhook.attempts == 2  # the first delivery got a 503 and was retried
+    notice = webhook.notices[0]
+    assert notice["type"] == "suspicious_token_use" and notice["reasons"] == ["new_network"]
+    assert notice["family"] == "family-det-1" and notice["sub"] == "alice"
+    assert notice["client_ip"] == AWAY_IP and notice["first_network"] == "198.51.100.0/24"
+    assert notice["jti"] == token.jti and notice["token_fingerprint"] == token.fingerprint
+    assert notice["actions"] == ["revoke_family"]
+    assert_no_raw_token(str(notice), token, sibling)
+
+    # revoke_family: every token of the family now fails, from anywhere
+    deadline = time.monotonic() + 5
+    while await call(http, gw, "GET", "/orders", sibling, HOME_IP) != 401:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    assert await call(http, gw, "GET", "/orders", token, HOME_IP) == 401
+    other = mint(issuer, "bob", "orders:read", "family-det-2")
+    assert await call(http, gw, "GET", "/orders", other, AWAY_IP) == 200
+    assert len(webhook.notices) == 1  # one notice per family and reason within the window
+
+
+async def test_too_many_ips_and_scope_burst(make_gateway, issuer, http):
+    gw = await make_gateway(**TRUSTED, detection={
+        "max_ips_per_token": 2, "insufficient_scope_burst": 3, "window": "10m", "on_detect": ["audit", "metric"],
+    })
+    ips_before = await suspicious_count(http, gw.admin_url, "too_many_ips")
+    burst_before = await suspicious_count(http, gw.admin_url, "insufficient_scope_burst")
+    token = mint(issuer, "carol", "orders:read", "family-det-3")
+    for ip in ("10.1.1.1", "10.1.1.2", "10.1.1.1", "10.1.1.3"):
+        await call(http, gw, "GET", "/orders", token, ip)
+    for _ in range(3):
+        assert await call(http, gw, "POST", "/orders", token, "10.1.1.1") == 403
+    records = await gw.audit_records()
+    assert [r.get("suspicious") for r in records] == [
+        None, None, None, ["too_many_ips"],
+        ["too_many_ips"], ["too_many_ips"], ["too_many_ips", "insufficient_scope_burst"],
+    ]
+    assert await suspicious_count(http, gw.admin_url, "too_many_ips") == ips_before + 4
+    assert await suspicious_count(http, gw.admin_url, "insufficient_scope_burst") == burst_before + 1
+    # the responder sees it in the report
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    result = CliRunner().invoke(main, ["incident", str(gw.audit_path), "--family", "family-det-3"])
+    assert "flagged by live detection: too_many_ips x4, insufficient_scope_burst x1" in result.stdout
+
+
+async def test_metric_only_leaves_the_record_unmarked(make_gateway, issuer, http):
+    gw = await make_gateway(**TRUSTED, detection={"new_network_after_first_use": True, "on_detect": ["metric"]})
+    before = await suspicious_count(http, gw.admin_url, "new_network")
+    token = mint(issuer, "dave", "orders:read", "family-det-4")
+    await call(http, gw, "GET", "/orders", token, "2001:db8:1:2::7")
+    await call(http, gw, "GET", "/orders", token, "2001:db8:1:ffff::9")  # same /48
+    await call(http, gw, "GET", "/orders", token, "2001:db8:2::1")
+    assert [r.get("suspicious") for r in await gw.audit_records()] == [None, None, None]
+    assert await suspicious_count(http, gw.admin_url, "new_network") == before + 1
+
+
+async def test_detection_is_off_unless_configured(make_gateway, issuer, http):
+    gw = await make_gateway(**TRUSTED)
+    assert gw.gateway.detector is None
+    token = mint(issuer, "erin", "orders:read", "family-det-5")
+    await call(http, gw, "GET", "/orders", token, HOME_IP)
+    await call(http, gw, "GET", "/orders", token, AWAY_IP)
+    assert all("suspicious" not in r for r in await gw.audit_records())
+
+
+async def test_geoip_without_maxminddb_says_so(make_gateway, caplog, tmp_path):
+    if importlib.util.find_spec("maxminddb") is not None:
+        pytest.skip("maxminddb is installed here")
+    caplog.set_level(logging.WARNING, "gateway.detection")
+    gw = await make_gateway(**TRUSTED, detection={"geoip_database": str(tmp_path / "GeoLite2-City.mmdb")})
+    assert gw.gateway.detector is not None and gw.gateway.detector.locate is None
+    assert any("maxminddb" in r.getMessage() and "impossible-travel" in r.getMessage() for r in caplog.records)
+
+
+def test_networks_and_travel():
+    assert network_of("198.51.100.7") == "198.51.100.0/24"
+    assert network_of("::ffff:198.51.100.7") == "198.51.100.0/24"
+    assert network_of("2001:db8:1:2::7") == "2001:db8:1::/48"
+    assert network_of("2001:db8:1:ffff::1") == network_of("2001:db8:1::")
+    assert network_of("not-an-ip") == "not-an-ip"
+    paris, new_york = (48.8566, 2.3522), (40.7128, -74.0060)
+    assert 5800 < distance_km(paris, new_york) < 5900
+    assert impossible_travel(paris, 0, new_york, 3600)  # 5,800 km in an hour
+    assert not impossible_travel(paris, 0, new_york, 8 * 3600)  # a flight
+    assert not impossible_travel(paris, 0, (48.80, 2.13), 1)  # the next suburb: too close to judge
+
+
+# --- shared state through Redis: two replicas, one IP each ------------------------------------
+
+
+def _config(redis_url: str, prefix: str) -> Any:
+    return parse_config(yaml.safe_dump({
+        "upstreams": {"o": {"url": "http://127.0.0.1:9"}},
+        "issuers": [{"issuer": "https://id.example", "audiences": ["api"]}],
+        "routes": [{"name": "r", "path": "/x", "upstream": "o"}],
+        "revocation": {"redis_url": redis_url, "key_prefix": prefix},
+        "detection": {"new_network_after_first_use": True, "max_ips_per_token": 1, "window": "10m"},
+    }))
+
+
+def _use(ip: str, sid: str) -> tuple[Exchange, Decision]:
+    now = time.time()
+    token = ValidatedToken(
+        issuer="https://id.example", subject="frank", client_id="app", scopes=frozenset({"orders:read"}),
+        expires_at=now + 300, fingerprint="ab" * 32, jti=f"jti-{ip}", claims={"sid": sid},
+    )
+    exchange = Exchange(started=now, started_mono=time.monotonic(), request_id=f"r-{ip}", client_ip=ip,
+                        method="GET", host="api", raw_path="/x", user_agent="t", status=200)
+    return exchange, Decision(Reason.ALLOWED, token=token, token_fingerprint=token.fingerprint)
+
+
+async def test_replicas_share_what_they_saw_through_redis(redis_proc):
+    url = f"redis://{redis_proc.host}:{redis_proc.port}/0"
+    prefix = f"det{time.time_ns()}:revoked:"
+    one = Detector(_config(url, prefix), MemoryStore())
+    two = Detector(_config(url, prefix), MemoryStore())
+    await one.start()
+    await two.start()
+    try:
+        sid = "family-shared-1"
+        assert one.observe(*_use(HOME_IP, sid)) is None
+        await one.shared.flush()
+        # replica two has never seen the family: locally this looks like a first use...
+        assert two.observe(*_use(AWAY_IP, sid)) is None
+        # ...until it merges what replica one wrote: the family started on another network
+        await two.shared.flush()
+        state = two.families[f"sid:https://id.example|{sid}"]
+        assert state.first_network == "198.51.100.0/24"
+        assert set(state.ips) == {HOME_IP, AWAY_IP}
+        assert set(state.notified) == {"new_network", "too_many_ips"}
+        # and its next request is marked at once
+        assert two.observe(*_use(AWAY_IP, sid)) == ["new_network", "too_many_ips"]
+        keys = [k.decode() async for k in two.shared._client.scan_iter(match=f"det{prefix[3:-8]}*")]
+        assert keys and all(":detect:" in k for k in keys)
+        assert all(k.startswith(prefix[: -len("revoked:")]) and "revoked:" not in k for k in keys)
+    finally:
+        await one.stop()
+        await two.stop()
