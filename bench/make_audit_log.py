@@ -4,8 +4,8 @@
 
 The records look like the gateway's own (same fields, same ``ts`` format), spread over a
 day, from 20,000 subjects and ~60,000 tokens, with 1 in 200 lines an operational log line
-(``"type": "log"``). A few "needle" tokens (printed on stdout, one per line as
-``jti sid sub``) are each used ~50 times from two networks, with some calls for scopes
+(``"type": "log"``). A few "needle" tokens (printed on stdout and written to ``<out>.needles``,
+one per line as ``jti sid sub``) are each used ~50 times from two networks, with some calls for scopes
 they lack, so an incident query has something to find.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
+import pathlib
 import random
 import sys
 import time
@@ -127,15 +128,15 @@ def main() -> None:
         needles = generate(sink, args.records, args.needles, args.seed, start)
         sink.flush()
     else:
-        import pathlib
-
         pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         opener = gzip.open if args.gzip else open
         with opener(args.out, "wb") as sink:
             needles = generate(sink, args.records, args.needles, args.seed, start)
     target = sys.stderr if args.out == "-" else sys.stdout
-    for token in needles:
-        print(token["jti"], token["sid"], token["sub"], file=target)
+    lines = "".join(f"{t['jti']} {t['sid']} {t['sub']}\n" for t in needles)
+    print(lines, end="", file=target)
+    if args.out != "-":
+        pathlib.Path(f"{args.out}.needles").write_text(lines)
     print(f"wrote {args.records} records to {args.out} in {time.monotonic() - began:.1f}s", file=sys.stderr)
 
 

@@ -33,6 +33,9 @@ log = logging.getLogger("gateway")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _METHODS = frozenset(HTTP_METHODS)
+# Gateway.record's metric children by outcome: bounded like the label sets themselves
+_OUTCOME_METRICS: dict[tuple[str, str, int, Any], tuple[Any, Any]] = {}
+_UPSTREAM_METRICS: dict[str, Any] = {}
 RETIRE_MIN_DELAY = 2.0  # seconds a replaced pipeline stays open even when no proxied request uses it
 
 Detector = Any  # audit/detection.py provides it; kept loose to avoid an import cycle
@@ -172,10 +175,22 @@ class Gateway:
             audit_record(exchange, decision, duration * 1000, self.revocation.list.family_claim, suspicious)
         )
         route = decision.route.name if decision.route is not None else ""
+        # the metric children of this outcome, looked up once (labels() locks and hashes every call)
         method = exchange.method if exchange.method in _METHODS else "OTHER"
-        metrics.REQUESTS.labels(
-            route, method, str(exchange.status), decision.reason.decision, decision.reason.value
-        ).inc()
-        metrics.REQUEST_DURATION.labels(route).observe(duration)
+        key = (route, method, exchange.status, decision.reason)
+        children = _OUTCOME_METRICS.get(key)
+        if children is None:
+            children = _OUTCOME_METRICS[key] = (
+                metrics.REQUESTS.labels(
+                    route, method, str(exchange.status), decision.reason.decision, decision.reason.value
+                ),
+                metrics.REQUEST_DURATION.labels(route),
+            )
+        children[0].inc()
+        children[1].observe(duration)
         if exchange.upstream_ms is not None and decision.route is not None:
-            metrics.UPSTREAM_DURATION.labels(decision.route.upstream).observe(exchange.upstream_ms / 1000)
+            upstream = decision.route.upstream
+            child = _UPSTREAM_METRICS.get(upstream)
+            if child is None:
+                child = _UPSTREAM_METRICS[upstream] = metrics.UPSTREAM_DURATION.labels(upstream)
+            child.observe(exchange.upstream_ms / 1000)

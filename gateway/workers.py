@@ -76,6 +76,8 @@ def supervise(path: str) -> int:
 
 
 class Supervisor:
+    """The parent of `workers` worker processes: ports, restarts, signals, the config file."""
+
     def __init__(self, path: str, text: str, config: GatewayConfig) -> None:
         self.path = path
         self.declared_text = self.current_text = text

@@ -6,6 +6,7 @@ SHA-256 fingerprint prefix (``token_fingerprint``), which is enough to search by
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -15,8 +16,28 @@ from ..policy import required_scopes
 from ..tokens.token import short_fingerprint
 
 
+_SECOND: tuple[int, str] = (0, "1970-01-01T00:00:00")  # the last whole second formatted, reused within it
+
+
 def rfc3339(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """``2026-01-31T12:00:00.123Z``, as ``datetime.fromtimestamp(timestamp, UTC)`` rounds it.
+
+    One call per request: the date-time of the current second is formatted once.
+    """
+    global _SECOND
+    fraction, whole = math.modf(timestamp)
+    micros = round(fraction * 1e6)  # half-even on the same double, as datetime does
+    if micros >= 1_000_000:
+        micros -= 1_000_000
+        whole += 1.0
+    elif micros < 0:
+        micros += 1_000_000
+        whole -= 1.0
+    second = int(whole)
+    cached = _SECOND
+    if cached[0] != second:
+        cached = _SECOND = (second, datetime.fromtimestamp(second, UTC).replace(tzinfo=None).isoformat())
+    return f"{cached[1]}.{micros // 1000:03d}Z"
 
 
 @dataclass(slots=True)

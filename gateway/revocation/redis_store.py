@@ -65,6 +65,7 @@ class RedisStore(RevocationStore):
         self._first_attempt = asyncio.Event()
         self._next_check = 0.0
         self._up = False
+        self._stopping = False
         self._seen_added: int | None = None  # stream entries-added up to last_id (Redis >= 7)
         self.instance = os.urandom(4).hex()  # in our connection names: CLIENT LIST tells replicas apart
 
@@ -110,6 +111,7 @@ class RedisStore(RevocationStore):
             await asyncio.wait_for(self._first_attempt.wait(), timeout=10.0)
 
     async def stop(self) -> None:
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -160,6 +162,8 @@ class RedisStore(RevocationStore):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any Redis or network failure: count it, back off, reconnect
+                if self._stopping:
+                    return  # redis-py may turn our cancellation into a connection error while closing
                 metrics.REVOCATION_REDIS_ERRORS.inc()
                 self._set_up(False)
                 self._first_attempt.set()
