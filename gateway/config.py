@@ -416,4 +416,7 @@ def load_config(path: str | Path) -> GatewayConfig:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError([f"{path}:{line}: the file is not valid UTF-8"]) from None
     return parse_config(text, str(path))

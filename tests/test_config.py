@@ -283,3 +283,11 @@ def test_route_shapes() -> None:
     assert config.routes[1].path_prefix == "/files"
     assert config.routes[1].host == "*.example.com"
     assert [str(n) for n in config.trusted_proxies] == ["10.0.0.0/8", "::1/128"]
+
+
+def test_a_file_that_is_not_utf8_is_named_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"listen: 127.0.0.1:8080\nrealm: caf\xe9\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.problems == [f"{path}:2: the file is not valid UTF-8"]
