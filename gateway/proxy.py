@@ -58,13 +58,20 @@ class StreamAborted(Exception):
 
 def hop_by_hop(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[str]:
     """Fixed hop-by-hop headers plus every header named in ``Connection``."""
-    named = {
-        token.strip().lower()
-        for value in headers.getall("Connection", ())
-        for token in value.split(",")
-        if token.strip()
-    }
-    return HOP_BY_HOP | named if named else HOP_BY_HOP
+    values = headers.getall("Connection", ())
+    if not values:
+        return HOP_BY_HOP
+    single = values[0] if len(values) == 1 else None
+    if single is not None and single in _HOP_BY_HOP_OF:
+        return _HOP_BY_HOP_OF[single]  # "keep-alive", "close"...: the same few values on every request
+    named = {token.strip().lower() for value in values for token in value.split(",") if token.strip()}
+    result = HOP_BY_HOP | named if named else HOP_BY_HOP
+    if single is not None and len(_HOP_BY_HOP_OF) < 256:
+        _HOP_BY_HOP_OF[single] = result
+    return result
+
+
+_HOP_BY_HOP_OF: dict[str, frozenset[str]] = {}  # by the value of a lone Connection header (bounded)
 
 
 def client_address(peer: str, forwarded_for: str | None, trusted: list[IPNetwork]) -> str:
@@ -86,6 +93,8 @@ def _is_ip(value: str) -> bool:
 
 
 def is_trusted(address: str, trusted: list[IPNetwork]) -> bool:
+    if not trusted:  # the common case: no address to parse
+        return False
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -110,9 +119,16 @@ def upstream_headers(
     token: ValidatedToken | None, identity: IdentityHeaders,
 ) -> CIMultiDict[str]:
     """Headers for the upstream request."""
-    dropped = hop_by_hop(incoming) | FORWARDING_HEADERS | {n.lower() for n in identity.names()}
-    if not upstream.config.forward_authorization:
-        dropped |= {"authorization"}
+    forward_authorization = upstream.config.forward_authorization
+    key = (identity.subject, identity.client_id, identity.scopes, forward_authorization)
+    dropped = _DROPPED.get(key)
+    if dropped is None:
+        dropped = HOP_BY_HOP | FORWARDING_HEADERS | {n.lower() for n in identity.names()}
+        if not forward_authorization:
+            dropped |= {"authorization"}
+        _DROPPED[key] = dropped
+    if "Connection" in incoming:
+        dropped = dropped | hop_by_hop(incoming)
     headers: CIMultiDict[str] = CIMultiDict(
         (name, value) for name, value in incoming.items() if name.lower() not in dropped
     )
@@ -126,8 +142,23 @@ def upstream_headers(
     if token is not None:
         headers[identity.subject] = token.subject or ""
         headers[identity.client_id] = token.client_id or ""
-        headers[identity.scopes] = " ".join(sorted(token.scopes))
+        headers[identity.scopes] = _scope_header(token.scopes)
     return headers
+
+
+# what upstream_headers always drops, by identity header names and forward_authorization (a few keys)
+_DROPPED: dict[tuple[str, str, str, bool], frozenset[str]] = {}
+_SCOPE_HEADERS: dict[frozenset[str], str] = {}  # bounded: emptied when full
+
+
+def _scope_header(scopes: frozenset[str]) -> str:
+    """The scopes as one space-separated, sorted header value (computed once per scope set)."""
+    value = _SCOPE_HEADERS.get(scopes)
+    if value is None:
+        if len(_SCOPE_HEADERS) >= 4096:
+            _SCOPE_HEADERS.clear()
+        value = _SCOPE_HEADERS[scopes] = " ".join(sorted(scopes))
+    return value
 
 
 def response_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:

@@ -75,14 +75,31 @@ def remove_dot_segments(segments: list[str]) -> list[str]:
     return out
 
 
+# raw path -> normalised path, for paths already seen (bounded: emptied when full)
+_NORMALISED: dict[str, str] = {}
+_NORMALISED_MAX = 4096
+
+
+def _query_ok(query: str) -> bool:
+    """Only visible ASCII (0x21-0x7E) in the query."""
+    return query.isascii() and query.isprintable() and " " not in query
+
+
 def normalise_target(raw_target: str) -> Target:
     """Normalise the raw request target as the client sent it (origin-form only)."""
     path, _, query = raw_target.partition("?")
+    normalised = _NORMALISED.get(path)
+    if normalised is not None:  # the path passed every check below before; the query has not
+        if "#" in query:
+            raise BadTarget("the request target must be an absolute path")
+        if not _query_ok(query):
+            raise BadTarget("the query holds control or non-ASCII characters")
+        return Target(normalised, query)
     if not path.startswith("/") or "#" in raw_target:
         raise BadTarget("the request target must be an absolute path")
     if not set(path) <= _PATH_CHARS:
         raise BadTarget("the path holds characters that must be percent-encoded")
-    if any(ord(c) < 0x21 or ord(c) > 0x7E for c in query):
+    if not _query_ok(query):
         raise BadTarget("the query holds control or non-ASCII characters")
     ends_with_slash = False  # judged on the decoded last segment: "/a/%2e%2e" is "/a/.." (RFC 3986 6.2.2)
     segments = []
@@ -98,6 +115,9 @@ def normalise_target(raw_target: str) -> Target:
     normalised = "/" + "/".join(segments)
     if ends_with_slash and segments:
         normalised += "/"
+    if len(_NORMALISED) >= _NORMALISED_MAX:
+        _NORMALISED.clear()
+    _NORMALISED[path] = normalised
     return Target(normalised, query)
 
 
@@ -173,13 +193,27 @@ class RouteMatch:
     allowed_methods: frozenset[str] = frozenset()  # for 405 when the path matched but not the method
 
 
+_MATCHES_MAX = 4096
+
+
 class RouteTable:
     """Routes in configured order: the first route matching host, path and method wins."""
 
     def __init__(self, routes: Iterable[RouteConfig]) -> None:
         self.routes = [compile_route(r) for r in routes]
+        self._matches: dict[tuple[str, str, str], RouteMatch] = {}  # bounded: emptied when full
 
     def match(self, host: str, method: str, path: str) -> RouteMatch:
+        key = (host, method, path)
+        found = self._matches.get(key)
+        if found is None:
+            found = self._match(host, method, path)
+            if len(self._matches) >= _MATCHES_MAX:
+                self._matches.clear()
+            self._matches[key] = found
+        return found
+
+    def _match(self, host: str, method: str, path: str) -> RouteMatch:
         host = host.rsplit(":", 1)[0].lower() if not host.endswith("]") else host.lower()
         parts = path.strip("/").split("/")
         allowed: set[str] = set()

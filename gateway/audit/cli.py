@@ -79,7 +79,9 @@ def incident_command(
     """The whole story of one token, subject or family; optionally cut it off (--revoke).
 
     Reads plain or gzip JSON lines from FILEs, or stdin:
-    kubectl logs -l app=gateway | gateway incident --jti J
+
+    \b
+        kubectl logs -l app=gateway | gateway incident --jti J
     """
     from .incident import RevokeError, Target, action_record, collect, operator_name, plan_revocation, render_text
 

@@ -147,7 +147,7 @@ class Detector:
         self.webhook_failed = 0
         self.shared: SharedState | None = None
         redis_url = config.revocation.redis_url
-        if redis_url and not config.revocation.cluster:
+        if redis_url and not config.revocation.cluster and config.revocation.sentinel is None:
             self.shared = SharedState(self, redis_url, config.revocation.key_prefix)
         elif config.revocation.sentinel is not None or config.revocation.cluster:
             log.warning("detection state is per replica: sharing it needs revocation.redis_url (not sentinel/cluster)")

@@ -112,12 +112,19 @@ class RedisStore(RevocationStore):
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in self._tasks:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=1.0)
+            if pending and self._feed is not None:
+                # Python < 3.12's asyncio.wait_for (redis-py connects through it) can swallow a
+                # cancellation: closing the feed's sockets ends whatever it waits for
+                with contextlib.suppress(Exception):
+                    await self._feed.aclose()
+                _, pending = await asyncio.wait(pending, timeout=2.0)
+            for task in pending:
+                log.warning("revocation task did not stop", extra={"task": task.get_name()})
         for client in (self._feed, self._redis):
             if client is not None:
                 with contextlib.suppress(Exception):
@@ -146,7 +153,7 @@ class RedisStore(RevocationStore):
 
     async def _follow(self) -> None:
         backoff = 0.05
-        while True:
+        while not self._stopping:
             try:
                 if not self.synced:
                     await self.resync("startup")
@@ -155,7 +162,7 @@ class RedisStore(RevocationStore):
                 self._set_up(True)
                 self._first_attempt.set()
                 backoff = 0.05
-                while True:
+                while not self._stopping:
                     await self._read()
                     if time.monotonic() >= self._next_check:
                         await self._catch_up()

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import heapq
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Generic, TypeVar
-
-from cachetools import TLRUCache
 
 from .. import metrics
 
@@ -18,38 +18,74 @@ class ExpiringCache(Generic[V]):
 
     Keys are SHA-256 fingerprints, never raw tokens, so a memory dump of the cache does
     not hand anyone a usable token.
+
+    It behaves like cachetools' ``TLRUCache`` (expired entries are dropped first, then the
+    least recently used) with a lookup of one dict access and one clock read: ``get``
+    runs on every request that carries a token.
     """
 
     def __init__(self, name: str, maxsize: int, deadline: Callable[[V], float]) -> None:
         self.name = name
         self._enabled = maxsize > 0
-        self._cache: TLRUCache[str, V] = TLRUCache(
-            maxsize=max(maxsize, 1), ttu=lambda _key, value, _now: deadline(value), timer=time.time
-        )
+        self._maxsize = max(maxsize, 1)
+        self._deadline = deadline
+        self._entries: OrderedDict[str, tuple[V, float]] = OrderedDict()  # least recently used first
+        self._expiries: list[tuple[float, str]] = []  # a heap of (deadline, key); stale pairs are skipped
         self._hit = metrics.TOKEN_CACHE.labels(name, "hit")
         self._miss = metrics.TOKEN_CACHE.labels(name, "miss")
 
     def get(self, key: str) -> V | None:
-        value = self._cache.get(key) if self._enabled else None
-        (self._miss if value is None else self._hit).inc()
-        return value
+        entry = self._entries.get(key)
+        if entry is not None:
+            if time.time() < entry[1]:
+                self._entries.move_to_end(key)
+                self._hit.inc()
+                return entry[0]
+            del self._entries[key]
+        self._miss.inc()
+        return None
 
     def put(self, key: str, value: V) -> None:
-        if self._enabled:
-            self._cache[key] = value  # cachetools drops it at once when its deadline has passed
+        if not self._enabled:
+            return
+        now = time.time()
+        self._expire(now)
+        expires = self._deadline(value)
+        entries = self._entries
+        if not now < expires:  # its deadline has passed: never stored, and an older entry goes too
+            entries.pop(key, None)
+            return
+        if key in entries:
+            entries.move_to_end(key)
+        entries[key] = (value, expires)
+        heapq.heappush(self._expiries, (expires, key))
+        while len(entries) > self._maxsize:
+            entries.popitem(last=False)
+        if len(self._expiries) > 2 * len(entries) + 1024:  # too many stale pairs: rebuild the heap
+            self._expiries = [(deadline, k) for k, (_, deadline) in entries.items()]
+            heapq.heapify(self._expiries)
+
+    def _expire(self, now: float) -> None:
+        expiries, entries = self._expiries, self._entries
+        while expiries and not now < expiries[0][0]:
+            deadline, key = heapq.heappop(expiries)
+            entry = entries.get(key)
+            if entry is not None and entry[1] == deadline:
+                del entries[key]
 
     def discard(self, key: str) -> None:
-        self._cache.pop(key, None)
+        self._entries.pop(key, None)
 
     def discard_where(self, predicate: Callable[[V], bool]) -> int:
         """Drop every entry matching ``predicate`` (a revocation of a family, subject or client)."""
-        doomed = [key for key, value in list(self._cache.items()) if predicate(value)]
+        doomed = [key for key, (value, _) in list(self._entries.items()) if predicate(value)]
         for key in doomed:
-            self._cache.pop(key, None)
+            self._entries.pop(key, None)
         return len(doomed)
 
     def clear(self) -> None:
-        self._cache.clear()
+        self._entries.clear()
+        self._expiries.clear()
 
     def __len__(self) -> int:
-        return len(self._cache)
+        return len(self._entries)
