@@ -225,6 +225,12 @@ class DetectionConfig(_Model):
     on_detect: list[Literal["audit", "metric", "revoke_family", "webhook"]] = ["audit", "metric"]
     webhook_url: HttpUrl | None = None
 
+    @model_validator(mode="after")
+    def _webhook_needs_url(self) -> DetectionConfig:
+        if "webhook" in self.on_detect and self.webhook_url is None:
+            raise ValueError("on_detect: webhook needs webhook_url")
+        return self
+
 
 class AdminAuthConfig(_Model):
     """Who may call the admin revocation endpoints."""

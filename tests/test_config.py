@@ -291,3 +291,9 @@ def test_a_file_that_is_not_utf8_is_named_with_its_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert caught.value.problems == [f"{path}:2: the file is not valid UTF-8"]
+
+
+def test_detection_webhook_needs_a_url() -> None:
+    text = MINIMAL + "detection:\n  on_detect: [audit, webhook]\n"
+    problems = problems_of(text)
+    assert len(problems) == 1 and problems[0].endswith("detection: on_detect: webhook needs webhook_url")

@@ -158,15 +158,12 @@ class Detector:
         settings = self.settings
         if settings.geoip_database:
             self._open_geoip(settings.geoip_database)
-        if "webhook" in self.on_detect:
-            if settings.webhook_url:
-                self._webhook_queue = asyncio.Queue(WEBHOOK_QUEUE)
-                self._session = aiohttp.ClientSession(
-                    timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT), cookie_jar=aiohttp.DummyCookieJar(),
-                )
-                self._spawn(self._webhook_worker(), "detection-webhook")
-            else:
-                log.warning("detection on_detect lists webhook but webhook_url is not set: no notices are sent")
+        if "webhook" in self.on_detect and settings.webhook_url:  # the config refuses webhook without a URL
+            self._webhook_queue = asyncio.Queue(WEBHOOK_QUEUE)
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT), cookie_jar=aiohttp.DummyCookieJar(),
+            )
+            self._spawn(self._webhook_worker(), "detection-webhook")
         if self.shared is not None:
             await self.shared.start()
         log.info("detection on", extra={
