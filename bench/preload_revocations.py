@@ -1,29 +1,22 @@
-"""Bench only: run ``gateway serve`` with N entries already in the in-memory revocation list.
+"""Bench only: start ``gateway serve`` with N entries already in the in-memory revocation list.
 
-The configuration has no Redis, so the list lives in the gateway's process. This wrapper
-fills it before the gateway starts serving, through the same ``RevocationList.add`` the
-revocation endpoints use, then hands over to the ordinary CLI. It also writes how much
-resident memory the entries took (``--report FILE``, JSON) so the benchmark can state the
-memory per entry.
-
-    python bench/preload_revocations.py --entries 1000000 --probe-jti bench-revoked \
-        --report mem.json -- serve --config gateway.yaml
+The benchmark's configuration has no Redis, so the list lives in each gateway process
+(each worker). ``bench/run.py`` writes a ``sitecustomize.py`` that imports this module
+and calls ``install_from_env()`` in every Python process it starts with
+``BENCH_REVOCATIONS`` set: the gateway's own processes, workers included (they are fresh
+interpreters). The entries go in through ``RevocationList.add``, as the revocation
+endpoints put them, before the gateway serves; each process writes how much resident
+memory they took to ``$BENCH_REVOCATIONS_REPORT.<pid>`` (JSON).
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
 import hashlib
 import json
-import sys
+import os
 import time
 from pathlib import Path
-
-from gateway import cli, runtime
-from gateway.config import RevocationConfig
-from gateway.revocation.entries import Entry, Kind
-from gateway.revocation.store import RevocationStore
 
 
 def rss_bytes() -> int:
@@ -33,12 +26,14 @@ def rss_bytes() -> int:
     return 0
 
 
-def fill(store: RevocationStore, entries: int, probe_jti: str) -> None:
+def fill(add: object, entries: int, probe_jti: str) -> None:
     """``entries`` live entries: 70% tokens (jti and fingerprints), 10% each families, subjects, clients."""
+    from gateway.revocation.entries import Entry, Kind
+
+    assert callable(add)
     expires = time.time() + 7 * 86400
     now = time.time()
     kinds = [Kind.TOKEN] * 7 + [Kind.FAMILY, Kind.SUBJECT, Kind.CLIENT]
-    add = store.list.add
     add(Entry(Kind.TOKEN, probe_jti, expires))
     for i in range(1, entries):
         kind = kinds[i % 10]
@@ -49,36 +44,33 @@ def fill(store: RevocationStore, entries: int, probe_jti: str) -> None:
         add(Entry(kind, value, expires, not_before=now if kind in (Kind.SUBJECT, Kind.CLIENT) else None))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--entries", type=int, default=1_000_000)
-    parser.add_argument("--probe-jti", default="bench-revoked")
-    parser.add_argument("--report", type=Path)
-    parser.add_argument("cli_args", nargs=argparse.REMAINDER, help="-- then the gateway CLI arguments")
-    args = parser.parse_args()
-    cli_args = args.cli_args[1:] if args.cli_args[:1] == ["--"] else args.cli_args
-    original = runtime.build_store
+def install(entries: int, probe_jti: str, report: str | None) -> None:
+    """Make ``build_store`` return stores that already hold ``entries`` entries."""
+    from gateway.revocation import store as store_module
 
-    def build_store(config: RevocationConfig) -> RevocationStore:
+    original = store_module.build_store
+
+    def build_store(config):  # type: ignore[no-untyped-def]
         store = original(config)
         gc.collect()
         before = rss_bytes()
         started = time.monotonic()
-        fill(store, args.entries, args.probe_jti)
+        fill(store.list.add, entries, probe_jti)
         gc.collect()
         after = rss_bytes()
-        if args.report is not None:
-            args.report.write_text(json.dumps({
+        if report:
+            Path(f"{report}.{os.getpid()}").write_text(json.dumps({
                 "entries": len(store.list), "rss_before": before, "rss_after": after,
                 "bytes_per_entry": (after - before) / max(len(store.list), 1),
                 "fill_seconds": time.monotonic() - started,
             }))
         return store
 
-    runtime.build_store = build_store  # type: ignore[assignment]  # Gateway.__init__ looks it up here
-    sys.argv = ["gateway", *cli_args]
-    cli.main()
+    store_module.build_store = build_store  # gateway.runtime imports it from here, after this runs
 
 
-if __name__ == "__main__":
-    main()
+def install_from_env() -> None:
+    count = os.environ.get("BENCH_REVOCATIONS")
+    if count:
+        install(int(count), os.environ.get("BENCH_REVOCATIONS_PROBE", "bench-revoked"),
+                os.environ.get("BENCH_REVOCATIONS_REPORT"))

@@ -323,6 +323,24 @@ async def test_redis_down_longer_than_max_staleness_fails_closed_with_503(
         assert resp.status == 200
 
 
+async def test_redis_unreachable_at_start_means_not_ready_and_503_until_it_is_back(
+    make_gateway, issuer, http, prefix, relay, admin_secret
+):
+    await relay.cut()
+    b = await make_gateway(revocation=revocation(f"redis://127.0.0.1:{relay.port}/0", prefix))
+    tok = issuer.mint()
+    assert await status(http, b, tok) == 503
+    async with http.get(f"{b.admin_url}/readyz") as resp:
+        assert resp.status == 503
+    async with http.post(f"{b.admin_url}/revocation/entries", json={"jti": "not-written"},
+                         headers=bearer(admin_secret)) as resp:
+        assert resp.status == 503  # the caller learns the revocation did not reach Redis, and retries
+        assert resp.headers["Retry-After"]
+    await relay.restore()
+    await wait_status(http, b, tok, 200, within=3.0)
+    assert metric("gateway_revocation_resyncs_total", cause="startup") > 0
+
+
 # --- schema in Redis ---------------------------------------------------------------------------------
 
 

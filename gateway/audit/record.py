@@ -15,7 +15,6 @@ from ..decision import Decision
 from ..policy import required_scopes
 from ..tokens.token import short_fingerprint
 
-
 _SECOND: tuple[int, str] = (0, "1970-01-01T00:00:00")  # the last whole second formatted, reused within it
 
 

@@ -44,6 +44,7 @@ log = logging.getLogger("gateway.revocation")
 SCAN_BATCH = 1000
 READ_BATCH = 1000
 SWEEP_INTERVAL = 30.0
+WRITE_TIMEOUT = 5.0  # an admin call gets its answer (503 when Redis is away) within this
 
 
 class RedisStore(RevocationStore):
@@ -141,7 +142,8 @@ class RedisStore(RevocationStore):
         if self._redis is None:
             raise RevocationWriteError("the Redis revocation store is not started")
         try:
-            await write_entry(self._redis, self.schema, entry, self.stream_maxlen)
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                await write_entry(self._redis, self.schema, entry, self.stream_maxlen)
         except RevocationWriteError:
             metrics.REVOCATION_REDIS_ERRORS.inc()
             raise

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+from .. import metrics
 from ..config import RevocationConfig
 from ..reasons import Reason
 from ..tokens.token import ValidatedToken
@@ -35,6 +36,7 @@ class RevocationStore:
 
     def apply(self, entry: Entry) -> None:
         self.list.add(entry)
+        metrics.REVOCATION_ENTRIES.set(len(self.list))
         for listener in self._listeners:
             listener(entry)
 
