@@ -297,3 +297,21 @@ def test_cli_without_redis_exits_2_and_says_why(tmp_path):
     assert "in its own memory" in result.output and "--admin-url" in result.output
     both = CliRunner().invoke(cli_main, ["revoke", "--config", str(config), "--jti", "j1", "--family", "f"])
     assert both.exit_code == 1
+
+
+async def test_the_memory_store_sweeps_expired_entries_in_the_background() -> None:
+    import asyncio
+    import time
+
+    from gateway.revocation import Entry, Kind, MemoryStore
+
+    store = MemoryStore(sweep_interval=0.05)
+    await store.start()
+    try:
+        await store.revoke(Entry(Kind.FAMILY, "gone-soon", expires_at=time.time() + 0.1))
+        await store.revoke(Entry(Kind.FAMILY, "stays", expires_at=time.time() + 60))
+        assert len(store.list) == 2
+        await asyncio.sleep(0.3)
+        assert len(store.list) == 1
+    finally:
+        await store.stop()

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -58,13 +60,37 @@ class RevocationStore:
 
 
 class MemoryStore(RevocationStore):
-    """A list for a single instance; revocations are lost on restart."""
+    """A list for a single instance; revocations are lost on restart.
+
+    Expired entries stop matching at once; a background sweep also frees their memory.
+    """
+
+    def __init__(self, family_claim: str = "sid", sweep_interval: float = 30.0) -> None:
+        super().__init__(family_claim)
+        self._sweep_interval = sweep_interval
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="revocation-sweep")
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_interval)
+            if self.list.sweep():
+                metrics.REVOCATION_ENTRIES.set(len(self.list))
 
 
 def build_store(config: RevocationConfig) -> RevocationStore:
     """The store the configuration asks for: Redis when a URL or Sentinel is given, else memory."""
     if config.redis_url is None and config.sentinel is None:
-        return MemoryStore(config.family_claim)
+        return MemoryStore(config.family_claim, config.resync_interval)
     from .redis_store import RedisStore  # redis is only imported when it is used
 
     return RedisStore(config)
