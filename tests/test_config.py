@@ -96,8 +96,12 @@ def test_the_issue_contract_loads_as_written() -> None:
     assert (config.audit.sink, config.audit.path) == ("file", "/var/log/gateway/audit.jsonl")
 
 
-@pytest.mark.parametrize("path", ["config/gateway.example.yaml", "gateway/demo.yaml", "config/demo.yaml"])
-def test_shipped_configurations_load(path: str) -> None:
+@pytest.mark.parametrize(
+    "path", ["config/gateway.example.yaml", "config/gateway.full.yaml", "gateway/demo.yaml", "config/demo.yaml"]
+)
+def test_shipped_configurations_load(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INTROSPECTION_SECRET", "s3cret")
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
     if not (ROOT / path).exists():
         pytest.skip(f"{path} is not in this checkout")
     assert isinstance(load_config(ROOT / path), GatewayConfig)
