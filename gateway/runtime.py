@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,9 +25,11 @@ from .audit.writer import AuditWriter
 from .config import HTTP_METHODS, GatewayConfig
 from .decision import Decider, Decision
 from .proxy import Upstreams
-from .revocation.entries import Entry
+from .revocation.entries import Entry, Kind
 from .revocation.store import RevocationStore, build_store
 from .routing import RouteTable
+from .tokens.cache import ExpiringCache
+from .tokens.token import ValidatedToken
 from .tokens.validator import TokenValidator
 
 log = logging.getLogger("gateway")
@@ -102,6 +105,8 @@ class Gateway:
         self.detector: Detector | None = None
         self.draining = False
         self._retiring: set[asyncio.Task[None]] = set()
+        self._pending_purges: list[Callable[[ValidatedToken], bool]] = []
+        self._purger: asyncio.Task[None] | None = None
         self.revocation.on_revoke(self._drop_cached)
         from .audit.detection import Detector as LiveDetector
         from .audit.detection import detection_enabled
@@ -121,9 +126,10 @@ class Gateway:
             await self.detector.start()
 
     async def stop(self) -> None:
-        for task in self._retiring:
+        tasks = [*self._retiring, *([self._purger] if self._purger is not None else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._retiring, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self.detector is not None:
             await self.detector.stop()
         if self.pipeline is not None:
@@ -160,12 +166,35 @@ class Gateway:
             "revocation_synced": self.revocation.ready,
         }
 
+    def _token_caches(self) -> list[ExpiringCache[Any]]:
+        if self.pipeline is None:
+            return []
+        validator = self.pipeline.validator
+        return [validator.cache, *(i.cache for i in validator.introspectors.values())]
+
     def _drop_cached(self, entry: Entry) -> None:
-        if self.pipeline is not None:
-            matches = self.revocation.list.matcher_for(entry)
-            self.pipeline.validator.cache.discard_where(matches)
-            for introspector in self.pipeline.validator.introspectors.values():
-                introspector.cache.discard_where(matches)
+        """Evict cached tokens a revocation matches (the per-request check denies them regardless)."""
+        if entry.kind is Kind.TOKEN and len(entry.value) == 64:  # a full fingerprint is the cache key
+            for cache in self._token_caches():
+                cache.discard(entry.value)
+            return
+        self._pending_purges.append(self.revocation.list.matcher_for(entry))
+        if self._purger is None or self._purger.done():
+            try:
+                self._purger = asyncio.get_running_loop().create_task(self._purge_caches(), name="cache-purge")
+            except RuntimeError:  # no event loop (a synchronous caller): nothing is being served either
+                self._pending_purges.clear()
+
+    async def _purge_caches(self) -> None:
+        # one pass over the caches serves every revocation that arrived meanwhile
+        while self._pending_purges:
+            matchers, self._pending_purges = self._pending_purges, []
+
+            def revoked(token: ValidatedToken, matchers: list[Callable[[ValidatedToken], bool]] = matchers) -> bool:
+                return any(match(token) for match in matchers)
+
+            for cache in self._token_caches():
+                await cache.discard_where(revoked)
 
     def record(self, exchange: Exchange, decision: Decision) -> None:
         """Write the audit record and count the metrics of one finished request."""

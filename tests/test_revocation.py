@@ -315,3 +315,46 @@ async def test_the_memory_store_sweeps_expired_entries_in_the_background() -> No
         assert len(store.list) == 1
     finally:
         await store.stop()
+
+
+async def test_revocations_evict_cached_tokens_without_stalling_the_loop(make_gateway, issuer, http):
+    import asyncio
+    import time
+
+    from gateway.revocation import Entry, Kind
+    from gateway.tokens.token import ValidatedToken, fingerprint
+
+    gw = await make_gateway()
+    cache = gw.gateway.pipeline.validator.cache
+    family_token, lone_token = issuer.mint(sid="fam-1"), issuer.mint(sid="fam-2")
+    for token in (family_token, lone_token):
+        async with http.get(f"{gw.url}/orders", headers={"Authorization": f"Bearer {token}"}) as resp:
+            assert resp.status == 200
+    filler = ValidatedToken("x", "s", "c", frozenset(), time.time() + 600, "f")
+    for n in range(50_000):
+        cache.put(f"filler-{n}", filler)
+
+    # a full fingerprint is the cache key: evicted at once
+    await gw.gateway.revocation.revoke(Entry(Kind.TOKEN, fingerprint(lone_token), time.time() + 600))
+    assert cache.get(fingerprint(lone_token)) is None
+
+    # a family is found by a background scan that yields to the loop between chunks
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    counting = asyncio.create_task(ticker())
+    await gw.gateway.revocation.revoke(Entry(Kind.FAMILY, "fam-1", time.time() + 600))
+    assert cache.get(fingerprint(family_token)) is not None  # not scanned synchronously
+    for _ in range(200):
+        if cache.get(fingerprint(family_token)) is None:
+            break
+        await asyncio.sleep(0.01)
+    counting.cancel()
+    assert cache.get(fingerprint(family_token)) is None
+    assert ticks > 5
+    assert len(cache) == 50_000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import time
 from collections import OrderedDict
@@ -76,12 +77,22 @@ class ExpiringCache(Generic[V]):
     def discard(self, key: str) -> None:
         self._entries.pop(key, None)
 
-    def discard_where(self, predicate: Callable[[V], bool]) -> int:
-        """Drop every entry matching ``predicate`` (a revocation of a family, subject or client)."""
-        doomed = [key for key, (value, _) in list(self._entries.items()) if predicate(value)]
-        for key in doomed:
-            self._entries.pop(key, None)
-        return len(doomed)
+    async def discard_where(self, predicate: Callable[[V], bool], chunk: int = 2000) -> int:
+        """Drop every entry matching ``predicate`` (a revocation of a family, subject or client).
+
+        Checked ``chunk`` entries at a time, yielding to the event loop in between, so a purge
+        of a large cache never stalls the requests being served meanwhile.
+        """
+        keys = list(self._entries)
+        dropped = 0
+        for start in range(0, len(keys), chunk):
+            for key in keys[start : start + chunk]:
+                entry = self._entries.get(key)
+                if entry is not None and predicate(entry[0]):
+                    del self._entries[key]
+                    dropped += 1
+            await asyncio.sleep(0)
+        return dropped
 
     def clear(self) -> None:
         self._entries.clear()
