@@ -29,5 +29,6 @@ lint: deps
 	$(BIN)/ruff check gateway tests bench
 	$(BIN)/mypy
 
+# the benchmark (BENCHMARKS.md); flags through BENCH_ARGS, e.g. make bench BENCH_ARGS="--rounds 3 --no-apache"
 bench: deps
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)

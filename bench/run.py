@@ -9,7 +9,7 @@ Starts, all on 127.0.0.1 and all in one temporary directory:
 then runs wrk at fixed connections and duration, alternating the targets over several
 rounds, and reports medians over rounds and ratios taken within each round.
 
-    .venv/bin/python bench/run.py [--rounds 3] [--duration 5] [--connections 50] ...
+    .venv/bin/python bench/run.py [--rounds 5] [--duration 3] [--connections 50] ...
 
 This is a script, never a test: the machines are shared and noisy, so read the ratios.
 """
@@ -345,9 +345,11 @@ end
 """
 
 
-def static_script(path: Path, token: str | None) -> Path:
+def static_script(path: Path, token: str | None, delay_ms: float = 0) -> Path:
+    """Every request with the same header; with ``delay_ms``, each connection waits that long between requests."""
     header = f'wrk.headers["Authorization"] = "Bearer {token}"\n' if token else ""
-    path.write_text(header + _DONE)
+    pace = f"delay = function() return {delay_ms:g} end\n" if delay_ms else ""
+    path.write_text(header + pace + _DONE)
     return path
 
 
@@ -422,6 +424,7 @@ class Target:
     service: Service
     connections: int
     warm: bool = True
+    warmup: int | None = None  # seconds of unmeasured load first (default: --warmup)
 
 
 @dataclass
@@ -521,9 +524,9 @@ async def _run_bench(bench: Bench, issuer: DemoIssuer) -> None:
     scripts.mkdir()
     targets: list[Target] = [
         Target("direct", "1 upstream direct (nginx)", f"http://127.0.0.1:{upstream_port}/orders",
-               static_script(scripts / "plain.lua", None), nginx, args.connections),
+               static_script(scripts / "rs256.lua", rs_token), nginx, args.connections),
         Target("none", "2 gateway, `auth: none` route", f"{gw_base}/open",
-               static_script(scripts / "plain.lua", None), gw, args.connections),
+               static_script(scripts / "rs256.lua", rs_token), gw, args.connections),
         Target("rs256", "3a gateway, JWT RS256 hot token", f"{gw_base}/orders",
                static_script(scripts / "rs256.lua", rs_token), gw, args.connections),
         Target("es256", "3b gateway, JWT ES256 hot token", f"{gw_base}/orders",
@@ -531,14 +534,21 @@ async def _run_bench(bench: Bench, issuer: DemoIssuer) -> None:
     ]
 
     if wanted("rotate"):
-        say(f"minting {args.tokens} x {args.rounds} RS256 tokens (a fresh set each round)")
-        token_sets = []
+        say(f"minting {args.tokens:,} RS256 tokens for the warm rotation")
+        warm_file = tmp / "tokens-warm.txt"
+        warm_file.write_text("\n".join(mint_many(issuer, args.tokens)) + "\n")
+        targets.append(Target("rotate", f"4a gateway, JWT rotating over {args.tokens:,} tokens, warm cache",
+                              f"{gw_base}/orders", rotating_script(scripts / "rotate.lua", warm_file, "/orders"), gw,
+                              args.connections, warmup=args.rotate_warmup))
+    if wanted("cold") and args.cold:
+        say(f"minting {args.tokens:,} x {args.rounds} RS256 tokens for the first-use rows (a fresh set each round)")
+        cold_sets = []
         for r in range(args.rounds):
-            token_file = tmp / f"tokens-{r}.txt"
+            token_file = tmp / f"tokens-cold-{r}.txt"
             token_file.write_text("\n".join(mint_many(issuer, args.tokens)) + "\n")
-            token_sets.append(rotating_script(scripts / f"rotate-{r}.lua", token_file, "/orders"))
-        targets.append(Target("rotate", f"4 gateway, JWT rotating over {args.tokens:,} tokens", f"{gw_base}/orders",
-                              lambda r: token_sets[r], gw, args.connections, warm=False))
+            cold_sets.append(rotating_script(scripts / f"cold-{r}.lua", token_file, "/orders"))
+        targets.append(Target("cold", f"4b gateway, JWT rotating over {args.tokens:,} tokens never seen before",
+                              f"{gw_base}/orders", lambda r: cold_sets[r], gw, args.connections, warm=False))
 
     if introspection and wanted("opaque"):
         opaque = issuer.mint_opaque(scope=SCOPE, ttl=3600)
@@ -564,8 +574,9 @@ async def _run_bench(bench: Bench, issuer: DemoIssuer) -> None:
         say(f"loading {args.revoked:,} revocation entries into each gateway process")
         await wait_http(admin_url(rv_config) + "/readyz", rv, timeout=180, ok=lambda s: s == 200)
         deadline = time.monotonic() + 180
-        while len(list(tmp.glob("revoked-memory.json.*"))) < workers and time.monotonic() < deadline:
-            await asyncio.sleep(0.5)  # every worker loads its own copy; the first ready one answers /readyz
+        # every worker loads its own copy; the first one ready answers /readyz
+        while len(list(tmp.glob("revoked-memory.json.*"))) < workers and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.5)
         await asyncio.sleep(2)
         rv_base = f"http://127.0.0.1:{rv_port}"
         await check(f"{rv_base}/orders", rs_token, 200, "JWT route with 1M revocations")
@@ -600,22 +611,26 @@ async def _run_bench(bench: Bench, issuer: DemoIssuer) -> None:
                                "libapache2-mod-auth-openidc`): compared against nginx only.")
 
     targets = [t for t in targets if wanted(t.key)]
+    # moderate load: few connections, each pausing between requests, so no server runs at capacity
+    paced = static_script(scripts / "paced.lua", rs_token, args.low_delay)
     moderate = [
-        Target(f"{t.key}@{args.low_connections}", t.label, t.url, t.script, t.service, args.low_connections)
+        Target(f"{t.key}@{args.low_connections}", t.label, t.url, paced, t.service, args.low_connections)
         for t in targets if t.key in ("direct", "none", "rs256", "apache")
     ] if args.low_connections else []
 
     processes = len(process_tree(gw.pid))
-    bench.extra["gateway_processes"] = (f"{processes} (a supervisor and {processes - 1} workers)" if processes > 1
-                                        else "1")
+    bench.extra["gateway_processes"] = (f"{processes} processes (a supervisor and {processes - 1} workers)"
+                                        if processes > 1 else "1 process")
     bench.extra["workers"] = workers
-    say(f"gateway: {processes} process(es); targets: {', '.join(t.key for t in targets)}")
+    say(f"gateway: {bench.extra['gateway_processes']}; targets: {', '.join(t.key for t in targets)}")
 
-    if args.warmup > 0:
+    if args.warmup > 0 or args.rotate_warmup > 0:
         for target in targets + moderate:
             if target.warm:
                 script = target.script(0) if callable(target.script) else target.script
-                await wrk(target.url, script, target.connections, args.threads, args.warmup, None)
+                seconds = target.warmup or args.warmup
+                if seconds > 0:
+                    await wrk(target.url, script, target.connections, args.threads, seconds, None)
 
     all_targets = targets + moderate
     profile_task: asyncio.Task[None] | None = None
@@ -705,7 +720,7 @@ def _version(argv: list[str]) -> str:
     except (OSError, subprocess.TimeoutExpired):
         return "not installed"
     text = (out.stdout + out.stderr).strip().splitlines()
-    return re.sub(r"\s+", " ", text[0]) if text else "unknown"
+    return re.sub(r"\s+", " ", text[0]).split(" Copyright")[0] if text else "unknown"
 
 
 def report(bench: Bench, command: str, seconds: float) -> str:
@@ -718,10 +733,11 @@ def report(bench: Bench, command: str, seconds: float) -> str:
         f"{m['wrk']}; {m['nginx']}; {m['apache']}; mod_auth_openidc {m['mod_auth_openidc']}  ",
         f"Command: `{command}` ({seconds:.0f} s)  ",
         f"Load: wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s per row "
-        f"(and -c{args.low_connections} -d{args.low_duration:g}s for the moderate-load rows), {args.rounds} rounds, "
+        f"(moderate-load rows: -c{args.low_connections} -d{args.low_duration:g}s, each connection pausing "
+        f"{args.low_delay:g} ms between requests), {args.rounds} rounds, "
         f"targets alternating; medians over rounds; ratios taken within each round, then the median.  ",
-        f"Gateway: `gateway serve`, {bench.extra.get('gateway_processes', '?')} process(es) "
-        f"(workers: {bench.extra.get('workers', '?')}), uvloop, audit to a file, metrics on, log level warning; "
+        f"Gateway: `gateway serve`, {bench.extra.get('gateway_processes', '?')} "
+        f"(`workers: {bench.extra.get('workers', '?')}`), uvloop, audit to a file, metrics on, log level warning; "
         f"upstream nginx `return 200` ({len(UPSTREAM_BODY)}-byte body), 1 worker process.",
         "",
         "| row | req/s | x row 2 | p50 ms | p99 ms | CPU us/req | CPU x row 2 | errors |",
@@ -735,7 +751,8 @@ def report(bench: Bench, command: str, seconds: float) -> str:
         if not runs:
             continue
         base_key = "none" if "@" not in key else f"none@{args.low_connections}"
-        label = labels.get(key) or f"{labels.get(key.split('@')[0], key)} at {args.low_connections} connections"
+        label = labels.get(key) or (f"{labels.get(key.split('@')[0], key)}, moderate load "
+                                    f"({args.low_connections} connections, {args.low_delay:g} ms pauses)")
         cpu = [r.cpu_us for r in runs if r.cpu_us is not None]
         lines.append(
             f"| {label} | {fmt(median([r.rps for r in runs]))} "
@@ -748,7 +765,9 @@ def report(bench: Bench, command: str, seconds: float) -> str:
         lines.append("| 5 gateway, opaque token, warm introspection cache | n/a | | | | | | |")
     lines.append("")
     lines.append("CPU us/req is utime+stime of the serving processes (the gateway and its children; nginx's for row 1; "
-                 "Apache's for row A) per request, i.e. ms per 1,000 requests.")
+                 "Apache's for row A) per request, i.e. ms per 1,000 requests. Rows 1, 2, 3a, 6 and A send the same "
+                 "RS256 token in `Authorization` (row 2 forwards it untouched), so row 2 is the proxy alone on the "
+                 "same bytes. Errors are socket errors plus non-2xx answers.")
     lines += ["", "Targets (issue 8):", ""]
     lines += targets_section(bench)
     mem = bench.extra.get("revoked_memory")
@@ -792,8 +811,21 @@ def targets_section(bench: Bench) -> list[str]:
     if es_none is not None:
         out.append(f"  (ES256: {es_none:.2f}x)")
     rot = med(ratios(bench, "rotate", "rs256", "rps"))
-    out.append(f"- {args.tokens:,} distinct tokens vs hot token: {fmt(rot, '.2f', 'x')} (target >= 0.6x): "
+    cold = bench.runs.get("cold", [])
+    hot = bench.runs.get("rs256", [])
+    if cold and hot:  # the extra CPU of a run of fresh tokens, per token and worker verifying it
+        workers = int(bench.extra.get("workers", 1))
+        extra = [(c.cpu_us - h.cpu_us) * c.requests / min(c.requests, args.tokens * workers)
+                 for c, h in zip(cold, hot, strict=False) if c.cpu_us is not None and h.cpu_us is not None]
+        if extra:
+            bench.extra["first_use_cpu_us"] = med(extra)
+    out.append(f"- {args.tokens:,} distinct tokens (warm cache) vs hot token: {fmt(rot, '.2f', 'x')} (target >= 0.6x): "
                f"{verdict(None if rot is None else rot >= 0.6)}")
+    if "first_use_cpu_us" in bench.extra:
+        cold_rot = med(ratios(bench, "cold", "rs256", "rps"))
+        out.append(f"  (tokens never seen before, row 4b: {fmt(cold_rot, '.2f', 'x')}; a first use costs about "
+                   f"{bench.extra['first_use_cpu_us']:.0f} us of CPU in each worker that sees it: the RS256 "
+                   "verification)")
     op_rps = med(ratios(bench, "opaque", "rs256", "rps"))
     op_cpu = med(ratios(bench, "opaque", "rs256", "cpu_us"))
     out.append(f"- Opaque token, warm cache vs JWT hot: {fmt(op_rps, '.2f', 'x')} throughput, "
@@ -812,7 +844,8 @@ def targets_section(bench: Bench) -> list[str]:
     jwt_low = bench.runs.get(f"rs256@{low}", [])
     if direct and jwt_low:
         added = [a.p50_ms - b.p50_ms for a, b in zip(jwt_low, direct, strict=False)]
-        out.append(f"- Added p50 latency over the direct upstream at {low} connections (JWT route): "
+        out.append(f"- Added p50 latency over the direct upstream at moderate load ({low} connections, "
+                   f"{args.low_delay:g} ms pauses; JWT route): "
                    f"{med(added):.2f} ms (target < 1 ms): {verdict(med(added) < 1)}")  # type: ignore[operator]
     p99 = med([r.p99_ms for r in bench.runs.get("rs256", [])])
     ap99 = med([r.p99_ms for r in bench.runs.get("apache", [])])
@@ -826,21 +859,26 @@ def targets_section(bench: Bench) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds over all targets (medians)")
-    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run (whole seconds)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds over all targets (medians)")
+    parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run (whole seconds)")
     parser.add_argument("--connections", type=int, default=50, help="wrk connections for the main rows")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--low-connections", type=int, default=10,
                         help="connections of the moderate-load latency rows (0: skip them)")
-    parser.add_argument("--low-duration", type=int, default=3)
+    parser.add_argument("--low-duration", type=int, default=2)
+    parser.add_argument("--low-delay", type=float, default=5.0,
+                        help="ms each connection of the moderate-load rows waits between requests")
     parser.add_argument("--warmup", type=int, default=1, help="seconds of unmeasured load per target first (0: none)")
     parser.add_argument("--pause", type=float, default=0.3, help="seconds between runs")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="gateway worker processes")
-    parser.add_argument("--tokens", type=int, default=10_000, help="distinct tokens of row 4")
+    parser.add_argument("--tokens", type=int, default=10_000, help="distinct tokens of rows 4a and 4b")
+    parser.add_argument("--rotate-warmup", type=int, default=8,
+                        help="seconds of rotation before row 4a is measured: every worker verifies every token once")
+    parser.add_argument("--no-cold", dest="cold", action="store_false", help="skip row 4b (fresh tokens each round)")
     parser.add_argument("--revoked", type=int, default=1_000_000, help="revocation entries of row 6 (0: skip)")
     parser.add_argument("--no-apache", dest="apache", action="store_false", help="skip Apache + mod_auth_openidc")
-    parser.add_argument("--rows", default="", help="only these rows: direct,none,rs256,es256,rotate,opaque,revoked,"
-                        "apache (row 2 always runs)")
+    parser.add_argument("--rows", default="", help="only these rows: direct,none,rs256,es256,rotate,cold,opaque,"
+                        "revoked,apache (row 2 always runs)")
     parser.add_argument("--profile", action="store_true", help="py-spy the gateway during the first RS256 run")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "latest.md")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory (configs, logs)")
@@ -848,9 +886,11 @@ def main() -> None:
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed: apt-get install -y wrk nginx")
-    command = "make bench" if os.environ.get("MAKELEVEL") else " ".join(
-        [".venv/bin/python bench/run.py", *sys.argv[1:]]
-    )
+    flags = " ".join(sys.argv[1:])
+    if os.environ.get("MAKELEVEL"):
+        command = f'make bench BENCH_ARGS="{flags}"' if flags else "make bench"
+    else:
+        command = " ".join([".venv/bin/python bench/run.py", *sys.argv[1:]])
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="tokengate-bench-"))
     os.chmod(tmp, 0o755)

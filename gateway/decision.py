@@ -57,6 +57,9 @@ def bearer_token(facts: RequestFacts, target: Target, route: Route) -> str | Rea
         if query_token is not None:
             return Reason.MALFORMED_AUTHORIZATION  # RFC 6750 section 2: one method per request
         value = facts.authorization[0]
+        token = _plain_bearer(value)
+        if token is not None:
+            return token
         match = _BEARER.match(value)
         if match:
             return match.group(1)
@@ -66,6 +69,25 @@ def bearer_token(facts: RequestFacts, target: Target, route: Route) -> str | Rea
     if query_token is not None:
         return query_token if route.allow_query_token else Reason.TOKEN_IN_QUERY
     return Reason.MISSING_TOKEN
+
+
+def _plain_bearer(value: str) -> str | None:
+    """The token of the usual ``Bearer <b64token>`` (one space, nothing after), else None.
+
+    What ``_BEARER`` would find, without running the regex over a token of a kilobyte;
+    anything else (more spaces, other cases of the scheme) is left to the regex.
+    """
+    if value[:7] not in _SCHEMES or not value.isascii():
+        return None
+    token = value[7:]
+    body = token.rstrip("=")
+    if not body or body.encode().translate(None, _B64TOKEN):
+        return None
+    return token
+
+
+_SCHEMES = frozenset({"Bearer ", "bearer ", "BEARER "})
+_B64TOKEN = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/"
 
 
 def _query_token(query: str) -> str | None:

@@ -259,8 +259,13 @@ async def forward(
 async def _relay(
     request: web.BaseRequest, upstream_response: aiohttp.ClientResponse, exchange: Exchange
 ) -> web.StreamResponse:
-    headers = response_headers(upstream_response.headers)
-    headers["X-Request-Id"] = exchange.request_id
+    # a list: web.Response copies it into its own CIMultiDict, no need to build one first
+    dropped = hop_by_hop(upstream_response.headers)
+    headers = [
+        (name, value) for name, value in upstream_response.headers.items()
+        if (lowered := name.lower()) not in dropped and lowered != "x-request-id"
+    ]
+    headers.append(("X-Request-Id", exchange.request_id))
     length = upstream_response.content_length
     if request.method == "HEAD" or (length is not None and length <= _SMALL_BODY):
         # small answers go out in one write: head and body together
