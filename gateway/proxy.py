@@ -161,11 +161,6 @@ def _scope_header(scopes: frozenset[str]) -> str:
     return value
 
 
-def response_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    dropped = hop_by_hop(incoming)
-    return CIMultiDict((name, value) for name, value in incoming.items() if name.lower() not in dropped)
-
-
 class Upstream:
     """One upstream service: its base URL and its keep-alive connection pool."""
 
