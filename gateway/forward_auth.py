@@ -37,7 +37,7 @@ from multidict import CIMultiDictProxy
 from .audit.record import Exchange
 from .config import GatewayConfig
 from .decision import Decision, RequestFacts
-from .proxy import IPNetwork, client_address, is_trusted
+from .proxy import IPNetwork, client_address, forwarded_for, identity_values, is_trusted
 from .reasons import Reason
 from .responses import denial_response
 from .runtime import Gateway, request_id
@@ -155,9 +155,9 @@ def decision_client_ip(peer: str, headers: CIMultiDictProxy[str], trusted: list[
     """The client IP: X-Forwarded-For, else X-Real-IP, believed only when the peer (the ingress) is trusted."""
     if not is_trusted(peer, trusted):
         return peer
-    forwarded_for = headers.get("X-Forwarded-For")
-    if forwarded_for:
-        return client_address(peer, forwarded_for, trusted)
+    chain = forwarded_for(headers)
+    if chain:
+        return client_address(peer, chain, trusted)
     real_ip = headers.get("X-Real-IP", "").strip()
     try:
         ipaddress.ip_address(real_ip)
@@ -173,14 +173,9 @@ def allow_headers(decision: Decision, config: GatewayConfig, request_id_value: s
     client's headers (ingress-nginx, Traefik, Envoy) then never lets a client's own
     ``X-Auth-Subject`` through.
     """
-    identity, token = config.identity_headers, decision.token
-    return {
-        identity.subject: (token.subject or "") if token else "",
-        identity.client_id: (token.client_id or "") if token else "",
-        identity.scopes: " ".join(sorted(token.scopes)) if token else "",
-        "Cache-Control": "no-store",
-        "X-Request-Id": request_id_value,
-    }
+    headers = dict(identity_values(decision.token, config.identity_headers))
+    headers.update({"Cache-Control": "no-store", "X-Request-Id": request_id_value})
+    return headers
 
 
 _warned: set[str] = set()

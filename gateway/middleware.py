@@ -40,6 +40,7 @@ from multidict import CIMultiDict
 from .audit.record import Exchange
 from .config import GatewayConfig, load_config
 from .decision import Decision
+from .proxy import header_key, identity_values
 from .reasons import Reason
 from .responses import denial_response
 from .runtime import Gateway
@@ -149,16 +150,14 @@ def _with_identity(request: web.Request, token: ValidatedToken | None, config: G
     if token is not None:
         request[TOKEN_KEY] = token
     identity = config.identity_headers
-    names = {name.lower() for name in identity.names()}
-    if token is None and not any(name.lower() in names for name in request.headers):
+    names = {header_key(name) for name in identity.names()}
+    if token is None and not any(header_key(name) in names for name in request.headers):
         return request
     headers: CIMultiDict[str] = CIMultiDict(
-        (name, value) for name, value in request.headers.items() if name.lower() not in names
+        (name, value) for name, value in request.headers.items() if header_key(name) not in names
     )
     if token is not None:
-        headers[identity.subject] = token.subject or ""
-        headers[identity.client_id] = token.client_id or ""
-        headers[identity.scopes] = " ".join(sorted(token.scopes))
+        headers.extend(identity_values(token, identity))
     clone = request.clone(headers=headers)
     assert isinstance(clone, web.Request)
     return clone

@@ -29,7 +29,14 @@ HOP_BY_HOP = frozenset(
 )
 # set by the gateway for the upstream; whatever the client sent under these names is dropped
 FORWARDING_HEADERS = frozenset(
-    {"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-request-id"}
+    {"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-request-id",
+     # what forward-auth hosts send to describe the original request: meaningless to an upstream
+     "x-original-uri", "x-original-url", "x-original-method", "x-forwarded-uri", "x-forwarded-method"}
+)
+# client-address headers some upstreams believe: passed on only from a trusted proxy
+CLIENT_ADDRESS_HEADERS = frozenset(
+    {"x-real-ip", "x-forwarded-port", "x-forwarded-prefix", "x-forwarded-server", "x-client-ip",
+     "true-client-ip", "cf-connecting-ip"}
 )
 _CHUNK = 64 * 1024
 _SMALL_BODY = 64 * 1024
@@ -72,6 +79,31 @@ def hop_by_hop(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[s
 
 
 _HOP_BY_HOP_OF: dict[str, frozenset[str]] = {}  # by the value of a lone Connection header (bounded)
+
+
+def forwarded_for(headers: CIMultiDictProxy[str]) -> str | None:
+    """Every X-Forwarded-For line as one chain: a proxy may add its own line instead of appending."""
+    lines = headers.getall("X-Forwarded-For", ())
+    if not lines:
+        return None
+    return lines[0] if len(lines) == 1 else ", ".join(lines)
+
+
+def header_key(name: str) -> str:
+    """A header name as upstreams may read it: CGI, PHP and nginx's underscores_in_headers treat
+    ``X_Auth_Subject`` as ``X-Auth-Subject``, so both spellings are dropped alike."""
+    return name.lower().replace("_", "-")
+
+
+def identity_values(token: ValidatedToken | None, names: IdentityHeaders) -> list[tuple[str, str]]:
+    """The identity headers describing ``token`` (empty values for a public route)."""
+    if token is None:
+        return [(names.subject, ""), (names.client_id, ""), (names.scopes, "")]
+    return [
+        (names.subject, token.subject or ""),
+        (names.client_id, token.client_id or ""),
+        (names.scopes, _scope_header(token.scopes)),
+    ]
 
 
 def client_address(peer: str, forwarded_for: str | None, trusted: list[IPNetwork]) -> str:
@@ -120,34 +152,35 @@ def upstream_headers(
 ) -> CIMultiDict[str]:
     """Headers for the upstream request."""
     forward_authorization = upstream.config.forward_authorization
-    key = (identity.subject, identity.client_id, identity.scopes, forward_authorization)
+    key = (identity.subject, identity.client_id, identity.scopes, forward_authorization, context.peer_trusted)
     dropped = _DROPPED.get(key)
     if dropped is None:
-        dropped = HOP_BY_HOP | FORWARDING_HEADERS | {n.lower() for n in identity.names()}
+        dropped = HOP_BY_HOP | FORWARDING_HEADERS | {header_key(n) for n in identity.names()}
         if not forward_authorization:
             dropped |= {"authorization"}
+        if not context.peer_trusted:
+            dropped |= CLIENT_ADDRESS_HEADERS
         _DROPPED[key] = dropped
     if "Connection" in incoming:
         dropped = dropped | hop_by_hop(incoming)
     headers: CIMultiDict[str] = CIMultiDict(
-        (name, value) for name, value in incoming.items() if name.lower() not in dropped
+        (name, value) for name, value in incoming.items() if header_key(name) not in dropped
     )
     # a trusted proxy's chain is kept and its own address added; otherwise the chain starts here
-    prior = incoming.get("X-Forwarded-For") if context.peer_trusted else None
+    prior = forwarded_for(incoming) if context.peer_trusted else None
     headers["X-Forwarded-For"] = f"{prior}, {context.peer}" if prior else context.peer
     headers["X-Forwarded-Proto"] = (context.peer_trusted and incoming.get("X-Forwarded-Proto")) or context.scheme
-    headers["X-Forwarded-Host"] = (context.peer_trusted and incoming.get("X-Forwarded-Host")) or context.host
+    # the host the route was matched on, never another one a proxy named: the upstream acts on what was authorised
+    headers["X-Forwarded-Host"] = context.host
     headers["X-Request-Id"] = context.request_id
     headers["Host"] = context.host if upstream.config.preserve_host else upstream.host_header
     if token is not None:
-        headers[identity.subject] = token.subject or ""
-        headers[identity.client_id] = token.client_id or ""
-        headers[identity.scopes] = _scope_header(token.scopes)
+        headers.extend(identity_values(token, identity))
     return headers
 
 
-# what upstream_headers always drops, by identity header names and forward_authorization (a few keys)
-_DROPPED: dict[tuple[str, str, str, bool], frozenset[str]] = {}
+# what upstream_headers always drops, by identity header names, forward_authorization and peer trust
+_DROPPED: dict[tuple[str, str, str, bool, bool], frozenset[str]] = {}
 _SCOPE_HEADERS: dict[frozenset[str], str] = {}  # bounded: emptied when full
 
 
@@ -220,7 +253,8 @@ async def _body(request: web.BaseRequest, exchange: Exchange, limit: int) -> Asy
 
 
 def has_body(request: web.BaseRequest) -> bool:
-    return request.content_length not in (None, 0) or "chunked" in request.headers.get("Transfer-Encoding", "")
+    """Whether the request carries a body (Content-Length > 0 or chunked, as aiohttp's parser saw it)."""
+    return request.body_exists
 
 
 async def forward(

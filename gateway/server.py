@@ -23,7 +23,16 @@ from . import metrics
 from .audit.record import Exchange
 from .config import Address, GatewayConfig
 from .decision import Decision, RequestFacts
-from .proxy import BodyTooLarge, ForwardContext, StreamAborted, UpstreamFailure, client_address, forward, is_trusted
+from .proxy import (
+    BodyTooLarge,
+    ForwardContext,
+    StreamAborted,
+    UpstreamFailure,
+    client_address,
+    forward,
+    forwarded_for,
+    is_trusted,
+)
 from .proxy import upstream_headers as build_upstream_headers
 from .reasons import Reason
 from .reload import Reloader
@@ -40,7 +49,7 @@ def new_exchange(request: web.BaseRequest, config: GatewayConfig, mode: str) -> 
     exchange = Exchange(
         started=time.time(), started_mono=time.monotonic(),
         request_id=request_id(headers.get("X-Request-Id")),
-        client_ip=client_address(peer, headers.get("X-Forwarded-For"), config.trusted_proxies),
+        client_ip=client_address(peer, forwarded_for(headers), config.trusted_proxies),
         method=request.method, host=headers.get("Host", ""), raw_path=request.raw_path,
         user_agent=headers.get("User-Agent", ""), mode=mode,
     )
@@ -72,6 +81,9 @@ class ProxyHandler:
         finally:
             pipeline.in_flight -= 1
             self.in_flight -= 1
+            if not self.in_flight:
+                # idle: fold the metrics now, so that a scrape of any worker counts an idle one in full
+                metrics.fold()
         if self.gateway.draining:
             response.force_close()  # no further request on a connection of a gateway going away
         return response
@@ -96,7 +108,7 @@ class ProxyHandler:
     ) -> tuple[Decision, web.StreamResponse]:
         assert decision.route is not None and decision.target is not None
         config = pipeline.config
-        limit = decision.route.max_body_size or config.max_body_size
+        limit = decision.route.max_body_size if decision.route.max_body_size is not None else config.max_body_size
         if request.content_length is not None and request.content_length > limit:
             return self._deny(decision, Reason.BODY_TOO_LARGE, exchange, config)
         if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
