@@ -239,10 +239,37 @@ class AdminAuthConfig(_Model):
     shared_secret_env: str | None = "GATEWAY_ADMIN_SECRET"
 
 
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")  # an RFC 9110 token
+# names the gateway sets or strips for its own reasons; an identity header under one of them would vanish
+_RESERVED_HEADERS = frozenset(
+    {"authorization", "host", "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
+     "expect", "content-length", "content-type", "cookie", "forwarded", "x-forwarded-for", "x-forwarded-proto",
+     "x-forwarded-host", "x-request-id", "proxy-authorization", "proxy-authenticate", "www-authenticate"}
+)
+
+
+def _identity_header(value: Any) -> str:
+    name = str(value)
+    if not _HEADER_NAME.match(name):
+        raise ValueError(f"{name!r} is not a valid header name")
+    if name.lower().replace("_", "-") in _RESERVED_HEADERS:
+        raise ValueError(f"{name} is set or removed by the gateway itself and cannot carry identity")
+    return name
+
+
+IdentityHeaderName = Annotated[str, BeforeValidator(_identity_header)]
+
+
 class IdentityHeaders(_Model):
-    subject: str = "X-Auth-Subject"
-    client_id: str = "X-Auth-Client-Id"
-    scopes: str = "X-Auth-Scopes"
+    subject: IdentityHeaderName = "X-Auth-Subject"
+    client_id: IdentityHeaderName = "X-Auth-Client-Id"
+    scopes: IdentityHeaderName = "X-Auth-Scopes"
+
+    @model_validator(mode="after")
+    def _distinct(self) -> IdentityHeaders:
+        if len({n.lower().replace("_", "-") for n in self.names()}) != 3:
+            raise ValueError("the three identity headers need three different names")
+        return self
 
     def names(self) -> tuple[str, str, str]:
         return (self.subject, self.client_id, self.scopes)

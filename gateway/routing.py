@@ -78,6 +78,8 @@ def remove_dot_segments(segments: list[str]) -> list[str]:
 # raw path -> normalised path, for paths already seen (bounded: emptied when full)
 _NORMALISED: dict[str, str] = {}
 _NORMALISED_MAX = 4096
+# only short keys are cached: a few MiB at most, and long made-up paths cannot push out the real ones
+_CACHED_KEY_MAX = 256
 
 
 def _query_ok(query: str) -> bool:
@@ -115,9 +117,10 @@ def normalise_target(raw_target: str) -> Target:
     normalised = "/" + "/".join(segments)
     if ends_with_slash and segments:
         normalised += "/"
-    if len(_NORMALISED) >= _NORMALISED_MAX:
-        _NORMALISED.clear()
-    _NORMALISED[path] = normalised
+    if len(path) <= _CACHED_KEY_MAX:
+        if len(_NORMALISED) >= _NORMALISED_MAX:
+            _NORMALISED.clear()
+        _NORMALISED[path] = normalised
     return Target(normalised, query)
 
 
@@ -208,9 +211,10 @@ class RouteTable:
         found = self._matches.get(key)
         if found is None:
             found = self._match(host, method, path)
-            if len(self._matches) >= _MATCHES_MAX:
-                self._matches.clear()
-            self._matches[key] = found
+            if len(path) + len(host) <= _CACHED_KEY_MAX:
+                if len(self._matches) >= _MATCHES_MAX:
+                    self._matches.clear()
+                self._matches[key] = found
         return found
 
     def _match(self, host: str, method: str, path: str) -> RouteMatch:

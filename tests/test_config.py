@@ -301,3 +301,17 @@ def test_detection_webhook_needs_a_url() -> None:
     text = MINIMAL + "detection:\n  on_detect: [audit, webhook]\n"
     problems = problems_of(text)
     assert len(problems) == 1 and problems[0].endswith("detection: on_detect: webhook needs webhook_url")
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        ("{subject: Authorization}", "identity_headers.subject: Authorization is set or removed by the gateway"),
+        ("{scopes: X_Forwarded_For}", "identity_headers.scopes: X_Forwarded_For is set or removed by the gateway"),
+        ('{client_id: "X Auth"}', "identity_headers.client_id: 'X Auth' is not a valid header name"),
+        ("{subject: X-Id, client_id: x-id}", "identity_headers: the three identity headers need three different"),
+    ],
+)
+def test_identity_header_names_are_checked(names: str, message: str) -> None:
+    problems = problems_of(MINIMAL + f"identity_headers: {names}\n")
+    assert len(problems) == 1 and message in problems[0], problems
