@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from aiohttp.http_exceptions import BadHttpMessage
 
 _STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "taskName"}
 
@@ -33,7 +34,23 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info and record.levelno >= logging.ERROR:
             entry["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
+            if record.name.startswith("gateway"):
+                # our own messages never hold a token; a library's may quote a request header, so
+                # only the exception type is kept for those
+                entry["traceback"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
+
+
+class ClientNoiseFilter(logging.Filter):
+    """aiohttp logs a malformed request or a vanished client at error level: for a gateway that is
+    normal traffic (answered with 400, or nobody left to answer), so it is demoted to debug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, BadHttpMessage | ConnectionError):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
 
 
 def setup_logging(level: str = "info", **fields: Any) -> None:
@@ -45,3 +62,6 @@ def setup_logging(level: str = "info", **fields: Any) -> None:
     root.setLevel(level.upper())
     # aiohttp's access log would repeat the audit trail, and in text
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ClientNoiseFilter) for f in server_log.filters):
+        server_log.addFilter(ClientNoiseFilter())

@@ -128,14 +128,29 @@ async def test_serve_process_never_logs_a_token(issuer, upstream, tmp_path):  # 
                     async with session.get(f"http://127.0.0.1:{proxy_port}{path}", headers=bearer(token)) as resp:
                         statuses.append(resp.status)
             assert statuses[0] == 200
+            # a malformed request carrying a token, then a client that leaves mid-request: normal traffic
+            malformed = tokens[0]
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
+            writer.write(f"GET /orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {malformed}\r\n"
+                         f"Bad Header {malformed}\r\n\r\n".encode())
+            await writer.drain()
+            assert (await reader.read(12))[9:12] == b"400"
+            writer.close()
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
+            writer.write(b"GET /slow/1 HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            writer.transport.abort()
+            await asyncio.sleep(1.2)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 15) == 0
     log_text = log_path.read_text()
     lines = [json.loads(line) for line in log_text.splitlines() if line.strip()]
     assert any(line.get("msg") == "jwks loaded" for line in lines)  # the log is there, as JSON lines
+    assert [line for line in lines if line.get("level") == "error"] == []
     audit_text = (tmp_path / "audit.jsonl").read_text()
-    assert len(audit_text.splitlines()) == len(tokens) * 3
+    assert len(audit_text.splitlines()) == len(tokens) * 3 + 1  # + the request its client abandoned
     for token in tokens:
         for part in (token, *token.split(".")):
             if len(part) >= 20:
