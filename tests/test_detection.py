@@ -20,6 +20,8 @@ from gateway.audit.record import Exchange
 from gateway.config import parse_config
 from gateway.decision import Decision
 from gateway.reasons import Reason
+from gateway.revocation.entries import Entry, Kind
+from gateway.revocation.schema import EXPIRY_MARGIN
 from gateway.revocation.store import MemoryStore
 from gateway.tokens.token import ValidatedToken
 from tests.audit_traffic import AWAY_IP, HOME_IP, TRUSTED, assert_no_raw_token, call, mint
@@ -176,6 +178,40 @@ def test_networks_and_travel():
     assert not impossible_travel(paris, 0, (48.80, 2.13), 1)  # the next suburb: too close to judge
 
 
+async def test_detection_revokes_for_the_issuers_max_token_lifetime():
+    """issue 4: a family entry lives as long as the issuer's tokens can, a lone token until its exp (+ margin)."""
+    config = parse_config(yaml.safe_dump({
+        "upstreams": {"o": {"url": "http://127.0.0.1:9"}},
+        "issuers": [{"issuer": "https://id.example", "audiences": ["api"], "max_token_lifetime": "1h"}],
+        "routes": [{"name": "r", "path": "/x", "upstream": "o"}],
+        "detection": {"new_network_after_first_use": True, "on_detect": ["audit", "revoke_family"]},
+    }))
+    store = MemoryStore()
+    revoked: list[Entry] = []
+    store.on_revoke(revoked.append)
+    detector = Detector(config, store)
+    await detector.start()
+    try:
+        detector.observe(*_use(HOME_IP, "family-ttl"))
+        exchange, decision = _use(AWAY_IP, "family-ttl")
+        assert detector.observe(exchange, decision) == ["new_network"]
+        detector.observe(*_use(HOME_IP, None, jti="lone-jti"))  # a token without a family
+        exchange_lone, decision_lone = _use(AWAY_IP, None, jti="lone-jti")
+        assert detector.observe(exchange_lone, decision_lone) == ["new_network"]
+        deadline = time.monotonic() + 5
+        while len(revoked) < 2:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+    finally:
+        await detector.stop()
+    family, token = revoked
+    assert (family.kind, family.value, family.issuer) == (Kind.FAMILY, "family-ttl", "https://id.example")
+    assert family.expires_at == exchange.started + 3600 + EXPIRY_MARGIN
+    assert (token.kind, token.value) == (Kind.TOKEN, "lone-jti")
+    assert decision_lone.token is not None
+    assert token.expires_at == decision_lone.token.expires_at + EXPIRY_MARGIN
+
+
 # --- shared state through Redis: two replicas, one IP each ------------------------------------
 
 
@@ -189,11 +225,11 @@ def _config(redis_url: str, prefix: str) -> Any:
     }))
 
 
-def _use(ip: str, sid: str) -> tuple[Exchange, Decision]:
+def _use(ip: str, sid: str | None, jti: str | None = None) -> tuple[Exchange, Decision]:
     now = time.time()
     token = ValidatedToken(
         issuer="https://id.example", subject="frank", client_id="app", scopes=frozenset({"orders:read"}),
-        expires_at=now + 300, fingerprint="ab" * 32, jti=f"jti-{ip}", claims={"sid": sid},
+        expires_at=now + 300, fingerprint="ab" * 32, jti=jti or f"jti-{ip}", claims={"sid": sid} if sid else {},
     )
     exchange = Exchange(started=now, started_mono=time.monotonic(), request_id=f"r-{ip}", client_ip=ip,
                         method="GET", host="api", raw_path="/x", user_agent="t", status=200)

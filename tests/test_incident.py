@@ -25,8 +25,9 @@ from gateway.audit.incident import (
 )
 from gateway.audit.report_html import render_html
 from gateway.cli import main
+from gateway.revocation.schema import EXPIRY_MARGIN
 from tests.audit_traffic import AWAY_IP, HOME_IP, OTHER_IP, TRUSTED, assert_no_raw_token, call, drive, html_number
-from tests.conftest import base_config
+from tests.conftest import AUDIENCE, base_config
 
 
 def run(*args: str, input: bytes | None = None) -> tuple[int, str, str]:
@@ -211,6 +212,58 @@ async def test_revoke_command_through_redis(make_gateway, issuer, http, tmp_path
     actions = [r for r in _jsonl(tmp_path / "responder-audit.jsonl") if r.get("action") == "revoke"]
     assert len(actions) == 1 and actions[0]["reason"] == "token posted in a public repo"
     assert_no_raw_token(out + stderr.decode(), t.a, t.b)
+
+
+async def test_revocation_entries_live_as_long_as_the_issuers_tokens(make_gateway, issuer, http):
+    """issue 4: an entry's TTL is the issuer's max_token_lifetime (+ the schema's margin), not default_ttl."""
+    gw = await make_gateway(**TRUSTED, issuers=[{"issuer": issuer.issuer, "audiences": [AUDIENCE], "leeway": "5s",
+                                                 "max_token_lifetime": "1h"}])
+    t = await drive(gw, issuer, http)
+    now = time.time()
+    config = gw.gateway.config
+    assert config.revocation.default_ttl == 86400
+    for target in (Target.from_options(jti=t.a.jti), Target.from_options(sub="alice")):
+        entries = plan_revocation(collect([str(gw.audit_path)], target), config, "stolen", now=now)
+        assert entries and {e.expires_at for e in entries} == {now + 3600 + EXPIRY_MARGIN}, target
+        assert {e.issuer for e in entries} == {issuer.issuer}
+        assert all(e.created_at == now for e in entries)
+
+
+async def test_revoke_command_writes_without_loading_the_list(make_gateway, issuer, http, tmp_path, upstream,
+                                                              redis_proc):
+    """--revoke writes its entries like ``gateway revoke``: no SCAN of the list, no feed to follow."""
+    from redis.asyncio import Redis
+
+    revocation = {"redis_url": f"redis://{redis_proc.host}:{redis_proc.port}/0", "key_prefix": f"t{time.time_ns()}:"}
+    gw = await make_gateway(**TRUSTED, revocation=revocation)
+    t = await drive(gw, issuer, http)
+    config_data = base_config(issuer, upstream, tmp_path / "responder-audit.jsonl")
+    config_data["revocation"] = revocation
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump(config_data))
+    redis = Redis(host=redis_proc.host, port=redis_proc.port)
+
+    async def scans() -> int:
+        return int((await redis.info("commandstats")).get("cmdstat_scan", {}).get("calls", 0))
+
+    try:
+        before = await scans()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "incident", str(gw.audit_path), "--jti", t.a.jti, "--revoke",
+            "--config", str(config), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, stderr.decode()
+        assert await scans() == before
+        family_key = f"{revocation['key_prefix']}family:family-alice-1"
+        assert 0 < await redis.ttl(family_key) <= 86400 + EXPIRY_MARGIN
+    finally:
+        await redis.aclose()
+    assert "revoked family family-alice-1" in stdout.decode()
+    deadline = time.monotonic() + 5
+    while await call(http, gw, "GET", "/orders", t.b, HOME_IP) != 401:
+        assert time.monotonic() < deadline, "the running gateway never saw the revocation"
+        await asyncio.sleep(0.05)
 
 
 def _jsonl(path: Path) -> list[dict]:

@@ -5,15 +5,21 @@ No Redis here: tests/test_revocation_redis.py runs the shared list against a rea
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import jwt
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from gateway.cli import main as cli_main
 from gateway.config import RevocationConfig
+from gateway.demo import DemoIssuer, SigningKey
 from gateway.reasons import Reason
 from gateway.revocation import ANY_ISSUER, Entry, EntryFactory, Kind, RevocationList, Schema
 from gateway.revocation.intake import CAEP, OAUTH, RISC, SetError, entries_from_set
@@ -22,14 +28,16 @@ from gateway.revocation.schema import (
     EXPIRY_MARGIN,
     decode,
     encode,
-    fingerprint_of,
     merge,
     stream_id,
     ttl_seconds,
     write_args,
 )
+from gateway.tokens.jwks import parse_jwks
 from gateway.tokens.token import ValidatedToken, fingerprint
-from tests.conftest import bearer
+from tests.conftest import AUDIENCE, base_config, bearer
+
+REPO = Path(__file__).resolve().parent.parent
 
 ISS = "https://as.example"
 FAR = time.time() + 3600
@@ -183,7 +191,7 @@ def test_revoke_token_hashes_locally_and_uses_the_jwt_exp():
     now = time.time()
     raw = jwt.encode({"exp": int(now) + 120, "sub": "alice"}, "k" * 32, algorithm="HS256")
     entry = EntryFactory(default_ttl=86400).token(raw, now=now)
-    assert entry.value == fingerprint_of(raw) == fingerprint(raw)
+    assert entry.value == fingerprint(raw)
     assert raw not in encode(entry).decode()
     assert entry.expires_at == int(now) + 120 + EXPIRY_MARGIN
     capped = EntryFactory(default_ttl=60).token(jwt.encode({"exp": int(now) + 9999}, "k" * 32), now=now)
@@ -358,3 +366,194 @@ async def test_revocations_evict_cached_tokens_without_stalling_the_loop(make_ga
     assert cache.get(fingerprint(family_token)) is None
     assert ticks > 5
     assert len(cache) == 50_000
+
+
+# --- admin authentication (finding 5), the JSON endpoint's input (18), SET issuers (8), keys (13) ---------
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_admin_credentials_that_are_not_jwts_are_never_introspected(make_gateway, issuer, http, monkeypatch):
+    monkeypatch.setenv("GATEWAY_ADMIN_SECRET", "short")  # too short: ignored, so it is just a wrong credential
+    gw = await make_gateway(issuers=[{
+        "issuer": issuer.issuer, "audiences": [AUDIENCE], "leeway": "5s",
+        "introspection": {"endpoint": f"{issuer.issuer}/introspect", "client_id": "gateway",
+                          "client_secret": "gateway-secret"},
+    }])
+    opaque_admin = issuer.mint_opaque(scope="gateway:admin")
+    for credential in ("short", "a-mistyped-admin-secret-0123456789", opaque_admin):
+        async with http.post(f"{gw.admin_url}/revocation/entries", json={"jti": "j"},
+                             headers=bearer(credential)) as resp:
+            assert resp.status == 401
+    assert issuer.calls["introspect"] == 0  # no credential went to the authorization server
+    async with http.post(f"{gw.admin_url}/revocation/entries", json={"jti": "j"},
+                         headers=bearer(issuer.mint(scope="gateway:admin"))) as resp:
+        assert resp.status == 200  # a JWT admin token still works
+
+
+async def test_admin_token_and_set_checks_answer_503_while_the_issuers_keys_are_down(make_gateway, issuer, http):
+    down = DemoIssuer(audience=AUDIENCE, issuer=f"http://127.0.0.1:{_closed_port()}")  # never started
+    gw = await make_gateway(issuers=[
+        {"issuer": issuer.issuer, "audiences": [AUDIENCE], "leeway": "5s"},
+        {"issuer": down.issuer, "audiences": [AUDIENCE], "jwks_min_refresh_interval": "100ms"},
+    ])
+    async with http.post(f"{gw.admin_url}/revocation/entries", json={"jti": "j"},
+                         headers=bearer(down.mint(scope="gateway:admin"))) as resp:
+        assert resp.status == 503
+        assert resp.headers["Retry-After"]
+        assert (await resp.json())["error"] == "temporarily_unavailable"
+    async with http.post(f"{gw.admin_url}/revocation/entries", json={"jti": "j"},
+                         headers=bearer(issuer.mint(scope="gateway:admin", aud="https://other.example"))) as resp:
+        assert resp.status == 401  # a bad token is still a 401
+    key = down.keys[0]
+    set_jwt = jwt.encode(set_claims(CAEP + "session-revoked", iss=down.issuer, sub_id={"format": "opaque", "id": "s"}),
+                         key.private, algorithm=key.alg, headers={"kid": key.kid, "typ": "secevent+jwt"})
+    async with http.post(f"{gw.admin_url}/revocation/events", data=set_jwt,
+                         headers={**bearer(issuer.mint(scope="gateway:admin")),
+                                  "Content-Type": "application/secevent+jwt"}) as resp:
+        assert resp.status == 503  # not a 400: the transmitter retries once the keys are back
+
+
+async def test_the_json_endpoint_refuses_a_token_that_is_not_a_string(make_gateway, http, admin_secret):
+    gw = await make_gateway()
+    for body in ({"token": 123}, {"token": ["a.b.c"]}, {"token": ""}, {"fingerprint": 5}):
+        async with http.post(f"{gw.admin_url}/revocation/entries", json=body, headers=bearer(admin_secret)) as resp:
+            assert resp.status == 400, body
+            answer = await resp.json()
+            assert answer["error"] == "invalid_request" and "non-empty string" in answer["error_description"]
+
+
+def test_a_set_cannot_revoke_another_issuers_subjects_or_tokens():
+    factory = EntryFactory()
+    other = "https://other-as.example"
+    for sub_id in (
+        {"format": "iss_sub", "iss": other, "sub": "alice"},
+        {"format": "complex", "user": {"format": "iss_sub", "iss": other, "sub": "alice"}},
+        {"format": "jwt_id", "iss": other, "jti": "j1"},
+    ):
+        for event in (CAEP + "credential-change", CAEP + "session-revoked", OAUTH + "token-revoked"):
+            with pytest.raises(SetError) as refused:
+                entries_from_set(set_claims(event, sub_id=sub_id), factory, 1_000_100.0)
+            assert refused.value.err == "invalid_issuer" and other in refused.value.description
+    [own] = entries_from_set(set_claims(CAEP + "credential-change", sub_id={"format": "iss_sub", "iss": ISS,
+                                                                           "sub": "alice"}), factory, 1_000_100.0)
+    assert (own.kind, own.value, own.issuer) == (Kind.SUBJECT, "alice", ISS)
+    [plain] = entries_from_set(set_claims(CAEP + "credential-change", sub_id={"format": "opaque", "id": "bob"}),
+                               factory, 1_000_100.0)
+    assert plain.issuer == ISS  # the SET's issuer is recorded on the subject entries it makes
+
+
+def test_a_jwk_that_declares_its_alg_verifies_that_alg_only():
+    rsa = SigningKey.generate("RS256").public_jwk()
+    undeclared = {k: v for k, v in rsa.items() if k != "alg"}
+    keys = parse_jwks({"keys": [rsa, {**undeclared, "kid": "bare"}, SigningKey.generate("ES256").public_jwk()]})
+    declared, bare, ec = keys[rsa["kid"]], keys["bare"], next(k for name, k in keys.items() if name.startswith("es"))
+    assert declared.verifies("RS256") and not declared.verifies("PS256") and not declared.verifies("RS512")
+    assert bare.verifies("RS256") and bare.verifies("PS256") and bare.verifies("RS512") and not bare.verifies("ES256")
+    assert ec.verifies("ES256") and not ec.verifies("RS256")
+
+
+async def test_an_rs256_key_does_not_verify_ps256_tokens_or_sets(make_gateway, issuer, http, admin_secret):
+    gw = await make_gateway(issuers=[{"issuer": issuer.issuer, "audiences": [AUDIENCE], "leeway": "5s",
+                                      "algorithms": ["RS256", "PS256", "ES256"]}])
+    rsa = issuer.keys[0]  # its JWK says "alg": "RS256"
+    assert rsa.public_jwk()["alg"] == "RS256"
+    pss = jwt.encode(issuer.claims(scope="orders:read"), rsa.private, algorithm="PS256",
+                     headers={"kid": rsa.kid, "typ": "at+jwt"})
+    async with http.get(f"{gw.url}/orders", headers=bearer(pss)) as resp:
+        assert resp.status == 401
+    assert (await gw.audit_records())[-1]["reason"] == "disallowed_algorithm"
+    async with http.get(f"{gw.url}/orders", headers=bearer(issuer.mint())) as resp:
+        assert resp.status == 200
+    claims = set_claims(CAEP + "session-revoked", iss=issuer.issuer, iat=int(time.time()),
+                        sub_id={"format": "opaque", "id": "pss-session"})
+    headers = {**bearer(admin_secret), "Content-Type": "application/secevent+jwt"}
+    set_pss = jwt.encode(claims, rsa.private, algorithm="PS256", headers={"kid": rsa.kid, "typ": "secevent+jwt"})
+    async with http.post(f"{gw.admin_url}/revocation/events", data=set_pss, headers=headers) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["err"] == "invalid_key"
+    # the SET goes through the access tokens' verification: its time claims must be numbers too
+    string_iat = jwt.encode({**claims, "iat": str(int(time.time()))}, rsa.private, algorithm="RS256",
+                            headers={"kid": rsa.kid, "typ": "secevent+jwt"})
+    async with http.post(f"{gw.admin_url}/revocation/events", data=string_iat, headers=headers) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["err"] == "invalid_request"
+    set_rs = jwt.encode(claims, rsa.private, algorithm="RS256", headers={"kid": rsa.kid, "typ": "secevent+jwt"})
+    async with http.post(f"{gw.admin_url}/revocation/events", data=set_rs, headers=headers) as resp:
+        assert resp.status == 202
+
+
+# --- gateway revoke --token --admin-url (finding 14) ------------------------------------------------------
+
+
+class RecordingRelay:
+    """A TCP relay on 127.0.0.1 that keeps every byte a client sent through it."""
+
+    def __init__(self, port: int) -> None:
+        self.target_port = port
+        self.sent = bytearray()
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, record: bool) -> None:
+            while data := await src.read(65536):
+                if record:
+                    self.sent += data
+                dst.write(data)
+                await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False), return_exceptions=True)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+async def test_cli_posts_a_fingerprint_to_the_admin_port_never_the_token(
+    make_gateway, issuer, upstream, http, admin_secret, tmp_path
+):
+    gw = await make_gateway()
+    relay = RecordingRelay(gw.port("admin"))
+    await relay.start()
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(base_config(issuer, upstream, tmp_path / "cli-audit.jsonl")))
+    tok = issuer.mint(ttl=120)
+    assert await _status(http, gw, tok) == 200
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "revoke", "--config", str(path), "--token", "-",
+            "--admin-url", f"http://127.0.0.1:{relay.port}", cwd=REPO,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(tok.encode() + b"\n"), 30)
+    finally:
+        await relay.stop()
+    assert proc.returncode == 0, err.decode()
+    sent = bytes(relay.sent)
+    assert tok.encode() not in sent and tok.split(".")[2].encode() not in sent
+    body = json.loads(sent.partition(b"\r\n\r\n")[2])
+    assert body["fingerprint"] == fingerprint(tok) and "token" not in body
+    assert 100 <= body["ttl"] <= 120  # the token's own exp, computed on the responder's machine
+    assert tok not in out.decode() + err.decode()
+    assert await _status(http, gw, tok) == 401
+    assert (await gw.audit_records())[-1]["reason"] == "revoked_token"
+
+
+async def _status(http, gw, token: str) -> int:
+    async with http.get(f"{gw.url}/orders", headers=bearer(token)) as resp:
+        await resp.read()
+        return resp.status

@@ -26,7 +26,7 @@ from gateway.demo import SigningKey
 from gateway.revocation import Revoker, SyncRevoker
 from gateway.revocation.intake import CAEP
 from gateway.revocation.schema import EXPIRY_MARGIN
-from gateway.tokens.token import fingerprint
+from gateway.tokens.token import ValidatedToken, fingerprint
 from tests.conftest import AUDIENCE, base_config, bearer
 from tests.helpers import free_port, metric
 
@@ -412,6 +412,27 @@ async def test_rfc7009_answers_200_for_unknown_tokens_and_refuses_unauthenticate
                          headers=bearer(admin_token)) as resp:
         assert resp.status == 200
     await wait_status(http, gw, access, 401, within=0.5)
+
+
+async def test_admin_token_is_refused_with_503_while_the_revocation_list_is_not_current(
+    make_gateway, issuer, http, prefix, relay, admin_secret
+):
+    """The admin token itself may have been revoked meanwhile: with a stale list it cannot be trusted."""
+    await relay.cut()
+    gw = await make_gateway(revocation=revocation(f"redis://127.0.0.1:{relay.port}/0", prefix))
+    assert not gw.gateway.revocation.ready
+    async with http.post(f"{gw.admin_url}/revocation/entries", json={"jti": "not-applied"},
+                         headers=bearer(issuer.mint(scope="gateway:admin"))) as resp:
+        assert resp.status == 503
+        assert resp.headers["Retry-After"]
+        assert (await resp.json())["error_description"] == "the revocation list is unavailable"
+    probe = ValidatedToken(issuer.issuer, "alice", None, frozenset(), time.time() + 60, "f" * 64, jti="not-applied")
+    assert gw.gateway.revocation.list.check(probe) is None  # refused before anything was revoked
+    await relay.restore()
+    await until(lambda: gw.gateway.revocation.ready, within=3.0)
+    async with http.post(f"{gw.admin_url}/revocation/entries", json={"jti": "now-applied"},
+                         headers=bearer(issuer.mint(scope="gateway:admin"))) as resp:
+        assert resp.status == 200
 
 
 def sign_set(claims: dict[str, Any], key: SigningKey, **headers: Any) -> str:

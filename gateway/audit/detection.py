@@ -42,6 +42,7 @@ from .. import metrics
 from ..config import GatewayConfig
 from ..decision import Decision
 from ..reasons import Reason
+from ..revocation.api import factory_for
 from ..revocation.entries import Entry, Kind
 from ..revocation.store import RevocationStore
 from ..tokens.token import FINGERPRINT_PREFIX
@@ -134,7 +135,7 @@ class Detector:
         self.idle = max(self.window, MIN_IDLE)
         self.family_claim = config.revocation.family_claim
         self.revocation = revocation
-        self.revocation_ttl = config.revocation.default_ttl
+        self.entries = factory_for(config)
         self.on_detect = frozenset(self.settings.on_detect)
         self.families: OrderedDict[str, FamilyState] = OrderedDict()
         self.locate: Locate | None = None
@@ -316,9 +317,12 @@ class Detector:
         if "revoke_family" in self.on_detect and not state.revoked:
             state.revoked = True
             kind, value = context["revoke_kind"], context["revoke_value"]
-            expires = now + self.revocation_ttl if kind == Kind.FAMILY.value else max(
-                context.get("expires_at") or 0.0, now + 60.0)
-            entry = Entry(Kind(kind), value, expires, reason=f"detection: {', '.join(fresh)}", created_at=now)
+            note, issuer = f"detection: {', '.join(fresh)}", context.get("iss")
+            if kind == Kind.FAMILY.value:  # the family outlives this token: the issuer's max token lifetime
+                entry = self.entries.family(value, issuer=issuer, reason=note, now=now)
+            else:  # a token without a family: until it expires
+                entry = self.entries.jti(value, issuer=issuer, expires_at=context.get("expires_at") or None,
+                                         reason=note, now=now)
             self._spawn(self._revoke(entry), "detection-revoke")
             actions.append(f"revoke_{kind}")
         log.warning("suspicious token use", extra={

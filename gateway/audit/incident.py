@@ -7,7 +7,8 @@ only, plus the first ``MAX_LISTED`` calls for the listing.
 
 ``--revoke`` turns the incident into revocation entries (the token by jti, else by
 fingerprint; its families; for a subject, every token issued to it so far), writes them
-through the configured revocation store, and records who did it in the audit trail.
+into the shared revocation list with a ``Revoker`` (as ``gateway revoke`` does), and records
+who did it in the audit trail.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ import socket
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from ..config import GatewayConfig
-from ..revocation.entries import ANY_ISSUER, Entry, Kind
-from ..revocation.store import MemoryStore, RevocationStore, build_store
+from ..revocation.api import Revoker, factory_for
+from ..revocation.entries import Entry
 from ..tokens.token import FINGERPRINT_PREFIX
 from .query import Query, Record, Warn, _stderr, _verbatim_in_json, iter_records
 from .record import rfc3339
@@ -478,39 +479,44 @@ class RevokeError(Exception):
 
 def plan_revocation(incident: Incident, config: GatewayConfig, reason: str, now: float | None = None) -> list[Entry]:
     """The entries that cut the target off: the token (jti, else fingerprint) and its families;
-    for a subject, every token issued to it until now plus its families; for a family, the family."""
+    for a subject, every token issued to it until now plus its families; for a family, the family.
+
+    Each entry lives as the revocation schema says (``factory_for``): the issuer's
+    ``max_token_lifetime`` plus the expiry margin; the longest lifetime configured when the
+    audit records name no single issuer."""
     now = time.time() if now is None else now
-    expires = now + config.revocation.default_ttl
+    factory = factory_for(config)
     note = f"incident: {reason}"
     target = incident.target
+    issuers = incident.issuers
+    issuer = issuers[0] if len(issuers) == 1 else None
     entries: list[Entry] = []
-    if target.is_token:
-        tokens = list(incident.tokens.values())
-        if target.kind == "fingerprint" and len(tokens) > 1:
-            raise RevokeError(f"fingerprint prefix {target.value} matches {len(tokens)} tokens;"
-                              " give the whole fingerprint or the jti")
-        if tokens:
+    try:
+        if target.is_token:
+            tokens = list(incident.tokens.values())
+            if target.kind == "fingerprint" and len(tokens) > 1:
+                raise RevokeError(f"fingerprint prefix {target.value} matches {len(tokens)} tokens;"
+                                  " give the whole fingerprint or the jti")
             for token in tokens:
                 if token.jti:
-                    entries.append(Entry(Kind.TOKEN, token.jti, expires, reason=note, created_at=now))
+                    entries.append(factory.jti(token.jti, issuer=token.iss, reason=note, now=now))
                 elif token.fingerprint and len(token.fingerprint) >= FINGERPRINT_PREFIX:
-                    entries.append(Entry(Kind.TOKEN, token.fingerprint[:FINGERPRINT_PREFIX], expires,
-                                         reason=note, created_at=now))
-        elif target.kind == "jti" or len(target.value) == FINGERPRINT_PREFIX:
-            entries.append(Entry(Kind.TOKEN, target.value, expires, reason=note, created_at=now))
-        else:
-            raise RevokeError("no audit record shows this token and the fingerprint prefix is too short to revoke by;"
-                              f" give all {FINGERPRINT_PREFIX} hex digits or the jti")
-    elif target.kind == "sub":
-        issuers = incident.issuers
-        for issuer in issuers or [ANY_ISSUER]:
-            entries.append(Entry(Kind.SUBJECT, target.value, expires, issuer=issuer if len(issuers) == 1 else
-                                 ANY_ISSUER, not_before=now, reason=note, created_at=now))
-            if len(issuers) != 1:
-                break
-    families = [target.value] if target.kind == "family" else incident.families
-    for sid in families:
-        entries.append(Entry(Kind.FAMILY, sid, expires, reason=note, created_at=now))
+                    entries.append(factory.fingerprint(token.fingerprint[:FINGERPRINT_PREFIX], issuer=token.iss,
+                                                       reason=note, now=now))
+            if not tokens and target.kind == "jti":
+                entries.append(factory.jti(target.value, reason=note, now=now))
+            elif not tokens and len(target.value) == FINGERPRINT_PREFIX:
+                entries.append(factory.fingerprint(target.value, reason=note, now=now))
+            elif not tokens:
+                raise RevokeError("no audit record shows this token and the fingerprint prefix is too short to"
+                                  f" revoke by; give all {FINGERPRINT_PREFIX} hex digits or the jti")
+        elif target.kind == "sub":
+            entries.append(factory.subject(target.value, issuer=issuer, before=now, reason=note, now=now))
+        families = [target.value] if target.kind == "family" else incident.families
+        for sid in families:
+            entries.append(factory.family(sid, issuer=issuer, reason=note, now=now))
+    except ValueError as exc:  # a value from the audit trail the revocation schema refuses
+        raise RevokeError(str(exc)) from None
     if not entries:
         raise RevokeError("nothing to revoke")
     return entries
@@ -553,33 +559,36 @@ def action_record(incident: Incident, entries: Sequence[Entry], reason: str, ope
     }
 
 
-def shared_store(config: GatewayConfig) -> RevocationStore:
-    """The store the gateways share (Redis); refused when the configuration keeps the list in memory."""
-    store = build_store(config.revocation)
-    if isinstance(store, MemoryStore):
+def shared_store(config: GatewayConfig) -> Revoker:
+    """A writer to the list the gateways share (Redis), as ``gateway revoke`` uses: it writes the
+    entries and their notifications without loading the list; refused when the list is in memory."""
+    if config.revocation.redis_url is None and config.revocation.sentinel is None:
         raise RevokeError(
             "this configuration keeps the revocation list in memory (no revocation.redis_url or sentinel):"
             " a revocation made from the command line would not reach the running gateways"
         )
-    return store
+    return Revoker.from_config(config)
 
 
-async def revoke(config: GatewayConfig, store: RevocationStore, entries: Sequence[Entry], record: Record) -> None:
-    """Write the entries through ``store`` (started and stopped here), then the action record to the audit sink."""
+async def revoke(config: GatewayConfig, revoker: Revoker, entries: Sequence[Entry], record: Record) -> None:
+    """Write the entries through ``revoker`` (closed here), then the action record to the audit sink."""
     from .writer import AuditWriter
 
-    await store.start()
     try:
-        await apply_revocation(store, entries)
+        await apply_revocation(revoker, entries)
     finally:
-        await store.stop()
+        await revoker.aclose()
     writer = AuditWriter(config.audit)
     await writer.start()
     writer.write(record)
     await writer.stop()
 
 
-async def apply_revocation(store: RevocationStore, entries: Sequence[Entry]) -> None:
-    """Revoke every entry through ``store`` (a started store: Redis, or a gateway's own)."""
+class _Writes(Protocol):
+    def revoke(self, entry: Entry) -> Awaitable[object]: ...
+
+
+async def apply_revocation(store: _Writes, entries: Sequence[Entry]) -> None:
+    """Revoke every entry through ``store``: a ``Revoker``, or a started store (a gateway's own)."""
     for entry in entries:
         await store.revoke(entry)

@@ -13,14 +13,16 @@ schema of ``gateway.revocation.schema``: one key per entry with its TTL plus one
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ..config import GatewayConfig, RevocationConfig
 from .entries import Entry
 from .schema import DEFAULT_PREFIX, STREAM_MAXLEN, EntryFactory, Schema, write_entry, write_entry_sync
 
 When = float | int | str | datetime | None
+Result = TypeVar("Result")
 
 
 def factory_for(config: GatewayConfig) -> EntryFactory:
@@ -31,41 +33,79 @@ def factory_for(config: GatewayConfig) -> EntryFactory:
     )
 
 
-class _Builders:
-    """Entry construction shared by both revokers."""
+class _Revocations(Generic[Result]):
+    """What both revokers share: the schema, the TTL policy, the client and every ``revoke_*``.
 
-    def __init__(self, key_prefix: str, cluster: bool, default_ttl: float, lifetimes: dict[str, float] | None,
-                 stream_maxlen: int) -> None:
+    Each ``revoke_*`` builds its entry (ValueError for bad input, raised at the call) and
+    hands it to ``revoke``, which the subclass defines as a coroutine or a plain call.
+    """
+
+    _asyncio = True
+
+    def __init__(self, redis_url: str | None = None, *, client: Any = None, key_prefix: str = DEFAULT_PREFIX,
+                 cluster: bool = False, default_ttl: float = 86400.0, lifetimes: dict[str, float] | None = None,
+                 stream_maxlen: int = STREAM_MAXLEN) -> None:
         self.schema = Schema.for_prefix(key_prefix, cluster)
         self.entries = EntryFactory(default_ttl, lifetimes)
         self.stream_maxlen = stream_maxlen
+        self._owned = client is None
+        if client is None:
+            if redis_url is None:
+                raise ValueError(f"{type(self).__name__} needs a redis_url or a client")
+            client = _redis_client(redis_url, cluster, self._asyncio)
+        self.client = client
+
+    def revoke(self, entry: Entry) -> Result:
+        """Write any entry (key + notification); gives back the entry as written."""
+        raise NotImplementedError
+
+    def revoke_jti(self, jti: str, *, issuer: str | None = None, ttl: float | None = None,
+                   expires_at: float | None = None, reason: str = "") -> Result:
+        return self.revoke(self.entries.jti(jti, issuer=issuer, ttl=ttl, expires_at=expires_at, reason=reason))
+
+    def revoke_fingerprint(self, fingerprint: str, *, issuer: str | None = None, ttl: float | None = None,
+                           expires_at: float | None = None, reason: str = "") -> Result:
+        return self.revoke(
+            self.entries.fingerprint(fingerprint, issuer=issuer, ttl=ttl, expires_at=expires_at, reason=reason)
+        )
+
+    def revoke_token(self, token: str, *, issuer: str | None = None, ttl: float | None = None,
+                     reason: str = "") -> Result:
+        """Revoke a raw token by its SHA-256 fingerprint, computed here."""
+        return self.revoke(self.entries.token(token, issuer=issuer, ttl=ttl, reason=reason))
+
+    def revoke_family(self, family: str, *, issuer: str | None = None, ttl: float | None = None,
+                      reason: str = "") -> Result:
+        return self.revoke(self.entries.family(family, issuer=issuer, ttl=ttl, reason=reason))
+
+    def revoke_subject(self, sub: str, issuer: str | None = None, before: When = None, *,
+                       ttl: float | None = None, reason: str = "") -> Result:
+        return self.revoke(self.entries.subject(sub, issuer=issuer, before=before, ttl=ttl, reason=reason))
+
+    def revoke_client(self, client_id: str, before: When = None, *, issuer: str | None = None,
+                      ttl: float | None = None, reason: str = "") -> Result:
+        return self.revoke(self.entries.client(client_id, issuer=issuer, before=before, ttl=ttl, reason=reason))
 
 
-class Revoker(_Builders):
-    """Asynchronous revoker (redis.asyncio). Each ``revoke_*`` returns the entry it wrote.
+def _redis_client(redis_url: str, cluster: bool, use_asyncio: bool) -> Any:
+    """A redis-py client for a URL: asyncio or synchronous, single node or cluster."""
+    if use_asyncio:
+        from redis.asyncio import Redis
+        from redis.asyncio.cluster import RedisCluster
+    else:
+        from redis import Redis  # type: ignore[assignment]
+        from redis.cluster import RedisCluster  # type: ignore[assignment]
+    factory = RedisCluster if cluster else Redis
+    return factory.from_url(redis_url, socket_connect_timeout=2.0, socket_timeout=5.0)
+
+
+class Revoker(_Revocations[Awaitable[Entry]]):
+    """Asynchronous revoker (redis.asyncio). Each ``revoke_*`` is awaited and returns the entry it wrote.
 
     ``ttl`` overrides the entry lifetime (seconds); by default it is ``default_ttl``, or the
     issuer's lifetime from ``lifetimes`` when an issuer is named. ``before`` accepts epoch
     seconds, an ISO-8601 string with a zone, or an aware datetime (default: now).
     """
-
-    def __init__(self, redis_url: str | None = None, *, client: Any = None, key_prefix: str = DEFAULT_PREFIX,
-                 cluster: bool = False, default_ttl: float = 86400.0, lifetimes: dict[str, float] | None = None,
-                 stream_maxlen: int = STREAM_MAXLEN) -> None:
-        super().__init__(key_prefix, cluster, default_ttl, lifetimes, stream_maxlen)
-        self._owned = client is None
-        if client is None:
-            if redis_url is None:
-                raise ValueError("Revoker needs a redis_url or a client")
-            if cluster:
-                from redis.asyncio.cluster import RedisCluster
-
-                client = RedisCluster.from_url(redis_url, socket_connect_timeout=2.0, socket_timeout=5.0)
-            else:
-                from redis.asyncio import Redis
-
-                client = Redis.from_url(redis_url, socket_connect_timeout=2.0, socket_timeout=5.0)
-        self.client = client
 
     @classmethod
     def from_config(cls, config: GatewayConfig | RevocationConfig) -> Revoker:
@@ -73,44 +113,16 @@ class Revoker(_Builders):
         from .redis_store import connect
 
         revocation = config.revocation if isinstance(config, GatewayConfig) else config
-        lifetimes = {i.issuer: i.max_token_lifetime for i in config.issuers} if isinstance(config, GatewayConfig) \
-            else None
         revoker = cls(client=connect(revocation, "cli", retries=2), key_prefix=revocation.key_prefix,
-                      cluster=revocation.cluster, default_ttl=revocation.default_ttl, lifetimes=lifetimes)
+                      cluster=revocation.cluster, default_ttl=revocation.default_ttl)
+        if isinstance(config, GatewayConfig):
+            revoker.entries = factory_for(config)
         revoker._owned = True
         return revoker
 
     async def revoke(self, entry: Entry) -> Entry:
-        """Write any entry (key + notification); returns it as written."""
         await write_entry(self.client, self.schema, entry, self.stream_maxlen)
         return entry
-
-    async def revoke_jti(self, jti: str, *, issuer: str | None = None, ttl: float | None = None,
-                         expires_at: float | None = None, reason: str = "") -> Entry:
-        return await self.revoke(self.entries.jti(jti, issuer=issuer, ttl=ttl, expires_at=expires_at, reason=reason))
-
-    async def revoke_fingerprint(self, fingerprint: str, *, issuer: str | None = None, ttl: float | None = None,
-                                 expires_at: float | None = None, reason: str = "") -> Entry:
-        return await self.revoke(
-            self.entries.fingerprint(fingerprint, issuer=issuer, ttl=ttl, expires_at=expires_at, reason=reason)
-        )
-
-    async def revoke_token(self, token: str, *, issuer: str | None = None, ttl: float | None = None,
-                           reason: str = "") -> Entry:
-        """Revoke a raw token by its SHA-256 fingerprint, computed here."""
-        return await self.revoke(self.entries.token(token, issuer=issuer, ttl=ttl, reason=reason))
-
-    async def revoke_family(self, family: str, *, issuer: str | None = None, ttl: float | None = None,
-                            reason: str = "") -> Entry:
-        return await self.revoke(self.entries.family(family, issuer=issuer, ttl=ttl, reason=reason))
-
-    async def revoke_subject(self, sub: str, issuer: str | None = None, before: When = None, *,
-                             ttl: float | None = None, reason: str = "") -> Entry:
-        return await self.revoke(self.entries.subject(sub, issuer=issuer, before=before, ttl=ttl, reason=reason))
-
-    async def revoke_client(self, client_id: str, before: When = None, *, issuer: str | None = None,
-                            ttl: float | None = None, reason: str = "") -> Entry:
-        return await self.revoke(self.entries.client(client_id, issuer=issuer, before=before, ttl=ttl, reason=reason))
 
     async def aclose(self) -> None:
         if self._owned:
@@ -123,56 +135,14 @@ class Revoker(_Builders):
         await self.aclose()
 
 
-class SyncRevoker(_Builders):
+class SyncRevoker(_Revocations[Entry]):
     """The same operations with the synchronous redis client."""
 
-    def __init__(self, redis_url: str | None = None, *, client: Any = None, key_prefix: str = DEFAULT_PREFIX,
-                 cluster: bool = False, default_ttl: float = 86400.0, lifetimes: dict[str, float] | None = None,
-                 stream_maxlen: int = STREAM_MAXLEN) -> None:
-        super().__init__(key_prefix, cluster, default_ttl, lifetimes, stream_maxlen)
-        self._owned = client is None
-        if client is None:
-            if redis_url is None:
-                raise ValueError("SyncRevoker needs a redis_url or a client")
-            if cluster:
-                from redis.cluster import RedisCluster
-
-                client = RedisCluster.from_url(redis_url, socket_connect_timeout=2.0, socket_timeout=5.0)
-            else:
-                from redis import Redis
-
-                client = Redis.from_url(redis_url, socket_connect_timeout=2.0, socket_timeout=5.0)
-        self.client = client
+    _asyncio = False
 
     def revoke(self, entry: Entry) -> Entry:
         write_entry_sync(self.client, self.schema, entry, self.stream_maxlen)
         return entry
-
-    def revoke_jti(self, jti: str, *, issuer: str | None = None, ttl: float | None = None,
-                   expires_at: float | None = None, reason: str = "") -> Entry:
-        return self.revoke(self.entries.jti(jti, issuer=issuer, ttl=ttl, expires_at=expires_at, reason=reason))
-
-    def revoke_fingerprint(self, fingerprint: str, *, issuer: str | None = None, ttl: float | None = None,
-                           expires_at: float | None = None, reason: str = "") -> Entry:
-        return self.revoke(
-            self.entries.fingerprint(fingerprint, issuer=issuer, ttl=ttl, expires_at=expires_at, reason=reason)
-        )
-
-    def revoke_token(self, token: str, *, issuer: str | None = None, ttl: float | None = None,
-                     reason: str = "") -> Entry:
-        return self.revoke(self.entries.token(token, issuer=issuer, ttl=ttl, reason=reason))
-
-    def revoke_family(self, family: str, *, issuer: str | None = None, ttl: float | None = None,
-                      reason: str = "") -> Entry:
-        return self.revoke(self.entries.family(family, issuer=issuer, ttl=ttl, reason=reason))
-
-    def revoke_subject(self, sub: str, issuer: str | None = None, before: When = None, *,
-                       ttl: float | None = None, reason: str = "") -> Entry:
-        return self.revoke(self.entries.subject(sub, issuer=issuer, before=before, ttl=ttl, reason=reason))
-
-    def revoke_client(self, client_id: str, before: When = None, *, issuer: str | None = None,
-                      ttl: float | None = None, reason: str = "") -> Entry:
-        return self.revoke(self.entries.client(client_id, issuer=issuer, before=before, ttl=ttl, reason=reason))
 
     def close(self) -> None:
         if self._owned:

@@ -4,6 +4,8 @@ With ``revocation.redis_url`` (or ``sentinel``) in the configuration, the entry 
 into Redis (the same key + stream write as the Python API and the admin endpoints). Without
 it the gateway keeps its list in memory, which only its own process can change: then pass
 ``--admin-url`` to post the revocation to that gateway's admin port, or the command exits 2.
+A ``--token`` is hashed here either way: the admin port receives its fingerprint and the
+entry's lifetime (the token's own ``exp``, at most the issuer's lifetime), never the token.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 import click
 
-from .schema import TARGETS
+from .schema import EXPIRY_MARGIN, TARGETS
 
 EXIT_NO_STORE = 2
 EXIT_FAILED = 3
@@ -71,12 +73,15 @@ def revoke(config_path: str, jti: str | None, token: str | None, fingerprint: st
         return
     if admin_url is not None:
         body: dict[str, Any] = {target: value, "reason": reason}
+        if target == "token":  # the raw token stays here: post its fingerprint and the lifetime computed here
+            body = {"fingerprint": entry.value, "ttl": max(1.0, entry.expires_at - EXPIRY_MARGIN - entry.created_at),
+                    "reason": reason}
+        elif ttl is not None:
+            body["ttl"] = ttl
         if issuer is not None:
             body["issuer"] = issuer
         if before is not None:
             body["before"] = before
-        if ttl is not None:
-            body["ttl"] = ttl
         secret_env = config.admin.shared_secret_env
         secret = os.environ.get(secret_env) if secret_env else None
         if not secret:

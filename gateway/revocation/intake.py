@@ -8,10 +8,15 @@
 
 Every endpoint needs ``Authorization: Bearer <credential>``: either the shared secret from
 the environment variable named by ``admin.shared_secret_env`` (compared in constant time),
-or an access token from a configured issuer that carries ``admin.scope``. Without one: 401.
+or a JWT access token from a configured issuer, validated and checked against the revocation
+list as on the proxy, that carries ``admin.scope``. Without one: 401. A credential that is not
+JWT-shaped is never sent anywhere (no introspection of a mistyped secret). When the token cannot
+be checked now (JWKS or introspection down, the revocation list stale): 503.
 
 A SET must also be signed by a configured issuer, with a key from that issuer's JWKS and an
-algorithm from its allow-list; ``aud``, when present, must be one of the issuer's audiences.
+algorithm from its allow-list (``JwtValidator.verify``, as for access tokens); ``aud``, when
+present, must be one of the issuer's audiences; a subject identifier naming an ``iss`` must
+name the SET's own issuer.
 """
 
 from __future__ import annotations
@@ -23,10 +28,10 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-import jwt
 import orjson
 from aiohttp import web
 
+from ..reasons import Reason
 from ..tokens.token import TokenError
 from ..tokens.validator import jwt_parts
 from .api import factory_for
@@ -78,6 +83,17 @@ def _unavailable(exc: Exception) -> web.Response:
                  {"Retry-After": "5"})
 
 
+def _unavailable_reason(reason: Reason) -> web.Response:
+    """503 when a dependency the check needs is down (JWKS, introspection, a stale revocation list)."""
+    return _json(503, {"error": "temporarily_unavailable", "error_description": reason.message},
+                 {"Retry-After": "5"})
+
+
+def _refused(reason: Reason) -> web.Response:
+    """An admin token refused for ``reason``: 401, or 503 when the reason is a dependency being down."""
+    return _unavailable_reason(reason) if reason.status == 503 else _unauthorized()
+
+
 class SetError(Exception):
     """A SET refused with an RFC 8935 section 2.3 error code."""
 
@@ -85,6 +101,14 @@ class SetError(Exception):
         super().__init__(description)
         self.err = err
         self.description = description
+
+
+class Unavailable(Exception):
+    """The SET cannot be checked now (the issuer's keys are unavailable): 503, the transmitter retries."""
+
+    def __init__(self, reason: Reason) -> None:
+        super().__init__(reason.message)
+        self.reason = reason
 
 
 class Intake:
@@ -111,7 +135,7 @@ class Intake:
         return secret.encode()
 
     async def authenticate(self, request: web.Request) -> web.Response | None:
-        """None when the caller may revoke, else the 401/403 answer."""
+        """None when the caller may revoke, else the 401/403 answer (503 when it cannot be checked now)."""
         scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
         credential = credential.strip()
         if scheme.lower() != "bearer" or not credential:
@@ -123,15 +147,16 @@ class Intake:
         ):
             return None
         pipeline = self.gateway.pipeline
-        if pipeline is None:
+        # only a JWT can be an admin token: a wrong or unset shared secret is never sent to introspection
+        if pipeline is None or jwt_parts(credential) is None:
             return _unauthorized()
         try:
             token = await pipeline.validator.validate(credential)
-        except TokenError:
-            return _unauthorized()
-        refused = self.gateway.revocation.list.check(token)
+        except TokenError as exc:
+            return _refused(exc.reason)
+        refused = self.gateway.revocation.check(token)  # the store's check: fails closed when stale
         if refused is not None:
-            return _unauthorized()
+            return _refused(refused)
         scope = self.gateway.config.admin.scope
         if scope not in token.scopes:
             return _json(403, {"error": "insufficient_scope", "error_description": f"the token lacks {scope}"},
@@ -225,6 +250,8 @@ class Intake:
         except SetError as exc:
             log.info("security event refused", extra={"err": exc.err, "description": exc.description})
             return _json(400, {"err": exc.err, "description": exc.description})
+        except Unavailable as exc:
+            return _unavailable_reason(exc.reason)
         try:
             await self._revoke(entries, "set")
         except RevocationWriteError as exc:
@@ -232,7 +259,7 @@ class Intake:
         return web.Response(status=202)
 
     async def verify_set(self, raw: str) -> dict[str, Any]:
-        """The claims of a SET signed by a configured issuer, or SetError."""
+        """The claims of a SET signed by a configured issuer, or SetError (Unavailable when the keys are)."""
         parts = jwt_parts(raw)
         if parts is None:
             raise SetError("invalid_request", "the body is not a compact JWS")
@@ -242,42 +269,33 @@ class Intake:
             raise SetError("invalid_request", f"typ {typ!r} is not secevent+jwt")
         issuer = unverified.get("iss")
         pipeline = self.gateway.pipeline
-        config = self.gateway.config.issuer(issuer) if isinstance(issuer, str) else None
-        keys = pipeline.validator.keys.get(issuer) if pipeline is not None and isinstance(issuer, str) else None
-        if config is None or keys is None:
+        verifier = pipeline.validator.jwt.get(issuer) if pipeline is not None and isinstance(issuer, str) else None
+        if verifier is None:
             raise SetError("invalid_issuer", "the SET issuer is not a configured JWT issuer")
-        alg = header.get("alg")
-        if not isinstance(alg, str) or alg not in config.algorithms:
-            raise SetError("invalid_key", f"algorithm {alg!r} is not allowed for this issuer")
-        kid = header.get("kid")
         try:
-            candidates = await keys.keys_for(kid if isinstance(kid, str) else None)
+            claims = await verifier.verify(raw, header, audience=None, require=("iss", "iat", "jti"))
         except TokenError as exc:
-            raise SetError("invalid_key", f"no usable key: {exc.reason.value}") from None
-        for key in candidates:
-            if key.algorithm_name != alg and not (key.algorithm_name[:2] in ("RS", "PS") and alg[:2] in ("RS", "PS")):
-                continue
-            try:
-                claims: dict[str, Any] = jwt.decode(
-                    raw, key=key.key, algorithms=[alg], issuer=issuer, leeway=config.leeway,
-                    options={"verify_aud": False, "require": ["iss", "iat", "jti"]},
-                )
-            except jwt.InvalidSignatureError:
-                continue
-            except jwt.PyJWTError as exc:
-                raise SetError("invalid_request", f"invalid SET: {exc}") from None
-            break
-        else:
-            raise SetError("invalid_key", "the SET signature does not verify with the issuer's keys")
+            raise _set_error(exc) from None
         audience = claims.get("aud")
         if audience is not None:
-            wanted = set(config.audiences)
+            wanted = set(verifier.config.audiences)
             given = {audience} if isinstance(audience, str) else set(audience) if isinstance(audience, list) else set()
             if not wanted & given:
                 raise SetError("invalid_audience", "the SET is not addressed to this gateway")
         if not isinstance(claims.get("events"), dict) or not claims["events"]:
             raise SetError("invalid_request", "the SET has no events claim")
         return claims
+
+
+def _set_error(exc: TokenError) -> Exception:
+    """The RFC 8935 error for a SET the issuer's validator refused; Unavailable when its keys are."""
+    if exc.reason.status == 503:
+        return Unavailable(exc.reason)
+    if exc.reason is Reason.BAD_SIGNATURE:
+        return SetError("invalid_key", "the SET signature does not verify with the issuer's keys")
+    if exc.reason in (Reason.DISALLOWED_ALGORITHM, Reason.UNKNOWN_KEY):
+        return SetError("invalid_key", exc.detail or exc.reason.value)
+    return SetError("invalid_request", f"invalid SET: {exc.detail or exc.reason.value}")
 
 
 # --- mapping events to entries -------------------------------------------------------------------
@@ -309,9 +327,8 @@ def entries_from_set(claims: dict[str, Any], factory: EntryFactory, now: float |
             entries.append(factory.family(ident.session, issuer=issuer, reason=reason, now=now))
         elif event_type in TOKEN_EVENTS and ident.jti is not None:
             entries.append(factory.jti(ident.jti, issuer=issuer, reason=reason, now=now))
-        elif ident.user is not None:
-            user_issuer, sub = ident.user
-            entries.append(factory.subject(sub, issuer=user_issuer, before=when, reason=reason, now=now))
+        elif ident.sub is not None:
+            entries.append(factory.subject(ident.sub, issuer=issuer, before=when, reason=reason, now=now))
         else:
             raise SetError("invalid_request", f"{event_type}: {ident.problem or 'no usable subject identifier'}")
     return entries
@@ -320,7 +337,7 @@ def entries_from_set(claims: dict[str, Any], factory: EntryFactory, now: float |
 class _Ident:
     def __init__(self) -> None:
         self.session: str | None = None
-        self.user: tuple[str, str] | None = None
+        self.sub: str | None = None
         self.jti: str | None = None
         self.problem: str | None = None
 
@@ -331,7 +348,11 @@ def _plain_sub(claims: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _identify(subject: Any, issuer: str, session_event: bool) -> _Ident:
-    """Session id, user (issuer, sub) and jti named by an RFC 9493 / SSF subject identifier."""
+    """Session id, ``sub`` and jti named by an RFC 9493 / SSF subject identifier.
+
+    A SET speaks for its own issuer only: an identifier naming another ``iss`` is refused
+    (SetError), so that one issuer cannot revoke the users or tokens of another.
+    """
     ident = _Ident()
     if not isinstance(subject, dict):
         return ident
@@ -339,28 +360,37 @@ def _identify(subject: Any, issuer: str, session_event: bool) -> _Ident:
     if fmt == "complex":
         session, user = subject.get("session"), subject.get("user")
         if isinstance(session, dict):
-            sid = _identify(session, issuer, True)
-            ident.session = sid.session
+            ident.session = _identify(session, issuer, True).session
         if isinstance(user, dict):
-            ident.user = _identify(user, issuer, False).user
+            ident.sub = _identify(user, issuer, False).sub
     elif fmt == "iss_sub":
-        iss, sub = subject.get("iss"), subject.get("sub")
+        _same_issuer(subject, issuer)
+        sub = subject.get("sub")
         if isinstance(sub, str) and sub:
-            ident.user = (iss if isinstance(iss, str) and iss else issuer, sub)
+            ident.sub = sub
     elif fmt == "opaque":
         value = subject.get("id")
         if isinstance(value, str) and value:
             if session_event:
                 ident.session = value
             else:
-                ident.user = (issuer, value)
+                ident.sub = value
     elif fmt == "jwt_id":
+        _same_issuer(subject, issuer)
         jti = subject.get("jti")
         if isinstance(jti, str) and jti:
             ident.jti = jti
     else:
         ident.problem = f"subject identifier format {fmt or '(none)'!r} is not supported"
     return ident
+
+
+def _same_issuer(subject: dict[str, Any], issuer: str) -> None:
+    """The ``iss`` of an ``iss_sub`` / ``jwt_id`` identifier, when given, must be the SET's issuer."""
+    named = subject.get("iss")
+    if named is not None and named != issuer:
+        raise SetError("invalid_issuer", f"the subject belongs to issuer {str(named)[:200]!r}, not to the SET's "
+                                         "issuer: a SET may only revoke its own issuer's subjects and tokens")
 
 
 def _event_time(event: dict[str, Any], claims: dict[str, Any], now: float) -> float:

@@ -22,8 +22,6 @@ So a key never exists without its notification, and two writers never weaken eac
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import math
 import random
 import re
@@ -35,6 +33,7 @@ from typing import Any
 
 import orjson
 
+from ..tokens.token import as_number, fingerprint
 from .entries import ANY_ISSUER, Entry, Kind
 
 SCHEMA_VERSION = "1"
@@ -168,11 +167,6 @@ def as_timestamp(value: float | int | str | datetime | None) -> float | None:
     raise ValueError(f"{value!r} is not a time")
 
 
-def fingerprint_of(raw_token: str) -> str:
-    """SHA-256 hex of the raw token (the same function as the gateway's token fingerprint)."""
-    return hashlib.sha256(raw_token.encode("utf-8", "surrogateescape")).hexdigest()
-
-
 def _nonempty(name: str, value: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{name} must be a non-empty string")
@@ -229,12 +223,12 @@ class EntryFactory:
     def token(self, raw_token: str, *, issuer: str | None = None, ttl: float | None = None,
               expires_at: float | None = None, reason: str = "", now: float | None = None) -> Entry:
         """Revoke one raw token by its fingerprint, hashed here: the raw token goes nowhere."""
+        raw_token = _nonempty("token", raw_token)
         now = time.time() if now is None else now
         exp = expires_at if expires_at is not None else _unverified_exp(raw_token)
         if exp is not None:  # a JWT's own exp, capped by the issuer's max lifetime
             exp = min(exp, now + (self.lifetime(issuer) if ttl is None else ttl))
-        return self.jti(fingerprint_of(_nonempty("token", raw_token)), issuer=issuer, ttl=ttl, expires_at=exp,
-                        reason=reason, now=now)
+        return self.jti(fingerprint(raw_token), issuer=issuer, ttl=ttl, expires_at=exp, reason=reason, now=now)
 
     def family(self, family: str, *, issuer: str | None = None, ttl: float | None = None, reason: str = "",
                now: float | None = None) -> Entry:
@@ -281,15 +275,11 @@ TARGETS = ("jti", "token", "fingerprint", "family", "subject", "client")
 
 def _unverified_exp(raw_token: str) -> float | None:
     """``exp`` of a JWT-shaped token, unverified (used only to shorten an entry's life)."""
-    parts = raw_token.split(".")
-    if len(parts) != 3:
-        return None
-    try:
-        payload = orjson.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (ValueError, orjson.JSONDecodeError):
-        return None
-    exp = payload.get("exp") if isinstance(payload, dict) else None
-    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+    # imported on first use, so that importing the Python API does not load aiohttp
+    from ..tokens.validator import jwt_parts
+
+    parts = jwt_parts(raw_token)
+    return as_number(parts[1].get("exp")) if parts is not None else None
 
 
 # --- the write, shared by the gateway's store and the Python API ---------------------------------

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -64,11 +65,37 @@ async def discover(session: aiohttp.ClientSession, issuer: str, timeout: float) 
     raise DiscoveryError("; ".join(errors))
 
 
-def parse_jwks(document: Any) -> dict[str, jwt.PyJWK]:
+@dataclass(frozen=True, slots=True)
+class VerificationKey:
+    """One signing key of an issuer's JWKS, with the ``alg`` its JWK declares (if any).
+
+    A JWK that declares ``alg`` verifies that algorithm only (RFC 7517 section 4.4). One that
+    does not verifies its key type's algorithms: an RSA key RS256/384/512 and PS256/384/512,
+    any other key PyJWT's algorithm for its type and curve (ES256 for P-256, EdDSA...).
+    """
+
+    jwk: jwt.PyJWK
+    declared_alg: str | None = None
+
+    @property
+    def key(self) -> Any:
+        """The public key object to verify with."""
+        return self.jwk.key
+
+    def verifies(self, alg: str) -> bool:
+        """True when this key may verify a signature made with ``alg``."""
+        if self.declared_alg is not None:
+            return alg == self.declared_alg
+        if self.jwk.key_type == "RSA":
+            return alg[:2] in ("RS", "PS")
+        return alg == self.jwk.algorithm_name
+
+
+def parse_jwks(document: Any) -> dict[str, VerificationKey]:
     """Signing keys by kid; keys without kid get a positional name, unusable keys are skipped."""
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise DiscoveryError("the JWKS document has no keys array")
-    keys: dict[str, jwt.PyJWK] = {}
+    keys: dict[str, VerificationKey] = {}
     for index, jwk in enumerate(document["keys"]):
         if not isinstance(jwk, dict) or jwk.get("use", "sig") != "sig":
             continue
@@ -76,7 +103,9 @@ def parse_jwks(document: Any) -> dict[str, jwt.PyJWK]:
             key = jwt.PyJWK(jwk)
         except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
             continue
-        keys[str(jwk.get("kid", f"#{index}"))] = key
+        declared = jwk.get("alg")
+        declared = declared if isinstance(declared, str) and declared else None
+        keys[str(jwk.get("kid", f"#{index}"))] = VerificationKey(key, declared)
     return keys
 
 
@@ -86,7 +115,7 @@ class IssuerKeys:
     def __init__(self, config: IssuerConfig, session: aiohttp.ClientSession) -> None:
         self.config = config
         self._session = session
-        self._keys: dict[str, jwt.PyJWK] = {}
+        self._keys: dict[str, VerificationKey] = {}
         self._jwks_uri = config.jwks_uri
         self.metadata: dict[str, Any] = {}
         self._last_attempt = float("-inf")
@@ -141,14 +170,14 @@ class IssuerKeys:
         metrics.JWKS_REFRESH.labels(issuer, "ok").inc()
         log.info("jwks loaded", extra={"issuer": issuer, "kids": sorted(keys)})
 
-    def candidates(self, kid: str | None) -> list[jwt.PyJWK]:
+    def candidates(self, kid: str | None) -> list[VerificationKey]:
         """Keys that may have signed a token with this kid (all keys when the token names none)."""
         if kid is None:
             return list(self._keys.values())
         key = self._keys.get(kid)
         return [key] if key is not None else []
 
-    async def keys_for(self, kid: str | None) -> list[jwt.PyJWK]:
+    async def keys_for(self, kid: str | None) -> list[VerificationKey]:
         """Keys for ``kid``, refetching the JWKS for an unknown kid at most once per interval."""
         keys = self.candidates(kid)
         if keys:

@@ -1,12 +1,14 @@
 """Signed JWT access tokens (RFC 9068), verified locally against the issuer's JWKS.
 
-The algorithm comes from the issuer's allow-list and must agree with the key; the
-token header only selects among allowed algorithms, so ``none`` and HS256 signed with
-an RSA public key (algorithm confusion) can never verify.
+The algorithm comes from the issuer's allow-list and must agree with the key (exactly the
+``alg`` its JWK declares, if it declares one); the token header only selects among allowed
+algorithms, so ``none`` and HS256 signed with an RSA public key (algorithm confusion) can
+never verify.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import jwt
@@ -41,13 +43,18 @@ class JwtValidator:
         self.config = config
         self.keys = keys
         self._algorithms = frozenset(config.algorithms)
-        self._options: Any = {"require": ["exp", "iss", "aud"], "verify_aud": True}
+        self._access_token_claims = ("exp", "iss", "aud")
 
-    def check_header(self, header: dict[str, Any]) -> str:
-        """The algorithm to verify with, refusing anything off the allow-list."""
+    def algorithm(self, header: dict[str, Any]) -> str:
+        """The algorithm to verify with, refusing anything off the issuer's allow-list."""
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self._algorithms:
             raise TokenError(Reason.DISALLOWED_ALGORITHM, f"algorithm {alg!r} is not allowed")
+        return alg
+
+    def check_header(self, header: dict[str, Any]) -> str:
+        """The algorithm of an access token's header, whose ``typ`` must also be the one required."""
+        alg = self.algorithm(header)
         if self.config.require_typ is not None:
             typ = str(header.get("typ", "")).lower()
             wanted = self.config.require_typ.lower()
@@ -55,20 +62,28 @@ class JwtValidator:
                 raise TokenError(Reason.WRONG_TOKEN_TYPE, f"typ {typ!r} is not {self.config.require_typ}")
         return alg
 
-    async def validate(self, raw: str, header: dict[str, Any], fp: str) -> ValidatedToken:
-        alg = self.check_header(header)
+    async def verify(self, raw: str, header: dict[str, Any], *, audience: list[str] | None,
+                     require: Sequence[str]) -> dict[str, Any]:
+        """The claims of a JWS signed by this issuer, with a key of its JWKS and an allowed algorithm.
+
+        Also checks ``iss``, the time claims (as NumericDates, with the issuer's leeway), the
+        ``require``d claims and, unless ``audience`` is None, ``aud``. Any failure is a TokenError.
+        Used for access tokens (``validate``) and for Security Event Tokens (revocation intake).
+        """
+        alg = self.algorithm(header)
         kid = header.get("kid")
         keys = await self.keys.keys_for(kid if isinstance(kid, str) else None)
+        options: Any = {"require": list(require), "verify_aud": audience is not None}
         failure: TokenError | None = None
         for key in keys:
-            if key.algorithm_name != alg and not _same_family(key.algorithm_name, alg):
+            if not key.verifies(alg):
                 # a key of another type must not hide a bad signature from a key of the right type
                 failure = failure or TokenError(Reason.DISALLOWED_ALGORITHM, "the key does not match the algorithm")
                 continue
             try:
-                claims = jwt.decode(
-                    raw, key=key.key, algorithms=[alg], audience=self.config.audiences,
-                    issuer=self.config.issuer, leeway=self.config.leeway, options=self._options,
+                claims: dict[str, Any] = jwt.decode(
+                    raw, key=key.key, algorithms=[alg], audience=audience, issuer=self.config.issuer,
+                    leeway=self.config.leeway, options=options,
                 )
             except jwt.PyJWTError as exc:
                 failure = TokenError(_reason_for(exc), str(exc))
@@ -76,8 +91,13 @@ class JwtValidator:
                     continue
                 raise failure from None
             _check_numeric_dates(claims)
-            return token_from_claims(claims, self.config.issuer, fp, "jwt")
+            return claims
         raise failure or TokenError(Reason.UNKNOWN_KEY, "no key matched")
+
+    async def validate(self, raw: str, header: dict[str, Any], fp: str) -> ValidatedToken:
+        self.check_header(header)
+        claims = await self.verify(raw, header, audience=self.config.audiences, require=self._access_token_claims)
+        return token_from_claims(claims, self.config.issuer, fp, "jwt")
 
 
 def _check_numeric_dates(claims: dict[str, Any]) -> None:
@@ -87,7 +107,3 @@ def _check_numeric_dates(claims: dict[str, Any]) -> None:
         if name in claims and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise TokenError(Reason.INVALID_TOKEN, f"the {name} claim is not a number")
 
-
-def _same_family(key_alg: str, token_alg: str) -> bool:
-    """A JWK without ``alg`` gets PyJWT's default for its type (RS256, ES256...); RSA keys also do RS384/PS256."""
-    return key_alg[:2] in ("RS", "PS") and token_alg[:2] in ("RS", "PS")

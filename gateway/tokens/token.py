@@ -79,7 +79,8 @@ def client_of(claims: dict[str, Any]) -> str | None:
     return None
 
 
-def _number(value: Any) -> float | None:
+def as_number(value: Any) -> float | None:
+    """A JSON number as a float; None for anything else (booleans, strings, null)."""
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
@@ -92,10 +93,10 @@ def token_from_claims(claims: dict[str, Any], issuer: str, fp: str, source: str)
         subject=subject if isinstance(subject, str) else None,
         client_id=client_of(claims),
         scopes=scopes_of(claims),
-        expires_at=_number(claims.get("exp")) or 0.0,
+        expires_at=as_number(claims.get("exp")) or 0.0,
         fingerprint=fp,
         jti=jti if isinstance(jti, str) else None,
-        issued_at=_number(claims.get("iat")),
+        issued_at=as_number(claims.get("iat")),
         claims=claims,
         source=source,
     )
