@@ -90,11 +90,6 @@ class Reason(str, Enum):
     def decision(self) -> str:
         return "allow" if self.allowed else "deny"
 
-    @property
-    def is_token_error(self) -> bool:
-        """Denials that RFC 6750 answers with 401 and a WWW-Authenticate challenge."""
-        return self.status == 401
-
 
 _PASSED_POLICY = frozenset(
     {Reason.ALLOWED, Reason.PUBLIC_ROUTE, Reason.UPSTREAM_UNAVAILABLE, Reason.UPSTREAM_TIMEOUT,

@@ -29,8 +29,15 @@ POLL_INTERVAL = 1.0
 RETRY_INTERVAL = 30.0  # after a failure that may pass (an issuer's keys did not load)
 KEYS_WAIT = 5.0
 
-# what only a restart can change: sockets, processes, and what outlives a reload in Gateway
-RESTART_ONLY = ("listen", "admin_listen", "decision_listen", "workers", "shutdown_grace", "audit", "revocation")
+# What only a restart can change: sockets, processes, and what Gateway builds once and keeps
+# across reloads (the audit writer, the revocation store, the live Detector). Every other key
+# is read from the swapped-in pipeline's configuration (``gateway.config``) on each request or
+# poll, and so follows a reload: routes, issuers, upstreams, realm, max_body_size,
+# trusted_proxies, identity_headers, decision_path_prefix, decision_sources, admin,
+# verified_token_cache_size, watch_config and log_level (docs/operations.md).
+RESTART_ONLY = (
+    "listen", "admin_listen", "decision_listen", "workers", "shutdown_grace", "audit", "revocation", "detection",
+)
 
 
 def restart_needed(declared: GatewayConfig, new: GatewayConfig) -> list[str]:

@@ -87,6 +87,38 @@ async def test_repeated_requests_within_ttl_make_no_new_call(make_gateway, issue
     assert issuer.calls["introspect"] == 1
 
 
+async def test_only_introspection_calls_count_as_validations(make_gateway, issuer, http):
+    """Cache hits and coalesced waits are not validations; opaque tokens skip the verified-token cache."""
+    gw = await make_gateway(issuers=[introspecting(issuer)])
+    issuer.introspection_delay = 0.2  # the concurrent requests below share the one call in flight
+    token, made_up = issuer.mint_opaque(), "made_up_token_for_metrics"
+
+    def counts() -> dict[str, float]:
+        return {
+            "valid": metric("gateway_token_validations_total", issuer=issuer.issuer, result="valid"),
+            "inactive": metric("gateway_token_validations_total", issuer=issuer.issuer, result="inactive_token"),
+            "verified_hit": metric("gateway_token_cache_total", cache="verified_token", result="hit"),
+            "verified_miss": metric("gateway_token_cache_total", cache="verified_token", result="miss"),
+            "positive_hit": metric("gateway_token_cache_total", cache="introspection", result="hit"),
+            "negative_hit": metric("gateway_token_cache_total", cache="introspection_negative", result="hit"),
+        }
+
+    before = counts()
+    statuses = await asyncio.gather(*(get(http, f"{gw.url}/orders", token) for _ in range(10)))
+    assert [status for status, _, _ in statuses] == [200] * 10
+    for _ in range(3):
+        assert (await get(http, f"{gw.url}/orders", token))[0] == 200
+        assert (await get(http, f"{gw.url}/orders", made_up))[0] == 401
+    assert (await get(http, f"{gw.url}/orders", made_up))[0] == 401
+    after = counts()
+
+    assert issuer.calls["introspect"] == 2
+    delta = {key: after[key] - before[key] for key in before}
+    assert delta == {
+        "valid": 1, "inactive": 1, "verified_hit": 0, "verified_miss": 0, "positive_hit": 3, "negative_hit": 3,
+    }
+
+
 async def test_cached_answer_never_outlives_exp(make_gateway, issuer, http):
     gw = await make_gateway(issuers=[introspecting(issuer, cache_ttl="60s")])
     token = issuer.mint_opaque(ttl=2)
@@ -103,14 +135,16 @@ async def test_cached_answer_never_outlives_exp(make_gateway, issuer, http):
 
 
 async def test_cached_answer_never_outlives_cache_ttl(make_gateway, issuer, http):
-    gw = await make_gateway(issuers=[introspecting(issuer, cache_ttl="500ms")])
+    ttl = 2.0  # wide enough for the second request to come well within it, even on a loaded machine
+    gw = await make_gateway(issuers=[introspecting(issuer, cache_ttl=f"{ttl}s")])
     token = issuer.mint_opaque(ttl=300)
     assert (await get(http, f"{gw.url}/orders", token))[0] == 200
+    answered_by = time.time()  # the entry lives until (answer time + cache_ttl) at the latest
     issuer.opaque[token]["active"] = False  # revoked at the authorization server
     assert (await get(http, f"{gw.url}/orders", token))[0] == 200  # within cache_ttl: the cached answer
     assert issuer.calls["introspect"] == 1
 
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(answered_by + ttl - time.time() + 0.05)
 
     assert (await get(http, f"{gw.url}/orders", token))[0] == 401
     assert issuer.calls["introspect"] == 2
@@ -132,11 +166,14 @@ async def test_inactive_token_is_refused_and_remembered(make_gateway, issuer, up
 
 
 async def test_negative_cache_expires(make_gateway, issuer, http):
-    gw = await make_gateway(issuers=[introspecting(issuer, negative_cache_ttl="300ms")])
+    ttl = 2.0  # wide enough for the second request to come well within it, even on a loaded machine
+    gw = await make_gateway(issuers=[introspecting(issuer, negative_cache_ttl=f"{ttl}s")])
     assert (await get(http, f"{gw.url}/orders", "not_yet_known"))[0] == 401
+    refused_by = time.time()  # the refusal is remembered until (answer time + negative_cache_ttl) at the latest
     issuer.opaque["not_yet_known"] = {"active": True, **issuer.claims()}
     assert (await get(http, f"{gw.url}/orders", "not_yet_known"))[0] == 401
-    await asyncio.sleep(0.4)
+    assert issuer.calls["introspect"] == 1  # the remembered refusal
+    await asyncio.sleep(refused_by + ttl - time.time() + 0.05)
     assert (await get(http, f"{gw.url}/orders", "not_yet_known"))[0] == 200
     assert issuer.calls["introspect"] == 2
 

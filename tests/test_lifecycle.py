@@ -25,6 +25,8 @@ import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.demo import EchoUpstream
+from gateway.reload import POLL_INTERVAL
 from tests.configmap import ConfigMapDir
 from tests.conftest import base_config, bearer
 
@@ -114,6 +116,26 @@ def files(tmp_path: Path) -> ConfigMapDir:
     return ConfigMapDir(tmp_path / "config")
 
 
+class ArrivalsUpstream(EchoUpstream):
+    """The echo upstream, noting the path of each request as soon as its head arrives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived: list[str] = []
+
+    async def handle(self, request: Any) -> Any:
+        self.arrived.append(request.path)
+        return await super().handle(request)
+
+
+@pytest.fixture
+async def arrivals() -> AsyncIterator[ArrivalsUpstream]:
+    server = ArrivalsUpstream()
+    await server.start()
+    yield server
+    await server.stop()
+
+
 async def eventually(check: Callable[[], Awaitable[bool]], within: float, every: float = 0.05) -> None:
     deadline = time.monotonic() + within
     while not await check():
@@ -160,21 +182,21 @@ def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
 
 @pytest.mark.timeout(45)
 async def test_sigterm_fails_readiness_refuses_new_connections_and_drains_in_flight(
-    spawn: Spawn, files: ConfigMapDir, issuer: Any, upstream: Any, tmp_path: Path
+    spawn: Spawn, files: ConfigMapDir, issuer: Any, arrivals: ArrivalsUpstream, tmp_path: Path
 ) -> None:
-    config = base_config(issuer, upstream, tmp_path / "audit.jsonl")
+    config = base_config(issuer, arrivals, tmp_path / "audit.jsonl")
     config["shutdown_grace"] = "10s"
     files.write(config)
     gateway = await spawn(files.path)
     await eventually(lambda: _is(status_of(gateway.admin("/readyz")), 200), within=10)
 
-    first_chunk = asyncio.Event()
-
     async def streamed_body() -> AsyncIterator[bytes]:
         for _ in range(16):
             yield b"x" * 4096
-            first_chunk.set()
             await asyncio.sleep(0.25)
+
+    async def both_at_the_upstream() -> bool:
+        return {"/slow/4", "/orders"} <= set(arrivals.arrived)
 
     async with aiohttp.ClientSession() as http:
 
@@ -186,8 +208,8 @@ async def test_sigterm_fails_readiness_refuses_new_connections_and_drains_in_fli
         upload = asyncio.create_task(
             call("POST", "/orders", data=streamed_body(), headers=bearer(issuer.mint(scope="orders:write")))
         )
-        await first_chunk.wait()
-        await asyncio.sleep(0.3)  # both requests are inside the gateway now
+        # both requests went through the gateway to the upstream: they are in flight now
+        await eventually(both_at_the_upstream, within=10, every=0.02)
         proxy_port = gateway.ports["proxy"]
         gateway.proc.send_signal(signal.SIGTERM)
 
@@ -284,15 +306,25 @@ async def test_sighup_reloads_when_watching_is_off(
     path.write_text(json.dumps(config))  # JSON is YAML; a plain file edited in place
     gateway = await spawn(path)
 
+    discoveries = issuer.calls["discovery"]
     config["routes"].append(EXTRA_ROUTE)
     path.write_text(json.dumps(config))
-    await asyncio.sleep(1.5)  # more than a poll interval: nobody watches
+    # a watcher would notice within a poll interval and start a reload, whose new pipeline asks
+    # the issuer for its metadata at once (long before the reload is done and counted)
+    await asyncio.sleep(3 * POLL_INTERVAL)
+    assert issuer.calls["discovery"] == discoveries, "a reload started: the file is watched"
+    assert total(await scrape(gateway), "gateway_config_reload_total") == 0
+    assert not gateway.messages("config reloaded")
     assert await status_of(gateway.url("/extra/1")) == 404
 
     gateway.proc.send_signal(signal.SIGHUP)
-    await eventually(lambda: _is(status_of(gateway.url("/extra/1")), 200), within=10, every=0.1)
-    [reloaded] = gateway.messages("config reloaded")
+    [reloaded] = await gateway.wait_log(lambda r: r.get("msg") == "config reloaded")
     assert reloaded["cause"] == "SIGHUP"
+    assert issuer.calls["discovery"] > discoveries  # the same sign of a reload as above, now there
+    assert await status_of(gateway.url("/extra/1")) == 200
+    samples = await scrape(gateway)
+    assert total(samples, "gateway_config_reload_total", result="success") == 1  # the signal's, and no other
+    assert total(samples, "gateway_config_reload_total", result="error") == 0
 
 
 # --- several workers -----------------------------------------------------------------------

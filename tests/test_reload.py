@@ -157,6 +157,60 @@ async def test_keys_that_only_a_restart_applies_are_reported_and_kept(
     assert "changed keys take effect only after a restart: listen, shutdown_grace" in caplog.text
 
 
+async def test_a_changed_detection_section_is_reported_and_kept_until_a_restart(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    server, files, config = running
+    gateway = server.gateway
+    assert gateway.detector is None  # the base configuration detects nothing
+    config["detection"] = {"max_ips_per_token": 2}
+    config["routes"].append(EXTRA_ROUTE)
+    files.write(config)
+
+    with caplog.at_level(logging.INFO):
+        assert await Reloader(gateway).reload("test")
+
+    assert "changed keys take effect only after a restart: detection" in caplog.text
+    # the Detector is built once, with the Gateway: the configuration in effect says what it runs with
+    assert gateway.detector is None
+    assert gateway.config.detection == gateway.initial_config.detection
+    assert gateway.config.routes[-1].name == "extra"  # the rest of the file is applied
+
+
+async def test_keys_read_on_each_request_follow_a_reload_without_a_restart_warning(
+    running: Running, issuer: Any, upstream: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    server, files, config = running
+    gateway = server.gateway
+    config.update(
+        realm="reloaded-realm", trusted_proxies=["10.0.0.0/8"], decision_sources=["envoy"],
+        identity_headers={"subject": "X-Reloaded-Subject"}, admin={"scope": "reloaded:admin"},
+        verified_token_cache_size=7,
+    )
+    files.write(config)
+
+    with caplog.at_level(logging.INFO):
+        assert await Reloader(gateway).reload("test")
+
+    assert "take effect only after a restart" not in caplog.text
+    in_effect = gateway.config
+    assert in_effect.realm == "reloaded-realm"
+    assert [str(n) for n in in_effect.trusted_proxies] == ["10.0.0.0/8"]
+    assert in_effect.decision_sources == ["envoy"]
+    assert in_effect.admin.scope == "reloaded:admin"
+    async with aiohttp.ClientSession() as http:
+        base = f"http://127.0.0.1:{server.ports['proxy']}"
+        async with http.get(f"{base}/orders") as resp:
+            assert resp.status == 401
+            assert resp.headers["WWW-Authenticate"] == 'Bearer realm="reloaded-realm"'
+        token = issuer.mint(scope="orders:read")
+        async with http.get(f"{base}/orders", headers={"Authorization": f"Bearer {token}"}) as resp:
+            assert resp.status == 200
+    headers = upstream.requests[-1]["headers"]
+    assert headers["X-Reloaded-Subject"] == "alice"
+    assert "X-Auth-Subject" not in headers
+
+
 async def test_a_file_that_is_not_utf8_is_rejected_like_any_invalid_file(
     running: Running, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -5,10 +5,15 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from .query import Query, select, write_records
+
+if TYPE_CHECKING:  # the incident modules are imported when the command runs
+    from ..config import GatewayConfig
+    from .incident import Incident, Target
 
 _FILES = click.argument("files", nargs=-1, type=click.Path(dir_okay=False, allow_dash=True, exists=True))
 
@@ -83,23 +88,48 @@ def incident_command(
     \b
         kubectl logs -l app=gateway | gateway incident --jti J
     """
-    from .incident import RevokeError, Target, action_record, collect, operator_name, plan_revocation, render_text
+    from .incident import collect
+
+    target = _incident_target(jti, fingerprint, token, sub, family)
+    config = _revocation_config(revoke, config_path, reason)
+    _stdin_hint(files)
+    incident = collect(list(files), target, _warn)
+    _report(incident, html_path)
+    if config is None:
+        if not incident.calls:
+            sys.exit(1)
+        return
+    _revoke(incident, config, reason or "incident response")
+
+
+def _incident_target(
+    jti: str | None, fingerprint: str | None, token: str | None, sub: str | None, family: str | None
+) -> Target:
+    from .incident import Target
 
     try:
-        target = Target.from_options(jti, fingerprint, token, sub, family)
+        return Target.from_options(jti, fingerprint, token, sub, family)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+
+
+def _revocation_config(revoke: bool, config_path: str | None, reason: str | None) -> GatewayConfig | None:
+    """The configuration naming the revocation list and the audit sink: with --revoke only."""
     if revoke and not config_path:
         raise click.UsageError("--revoke needs --config FILE (where the revocation list is)")
     if (config_path or reason) and not revoke:
         raise click.UsageError("--config and --reason go with --revoke")
-    config = None
-    if config_path:
-        from ..cli import load_or_exit
+    if not config_path:
+        return None
+    from ..cli import load_or_exit
 
-        config = load_or_exit(config_path)
-    _stdin_hint(files)
-    incident = collect(list(files), target, _warn)
+    return load_or_exit(config_path)
+
+
+def _report(incident: Incident, html_path: str | None) -> None:
+    """The text report on standard output, and the HTML report when asked for."""
+    from .incident import render_text
+
     sys.stdout.write(render_text(incident))
     sys.stdout.flush()
     if html_path:
@@ -107,12 +137,13 @@ def incident_command(
 
         Path(html_path).write_text(render_html(incident), encoding="utf-8")
         click.echo(f"\nHTML report written to {html_path}")
-    if not revoke:
-        if not incident.calls:
-            sys.exit(1)
-        return
-    assert config is not None
-    text = reason or "incident response"
+
+
+def _revoke(incident: Incident, config: GatewayConfig, text: str) -> None:
+    """Revoke what the incident found through the shared list, record the action, and say what was done."""
+    from .incident import RevokeError, action_record, operator_name, plan_revocation, shared_store
+    from .incident import revoke as revoke_entries
+
     try:
         entries = plan_revocation(incident, config, text)
     except RevokeError as exc:
@@ -120,9 +151,6 @@ def incident_command(
         sys.exit(1)
     operator = operator_name()
     record = action_record(incident, entries, text, operator)
-    from .incident import revoke as revoke_entries
-    from .incident import shared_store
-
     try:
         store = shared_store(config)
     except RevokeError as exc:

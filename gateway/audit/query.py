@@ -134,12 +134,6 @@ class Query:
             **filters,
         )
 
-    def is_empty(self) -> bool:
-        return not any(
-            (self.jti, self.fingerprint, self.sub, self.client, self.family, self.ip, self.route, self.decision,
-             self.reason, self.since, self.until)
-        )
-
     def literals(self) -> list[bytes]:
         """Values that must appear verbatim in a matching line (JSON leaves them unescaped)."""
         values = [self.jti, self.fingerprint, self.sub, self.client, self.family, self.route, self.reason]

@@ -133,18 +133,38 @@ _TOKEN_HEADERS = ["jti", "fingerprint", "sid", "sub", "client", "first seen", "l
 
 def render_html(incident: Incident, generated: float | None = None) -> str:
     """The whole report document."""
-    target = incident.target
-    first, last = incident.first or {}, incident.last or {}
     out: list[str] = [
+        *_head(incident),
+        *_summary(incident),
+        *_timeline(incident),
+        *_routes(incident),
+        *_client_ips(incident),
+        *_user_agents(incident),
+        *_denials(incident),
+        *_escalations(incident),
+        *_tokens(incident),
+        *_calls(incident),
+        *_actions(incident),
+        _footer(generated),
+    ]
+    return "\n".join(out)
+
+
+def _head(incident: Incident) -> list[str]:
+    described = _e(incident.target.describe())
+    return [
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         '<meta name="referrer" content="no-referrer">',
-        f"<title>Incident report: {_e(target.describe())}</title><style>{_CSS}</style></head><body>",
+        f"<title>Incident report: {described}</title><style>{_CSS}</style></head><body>",
         "<h1>Incident report</h1>",
-        f'<p class="target">{_e(target.describe())}</p>',
+        f'<p class="target">{described}</p>',
     ]
-    if not incident.calls:
-        out.append('<p class="warn">No audit records of it were found in the input.</p>')
+
+
+def _summary(incident: Incident) -> list[str]:
+    first, last = incident.first or {}, incident.last or {}
+    out = [] if incident.calls else ['<p class="warn">No audit records of it were found in the input.</p>']
     out += [
         '<dl class="summary">',
         f'<dt>Subjects</dt><dd id="subjects">{_e(", ".join(incident.subjects) or "-")}</dd>',
@@ -161,39 +181,47 @@ def render_html(incident: Incident, generated: float | None = None) -> str:
         flagged = ", ".join(f"{r} \u00d7{n}" for r, n in incident.suspicious.most_common())
         out.append(f'<dt>Live detection</dt><dd class="warn" id="suspicious">{_e(flagged)}</dd>')
     out.append("</dl>")
+    return out
 
-    out += ["<h2>Timeline</h2>", '<p class="legend">calls by decision:'
+
+def _timeline(incident: Incident) -> list[str]:
+    return ["<h2>Timeline</h2>", '<p class="legend">calls by decision:'
             f'<span style="background:{_COLOURS["allow"]}"></span>allowed'
             f'<span style="background:{_COLOURS["deny"]}"></span>denied</p>', timeline_svg(incident.timeline)]
 
+
+def _routes(incident: Incident) -> list[str]:
     statuses = incident.statuses()
-    out.append("<h2>Calls by route and status</h2>")
-    out.append(_table(
+    return ["<h2>Calls by route and status</h2>", _table(
         ["route", "calls", *[str(s) for s in statuses]],
         (f'<tr data-route="{_e(route)}">' + _td(route) + f'<td class="n calls">{total}</td>'
          + "".join(_td(by.get(s, ""), True) for s in statuses) + "</tr>"
          for route, total, by in incident.route_totals()),
         "routes",
-    ))
+    )]
 
-    out.append("<h2>Client IPs</h2>")
-    out.append(_table(
+
+def _client_ips(incident: Incident) -> list[str]:
+    return ["<h2>Client IPs</h2>", _table(
         ["client IP", "first seen", "last seen", "calls", "allowed", "denied"],
         (f'<tr data-ip="{_e(ip)}">' + _td(ip, mono=True) + _td(s.first) + _td(s.last)
          + f'<td class="n calls">{s.calls}</td>' + _td(s.allowed, True) + _td(s.denied, True) + "</tr>"
          for ip, s in sorted(incident.ips.items(), key=lambda item: item[1].first)),
         "ips",
-    ))
+    )]
 
-    out.append("<h2>User agents</h2>")
-    out.append(_table(
+
+def _user_agents(incident: Incident) -> list[str]:
+    return ["<h2>User agents</h2>", _table(
         ["user agent", "calls", "first seen", "last seen"],
         ("<tr>" + _td(ua, mono=True) + _td(s.calls, True) + _td(s.first) + _td(s.last) + "</tr>"
          for ua, s in sorted(incident.user_agents.items(), key=lambda item: -item[1].calls)),
         "user-agents",
-    ))
+    )]
 
-    out.append(f"<h2>Denials by reason ({incident.denied})</h2>")
+
+def _denials(incident: Incident) -> list[str]:
+    out = [f"<h2>Denials by reason ({incident.denied})</h2>"]
     if not incident.denial_counts:
         out.append("<p>none</p>")
     for reason, count in incident.denial_counts.most_common():
@@ -206,20 +234,29 @@ def render_html(incident: Incident, generated: float | None = None) -> str:
         ))
         if count > len(listed):
             out.append(f'<p class="muted">{count - len(listed)} more not listed</p>')
+    return out
 
-    out.append(f"<h2>Scope-escalation attempts ({incident.escalation_count})</h2>")
+
+def _escalations(incident: Incident) -> list[str]:
+    out = [f"<h2>Scope-escalation attempts ({incident.escalation_count})</h2>"]
     if not incident.escalations:
         out.append("<p>none</p>")
-    else:
-        out.append(_table(
-            ["time", "client IP", "method", "path", "scopes asked for", "missing", "scopes held"],
-            ('<tr class="escalation">' + _td(c["ts"]) + _td(c["client_ip"], mono=True) + _td(c["method"])
-             + _td(c["path"], mono=True) + _td(_scopes(c["required_scopes"])) + f'<td class="missing">'
-             f'{_e(_scopes(c["missing_scopes"]))}</td>' + _td(_scopes(c["scopes"])) + "</tr>"
-             for c in incident.escalations),
-            "escalations",
-        ))
+        return out
+    out.append(_table(
+        ["time", "client IP", "method", "path", "scopes asked for", "missing", "scopes held"],
+        ('<tr class="escalation">' + _td(c["ts"]) + _td(c["client_ip"], mono=True) + _td(c["method"])
+         + _td(c["path"], mono=True) + _td(_scopes(c["required_scopes"])) + f'<td class="missing">'
+         f'{_e(_scopes(c["missing_scopes"]))}</td>' + _td(_scopes(c["scopes"])) + "</tr>"
+         for c in incident.escalations),
+        "escalations",
+    ))
+    return out
 
+
+def _tokens(incident: Incident) -> list[str]:
+    """The tokens of a subject or family, then the other tokens of the same family or subject."""
+    target = incident.target
+    out = []
     if not target.is_token:
         kind = "subject" if target.kind == "sub" else "family"
         out.append(f"<h2>Tokens of this {kind} ({len(incident.tokens)})</h2>")
@@ -233,9 +270,11 @@ def render_html(incident: Incident, generated: float | None = None) -> str:
                 incident, sorted(incident.related.values(), key=lambda t: t.first), True), "related"))
         else:
             out.append("<p>none</p>")
+    return out
 
-    out.append(f"<h2>Calls ({incident.calls})</h2>")
-    out.append(_table(
+
+def _calls(incident: Incident) -> list[str]:
+    out = [f"<h2>Calls ({incident.calls})</h2>", _table(
         ["time", "client IP", "method", "path", "route", "status", "decision", "reason", "user agent"],
         (f'<tr class="{"flag" if c.get("suspicious") else c["decision"]}">' + _td(c["ts"])
          + _td(c["client_ip"], mono=True) + _td(c["method"]) + _td(c["path"], mono=True) + _td(c["route"])
@@ -244,21 +283,26 @@ def render_html(incident: Incident, generated: float | None = None) -> str:
          + _td(c["user_agent"]) + "</tr>"
          for c in sorted(incident.listed, key=lambda c: c["ts"] or "")),
         "calls",
-    ))
+    )]
     if incident.calls > len(incident.listed):
         out.append(f'<p class="muted">{incident.calls - len(incident.listed)} more calls not listed:'
                    " use <code>gateway audit</code> for all of them</p>")
+    return out
 
-    if incident.actions:
-        out.append("<h2>Responder actions already recorded</h2>")
-        out.append(_table(
-            ["time", "action", "operator", "revoked", "reason"],
-            ("<tr>" + _td(a.get("ts")) + _td(a.get("action")) + _td(a.get("operator"))
-             + _td(", ".join(f"{r.get('kind')} {r.get('value')}" for r in a.get("revoked") or []), mono=True)
-             + _td(a.get("reason")) + "</tr>" for a in incident.actions),
-            "actions",
-        ))
+
+def _actions(incident: Incident) -> list[str]:
+    if not incident.actions:
+        return []
+    return ["<h2>Responder actions already recorded</h2>", _table(
+        ["time", "action", "operator", "revoked", "reason"],
+        ("<tr>" + _td(a.get("ts")) + _td(a.get("action")) + _td(a.get("operator"))
+         + _td(", ".join(f"{r.get('kind')} {r.get('value')}" for r in a.get("revoked") or []), mono=True)
+         + _td(a.get("reason")) + "</tr>" for a in incident.actions),
+        "actions",
+    )]
+
+
+def _footer(generated: float | None) -> str:
     when = rfc3339(generated) if generated is not None else rfc3339(datetime.now(UTC).timestamp())
-    out.append(f"<footer>Generated {when} by <code>gateway incident</code> from the audit trail."
-               " Tokens appear only as jti or SHA-256 fingerprint prefix.</footer></body></html>\n")
-    return "\n".join(out)
+    return (f"<footer>Generated {when} by <code>gateway incident</code> from the audit trail."
+            " Tokens appear only as jti or SHA-256 fingerprint prefix.</footer></body></html>\n")

@@ -10,6 +10,9 @@ Lookup order for a token (by its SHA-256 fingerprint, never the token itself):
 4. the shared second-level cache in Redis (``shared_cache: true``), same lifetimes;
 5. one introspection call (one retry, with jitter, after a connection error).
 
+Only a lookup that reaches step 5 counts in ``gateway_token_validations_total`` (its outcome,
+under this issuer): a cache hit or a wait for a call in flight is not a validation.
+
 The caches hold the authorization server's answer about the token, never a decision:
 scopes, the route's issuer restriction and the revocation list are checked by the
 decision path on every request, cache hit or not.
@@ -248,20 +251,27 @@ class Introspector:
             task.exception()  # retrieved, even when every waiter went away
 
     async def _lookup(self, raw: str, fp: str) -> ValidatedToken:
+        """The one lookup past the local caches: the shared cache, else a call (counted as a validation)."""
         stored = await self._shared_get(fp)
         if stored is not None:
             answer, until = stored
             return self._judge(answer, fp, time.time(), until)
-        answer = await self._call(raw)
+        try:
+            answer = await self._call(raw)
+        except TokenError as exc:
+            metrics.TOKEN_VALIDATIONS.labels(self.issuer, exc.reason.value).inc()
+            raise
         now = time.time()
         try:
             token = self._judge(answer, fp, now, None)
         except TokenError as exc:
             result = "inactive" if exc.reason is Reason.INACTIVE_TOKEN else "refused"
             metrics.INTROSPECTION_CALLS.labels(self.issuer, result).inc()
+            metrics.TOKEN_VALIDATIONS.labels(self.issuer, exc.reason.value).inc()
             await self._shared_put(fp, answer, now + self.settings.negative_cache_ttl, now)
             raise
         metrics.INTROSPECTION_CALLS.labels(self.issuer, "active").inc()
+        metrics.TOKEN_VALIDATIONS.labels(self.issuer, "valid").inc()
         await self._shared_put(fp, answer, _cache_deadline(token), now)
         return token
 

@@ -6,6 +6,11 @@ Routing of a token to an issuer:
 2. any other token goes to introspection: first the issuer whose ``token_prefix``
    starts the token, otherwise the issuers that introspect, in configured order,
    until one answers ``active: true``.
+
+Only JWT-shaped tokens are looked up in (and put into) the verified-token cache; the
+introspection clients keep their own caches. ``gateway_token_validations_total`` counts
+real validations only: a JWT verification here, an introspection call (or a refusal
+without one: an unknown issuer, no issuer that introspects) but never a cache hit.
 """
 
 from __future__ import annotations
@@ -26,8 +31,13 @@ from .jwt import JwtValidator
 from .token import TokenError, ValidatedToken, fingerprint
 
 
-class Introspector(Protocol):
-    """What the validator needs from an RFC 7662 introspection client (tokens/introspection.py)."""
+class IntrospectionClient(Protocol):
+    """What the validator needs from an RFC 7662 introspection client (``tokens.introspection.Introspector``).
+
+    ``introspect`` answers from the client's own caches when it can; the client counts
+    ``gateway_token_validations_total`` itself, for the lookups that asked the
+    authorization server, so that a cache hit is never counted as a validation.
+    """
 
     issuer: str
     token_prefix: str | None
@@ -61,12 +71,12 @@ class TokenValidator:
     def __init__(self, config: GatewayConfig, session: aiohttp.ClientSession) -> None:
         self.keys = {i.issuer: IssuerKeys(i, session) for i in config.issuers if i.validation == "jwt"}
         self.jwt = {name: JwtValidator(keys.config, keys) for name, keys in self.keys.items()}
-        self.introspectors: dict[str, Introspector] = {}
+        self.introspectors: dict[str, IntrospectionClient] = {}
         self.cache: ExpiringCache[ValidatedToken] = ExpiringCache(
             "verified_token", config.verified_token_cache_size, lambda t: t.expires_at
         )
 
-    def add_introspector(self, introspector: Introspector) -> None:
+    def add_introspector(self, introspector: IntrospectionClient) -> None:
         self.introspectors[introspector.issuer] = introspector
 
     @property
@@ -89,6 +99,8 @@ class TokenValidator:
     async def validate(self, raw: str, fp: str | None = None) -> ValidatedToken:
         """The validated token, from the cache when this exact token was verified before."""
         fp = fp or fingerprint(raw)
+        if raw.count(".") != 2:  # not a JWT: never in this cache, the introspectors cache their own
+            return await self._introspect_opaque(raw, fp)
         cached = self.cache.get(fp)
         if cached is not None:
             return cached
@@ -103,19 +115,21 @@ class TokenValidator:
             return await self._introspect_opaque(raw, fp)
         header, payload = parts
         issuer = payload.get("iss")
-        known = isinstance(issuer, str) and (issuer in self.jwt or issuer in self.introspectors)
-        label = str(issuer) if known else "unknown"
+        if isinstance(issuer, str):
+            if issuer in self.jwt:
+                return await self._verify(issuer, raw, header, fp)
+            if issuer in self.introspectors:  # validation: introspection
+                return await self.introspectors[issuer].introspect(raw, fp)
+        metrics.TOKEN_VALIDATIONS.labels("unknown", Reason.UNKNOWN_ISSUER.value).inc()
+        raise TokenError(Reason.UNKNOWN_ISSUER, "the token names no trusted issuer")
+
+    async def _verify(self, issuer: str, raw: str, header: dict[str, Any], fp: str) -> ValidatedToken:
         try:
-            if isinstance(issuer, str) and issuer in self.jwt:
-                token = await self.jwt[issuer].validate(raw, header, fp)
-            elif isinstance(issuer, str) and issuer in self.introspectors:
-                token = await self.introspectors[issuer].introspect(raw, fp)
-            else:
-                raise TokenError(Reason.UNKNOWN_ISSUER, "the token names no trusted issuer")
+            token = await self.jwt[issuer].validate(raw, header, fp)
         except TokenError as exc:
-            metrics.TOKEN_VALIDATIONS.labels(label, exc.reason.value).inc()
+            metrics.TOKEN_VALIDATIONS.labels(issuer, exc.reason.value).inc()
             raise
-        metrics.TOKEN_VALIDATIONS.labels(label, "valid").inc()
+        metrics.TOKEN_VALIDATIONS.labels(issuer, "valid").inc()
         return token
 
     async def _introspect_opaque(self, raw: str, fp: str) -> ValidatedToken:
@@ -128,14 +142,10 @@ class TokenValidator:
         failure: TokenError | None = None
         for introspector in candidates:
             try:
-                token = await introspector.introspect(raw, fp)
+                return await introspector.introspect(raw, fp)
             except TokenError as exc:
-                metrics.TOKEN_VALIDATIONS.labels(introspector.issuer, exc.reason.value).inc()
                 # an outage must not be hidden by a later issuer's "inactive": fail closed with 503
                 if failure is None or exc.reason is Reason.INTROSPECTION_UNAVAILABLE:
                     failure = exc
-                continue
-            metrics.TOKEN_VALIDATIONS.labels(introspector.issuer, "valid").inc()
-            return token
         assert failure is not None
         raise failure
