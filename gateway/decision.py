@@ -18,7 +18,7 @@ from .tokens.token import TokenError, ValidatedToken, fingerprint
 from .tokens.validator import TokenValidator
 
 # RFC 6750 section 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
-_BEARER = re.compile(r"^[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *$")
+_BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,14 +60,16 @@ def bearer_token(facts: RequestFacts, target: Target, route: Route) -> str | Rea
         token = _plain_bearer(value)
         if token is not None:
             return token
-        match = _BEARER.match(value)
+        match = _BEARER.fullmatch(value)
         if match:
             return match.group(1)
         if value[:7].lower() == "bearer ":
             return Reason.MALFORMED_AUTHORIZATION
         return Reason.MISSING_TOKEN  # another scheme: challenge for a bearer token
     if query_token is not None:
-        return query_token if route.allow_query_token else Reason.TOKEN_IN_QUERY
+        if not route.allow_query_token:
+            return Reason.TOKEN_IN_QUERY
+        return query_token or Reason.MISSING_TOKEN
     return Reason.MISSING_TOKEN
 
 

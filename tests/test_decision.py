@@ -37,7 +37,7 @@ def token_of(authorization: tuple[str, ...] = (), target: str = "/r", route: Rou
 
 def by_regex(value: str) -> str | Reason:
     """What bearer_token answers for one Authorization value, by the RFC 6750 regex alone."""
-    match = _BEARER.match(value)
+    match = _BEARER.fullmatch(value)
     if match:
         return match.group(1)
     return Reason.MALFORMED_AUTHORIZATION if value[:7].lower() == "bearer " else Reason.MISSING_TOKEN
@@ -62,7 +62,7 @@ def test_the_fast_path_only_ever_answers_what_the_regex_answers() -> None:
         fast = _plain_bearer(value)
         if fast is not None:
             taken += 1
-            match = _BEARER.match(value)
+            match = _BEARER.fullmatch(value)
             assert match is not None and match.group(1) == fast, repr(value)
     assert taken > 50  # the usual shapes do take the fast path
 
@@ -214,3 +214,15 @@ async def test_a_revocation_applies_to_a_cached_token(decider: Any, issuer: Demo
     assert (await decide(d, "/orders", token)).reason is Reason.ALLOWED
     await store.revoke(Entry(Kind.FAMILY, "family-1", time.time() + 600))
     assert (await decide(d, "/orders", token)).reason is Reason.REVOKED_FAMILY
+
+
+def test_a_trailing_newline_is_not_part_of_a_bearer_header() -> None:
+    from gateway.decision import _BEARER
+
+    assert _BEARER.fullmatch("Bearer abc\n") is None
+    assert _BEARER.fullmatch("Bearer abc") is not None
+
+
+def test_an_empty_query_token_is_no_token() -> None:
+    facts = RequestFacts("GET", "/r?access_token=", "h", ())
+    assert bearer_token(facts, normalise_target(facts.raw_target), QUERY_ROUTE) is Reason.MISSING_TOKEN
