@@ -3,11 +3,28 @@
 Labels use the shared decision reasons (``gateway.reasons.Reason``) so a metric, an audit
 record and an error response always agree. With ``PROMETHEUS_MULTIPROC_DIR`` set (several
 workers), prometheus-client's multiprocess mode aggregates the workers' values.
+
+The per-request metrics (``gateway_requests_total`` and the two duration histograms) are
+counted on the request path in plain Python objects (``PendingCount``, ``PendingHistogram``)
+and folded into prometheus-client by ``fold()``: every second (``Gateway``'s timer), when
+the proxy has no request in flight, before every read of these metrics (``render_latest``,
+any ``collect()`` of the registry) and when the gateway stops. In multiprocess mode each
+``inc``/``observe`` checks the pid and writes an mmap'd file, about 5% of the CPU of a
+request (BENCHMARKS.md); folded, that is paid once per second and label set instead.
+What another worker counted reaches the shared files by that worker's own fold: while it
+is busy, a scrape can miss up to its last second of requests (never once it is idle).
 """
 
 from __future__ import annotations
 
+import math
 import os
+import threading
+from bisect import bisect_left
+from collections.abc import Iterable
+from itertools import compress
+from operator import ne
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -17,19 +34,158 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    values,
 )
+from prometheus_client.metrics_core import Metric
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_LATENCY_BOUNDS = (*_LATENCY_BUCKETS, math.inf)  # the upper bounds of a histogram's buckets, +Inf included
 
-REQUESTS = Counter(
+# prometheus-client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR at its import): values live in mmap'd files
+_SHARED_FILES = values.ValueClass is not values.MutexValue
+_fold_lock = threading.Lock()  # one fold at a time (a scrape may come from another thread)
+_counts: list[PendingCount] = []
+_histograms: list[PendingHistogram] = []
+
+
+class PendingCount:
+    """A counter child's increments not yet folded into it; ``count += 1`` on the request path.
+
+    ``count`` only grows and is written by the recording thread alone; ``fold`` adds what
+    it gained since the last fold, so a fold from another thread never loses an increment.
+    """
+
+    __slots__ = ("_child", "_folded", "count")
+
+    def __init__(self, child: Counter) -> None:
+        self._child = child
+        self._folded = 0
+        self.count = 0
+        _counts.append(self)
+
+    def _fold(self) -> None:
+        count = self.count
+        self._child.inc(count - self._folded)
+        self._folded = count
+
+
+class PendingHistogram:
+    """A histogram child's observations not yet folded into it: a count per bucket and the sum.
+
+    ``observe`` puts a value in the same bucket prometheus-client would (the first upper
+    bound >= the value); ``fold`` adds the new counts to the child's buckets and the new sum
+    to its sum, which is what as many ``Histogram.observe`` calls would have done.
+    """
+
+    __slots__ = ("_bounds", "_child", "_folded", "_folded_sum", "buckets", "sum")
+
+    def __init__(self, child: Histogram, bounds: tuple[float, ...]) -> None:
+        self._child = child
+        self._bounds = bounds
+        self._folded = [0] * len(bounds)
+        self._folded_sum = 0.0
+        self.buckets = [0] * len(bounds)
+        self.sum = 0.0
+        _histograms.append(self)
+
+    def observe(self, value: float) -> None:
+        self.buckets[bisect_left(self._bounds, value)] += 1
+        self.sum += value
+
+    def _fold(self) -> None:
+        buckets, folded = self.buckets[:], self._folded
+        # prometheus-client has no bulk observe: add to the child's bucket and sum values
+        # directly (their layout is checked in _bulk_foldable, and by tests/test_metrics.py)
+        child: Any = self._child
+        for i in compress(range(len(buckets)), map(ne, buckets, folded)):  # the buckets that changed
+            child._buckets[i].inc(buckets[i] - folded[i])
+        self._folded = buckets
+        total = self.sum
+        child._sum.inc(total - self._folded_sum)
+        self._folded_sum = total
+
+
+class DirectHistogram:
+    """``observe`` straight into the child: if prometheus-client's histogram layout ever changes."""
+
+    __slots__ = ("_child",)
+
+    def __init__(self, child: Histogram) -> None:
+        self._child = child
+
+    def observe(self, value: float) -> None:
+        self._child.observe(value)
+
+
+def idle() -> None:
+    """The proxy has no request in flight: with several workers, fold now.
+
+    Another worker's scrape reads this process's counts from the shared files, so an idle
+    worker keeps nothing pending; under load the timer folds every second. In one process
+    every read folds first, so nothing is needed here.
+    """
+    if _SHARED_FILES:
+        fold()
+
+
+def fold() -> None:
+    """Add what the request path counted since the last fold to the prometheus-client metrics."""
+    with _fold_lock:
+        for count in _counts[:]:
+            if count.count != count._folded:
+                count._fold()
+        for histogram in _histograms[:]:
+            if histogram.buckets != histogram._folded:
+                histogram._fold()
+
+
+class _FoldingCounter(Counter):
+    """A Counter that folds the pending counts before it is read."""
+
+    def collect(self) -> Iterable[Metric]:
+        fold()
+        return super().collect()
+
+
+class _FoldingHistogram(Histogram):
+    """A Histogram that folds the pending observations before it is read."""
+
+    def collect(self) -> Iterable[Metric]:
+        fold()
+        return super().collect()
+
+
+def _bulk_foldable(child: Histogram, bounds: tuple[float, ...]) -> bool:
+    buckets, total = getattr(child, "_buckets", None), getattr(child, "_sum", None)
+    return (
+        isinstance(buckets, list) and len(buckets) == len(bounds) and all(hasattr(b, "inc") for b in buckets)
+        and hasattr(total, "inc") and list(getattr(child, "_upper_bounds", ())) == list(bounds)
+    )
+
+
+def pending_count(counter: Counter, *labels: str) -> PendingCount:
+    """The pending increments of one labelled child of a folding counter (one per label set: memoise it)."""
+    return PendingCount(counter.labels(*labels))
+
+
+def pending_histogram(histogram: Histogram, label: str) -> PendingHistogram | DirectHistogram:
+    """The pending observations of one labelled child of a latency histogram (one per label: memoise it)."""
+    child = histogram.labels(label)
+    if _bulk_foldable(child, _LATENCY_BOUNDS):
+        return PendingHistogram(child, _LATENCY_BOUNDS)
+    return DirectHistogram(child)
+
+
+# counted through pending_count / pending_histogram (Gateway.record), folded by fold()
+REQUESTS = _FoldingCounter(
     "gateway_requests_total", "Requests by route, method, status, decision and reason",
     ["route", "method", "status", "decision", "reason"],
 )
-REQUEST_DURATION = Histogram(
+REQUEST_DURATION = _FoldingHistogram(
     "gateway_request_duration_seconds", "Time from request head to the end of the response", ["route"],
     buckets=_LATENCY_BUCKETS,
 )
-UPSTREAM_DURATION = Histogram(
+UPSTREAM_DURATION = _FoldingHistogram(
     "gateway_upstream_duration_seconds", "Time until the upstream answered with its head", ["upstream"],
     buckets=_LATENCY_BUCKETS,
 )
@@ -68,8 +224,13 @@ AUDIT_DROPPED = Counter("gateway_audit_write_errors_total", "Audit batches that 
 
 
 def render_latest() -> tuple[bytes, str]:
-    """The exposition text, aggregated over workers in multiprocess mode."""
+    """The exposition text, aggregated over workers in multiprocess mode.
+
+    This process's pending counts are folded first; another worker's reach the shared
+    files by its own fold (at most a second behind while it is busy, at once when idle).
+    """
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        fold()
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import re
 import time
 from collections.abc import Callable
@@ -36,19 +37,32 @@ log = logging.getLogger("gateway")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _METHODS = frozenset(HTTP_METHODS)
-# Gateway.record's metric children by outcome: bounded like the label sets themselves
-_OUTCOME_METRICS: dict[tuple[str, str, int, Any], tuple[Any, Any]] = {}
-_UPSTREAM_METRICS: dict[str, Any] = {}
+# Gateway.record's pending metrics by outcome: bounded like the label sets themselves. They
+# are counted on the event loop's thread and folded into prometheus-client by metrics.fold()
+_OUTCOME_METRICS: dict[
+    tuple[str, str, int, Any], tuple[metrics.PendingCount, metrics.PendingHistogram | metrics.DirectHistogram]
+] = {}
+_UPSTREAM_METRICS: dict[str, metrics.PendingHistogram | metrics.DirectHistogram] = {}
+_ROUTE_METRICS: dict[str, metrics.PendingHistogram | metrics.DirectHistogram] = {}
+METRICS_FOLD_INTERVAL = 1.0  # seconds between folds of the pending metrics (metrics.fold)
 RETIRE_MIN_DELAY = 2.0  # seconds a replaced pipeline stays open even when no proxied request uses it
 
 Detector = Any  # audit/detection.py provides it; kept loose to avoid an import cycle
+
+
+# request ids: 96 random bits as 24 hex digits, like os.urandom(12).hex() but without a system
+# call per request. A private generator seeded from os.urandom (again in a forked child), so
+# every worker draws its own sequence; an id only correlates records and is never a secret
+# (a client may send its own), so a non-cryptographic generator does.
+_ids = random.Random()  # noqa: S311 - ids are not secrets (above)
+os.register_at_fork(after_in_child=_ids.seed)
 
 
 def request_id(incoming: str | None) -> str:
     """Propagate a well-formed X-Request-Id, otherwise make one."""
     if incoming and _REQUEST_ID.match(incoming):
         return incoming
-    return os.urandom(12).hex()
+    return _ids.getrandbits(96).to_bytes(12, "big").hex()
 
 
 @dataclass
@@ -107,6 +121,7 @@ class Gateway:
         self._retiring: set[asyncio.Task[None]] = set()
         self._pending_purges: list[Callable[[ValidatedToken], bool]] = []
         self._purger: asyncio.Task[None] | None = None
+        self._folder: asyncio.Task[None] | None = None
         self.revocation.on_revoke(self._drop_cached)
         from .audit.detection import Detector as LiveDetector
         from .audit.detection import detection_enabled
@@ -124,18 +139,26 @@ class Gateway:
         self.pipeline = await build_pipeline(self.initial_config, self.revocation)
         if self.detector is not None:
             await self.detector.start()
+        self._folder = asyncio.create_task(self._fold_metrics(), name="metrics-fold")
 
     async def stop(self) -> None:
-        tasks = [*self._retiring, *([self._purger] if self._purger is not None else [])]
+        tasks = [*self._retiring, *(t for t in (self._purger, self._folder) if t is not None)]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        metrics.fold()  # what the last requests counted is in the shared files before the process goes
         if self.detector is not None:
             await self.detector.stop()
         if self.pipeline is not None:
             await self.pipeline.stop()
         await self.revocation.stop()
         await self.audit.stop()
+
+    @staticmethod
+    async def _fold_metrics() -> None:
+        while True:
+            await asyncio.sleep(METRICS_FOLD_INTERVAL)
+            metrics.fold()
 
     def swap(self, pipeline: Pipeline) -> None:
         """Put ``pipeline`` in service at once; the replaced one closes when its requests are done."""
@@ -204,22 +227,26 @@ class Gateway:
             audit_record(exchange, decision, duration * 1000, self.revocation.list.family_claim, suspicious)
         )
         route = decision.route.name if decision.route is not None else ""
-        # the metric children of this outcome, looked up once (labels() locks and hashes every call)
+        # the pending metrics of this outcome, looked up once (labels() locks and hashes every call)
         method = exchange.method if exchange.method in _METHODS else "OTHER"
         key = (route, method, exchange.status, decision.reason)
-        children = _OUTCOME_METRICS.get(key)
-        if children is None:
-            children = _OUTCOME_METRICS[key] = (
-                metrics.REQUESTS.labels(
-                    route, method, str(exchange.status), decision.reason.decision, decision.reason.value
+        pending = _OUTCOME_METRICS.get(key)
+        if pending is None:
+            duration_of_route = _ROUTE_METRICS.get(route)
+            if duration_of_route is None:
+                duration_of_route = _ROUTE_METRICS[route] = metrics.pending_histogram(metrics.REQUEST_DURATION, route)
+            pending = _OUTCOME_METRICS[key] = (
+                metrics.pending_count(
+                    metrics.REQUESTS, route, method, str(exchange.status), decision.reason.decision,
+                    decision.reason.value,
                 ),
-                metrics.REQUEST_DURATION.labels(route),
+                duration_of_route,
             )
-        children[0].inc()
-        children[1].observe(duration)
+        pending[0].count += 1
+        pending[1].observe(duration)
         if exchange.upstream_ms is not None and decision.route is not None:
             upstream = decision.route.upstream
-            child = _UPSTREAM_METRICS.get(upstream)
-            if child is None:
-                child = _UPSTREAM_METRICS[upstream] = metrics.UPSTREAM_DURATION.labels(upstream)
-            child.observe(exchange.upstream_ms / 1000)
+            histogram = _UPSTREAM_METRICS.get(upstream)
+            if histogram is None:
+                histogram = _UPSTREAM_METRICS[upstream] = metrics.pending_histogram(metrics.UPSTREAM_DURATION, upstream)
+            histogram.observe(exchange.upstream_ms / 1000)

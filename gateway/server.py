@@ -82,8 +82,7 @@ class ProxyHandler:
             pipeline.in_flight -= 1
             self.in_flight -= 1
             if not self.in_flight:
-                # idle: fold the metrics now, so that a scrape of any worker counts an idle one in full
-                metrics.fold()
+                metrics.idle()  # with several workers, a scrape of any of them counts an idle one in full
         if self.gateway.draining:
             response.force_close()  # no further request on a connection of a gateway going away
         return response

@@ -74,6 +74,16 @@ async def test_generated_request_id_matches_the_response(gw):  # type: ignore[no
     assert records[-1]["request_id"] == request_id
 
 
+def test_made_request_ids_are_96_random_bits_and_incoming_ones_pass_through() -> None:
+    from gateway.runtime import request_id
+
+    made = [request_id(None) for _ in range(10_000)]
+    assert len(set(made)) == len(made)
+    assert all(len(rid) == 24 and int(rid, 16) >= 0 and rid == rid.lower() for rid in made)
+    assert request_id("client-chosen.id:1") == "client-chosen.id:1"
+    assert request_id("not allowed") != "not allowed" and len(request_id("x" * 129)) == 24
+
+
 @pytest.mark.parametrize(
     ("method", "path", "scope", "status", "reason", "route"),
     [

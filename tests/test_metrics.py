@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.demo import DemoIssuer
@@ -96,3 +98,47 @@ async def test_readyz_fails_until_every_issuer_has_keys(make_gateway, issuer):  
     errors = [v for n, lab, v in samples(text)
               if n == "gateway_jwks_refresh_total" and lab == {"issuer": missing.issuer, "result": "error"}]
     assert errors == [errors_before + 1]
+
+
+def test_folded_histogram_equals_one_observe_per_value() -> None:
+    """The request path counts in plain objects; the fold gives what Histogram.observe would have."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from gateway import metrics
+
+    registry = CollectorRegistry()
+    observed = Histogram("observed_seconds", "x", ["l"], buckets=metrics._LATENCY_BUCKETS, registry=registry)
+    folded = Histogram("folded_seconds", "x", ["l"], buckets=metrics._LATENCY_BUCKETS, registry=registry)
+    pending = metrics.pending_histogram(folded, "a")
+    assert isinstance(pending, metrics.PendingHistogram)  # the bulk fold works with this prometheus-client
+    rng = random.Random(7)
+    values = [0.0, 30.0, 31.0, 1e9, *metrics._LATENCY_BUCKETS, *(rng.expovariate(200) for _ in range(3000))]
+    for i, value in enumerate(values):
+        observed.labels("a").observe(value)
+        pending.observe(value)
+        if i % 1000 == 0:
+            metrics.fold()
+    metrics.fold()
+    metrics.fold()  # nothing new: nothing added twice
+
+    def samples(name: str) -> dict[tuple[str, str], float]:
+        return {(s.name.removeprefix(name), s.labels.get("le", "")): s.value
+                for family in registry.collect() if family.name == name for s in family.samples
+                if not s.name.endswith("_created")}
+
+    got, want = samples("folded_seconds"), samples("observed_seconds")
+    assert got.keys() == want.keys() and len(got) == len(metrics._LATENCY_BOUNDS) + 2
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-12), key
+    assert got[("_count", "")] == len(values)
+
+
+def test_reading_the_registry_folds_pending_counts() -> None:
+    from gateway import metrics
+
+    labels = {"route": "fold-test", "method": "GET", "status": "200", "decision": "allow", "reason": "allowed"}
+    before = metric("gateway_requests_total", **labels)
+    pending = metrics.pending_count(metrics.REQUESTS, *labels.values())
+    pending.count += 3
+    assert metric("gateway_requests_total", **labels) == before + 3  # collect() folded first
+    assert metric("gateway_requests_total", **labels) == before + 3  # and only once

@@ -6,6 +6,7 @@ kept current (in-memory only, or fed from Redis) lives in the store modules.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -33,6 +34,8 @@ REASON_OF_KIND = {
 }
 
 ANY_ISSUER = "*"
+_NEVER = -math.inf  # the expiry check() reads for a key that is not in a table
+_NO_CUTOFF = (_NEVER, _NEVER)  # (not_before, expires_at) of a subject or client that is not in a table
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,25 +115,35 @@ class RevocationList:
 
     def check(self, token: ValidatedToken, now: float | None = None) -> Reason | None:
         """The revocation reason matching this token, or None."""
+        tokens, families, subjects, clients = self._tokens, self._families, self._subjects, self._clients
+        if not (tokens or families or subjects or clients):
+            return None  # nothing revoked: the common case costs four truth tests
         now = time.time() if now is None else now
-        if (
-            _live(self._tokens.get(token.fingerprint), now)
-            or _live(self._tokens.get(token.fingerprint[:FINGERPRINT_PREFIX]), now)
-            or (
-                token.jti is not None and _live(self._tokens.get(token.jti), now)
-            )
-        ):
-            return Reason.REVOKED_TOKEN
-        family = token.claims.get(self.family_claim)
-        if isinstance(family, str) and _live(self._families.get(family), now):
-            return Reason.REVOKED_FAMILY
+        # a missing key reads as _NEVER (expired before any time): one dict lookup and one comparison each
+        if tokens:
+            fingerprint = token.fingerprint
+            if (
+                tokens.get(fingerprint, _NEVER) > now
+                or tokens.get(fingerprint[:FINGERPRINT_PREFIX], _NEVER) > now
+                or (token.jti is not None and tokens.get(token.jti, _NEVER) > now)
+            ):
+                return Reason.REVOKED_TOKEN
+        if families:
+            family = token.claims.get(self.family_claim)
+            if isinstance(family, str) and families.get(family, _NEVER) > now:
+                return Reason.REVOKED_FAMILY
+        if not (subjects or clients):
+            return None
         issued = token.issued_at if token.issued_at is not None else 0.0
-        if token.subject is not None:
+        if subjects and token.subject is not None:  # the "issuer|sub" keys are only built when there are some
             for name in (f"{token.issuer}|{token.subject}", f"{ANY_ISSUER}|{token.subject}"):
-                if _issued_before(self._subjects.get(name), issued, now):
+                cutoff, expires = subjects.get(name, _NO_CUTOFF)
+                if expires > now and issued < cutoff:
                     return Reason.REVOKED_SUBJECT
-        if token.client_id is not None and _issued_before(self._clients.get(token.client_id), issued, now):
-            return Reason.REVOKED_CLIENT
+        if clients and token.client_id is not None:
+            cutoff, expires = clients.get(token.client_id, _NO_CUTOFF)
+            if expires > now and issued < cutoff:
+                return Reason.REVOKED_CLIENT
         return None
 
     def matcher_for(self, entry: Entry) -> Callable[[ValidatedToken], bool]:
@@ -155,10 +168,3 @@ class RevocationList:
             dropped += len(dead)
         return dropped
 
-
-def _live(expires_at: float | None, now: float) -> bool:
-    return expires_at is not None and expires_at > now
-
-
-def _issued_before(entry: tuple[float, float] | None, issued_at: float, now: float) -> bool:
-    return entry is not None and entry[1] > now and issued_at < entry[0]
