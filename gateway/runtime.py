@@ -14,7 +14,6 @@ import os
 import random
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +29,6 @@ from .revocation.entries import Entry, Kind
 from .revocation.store import RevocationStore, build_store
 from .routing import RouteTable
 from .tokens.cache import ExpiringCache
-from .tokens.token import ValidatedToken
 from .tokens.validator import TokenValidator
 
 log = logging.getLogger("gateway")
@@ -119,7 +117,7 @@ class Gateway:
         self.detector: Detector | None = None
         self.draining = False
         self._retiring: set[asyncio.Task[None]] = set()
-        self._pending_purges: list[Callable[[ValidatedToken], bool]] = []
+        self._pending_purges: list[Entry] = []
         self._purger: asyncio.Task[None] | None = None
         self._folder: asyncio.Task[None] | None = None
         self.revocation.on_revoke(self._drop_cached)
@@ -201,7 +199,7 @@ class Gateway:
             for cache in self._token_caches():
                 cache.discard(entry.value)
             return
-        self._pending_purges.append(self.revocation.list.matcher_for(entry))
+        self._pending_purges.append(entry)
         if self._purger is None or self._purger.done():
             try:
                 self._purger = asyncio.get_running_loop().create_task(self._purge_caches(), name="cache-purge")
@@ -211,11 +209,8 @@ class Gateway:
     async def _purge_caches(self) -> None:
         # one pass over the caches serves every revocation that arrived meanwhile
         while self._pending_purges:
-            matchers, self._pending_purges = self._pending_purges, []
-
-            def revoked(token: ValidatedToken, matchers: list[Callable[[ValidatedToken], bool]] = matchers) -> bool:
-                return any(match(token) for match in matchers)
-
+            entries, self._pending_purges = self._pending_purges, []
+            revoked = self.revocation.list.matcher_for(*entries)
             for cache in self._token_caches():
                 await cache.discard_where(revoked)
 

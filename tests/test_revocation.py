@@ -557,3 +557,26 @@ async def _status(http, gw, token: str) -> int:
     async with http.get(f"{gw.url}/orders", headers=bearer(token)) as resp:
         await resp.read()
         return resp.status
+
+
+async def test_a_burst_of_revocations_is_one_lookup_per_cached_token(make_gateway, issuer, http):
+    import asyncio
+    import time
+
+    from gateway.revocation import Entry, Kind
+    from gateway.tokens.token import ValidatedToken
+
+    gw = await make_gateway()
+    cache = gw.gateway.pipeline.validator.cache
+    for n in range(2_000):
+        cache.put(f"t{n}", ValidatedToken("x", f"user{n}", "c", frozenset(), time.time() + 600, f"t{n}",
+                                          claims={"sid": f"s{n}"}))
+    started = time.perf_counter()
+    for n in range(5_000):  # one stream read's worth of family revocations, all applied at once
+        gw.gateway.revocation.apply(Entry(Kind.FAMILY, f"s{n}", time.time() + 600))
+    for _ in range(500):
+        if len(cache) == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert len(cache) == 0
+    assert time.perf_counter() - started < 5  # 2,000 tokens x 5,000 matchers one by one took minutes

@@ -146,10 +146,14 @@ class RevocationList:
                 return Reason.REVOKED_CLIENT
         return None
 
-    def matcher_for(self, entry: Entry) -> Callable[[ValidatedToken], bool]:
-        """A predicate telling whether a cached token falls under ``entry`` (to evict it)."""
+    def matcher_for(self, *entries: Entry) -> Callable[[ValidatedToken], bool]:
+        """A predicate telling whether a cached token falls under any of ``entries`` (to evict it).
+
+        The entries go into one probe list, so a burst of revocations costs one lookup per token.
+        """
         probe = RevocationList(self.family_claim)
-        probe.add(entry)
+        for entry in entries:
+            probe.add(entry)
         return lambda token: probe.check(token, now=0.0) is not None
 
     def sweep(self, now: float | None = None) -> int:
