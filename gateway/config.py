@@ -189,6 +189,7 @@ class AuditConfig(_Model):
     path: str | None = None
     flush_interval: Duration = 0.05
     max_batch: int = Field(default=1024, ge=1)
+    max_pending: int = Field(default=200_000, ge=1)
 
     @model_validator(mode="after")
     def _file_needs_path(self) -> AuditConfig:

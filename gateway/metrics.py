@@ -221,6 +221,9 @@ REVOCATION_REDIS_ERRORS = Counter("gateway_revocation_redis_errors_total", "Redi
 CONFIG_RELOADS = Counter("gateway_config_reload_total", "Configuration reloads by result", ["result"])
 SUSPICIOUS = Counter("gateway_suspicious_token_use_total", "Suspicious token uses detected", ["reason"])
 AUDIT_DROPPED = Counter("gateway_audit_write_errors_total", "Audit batches that could not be written")
+AUDIT_OVERFLOW = Counter(
+    "gateway_audit_records_dropped_total", "Audit records dropped because the sink fell behind by audit.max_pending",
+)
 
 
 def render_latest() -> tuple[bytes, str]:

@@ -249,3 +249,37 @@ async def test_a_stalled_audit_sink_does_not_block_requests(make_gateway, tmp_pa
         reader.join(10)
     lines = b"".join(chunks).splitlines()
     assert [json.loads(line)["request_id"] for line in lines] == [f"r{i}" for i in range(400)]
+
+
+async def test_a_stalled_sink_drops_and_counts_past_max_pending(make_gateway, tmp_path):  # type: ignore[no-untyped-def]
+    """Memory stays bounded while nobody reads the audit pipe; the loss is counted, not hidden."""
+    from tests.helpers import metric
+
+    fifo = tmp_path / "audit.fifo"
+    os.mkfifo(fifo)
+    release, chunks = threading.Event(), []
+
+    def slow_reader() -> None:
+        fd = os.open(fifo, os.O_RDONLY)
+        release.wait(20)
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        os.close(fd)
+
+    reader = threading.Thread(target=slow_reader, daemon=True)
+    reader.start()
+    gw = await make_gateway(audit={"sink": "file", "path": str(fifo), "flush_interval": "5ms", "max_pending": 50})
+    try:
+        before = metric("gateway_audit_records_dropped_total")
+        async with aiohttp.ClientSession() as session:
+            for _ in range(400):
+                async with session.get(gw.url + "/public/health") as resp:
+                    assert resp.status == 200
+        assert len(gw.gateway.audit._pending) <= 50
+        dropped = metric("gateway_audit_records_dropped_total") - before
+        assert dropped > 0
+    finally:
+        release.set()
+        await gw.stop()
+        reader.join(10)
+    assert len(b"".join(chunks).splitlines()) + dropped == 400

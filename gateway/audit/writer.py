@@ -37,6 +37,7 @@ class AuditWriter:
         self._lock = asyncio.Lock()
         self._wakeup = asyncio.Event()
         self.written = 0
+        self._overflowing = False
 
     async def start(self) -> None:
         if self.config.sink == "none":
@@ -55,6 +56,14 @@ class AuditWriter:
         """Queue one record; never blocks."""
         if self._fd is None:
             return
+        if len(self._pending) >= self.config.max_pending:
+            # the sink is stalled (a blocked pipe, a full disk): memory stays bounded, the loss is counted
+            metrics.AUDIT_OVERFLOW.inc()
+            if not self._overflowing:
+                self._overflowing = True
+                log.error("audit sink fell behind; records are dropped", extra={"pending": len(self._pending)})
+            return
+        self._overflowing = False
         self._pending.append(record)
         if len(self._pending) >= self.config.max_batch:
             self._wakeup.set()
