@@ -418,3 +418,24 @@ async def test_refused_tokens_are_not_cached(gw, issuer):  # type: ignore[no-unt
     for _ in range(3):
         assert await reason_of(gw, token) == "401 wrong_audience"
     assert metric("gateway_token_validations_total", issuer=issuer.issuer, result="wrong_audience") == before + 3
+
+
+async def test_a_withdrawn_key_stops_its_cached_tokens(make_gateway, issuer, http):  # type: ignore[no-untyped-def]
+    gw = await make_gateway()
+    compromised = issuer.keys[0]
+    token = issuer.mint(key=compromised)
+    other = issuer.mint(key=issuer.keys[1])
+    for t in (token, other):
+        async with http.get(f"{gw.url}/orders", headers=bearer(t)) as resp:
+            assert resp.status == 200
+    issuer.keys.remove(compromised)  # the issuer withdraws the key from its JWKS
+    await gw.gateway.pipeline.validator.keys[issuer.issuer].refresh()
+    for _ in range(100):
+        if len(gw.gateway.pipeline.validator.cache) == 0:
+            break
+        await asyncio.sleep(0.01)
+    async with http.get(f"{gw.url}/orders", headers=bearer(token)) as resp:
+        assert resp.status == 401
+        assert (await resp.json())["reason"] == "unknown_key"
+    async with http.get(f"{gw.url}/orders", headers=bearer(other)) as resp:
+        assert resp.status == 200  # tokens of the keys that stay are verified again and pass

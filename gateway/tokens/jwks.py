@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -112,9 +113,13 @@ def parse_jwks(document: Any) -> dict[str, VerificationKey]:
 class IssuerKeys:
     """The key set of one issuer, kept apart from every other issuer's keys."""
 
-    def __init__(self, config: IssuerConfig, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, config: IssuerConfig, session: aiohttp.ClientSession,
+        on_withdrawn: Callable[[str], None] | None = None,
+    ) -> None:
         self.config = config
         self._session = session
+        self._on_withdrawn = on_withdrawn  # told when a refresh drops a kid (e.g. a compromised key)
         self._keys: dict[str, VerificationKey] = {}
         self._jwks_uri = config.jwks_uri
         self.metadata: dict[str, Any] = {}
@@ -166,8 +171,12 @@ class IssuerKeys:
             metrics.JWKS_REFRESH.labels(issuer, "error").inc()
             log.warning("jwks refresh failed", extra={"issuer": issuer, "error": str(exc) or type(exc).__name__})
             return
+        withdrawn = set(self._keys) - set(keys)
         self._keys = keys
         metrics.JWKS_REFRESH.labels(issuer, "ok").inc()
+        if withdrawn and self._on_withdrawn is not None:
+            log.warning("jwks keys withdrawn", extra={"issuer": issuer, "kids": sorted(withdrawn)})
+            self._on_withdrawn(issuer)
         log.info("jwks loaded", extra={"issuer": issuer, "kids": sorted(keys)})
 
     def candidates(self, kid: str | None) -> list[VerificationKey]:

@@ -15,6 +15,7 @@ without one: an unknown issuer, no issuer that introspects) but never a cache hi
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Any, Protocol
 
@@ -69,12 +70,22 @@ class TokenValidator:
     """Validates bearer tokens for every configured issuer; keys are never shared between issuers."""
 
     def __init__(self, config: GatewayConfig, session: aiohttp.ClientSession) -> None:
-        self.keys = {i.issuer: IssuerKeys(i, session) for i in config.issuers if i.validation == "jwt"}
+        self.keys = {
+            i.issuer: IssuerKeys(i, session, self._forget_issuer) for i in config.issuers if i.validation == "jwt"
+        }
         self.jwt = {name: JwtValidator(keys.config, keys) for name, keys in self.keys.items()}
         self.introspectors: dict[str, IntrospectionClient] = {}
         self.cache: ExpiringCache[ValidatedToken] = ExpiringCache(
             "verified_token", config.verified_token_cache_size, lambda t: t.expires_at
         )
+        self._forgetting: set[asyncio.Task[int]] = set()
+
+    def _forget_issuer(self, issuer: str) -> None:
+        """An issuer withdrew a key: tokens it signed must not pass on a cached verification,
+        so every cached token of that issuer is verified again on its next use."""
+        task = asyncio.get_running_loop().create_task(self.cache.discard_where(lambda t: t.issuer == issuer))
+        self._forgetting.add(task)
+        task.add_done_callback(self._forgetting.discard)
 
     def add_introspector(self, introspector: IntrospectionClient) -> None:
         self.introspectors[introspector.issuer] = introspector
