@@ -217,22 +217,38 @@ async def test_audit_sink_none_writes_nothing(make_gateway):  # type: ignore[no-
     assert await gw.audit_records() == []
 
 
-async def test_a_stalled_audit_sink_does_not_block_requests(make_gateway, tmp_path):  # type: ignore[no-untyped-def]
-    """The audit trail goes to a pipe nobody reads for a while: requests are still answered at once."""
-    fifo = tmp_path / "audit.fifo"
-    os.mkfifo(fifo)
-    release, chunks = threading.Event(), []
+class StalledPipe:
+    """A FIFO whose reader only starts reading once released: the audit sink stalls meanwhile."""
 
-    def slow_reader() -> None:
-        fd = os.open(fifo, os.O_RDONLY)
-        release.wait(20)
+    def __init__(self, path: Any) -> None:
+        self.path = path
+        self.release = threading.Event()
+        self.chunks: list[bytes] = []
+        os.mkfifo(path)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        fd = os.open(self.path, os.O_RDONLY)
+        self.release.wait(20)
         while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
+            self.chunks.append(chunk)
         os.close(fd)
 
-    reader = threading.Thread(target=slow_reader, daemon=True)
-    reader.start()
-    gw = await make_gateway(audit={"sink": "file", "path": str(fifo), "flush_interval": "5ms"})
+    def finish(self) -> list[bytes]:
+        """Let the reader drain (after the writer closed) and return every line it got."""
+        self._reader.join(10)
+        return b"".join(self.chunks).splitlines()
+
+
+@pytest.fixture
+def stalled_pipe(tmp_path: Any) -> StalledPipe:
+    return StalledPipe(tmp_path / "audit.fifo")
+
+
+async def test_a_stalled_audit_sink_does_not_block_requests(make_gateway, stalled_pipe):  # type: ignore[no-untyped-def]
+    """The audit trail goes to a pipe nobody reads for a while: requests are still answered at once."""
+    gw = await make_gateway(audit={"sink": "file", "path": str(stalled_pipe.path), "flush_interval": "5ms"})
     try:
         started = time.monotonic()
         async with aiohttp.ClientSession() as session:
@@ -241,34 +257,20 @@ async def test_a_stalled_audit_sink_does_not_block_requests(make_gateway, tmp_pa
                     assert resp.status == 200
         assert time.monotonic() - started < 10
         await asyncio.sleep(0.05)
-        assert chunks == []  # nothing was read: the writer thread is stuck, the event loop is not
+        assert stalled_pipe.chunks == []  # nothing was read: the writer thread is stuck, the event loop is not
         assert gw.gateway.audit.written < 400
     finally:
-        release.set()
+        stalled_pipe.release.set()
         await gw.stop()
-        reader.join(10)
-    lines = b"".join(chunks).splitlines()
+    lines = stalled_pipe.finish()
     assert [json.loads(line)["request_id"] for line in lines] == [f"r{i}" for i in range(400)]
 
 
-async def test_a_stalled_sink_drops_and_counts_past_max_pending(make_gateway, tmp_path):  # type: ignore[no-untyped-def]
+async def test_a_stalled_sink_drops_and_counts_past_max_pending(make_gateway, stalled_pipe):  # type: ignore[no-untyped-def]
     """Memory stays bounded while nobody reads the audit pipe; the loss is counted, not hidden."""
-    from tests.helpers import metric
-
-    fifo = tmp_path / "audit.fifo"
-    os.mkfifo(fifo)
-    release, chunks = threading.Event(), []
-
-    def slow_reader() -> None:
-        fd = os.open(fifo, os.O_RDONLY)
-        release.wait(20)
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-        os.close(fd)
-
-    reader = threading.Thread(target=slow_reader, daemon=True)
-    reader.start()
-    gw = await make_gateway(audit={"sink": "file", "path": str(fifo), "flush_interval": "5ms", "max_pending": 50})
+    gw = await make_gateway(
+        audit={"sink": "file", "path": str(stalled_pipe.path), "flush_interval": "5ms", "max_pending": 50}
+    )
     try:
         before = metric("gateway_audit_records_dropped_total")
         async with aiohttp.ClientSession() as session:
@@ -279,7 +281,6 @@ async def test_a_stalled_sink_drops_and_counts_past_max_pending(make_gateway, tm
         dropped = metric("gateway_audit_records_dropped_total") - before
         assert dropped > 0
     finally:
-        release.set()
+        stalled_pipe.release.set()
         await gw.stop()
-        reader.join(10)
-    assert len(b"".join(chunks).splitlines()) + dropped == 400
+    assert len(stalled_pipe.finish()) + dropped == 400
