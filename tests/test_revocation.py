@@ -580,3 +580,29 @@ async def test_a_burst_of_revocations_is_one_lookup_per_cached_token(make_gatewa
         await asyncio.sleep(0.01)
     assert len(cache) == 0
     assert time.perf_counter() - started < 5  # 2,000 tokens x 5,000 matchers one by one took minutes
+
+
+async def test_a_large_list_is_swept_in_chunks_without_stalling_the_loop() -> None:
+    import asyncio
+    import time
+
+    from gateway.revocation import Entry, Kind, RevocationList
+
+    now = time.time()
+    rl = RevocationList()
+    for n in range(60_000):
+        rl.add(Entry(Kind.TOKEN, f"j{n}", expires_at=now - 1 if n % 2 else now + 600))
+        rl.add(Entry(Kind.SUBJECT, f"s{n}", expires_at=now - 1 if n % 2 else now + 600, not_before=now))
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    counting = asyncio.create_task(ticker())
+    dropped = await rl.sweep_gradually(chunk=5_000)
+    counting.cancel()
+    assert dropped == 60_000 and len(rl) == 60_000
+    assert ticks >= 20  # the loop ran between chunks

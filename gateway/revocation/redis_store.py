@@ -310,7 +310,7 @@ class RedisStore(RevocationStore):
                 self._set_up(False)
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + SWEEP_INTERVAL
-                dropped = self.list.sweep()
+                dropped = await self.list.sweep_gradually()
                 metrics.REVOCATION_ENTRIES.set(len(self.list))
                 if dropped:
                     log.debug("revocation entries expired", extra={"dropped": dropped})

@@ -83,7 +83,7 @@ class MemoryStore(RevocationStore):
     async def _sweep_forever(self) -> None:
         while True:
             await asyncio.sleep(self._sweep_interval)
-            if self.list.sweep():
+            if await self.list.sweep_gradually():
                 metrics.REVOCATION_ENTRIES.set(len(self.list))
 
 
