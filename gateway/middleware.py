@@ -30,7 +30,6 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -47,11 +46,8 @@ from .runtime import Gateway
 from .server import facts_of, new_exchange
 from .tokens.token import ValidatedToken
 
-if TYPE_CHECKING or hasattr(web, "RequestKey"):
-    TOKEN_KEY = web.RequestKey("token", ValidatedToken)
-    """``request[TOKEN_KEY]``: the validated token (absent on ``auth: none`` routes)."""
-else:  # pragma: no cover - aiohttp without RequestKey: the plain string key
-    TOKEN_KEY = "token"
+TOKEN_KEY = web.RequestKey("token", ValidatedToken)
+"""``request[TOKEN_KEY]``: the validated token (absent on ``auth: none`` routes)."""
 
 TOKENGATE_KEY = web.AppKey("tokengate", Gateway)
 """``app[TOKENGATE_KEY]``: the running Gateway (audit writer, revocation list, pipeline)."""
