@@ -26,7 +26,7 @@ test: deps system-deps
 	$(BIN)/pytest -q
 
 lint: deps
-	$(BIN)/ruff check gateway tests bench
+	$(BIN)/ruff check gateway tests bench tools
 	$(BIN)/mypy
 
 # the benchmark (BENCHMARKS.md); flags through BENCH_ARGS, e.g. make bench BENCH_ARGS="--rounds 3 --no-apache"
