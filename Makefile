@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint deps system-deps bench
+.PHONY: demo test lint deps system-deps bench image-check
 
 $(BIN)/gateway: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -32,3 +32,7 @@ lint: deps
 # the benchmark (BENCHMARKS.md); flags through BENCH_ARGS, e.g. make bench BENCH_ARGS="--rounds 3 --no-apache"
 bench: deps
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# opt-in, not part of CI: build the Dockerfile with buildah (no daemon) and smoke-test the image
+image-check:
+	bash ci/image-build.sh
