@@ -8,11 +8,51 @@ request target byte for byte as given.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from dataclasses import dataclass, field
 
 from multidict import CIMultiDict
 from prometheus_client import REGISTRY
+
+# the smallest valid configuration: one issuer, one upstream, one route
+MINIMAL_CONFIG = """\
+issuers:
+  - issuer: https://as.example
+    audiences: [api]
+upstreams:
+  svc:
+    url: http://127.0.0.1:9000
+routes:
+  - name: r
+    path: /r
+    upstream: svc
+"""
+
+
+class LoopTurns:
+    """Counts the turns the event loop gives to other tasks while the ``async with`` body runs:
+    a long job that yields between chunks lets it count up, one that blocks leaves it near 0."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _spin(self) -> None:
+        while True:
+            self.count += 1
+            await asyncio.sleep(0)
+
+    async def __aenter__(self) -> LoopTurns:
+        self._task = asyncio.create_task(self._spin())
+        await asyncio.sleep(0)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
 
 def free_port() -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytest
 
 from gateway.tokens.cache import ExpiringCache
-from tests.helpers import metric
+from tests.helpers import LoopTurns, metric
 
 _names = itertools.count()
 
@@ -154,28 +154,14 @@ async def test_discard_where_checks_in_chunks_and_yields_between_them() -> None:
     c = cache(maxsize=1000)
     for i in range(35):
         c.put(f"k{i}", Item(str(i), later()))
-    ticks = 0
-    stop = False
-
-    async def ticker() -> None:  # counts the turns the event loop gives to others
-        nonlocal ticks
-        while not stop:
-            ticks += 1
-            await asyncio.sleep(0)
-
     seen: list[int] = []
+    async with LoopTurns() as turns:
 
-    def even(item: Item) -> bool:
-        seen.append(ticks)
-        return int(item.name) % 2 == 0
+        def even(item: Item) -> bool:
+            seen.append(turns.count)
+            return int(item.name) % 2 == 0
 
-    running = asyncio.create_task(ticker())
-    await asyncio.sleep(0)
-    try:
         dropped = await c.discard_where(even, chunk=10)
-    finally:
-        stop = True
-        await running
     assert dropped == 18
     assert len(c) == 17 and all(int(c._entries[k][0].name) % 2 for k in c._entries)
     # every chunk of 10 ran without a break; the loop served others between the chunks

@@ -19,22 +19,11 @@ from click.testing import CliRunner
 
 from gateway.cli import main
 from tests.conftest import base_config, bearer
-from tests.helpers import free_port
+from tests.helpers import MINIMAL_CONFIG, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "gateway.example.yaml"
-GOOD = """\
-issuers:
-  - issuer: https://as.example
-    audiences: [api]
-upstreams:
-  svc:
-    url: http://127.0.0.1:9000
-routes:
-  - name: r
-    path: /r
-    upstream: svc
-"""
+GOOD = MINIMAL_CONFIG
 
 
 def write(tmp_path: Path, text: str, name: str = "gateway.yaml") -> Path:

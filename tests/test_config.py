@@ -17,6 +17,7 @@ from gateway.config import (
     parse_duration,
     parse_size,
 )
+from tests.helpers import MINIMAL_CONFIG
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,18 +59,7 @@ audit:
   path: /var/log/gateway/audit.jsonl
 """  # noqa: E501 - the issue's text, long comment included
 
-MINIMAL = """\
-issuers:
-  - issuer: https://as.example
-    audiences: [api]
-upstreams:
-  svc:
-    url: http://127.0.0.1:9000
-routes:
-  - name: r
-    path: /r
-    upstream: svc
-"""
+MINIMAL = MINIMAL_CONFIG
 
 
 def problems_of(text: str, source: str = "gw.yaml") -> list[str]:

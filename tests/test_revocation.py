@@ -36,6 +36,7 @@ from gateway.revocation.schema import (
 from gateway.tokens.jwks import parse_jwks
 from gateway.tokens.token import ValidatedToken, fingerprint
 from tests.conftest import AUDIENCE, base_config, bearer
+from tests.helpers import LoopTurns
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -347,24 +348,15 @@ async def test_revocations_evict_cached_tokens_without_stalling_the_loop(make_ga
     assert cache.get(fingerprint(lone_token)) is None
 
     # a family is found by a background scan that yields to the loop between chunks
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0)
-
-    counting = asyncio.create_task(ticker())
-    await gw.gateway.revocation.revoke(Entry(Kind.FAMILY, "fam-1", time.time() + 600))
-    assert cache.get(fingerprint(family_token)) is not None  # not scanned synchronously
-    for _ in range(200):
-        if cache.get(fingerprint(family_token)) is None:
-            break
-        await asyncio.sleep(0.01)
-    counting.cancel()
+    async with LoopTurns() as turns:
+        await gw.gateway.revocation.revoke(Entry(Kind.FAMILY, "fam-1", time.time() + 600))
+        assert cache.get(fingerprint(family_token)) is not None  # not scanned synchronously
+        for _ in range(200):
+            if cache.get(fingerprint(family_token)) is None:
+                break
+            await asyncio.sleep(0.01)
     assert cache.get(fingerprint(family_token)) is None
-    assert ticks > 5
+    assert turns.count > 5
     assert len(cache) == 50_000
 
 
@@ -583,7 +575,6 @@ async def test_a_burst_of_revocations_is_one_lookup_per_cached_token(make_gatewa
 
 
 async def test_a_large_list_is_swept_in_chunks_without_stalling_the_loop() -> None:
-    import asyncio
     import time
 
     from gateway.revocation import Entry, Kind, RevocationList
@@ -593,16 +584,7 @@ async def test_a_large_list_is_swept_in_chunks_without_stalling_the_loop() -> No
     for n in range(60_000):
         rl.add(Entry(Kind.TOKEN, f"j{n}", expires_at=now - 1 if n % 2 else now + 600))
         rl.add(Entry(Kind.SUBJECT, f"s{n}", expires_at=now - 1 if n % 2 else now + 600, not_before=now))
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0)
-
-    counting = asyncio.create_task(ticker())
-    dropped = await rl.sweep_gradually(chunk=5_000)
-    counting.cancel()
+    async with LoopTurns() as turns:
+        dropped = await rl.sweep_gradually(chunk=5_000)
     assert dropped == 60_000 and len(rl) == 60_000
-    assert ticks >= 20  # the loop ran between chunks
+    assert turns.count >= 20  # the loop ran between chunks
