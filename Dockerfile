@@ -15,9 +15,12 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv --without-pip /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY requirements/runtime.lock requirements/runtime.lock
+# Dependencies come from the lock file, exact versions with hashes; then the gateway itself
+# without resolving anything again. --python goes before the subcommand (pip >= 22.3).
+RUN pip --python /opt/venv/bin/python install --no-cache-dir --require-hashes -r requirements/runtime.lock
 COPY gateway/ gateway/
-# --python goes before the subcommand (pip >= 22.3); the install lands in /opt/venv only.
-RUN pip --python /opt/venv/bin/python install --no-cache-dir .
+RUN pip --python /opt/venv/bin/python install --no-cache-dir --no-deps .
 
 FROM python:3.11-slim
 LABEL org.opencontainers.image.title="tokengate" \

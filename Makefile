@@ -3,18 +3,41 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint deps system-deps bench image-check
+# Every dependency (runtime and dev) comes from requirements/*.lock: exact versions with hashes,
+# compiled by uv from the ranges in pyproject.toml. `make lock` after editing pyproject.toml;
+# `make lock-upgrade` moves every pin to the newest allowed release (on purpose, reviewed).
+# the system trust store, so uv works behind a TLS-inspecting proxy as pip does
+export UV_NATIVE_TLS := 1
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes -q \
+	--custom-compile-command 'make lock'
 
-$(BIN)/gateway: pyproject.toml
+.PHONY: demo test lint deps system-deps bench image-check lock lock-upgrade lock-check
+
+$(BIN)/gateway: pyproject.toml requirements/dev.lock
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --require-hashes -r requirements/dev.lock
+	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
 deps: $(BIN)/gateway
 
 demo: deps
 	$(BIN)/gateway demo
+
+lock: deps
+	$(UV_COMPILE) --extra dev -o requirements/dev.lock
+	$(UV_COMPILE) -o requirements/runtime.lock
+
+lock-upgrade: deps
+	$(UV_COMPILE) --upgrade --extra dev -o requirements/dev.lock
+	$(UV_COMPILE) --upgrade -o requirements/runtime.lock
+
+# fails when pyproject.toml asks for something the lock files do not hold (CI runs it)
+lock-check: deps
+	@tmp=$$(mktemp -d) && cp requirements/*.lock $$tmp/ && \
+	$(UV_COMPILE) --extra dev -o $$tmp/dev.lock && $(UV_COMPILE) -o $$tmp/runtime.lock && \
+	diff -u requirements/dev.lock $$tmp/dev.lock && diff -u requirements/runtime.lock $$tmp/runtime.lock && \
+	echo "lock files match pyproject.toml" || { echo "requirements/*.lock disagree with pyproject.toml: run make lock"; exit 1; }
 
 # installs redis-server and nginx from Debian when missing (the tests start their own instances)
 system-deps:

@@ -34,6 +34,8 @@ class Reason(str, Enum):
 
     # request shape
     BAD_PATH = ("bad_path", 400, "invalid_request", "the request target is malformed or ambiguous")
+    BAD_HOST = ("bad_host", 400, "invalid_request", "the Host header is missing or malformed")
+    BAD_HTTP_VERSION = ("unsupported_http_version", 505, "http_version_not_supported", "HTTP/1.0 or newer is required")
     NO_ROUTE = ("no_route", 404, "not_found", "no route matches this request")
     METHOD_NOT_ALLOWED = ("method_not_allowed", 405, "method_not_allowed", "method not allowed on this route")
     BODY_TOO_LARGE = ("body_too_large", 413, "payload_too_large", "request body too large")
@@ -57,6 +59,11 @@ class Reason(str, Enum):
     UNKNOWN_KEY = ("unknown_key", 401, "invalid_token", "the access token is invalid")
     BAD_SIGNATURE = ("bad_signature", 401, "invalid_token", "the access token is invalid")
     WRONG_TOKEN_TYPE = ("wrong_token_type", 401, "invalid_token", "the token is not an access token")
+    MISSING_CLAIM = ("missing_claim", 401, "invalid_token", "the access token lacks a required claim")
+    INVALID_CLAIM = ("invalid_claim", 401, "invalid_token", "the access token carries a claim that cannot be forwarded")
+    UNPROVEN_BINDING = (
+        "unproven_binding", 401, "invalid_token", "the access token is bound to a key and was sent without its proof",
+    )
     INACTIVE_TOKEN = ("inactive_token", 401, "invalid_token", "the access token is not active")
     REVOKED_TOKEN = ("revoked_token", 401, "invalid_token", "the access token was revoked")
     REVOKED_FAMILY = ("revoked_family", 401, "invalid_token", "the access token was revoked")

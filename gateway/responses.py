@@ -9,6 +9,9 @@ from .decision import Decision
 from .reasons import Reason
 
 
+_NOT_ABOUT_TOKENS = frozenset({Reason.BAD_PATH, Reason.BAD_HOST})
+
+
 def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -16,7 +19,7 @@ def _quote(value: str) -> str:
 def challenge(decision: Decision, realm: str) -> str | None:
     """The ``WWW-Authenticate`` value for a denial, or None when no challenge applies."""
     reason = decision.reason
-    if reason.status not in (400, 401, 403) or reason is Reason.BAD_PATH:
+    if reason.status not in (400, 401, 403) or reason in _NOT_ABOUT_TOKENS:
         return None
     params = [f"realm={_quote(realm)}"]
     if reason.error:  # RFC 6750 3.1: no error code when the request carried no token

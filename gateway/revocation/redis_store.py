@@ -372,7 +372,7 @@ def connect(config: RevocationConfig, role: str = "rw", retries: int = 2) -> Any
                                            "socket_timeout": 2.0}
         if tls:
             sentinel_kwargs.update(ssl=True, **tls_options)
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(
             hosts, sentinel_kwargs=sentinel_kwargs, **({"ssl": True, **tls_options} if tls else {}),
         )
         return sentinel.master_for(
