@@ -126,6 +126,10 @@ reject "grace period <= preStop + shutdown_grace" 'terminationGracePeriodSeconds
                                    --set gateway.shutdown_grace=60s --set terminationGracePeriodSeconds=60
 reject "redis enabled without a secret or URL" 'redis.existingSecret: String length' --set redis.enabled=true
 reject "ingress without hosts"     'ingress.hosts: Array must have at least 1' --set ingress.enabled=true
+reject "decision port without decision_sources" 'gateway: decision_sources is required|missing properties.*decision_sources' \
+                                   --set decision.enabled=true
+reject "envoy combined with another decision source" "decision_sources: envoy cannot be combined" \
+                                   --set decision.enabled=true --set-json 'gateway.decision_sources=["envoy","nginx"]'
 
 # --- 3. Kubernetes schemas + chart rules ---------------------------------------------
 set +e

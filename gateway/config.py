@@ -11,13 +11,13 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 # --- value types ---------------------------------------------------------------------------
 
@@ -124,19 +124,27 @@ class IntrospectionConfig(_Model):
         return self
 
 
+def _not_any_issuer(value: str) -> str:
+    if value == "*":  # "*" names every issuer in revocation entries
+        raise ValueError("'*' is reserved for revocation entries that cover every issuer")
+    return value
+
+
 class IssuerConfig(_Model):
     """A trusted authorization server and how its tokens are checked."""
 
-    issuer: str = Field(min_length=1)
+    issuer: Annotated[str, AfterValidator(_not_any_issuer)] = Field(min_length=1)
     audiences: list[str] = Field(min_length=1)
     algorithms: list[Algorithm] = Field(default=["RS256", "ES256"], min_length=1)
     leeway: Duration = 30.0
     jwks_uri: HttpUrl | None = None
     require_typ: str | None = None
+    required_claims: list[Annotated[str, Field(min_length=1)]] = []  # beyond exp/iss/aud (and RFC 9068's with at+jwt)
     validation: Literal["jwt", "introspection"] = "jwt"
     introspection: IntrospectionConfig | None = None
     jwks_refresh_interval: Duration = 300.0
     jwks_min_refresh_interval: Duration = 30.0
+    jwks_refetch_burst: int = Field(default=3, ge=0)  # unknown-kid refetches allowed at once (a token bucket)
     http_timeout: Duration = 5.0
     max_token_lifetime: Duration = 86400.0
 
@@ -156,6 +164,57 @@ class UpstreamConfig(_Model):
     forward_authorization: bool = True
 
 
+# Request headers that upstream frameworks and authenticating proxies trust for the user, the
+# client or the URL, host and method to act on (README "Headers the upstream trusts"). A client
+# must never be able to send them through: dropped from every request before it is forwarded,
+# whoever the peer is. "Name-*" drops every header whose name starts with "Name-"; "_" and "-"
+# and letter case do not matter. Client-address headers a trusted proxy sets itself (X-Real-IP,
+# True-Client-IP...) are a separate, fixed rule: they pass from trusted_proxies only (proxy.py).
+DEFAULT_STRIP_REQUEST_HEADERS = (
+    # the user, as authenticating proxies (oauth2-proxy, Kong, Grafana auth proxy, the Kubernetes
+    # front proxy, cloud load balancers and identity-aware proxies) tell the application
+    "X-User", "X-User-*", "X-Username", "X-Email", "Remote-User", "X-Remote-User", "X-Remote-Group",
+    "X-Remote-Extra-*", "X-Forwarded-User", "X-Forwarded-Email", "X-Forwarded-Preferred-Username",
+    "X-Forwarded-Groups", "X-Forwarded-Access-Token", "X-Auth-Request-*", "X-Auth-User", "X-Auth-Userid",
+    "X-Auth-Email", "X-Authenticated-*", "X-Consumer-*", "X-Credential-Identifier", "X-Anonymous-Consumer",
+    "X-WebAuth-*", "X-Ms-Client-Principal", "X-Ms-Client-Principal-*", "X-Goog-Authenticated-User-*",
+    "X-Amzn-Oidc-*", "Cf-Access-Authenticated-User-Email", "Impersonate-*",
+    # client certificates, as TLS-terminating proxies pass them on
+    "X-Forwarded-Client-Cert", "X-Client-Cert", "X-Client-Verify", "X-Client-DN", "X-SSL-Client-*",
+    "SSL-Client-*", "X-SSL-Cert",
+    # client addresses no proxy in front of the gateway sets
+    "X-Originating-IP", "Client-IP", "X-Cluster-Client-IP", "X-Remote-IP", "X-Remote-Addr", "X-ProxyUser-IP",
+    "X-Forwarded", "Forwarded-For",
+    # the URL, host and method the application acts on instead of the request's own
+    "X-Original-URL", "X-Original-URI", "X-Rewrite-URL", "X-Override-URL", "X-Forwarded-Path", "X-Forwarded-Uri",
+    "X-Envoy-Original-Path", "X-Original-Host", "X-Host", "X-HTTP-Host-Override", "X-HTTP-Method-Override",
+    "X-HTTP-Method", "X-Method-Override", "X-Original-Method", "X-Forwarded-Method",
+)
+STRIP_DEFAULTS = "@defaults"  # in a strip_request_headers list: the whole default list ("@" is no header name)
+_STRIP_NAME = re.compile(r"^[A-Za-z0-9!#$%&'+.^_`|~-]+(\*)?$")  # an RFC 9110 token, "*" only at the end
+# what the gateway needs to forward a request at all: never stripped
+_NEVER_STRIPPED = ("host", "content-length", "transfer-encoding")
+
+
+def _strip_header(value: Any) -> str:
+    name = str(value)
+    if name == STRIP_DEFAULTS:
+        return name
+    if not _STRIP_NAME.match(name):
+        raise ValueError(f"{name!r} is not a header name (or a name ending in * to match a prefix)")
+    key = name.lower().replace("_", "-")
+    if key.endswith("*"):
+        matched = [n for n in _NEVER_STRIPPED if n.startswith(key[:-1])]
+    else:
+        matched = [key] if key in _NEVER_STRIPPED else []
+    if matched:
+        raise ValueError(f"{name} would strip {matched[0]}, which the gateway needs to forward a request")
+    return name
+
+
+StripHeaderName = Annotated[str, BeforeValidator(_strip_header)]
+
+
 class RouteConfig(_Model):
     """One route of the policy: where it matches and what a token needs to pass."""
 
@@ -170,7 +229,10 @@ class RouteConfig(_Model):
     auth: Literal["bearer", "none"] = "bearer"
     issuers: list[str] | None = None
     allow_query_token: bool = False
+    allow_path_parameters: bool = False  # ";" in a segment: 400 unless set; matched without, forwarded as sent
+    case_insensitive: bool = False  # match the path without case (for upstreams that ignore it)
     max_body_size: Size | None = None
+    strip_request_headers: list[StripHeaderName] | None = None  # replaces the top-level list for this route
 
     @model_validator(mode="after")
     def _one_path(self) -> RouteConfig:
@@ -190,6 +252,8 @@ class AuditConfig(_Model):
     flush_interval: Duration = 0.05
     max_batch: int = Field(default=1024, ge=1)
     max_pending: int = Field(default=200_000, ge=1)
+    # a write to the sink taking longer than this: the writer counts as stuck (/readyz 503)
+    stall_timeout: Duration = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
     def _file_needs_path(self) -> AuditConfig:
@@ -238,6 +302,8 @@ class AdminAuthConfig(_Model):
 
     scope: str = "gateway:admin"
     shared_secret_env: str | None = "GATEWAY_ADMIN_SECRET"
+    # an admin token acts for its own issuer only; with this scope too, for any issuer and for '*'
+    any_issuer_scope: str | None = None
 
 
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")  # an RFC 9110 token
@@ -283,9 +349,9 @@ class GatewayConfig(_Model):
     admin_listen: ListenAddress = Address("127.0.0.1", 9090)
     decision_listen: ListenAddress | None = None
     decision_path_prefix: str = ""
-    decision_sources: list[Literal["nginx", "traefik", "envoy"]] = Field(
-        default=["nginx", "traefik", "envoy"], min_length=1
-    )  # how the decision endpoint may learn the original request (docs/forward-auth.md)
+    # how the decision endpoint learns the original request: required with decision_listen, since
+    # each ingress passes client headers that another one would believe (docs/forward-auth.md)
+    decision_sources: list[Literal["nginx", "traefik", "envoy"]] | None = Field(default=None, min_length=1)
     workers: int = Field(default=1, ge=1, le=64)
     shutdown_grace: Duration = 20.0
     watch_config: bool = True
@@ -294,6 +360,7 @@ class GatewayConfig(_Model):
     realm: str = "tokengate"
     verified_token_cache_size: int = Field(default=100_000, ge=0)
     identity_headers: IdentityHeaders = IdentityHeaders()
+    strip_request_headers: list[StripHeaderName] = list(DEFAULT_STRIP_REQUEST_HEADERS)
     issuers: list[IssuerConfig] = []
     upstreams: dict[str, UpstreamConfig] = Field(min_length=1)
     routes: list[RouteConfig] = Field(min_length=1)
@@ -412,12 +479,25 @@ def _cross_reference_problems(source: str, root: yaml.Node | None, config: Gatew
                 problem(["routes", index, "issuers"], f"unknown issuer {issuer!r}")
         if route.auth == "bearer" and not config.issuers:
             problem(["routes", index, "auth"], "route needs a token but no issuers are configured")
+    _check_decision_sources(config, problem)
     issuers: set[str] = set()
     for index, issuer_config in enumerate(config.issuers):
         if issuer_config.issuer in issuers:
             problem(["issuers", index, "issuer"], f"duplicate issuer {issuer_config.issuer!r}")
         issuers.add(issuer_config.issuer)
     return problems
+
+
+def _check_decision_sources(config: GatewayConfig, problem: Callable[[list[str | int], str], None]) -> None:
+    """The decision endpoint must be told which ingress asks: each one passes client headers
+    that another ingress's shape would believe (docs/forward-auth.md, "decision_sources")."""
+    sources = config.decision_sources
+    if config.decision_listen is not None and sources is None:
+        problem(["decision_listen"], "decision_sources is required with decision_listen: name the ingress that "
+                "sends the checks (nginx, traefik or envoy; docs/forward-auth.md)")
+    elif sources is not None and "envoy" in sources and len(set(sources)) > 1:
+        problem(["decision_sources"], "envoy cannot be combined with another source: Envoy passes the client's "
+                "headers, so a client could name another target with nginx's or Traefik's headers")
 
 
 def parse_config(text: str, source: str = "<config>") -> GatewayConfig:

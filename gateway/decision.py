@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_plus
 
-from .policy import check_issuer, missing_scopes
+from .policy import check_binding, check_issuer, missing_scopes
 from .reasons import Reason
 from .revocation.store import RevocationStore
-from .routing import BadTarget, Route, RouteTable, Target, normalise_target
+from .routing import BadTarget, Route, RouteTable, Target, normalise_target, valid_host
 from .tokens.token import TokenError, ValidatedToken, fingerprint
 from .tokens.validator import TokenValidator
 
@@ -29,6 +29,7 @@ class RequestFacts:
     raw_target: str
     host: str
     authorization: tuple[str, ...]  # every Authorization header value sent
+    version: tuple[int, int] = (1, 1)  # of the request line; the decision endpoint cannot know the original's
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +51,11 @@ class Decision:
 
 def bearer_token(facts: RequestFacts, target: Target, route: Route) -> str | Reason:
     """The bearer token (RFC 6750 section 2), or the reason there is none usable."""
-    query_token = _query_token(target.query) if target.query else None
+    query_tokens = _query_tokens(target.query) if target.query else []
     if len(facts.authorization) > 1:
         return Reason.MALFORMED_AUTHORIZATION
     if facts.authorization:
-        if query_token is not None:
+        if query_tokens:
             return Reason.MALFORMED_AUTHORIZATION  # RFC 6750 section 2: one method per request
         value = facts.authorization[0]
         token = _plain_bearer(value)
@@ -66,10 +67,12 @@ def bearer_token(facts: RequestFacts, target: Target, route: Route) -> str | Rea
         if value[:7].lower() == "bearer ":
             return Reason.MALFORMED_AUTHORIZATION
         return Reason.MISSING_TOKEN  # another scheme: challenge for a bearer token
-    if query_token is not None:
+    if query_tokens:
         if not route.allow_query_token:
             return Reason.TOKEN_IN_QUERY
-        return query_token or Reason.MISSING_TOKEN
+        if len(query_tokens) > 1:
+            return Reason.MALFORMED_AUTHORIZATION  # which one would the upstream read?
+        return query_tokens[0] or Reason.MISSING_TOKEN
     return Reason.MISSING_TOKEN
 
 
@@ -92,13 +95,23 @@ _SCHEMES = frozenset({"Bearer ", "bearer ", "BEARER "})
 _B64TOKEN = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/"
 
 
-def _query_token(query: str) -> str | None:
-    if "access_token" not in query:
-        return None
-    for name, value in parse_qsl(query, keep_blank_values=True):
-        if name == "access_token":
-            return value
-    return None
+_QUERY_SEPARATORS = re.compile(r"[&;]")
+
+
+def _query_tokens(query: str) -> list[str]:
+    """Every ``access_token`` parameter, however it is spelled: a name like ``access%5Ftoken`` decodes
+    to it, and some frameworks split the query on ";" as well as "&"."""
+    if "access_token" not in query and "%" not in query:
+        return []
+    tokens: list[str] = []
+    for pair in _QUERY_SEPARATORS.split(query):
+        name, _, value = pair.partition("=")
+        if name == "access_token" or ("%" in name and unquote_plus(name) == "access_token"):
+            tokens.append(unquote_plus(value))
+    return tokens
+
+
+_HTTP_1 = frozenset({(1, 0), (1, 1)})
 
 
 class Decider:
@@ -110,11 +123,17 @@ class Decider:
         self.revocation = revocation
 
     async def decide(self, facts: RequestFacts) -> Decision:
+        if facts.version not in _HTTP_1:
+            return Decision(Reason.BAD_HTTP_VERSION)  # HTTP/0.9 has no headers to check; 2.0 is not this parser's
+        if not valid_host(facts.host):
+            return Decision(Reason.BAD_HOST)  # RFC 9112 3.2; a missing Host is "" here
         try:
             target = normalise_target(facts.raw_target)
         except BadTarget:
             return Decision(Reason.BAD_PATH)
         match = self.routes.match(facts.host, facts.method, target.path)
+        if match.refused:
+            return Decision(Reason.BAD_PATH, target)
         if match.route is None:
             reason = Reason.METHOD_NOT_ALLOWED if match.allowed_methods else Reason.NO_ROUTE
             return Decision(reason, target, allowed_methods=match.allowed_methods)
@@ -133,7 +152,7 @@ class Decider:
 
     def _authorise(self, target: Target, route: Route, token: ValidatedToken) -> Decision:
         """Checks that depend on the route or may change at any time: never cached."""
-        refused = check_issuer(route, token) or self.revocation.check(token)
+        refused = check_issuer(route, token) or check_binding(token) or self.revocation.check(token)
         if refused is not None:
             return Decision(refused, target, route, token, token.fingerprint)
         missing = missing_scopes(route, token)

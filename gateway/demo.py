@@ -66,6 +66,7 @@ class DemoIssuer:
     calls: dict[str, int] = field(default_factory=lambda: {"discovery": 0, "jwks": 0, "introspect": 0, "token": 0})
     opaque: dict[str, dict[str, Any]] = field(default_factory=dict)
     introspection_delay: float = 0.0
+    jwks_delay: float = 0.0
     introspection_mode: str = "ok"  # "ok", "error" (500), "html"
     client_keys: dict[str, Any] = field(default_factory=dict)  # private_key_jwt clients: id -> public key
     client_assertions: list[dict[str, Any]] = field(default_factory=list)  # accepted assertions' claims
@@ -136,7 +137,10 @@ class DemoIssuer:
 
     async def _jwks(self, _: web.Request) -> web.Response:
         self.calls["jwks"] += 1
-        return web.json_response({"keys": [k.public_jwk() for k in self.keys]})
+        keys = [k.public_jwk() for k in self.keys]  # the keys of when the request arrived, even if delayed
+        if self.jwks_delay:
+            await asyncio.sleep(self.jwks_delay)
+        return web.json_response({"keys": keys})
 
     async def _token(self, request: web.Request) -> web.Response:
         """client_credentials for the demo: any caller gets a token with the scopes it asks for."""
@@ -195,7 +199,8 @@ class DemoIssuer:
         if self.introspection_mode == "html":
             return web.Response(text="<html>login</html>", content_type="text/html")
         answer = self.opaque.get(str(form.get("token", "")), {"active": False})
-        if answer.get("active") and answer.get("exp", 0) < time.time():
+        exp = answer.get("exp")  # optional (RFC 7662); a malformed one is the gateway's to judge
+        if answer.get("active") and isinstance(exp, int | float) and not isinstance(exp, bool) and exp < time.time():
             answer = {"active": False}
         return web.json_response(answer)
 

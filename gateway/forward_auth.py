@@ -10,7 +10,9 @@ it works out the original request from the check request, runs the one decision 
 
 and records the same audit record (``mode: decision``) and metrics as the proxy.
 
-Where the original request comes from, in this order (``decision_sources`` may narrow it):
+Where the original request comes from, in this order, among the ``decision_sources`` the
+operator names (required with ``decision_listen``: each ingress passes client headers that
+another ingress's way of asking would believe, e.g. Envoy forwards a client's ``X-Original-URI``):
 
 1. ``nginx``: ``X-Original-URI`` and/or ``X-Original-URL`` (ingress-nginx), with ``X-Original-Method``;
 2. ``traefik``: ``X-Forwarded-Uri`` with ``X-Forwarded-Method``;
@@ -35,9 +37,9 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from .audit.record import Exchange
-from .config import GatewayConfig
+from .config import ConfigError, GatewayConfig
 from .decision import Decision, RequestFacts
-from .proxy import IPNetwork, client_address, forwarded_for, identity_values, is_trusted
+from .proxy import IPNetwork, UnsafeIdentity, client_address, forwarded_for, identity_values, is_trusted
 from .reasons import Reason
 from .responses import denial_response
 from .runtime import Gateway, request_id
@@ -104,10 +106,13 @@ def _host_key(host: str) -> str:
 
 def original_request(
     method: str, raw_path: str, headers: CIMultiDictProxy[str], path_prefix: str = "",
-    sources: Iterable[str] = SOURCES,
+    sources: Iterable[str] | None = SOURCES,
 ) -> OriginalRequest:
-    """Work out the original request from a check request; raise CheckRequestError when unclear."""
-    enabled = frozenset(sources)
+    """Work out the original request from a check request; raise CheckRequestError when unclear.
+
+    ``sources`` None (not configured) accepts no way of asking: every check is refused.
+    """
+    enabled = frozenset(sources or ())
     targets: list[tuple[str, str]] = []  # (source, raw target)
     methods: list[str] = []
     hosts: list[str] = []
@@ -171,7 +176,7 @@ def allow_headers(decision: Decision, config: GatewayConfig, request_id_value: s
 
     They are always sent, empty on a public route: an ingress that copies them over the
     client's headers (ingress-nginx, Traefik, Envoy) then never lets a client's own
-    ``X-Auth-Subject`` through.
+    ``X-Auth-Subject`` through. Raises UnsafeIdentity when a token value cannot be a header.
     """
     headers = dict(identity_values(decision.token, config.identity_headers))
     headers.update({"Cache-Control": "no-store", "X-Request-Id": request_id_value})
@@ -218,14 +223,22 @@ class DecisionHandler:
                 decision = await pipeline.decider.decide(facts)
             finally:
                 pipeline.in_flight -= 1
-        if decision.allowed:
-            response = web.Response(status=200, headers=allow_headers(decision, config, exchange.request_id))
-        else:
-            response = denial_response(decision, config.realm, exchange.request_id)
-            exchange.bytes_out = response.content_length or 0
+        decision, response = self._answer(decision, config, exchange)
         exchange.status = response.status
         gateway.record(exchange, decision)
         return response
+
+    @staticmethod
+    def _answer(decision: Decision, config: GatewayConfig, exchange: Exchange) -> tuple[Decision, web.Response]:
+        if decision.allowed:
+            try:
+                return decision, web.Response(status=200, headers=allow_headers(decision, config, exchange.request_id))
+            except UnsafeIdentity:  # never for a token built from claims: they are refused when validated
+                decision = Decision(Reason.INVALID_CLAIM, decision.target, decision.route,
+                                    token_fingerprint=decision.token_fingerprint)
+        response = denial_response(decision, config.realm, exchange.request_id)
+        exchange.bytes_out = response.content_length or 0
+        return decision, response
 
     @staticmethod
     def _explain(problem: str) -> None:
@@ -248,6 +261,8 @@ async def open_decision_listener(server: Server) -> None:
     config = server.gateway.config
     if config.decision_listen is None:
         return
+    if not config.decision_sources:  # parse_config refuses this; a config built in code may not have been parsed
+        raise ConfigError(["decision_listen: decision_sources is required with decision_listen (docs/forward-auth.md)"])
     runner = web.ServerRunner(decision_app(server.gateway), shutdown_timeout=config.shutdown_grace,
                               handle_signals=False)
     await server.listen("decision", runner, config.decision_listen)

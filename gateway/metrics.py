@@ -224,6 +224,15 @@ AUDIT_DROPPED = Counter("gateway_audit_write_errors_total", "Audit batches that 
 AUDIT_OVERFLOW = Counter(
     "gateway_audit_records_dropped_total", "Audit records dropped because the sink fell behind by audit.max_pending",
 )
+AUDIT_UNSERIALISABLE = Counter(
+    "gateway_audit_records_unserialisable_total",
+    "Audit records that could not be written as JSON and were replaced by a minimal record saying so",
+)
+AUDIT_HEARTBEAT = Gauge(
+    "gateway_audit_writer_heartbeat_timestamp_seconds",
+    "Unix time the audit writer last went round its loop (0 without a sink); stale when it is dead or stuck",
+    multiprocess_mode="livemin",
+)
 
 
 def render_latest() -> tuple[bytes, str]:

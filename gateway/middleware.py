@@ -39,7 +39,7 @@ from multidict import CIMultiDict
 from .audit.record import Exchange
 from .config import GatewayConfig, load_config
 from .decision import Decision
-from .proxy import header_key, identity_values
+from .proxy import HeaderStrip, UnsafeIdentity, header_key, identity_values, strip_rule
 from .reasons import Reason
 from .responses import denial_response
 from .runtime import Gateway
@@ -109,7 +109,12 @@ async def tokengate_middleware(request: web.Request, handler: Handler) -> web.St
         # the same handler's path, or "/admin/../public/x" would reach /admin/{tail} as public.
         return _deny(gateway, exchange, replace(decision, reason=Reason.BAD_PATH))
     try:
-        response = await handler(_with_identity(request, decision.token, config))
+        strip = strip_rule(decision.route.config if decision.route is not None else None, config)
+        handler_request = _with_identity(request, decision.token, config, strip)
+    except UnsafeIdentity:  # never for a token built from claims: they are refused when validated
+        return _deny(gateway, exchange, replace(decision, reason=Reason.INVALID_CLAIM, token=None))
+    try:
+        response = await handler(handler_request)
     except web.HTTPException as exc:
         exchange.status = exc.status
         gateway.record(exchange, decision)
@@ -137,23 +142,46 @@ def _deny(gateway: Gateway, exchange: Exchange, decision: Decision) -> web.Respo
     return response
 
 
-def _with_identity(request: web.Request, token: ValidatedToken | None, config: GatewayConfig) -> web.Request:
+def _with_identity(
+    request: web.Request, token: ValidatedToken | None, config: GatewayConfig, strip: HeaderStrip
+) -> web.Request:
     """The request the handler sees: the token attached, identity headers set by us, never by the client.
 
-    The same rule as in proxy mode: whatever the client sent as ``X-Auth-Subject`` (or the
-    configured names) is dropped, and the values of the validated token are set instead.
+    The same rules as in proxy mode: whatever the client sent as ``X-Auth-Subject`` (or the
+    configured names) or under a ``strip_request_headers`` name is dropped, and the values of
+    the validated token are set instead. Raises UnsafeIdentity when they cannot be header values.
     """
+    identity = config.identity_headers
+    values = identity_values(token, identity) if token is not None else None
     if token is not None:
         request[TOKEN_KEY] = token
-    identity = config.identity_headers
-    names = {header_key(name) for name in identity.names()}
-    if token is None and not any(header_key(name) in names for name in request.headers):
+    names = _dropped_names(strip, identity.names())
+
+    def dropped(name: str) -> bool:
+        key = header_key(name)
+        return key in names or key.startswith(strip.prefixes)
+
+    if token is None and not any(dropped(name) for name in request.headers):
         return request
     headers: CIMultiDict[str] = CIMultiDict(
-        (name, value) for name, value in request.headers.items() if header_key(name) not in names
+        (name, value) for name, value in request.headers.items() if not dropped(name)
     )
-    if token is not None:
-        headers.extend(identity_values(token, identity))
+    if values is not None:
+        headers.extend(values)
     clone = request.clone(headers=headers)
     assert isinstance(clone, web.Request)
     return clone
+
+
+def _dropped_names(strip: HeaderStrip, identity_names: tuple[str, str, str]) -> frozenset[str]:
+    """The names the handler never sees from the client (computed once per rule and identity names)."""
+    key = (strip, identity_names)
+    names = _DROPPED_NAMES.get(key)
+    if names is None:
+        if len(_DROPPED_NAMES) >= 256:
+            _DROPPED_NAMES.clear()
+        names = _DROPPED_NAMES[key] = strip.names | {header_key(name) for name in identity_names}
+    return names
+
+
+_DROPPED_NAMES: dict[tuple[HeaderStrip, tuple[str, str, str]], frozenset[str]] = {}

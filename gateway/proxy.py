@@ -3,13 +3,16 @@
 Bodies stream both ways in chunks (nothing is held whole in memory), hop-by-hop headers
 (RFC 9110 7.6.1, including those named in ``Connection``) are dropped, and the identity
 headers the upstream trusts are always set by the gateway, never passed from the client.
+Other headers upstreams are known to trust for the user, the client or the URL and method
+(``strip_request_headers``) are dropped whoever sent them; client-address headers pass
+only from a trusted proxy.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -18,9 +21,16 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from .audit.record import Exchange
-from .config import GatewayConfig, IdentityHeaders, UpstreamConfig
+from .config import (
+    DEFAULT_STRIP_REQUEST_HEADERS,
+    STRIP_DEFAULTS,
+    GatewayConfig,
+    IdentityHeaders,
+    RouteConfig,
+    UpstreamConfig,
+)
 from .reasons import Reason
-from .tokens.token import ValidatedToken
+from .tokens.token import ValidatedToken, header_safe, scope_token
 
 HOP_BY_HOP = frozenset(
     h.lower()
@@ -33,10 +43,12 @@ FORWARDING_HEADERS = frozenset(
      # what forward-auth hosts send to describe the original request: meaningless to an upstream
      "x-original-uri", "x-original-url", "x-original-method", "x-forwarded-uri", "x-forwarded-method"}
 )
-# client-address headers some upstreams believe: passed on only from a trusted proxy
+# client-address and scheme headers some upstreams believe, set by the proxies and CDNs that may
+# stand in front of the gateway: passed on only from a trusted proxy
 CLIENT_ADDRESS_HEADERS = frozenset(
     {"x-real-ip", "x-forwarded-port", "x-forwarded-prefix", "x-forwarded-server", "x-client-ip",
-     "true-client-ip", "cf-connecting-ip"}
+     "true-client-ip", "cf-connecting-ip", "cf-connecting-ipv6", "fastly-client-ip", "x-envoy-external-address",
+     "x-forwarded-scheme", "x-forwarded-protocol", "x-forwarded-ssl", "x-url-scheme", "front-end-https"}
 )
 _CHUNK = 64 * 1024
 _SMALL_BODY = 64 * 1024
@@ -95,15 +107,61 @@ def header_key(name: str) -> str:
     return name.lower().replace("_", "-")
 
 
+class UnsafeIdentity(ValueError):
+    """A token value cannot be sent as an identity header as it is (answered ``invalid_claim``).
+
+    Tokens built from claims never get here (``token_from_claims`` refuses them); this is the
+    last check before a value would reach the HTTP writer, which would fail with a 500 or, worse,
+    a lenient one would split the header.
+    """
+
+
 def identity_values(token: ValidatedToken | None, names: IdentityHeaders) -> list[tuple[str, str]]:
-    """The identity headers describing ``token`` (empty values for a public route)."""
+    """The identity headers describing ``token`` (empty values for a public route).
+
+    Raises UnsafeIdentity when a value of the token cannot be a header value.
+    """
     if token is None:
         return [(names.subject, ""), (names.client_id, ""), (names.scopes, "")]
-    return [
-        (names.subject, token.subject or ""),
-        (names.client_id, token.client_id or ""),
-        (names.scopes, _scope_header(token.scopes)),
-    ]
+    subject, client_id = token.subject or "", token.client_id or ""
+    if not (header_safe(subject) and header_safe(client_id)):
+        raise UnsafeIdentity("the subject or client id cannot be a header value")
+    return [(names.subject, subject), (names.client_id, client_id), (names.scopes, _scope_header(token.scopes))]
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderStrip:
+    """A compiled ``strip_request_headers`` list, in ``header_key`` form."""
+
+    names: frozenset[str]
+    prefixes: tuple[str, ...]  # from "Name-*" entries
+
+
+def compile_strip(names: Sequence[str]) -> HeaderStrip:
+    """``@defaults`` stands for the default list; ``Name-*`` is a prefix; ``_``, ``-`` and case are alike."""
+    if STRIP_DEFAULTS in names:
+        names = [*DEFAULT_STRIP_REQUEST_HEADERS, *(n for n in names if n != STRIP_DEFAULTS)]
+    keys = [header_key(name) for name in names]
+    return HeaderStrip(
+        frozenset(k for k in keys if not k.endswith("*")), tuple(sorted({k[:-1] for k in keys if k.endswith("*")}))
+    )
+
+
+def strip_rule(route: RouteConfig | None, config: GatewayConfig) -> HeaderStrip:
+    """The route's ``strip_request_headers``, else the top-level list; compiled once per list."""
+    names = route.strip_request_headers if route is not None and route.strip_request_headers is not None else None
+    if names is None:
+        names = config.strip_request_headers
+    entry = _STRIP_RULES.get(id(names))
+    if entry is None or entry[0] is not names:  # the list itself is kept, so its id is never reused meanwhile
+        if len(_STRIP_RULES) >= 1024:
+            _STRIP_RULES.clear()
+        entry = _STRIP_RULES[id(names)] = (names, compile_strip(names))
+    return entry[1]
+
+
+_STRIP_RULES: dict[int, tuple[Sequence[str], HeaderStrip]] = {}  # by id of the configured list (bounded)
+NO_STRIP = HeaderStrip(frozenset(), ())
 
 
 def client_address(peer: str, forwarded_for: str | None, trusted: list[IPNetwork]) -> str:
@@ -148,24 +206,29 @@ class ForwardContext:
 
 def upstream_headers(
     incoming: CIMultiDictProxy[str], context: ForwardContext, upstream: Upstream,
-    token: ValidatedToken | None, identity: IdentityHeaders,
+    token: ValidatedToken | None, identity: IdentityHeaders, strip: HeaderStrip = NO_STRIP,
 ) -> CIMultiDict[str]:
-    """Headers for the upstream request."""
+    """Headers for the upstream request; UnsafeIdentity when the token's values cannot be headers."""
+    identity_headers = identity_values(token, identity) if token is not None else None  # may raise: do it first
     forward_authorization = upstream.config.forward_authorization
-    key = (identity.subject, identity.client_id, identity.scopes, forward_authorization, context.peer_trusted)
-    dropped = _DROPPED.get(key)
-    if dropped is None:
-        dropped = HOP_BY_HOP | FORWARDING_HEADERS | {header_key(n) for n in identity.names()}
+    key = (identity.subject, identity.client_id, identity.scopes, forward_authorization, context.peer_trusted, strip)
+    rule = _DROPPED.get(key)
+    if rule is None:
+        dropped = HOP_BY_HOP | FORWARDING_HEADERS | {header_key(n) for n in identity.names()} | strip.names
         if not forward_authorization:
             dropped |= {"authorization"}
         if not context.peer_trusted:
             dropped |= CLIENT_ADDRESS_HEADERS
-        _DROPPED[key] = dropped
+        if len(_DROPPED) >= 1024:
+            _DROPPED.clear()
+        rule = _DROPPED[key] = _HeaderFilter(dropped, strip.prefixes)
+    known, learn = rule.kept.get, rule.learn
     if "Connection" in incoming:
-        dropped = dropped | hop_by_hop(incoming)
-    headers: CIMultiDict[str] = CIMultiDict(
-        (name, value) for name, value in incoming.items() if header_key(name) not in dropped
-    )
+        named = hop_by_hop(incoming)
+        kept = [(n, v) for n, v in incoming.items() if (known(n) or learn(n)) and header_key(n) not in named]
+    else:
+        kept = [(n, v) for n, v in incoming.items() if known(n) or learn(n)]
+    headers: CIMultiDict[str] = CIMultiDict(kept)
     # a trusted proxy's chain is kept and its own address added; otherwise the chain starts here
     prior = forwarded_for(incoming) if context.peer_trusted else None
     headers["X-Forwarded-For"] = f"{prior}, {context.peer}" if prior else context.peer
@@ -174,20 +237,48 @@ def upstream_headers(
     headers["X-Forwarded-Host"] = context.host
     headers["X-Request-Id"] = context.request_id
     headers["Host"] = context.host if upstream.config.preserve_host else upstream.host_header
-    if token is not None:
-        headers.extend(identity_values(token, identity))
+    if identity_headers is not None:
+        headers.extend(identity_headers)
     return headers
 
 
-# what upstream_headers always drops, by identity header names, forward_authorization and peer trust
-_DROPPED: dict[tuple[str, str, str, bool, bool], frozenset[str]] = {}
+class _HeaderFilter:
+    """Which request headers pass, decided once per header name as sent and then looked up:
+    the same few dozen names arrive on every request."""
+
+    __slots__ = ("dropped", "kept", "prefixes")
+
+    def __init__(self, dropped: frozenset[str], prefixes: tuple[str, ...]) -> None:
+        self.dropped = dropped
+        self.prefixes = prefixes
+        self.kept: dict[str, bool] = {}  # header name as sent -> passes (bounded: names a client makes up)
+
+    def learn(self, name: str) -> bool:
+        if name in self.kept:
+            return False  # known, and dropped: ``kept.get`` answered False already
+        lowered = header_key(name)
+        passes = lowered not in self.dropped and not lowered.startswith(self.prefixes)
+        if len(self.kept) < 1024 and len(name) <= 64:
+            self.kept[name] = passes
+        return passes
+
+
+# what upstream_headers drops, by identity header names, forward_authorization, peer trust and
+# strip rule (bounded: emptied when full)
+_DROPPED: dict[tuple[str, str, str, bool, bool, HeaderStrip], _HeaderFilter] = {}
 _SCOPE_HEADERS: dict[frozenset[str], str] = {}  # bounded: emptied when full
 
 
 def _scope_header(scopes: frozenset[str]) -> str:
-    """The scopes as one space-separated, sorted header value (computed once per scope set)."""
+    """The scopes as one space-separated, sorted header value (computed once per scope set).
+
+    Each scope must be an RFC 6749 scope-token: one holding a space would reach the upstream
+    as two scopes the token does not have.
+    """
     value = _SCOPE_HEADERS.get(scopes)
     if value is None:
+        if not all(scope_token(scope) for scope in scopes):
+            raise UnsafeIdentity("a scope is not a scope-token")
         if len(_SCOPE_HEADERS) >= 4096:
             _SCOPE_HEADERS.clear()
         value = _SCOPE_HEADERS[scopes] = " ".join(sorted(scopes))

@@ -72,6 +72,17 @@ class Reason(str, Enum):
 
     # scope policy
     INSUFFICIENT_SCOPE = ("insufficient_scope", 403, "insufficient_scope", "the access token lacks a required scope")
+    RULE_FAILED = ("rule_failed", 403, "access_denied", "a claims rule of this route does not allow the request")
+
+    # mutual-TLS certificate-bound tokens (RFC 8705); a missing certificate is UNPROVEN_BINDING
+    CLIENT_CERTIFICATE_INVALID = (
+        "client_certificate_invalid", 401, "invalid_token",
+        "the client certificate is unreadable, expired or not yet valid",
+    )
+    CLIENT_CERTIFICATE_MISMATCH = (
+        "client_certificate_mismatch", 401, "invalid_token",
+        "the access token is bound to a different client certificate",
+    )
 
     # dependencies down: fail closed
     JWKS_UNAVAILABLE = ("jwks_unavailable", 503, "temporarily_unavailable", "token keys are unavailable")

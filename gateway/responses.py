@@ -8,7 +8,6 @@ from aiohttp import web
 from .decision import Decision
 from .reasons import Reason
 
-
 _NOT_ABOUT_TOKENS = frozenset({Reason.BAD_PATH, Reason.BAD_HOST})
 
 

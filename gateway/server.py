@@ -27,11 +27,13 @@ from .proxy import (
     BodyTooLarge,
     ForwardContext,
     StreamAborted,
+    UnsafeIdentity,
     UpstreamFailure,
     client_address,
     forward,
     forwarded_for,
     is_trusted,
+    strip_rule,
 )
 from .proxy import upstream_headers as build_upstream_headers
 from .reasons import Reason
@@ -59,7 +61,7 @@ def new_exchange(request: web.BaseRequest, config: GatewayConfig, mode: str) -> 
 def facts_of(request: web.BaseRequest) -> RequestFacts:
     return RequestFacts(
         method=request.method, raw_target=request.raw_path, host=request.headers.get("Host", ""),
-        authorization=tuple(request.headers.getall("Authorization", ())),
+        authorization=tuple(request.headers.getall("Authorization", ())), version=request.version,
     )
 
 
@@ -110,16 +112,20 @@ class ProxyHandler:
         limit = decision.route.max_body_size if decision.route.max_body_size is not None else config.max_body_size
         if request.content_length is not None and request.content_length > limit:
             return self._deny(decision, Reason.BODY_TOO_LARGE, exchange, config)
-        if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
-            # the policy passed: now ask for the body (a denied request is answered without reading it)
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            request.writer.output_size = 0
         upstream = pipeline.upstreams[decision.route.upstream]
         context = ForwardContext(
             client_ip=exchange.client_ip, peer=peer, peer_trusted=is_trusted(peer, config.trusted_proxies),
             scheme="https" if request.secure else "http", host=exchange.host, request_id=exchange.request_id,
         )
-        headers = build_upstream_headers(request.headers, context, upstream, decision.token, config.identity_headers)
+        try:
+            headers = build_upstream_headers(request.headers, context, upstream, decision.token,
+                                             config.identity_headers, strip_rule(decision.route.config, config))
+        except UnsafeIdentity:  # never for a token built from claims: they are refused when validated
+            return self._deny(replace(decision, token=None), Reason.INVALID_CLAIM, exchange, config)
+        if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
+            # the policy passed: now ask for the body (a denied request is answered without reading it)
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0
         try:
             return decision, await forward(request, decision.target.forward, upstream, headers, exchange, limit)
         except UpstreamFailure as failure:
@@ -157,7 +163,8 @@ def admin_app(gateway: Gateway) -> web.Application:
         return web.json_response({"status": "alive"}, dumps=lambda o: orjson.dumps(o).decode())
 
     async def readyz(_: web.Request) -> web.Response:
-        checks = gateway.readiness()
+        # a dead or stuck audit writer means requests would go unrecorded: out of rotation
+        checks = {**gateway.readiness(), "audit_writer": gateway.audit.healthy()}
         ready = all(checks.values())
         return web.Response(
             status=200 if ready else 503, body=orjson.dumps({"ready": ready, **checks}),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ import aiohttp
 import pytest
 
 from gateway.logs import JsonFormatter
+from gateway.tokens.token import fingerprint  # the token's identity (issue 11, item 13)
 from tests.conftest import bearer
 from tests.helpers import free_port, metric, raw_request
 
@@ -58,7 +58,7 @@ async def test_allowed_request_record(gw, issuer):  # type: ignore[no-untyped-de
     assert (record["status"], record["decision"], record["reason"]) == (200, "allow", "allowed")
     assert (record["sub"], record["client_id"], record["iss"]) == ("alice", "web", issuer.issuer)
     assert (record["jti"], record["sid"]) == ("jti-1", "session-1")
-    assert record["token_fingerprint"] == hashlib.sha256(token.encode()).hexdigest()[:32]
+    assert record["token_fingerprint"] == fingerprint(token)[:32]
     assert record["scopes"] == ["orders:read", "profile"]
     assert record["required_scopes"] == ["orders:read"]
     assert record["user_agent"] == "audit-test/1.0"
@@ -129,7 +129,7 @@ async def test_invalid_token_record_has_a_fingerprint_but_no_identity(gw, issuer
     await send(gw, "GET", "/orders", bearer(token))
     record = (await gw.audit_records())[-1]
     assert record["reason"] == "token_expired"
-    assert record["token_fingerprint"] == hashlib.sha256(token.encode()).hexdigest()[:32]
+    assert record["token_fingerprint"] == fingerprint(token)[:32]
     assert record["sub"] is None and record["scopes"] == []
 
 

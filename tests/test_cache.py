@@ -205,3 +205,69 @@ def test_never_more_entries_than_maxsize(maxsize: int) -> None:
         c.put(f"k{i}", Item(str(i), later()))
         assert len(c) <= maxsize
     assert keys(c) == [f"k{i}" for i in range(20 - maxsize, 20)]
+
+
+# --- a second name shared by several keys (issue 11 item 13) ----------------------------------------
+# the verified-token cache keys a token by the hash of its exact bytes and files it under its
+# fingerprint too, which twins of one signed token share
+
+
+@dataclass(frozen=True)
+class Token:
+    fingerprint: str
+    until: float
+
+
+def token_cache(maxsize: int = 100) -> ExpiringCache[Token]:
+    return ExpiringCache(f"test_cache_{next(_names)}", maxsize, lambda t: t.until, lambda t: t.fingerprint)
+
+
+def test_discard_by_identity_drops_the_entry_filed_under_it() -> None:
+    c = token_cache()
+    c.put("exact-1", Token("fp-1", later()))
+    c.put("exact-2", Token("fp-2", later()))
+    c.put("fp-3", Token("fp-3", later()))  # an opaque token: key and identity coincide
+    c.discard("fp-1")
+    assert c.get("exact-1") is None and c.get("exact-2") is not None
+    c.discard("fp-3")
+    assert c.get("fp-3") is None
+    c.discard("exact-2")  # by key, as before
+    assert len(c) == 0 and c._keys_by_identity == {}
+
+
+def test_get_never_answers_by_identity() -> None:
+    c = token_cache()
+    c.put("exact-1", Token("fp-1", later()))
+    assert c.get("fp-1") is None  # a forged token shares the fingerprint, never the exact bytes
+
+
+def test_one_entry_per_identity() -> None:
+    c = token_cache()
+    first, twin = Token("fp", later()), Token("fp", later())
+    c.put("exact-1", first)
+    c.put("exact-2", twin)
+    assert c.get("exact-1") is None and c.get("exact-2") is twin
+    c.put("exact-2", twin)  # put again under the same key: still filed
+    c.discard("fp")
+    assert len(c) == 0 and c._keys_by_identity == {}
+
+
+async def test_the_identity_index_never_outgrows_the_cache() -> None:
+    c = token_cache(maxsize=10)
+    short = later(0.05)
+    for n in range(50):  # LRU eviction
+        c.put(f"exact-{n}", Token(f"fp-{n}", later()))
+    assert len(c) == 10 and len(c._keys_by_identity) == 10
+    assert c.get("exact-0") is None
+    c.discard("fp-0")  # long gone: nothing to do, and fp-49 stays
+    assert c.get("exact-49") is not None
+    for n in range(5):  # expiry
+        c.put(f"brief-{n}", Token(f"bfp-{n}", short))
+    await until_past(short)
+    c.put("after", Token("fp-after", later()))
+    assert all(not k.startswith("bfp-") for k in c._keys_by_identity)
+    dropped = await c.discard_where(lambda t: t.fingerprint.startswith("fp-4"))
+    assert dropped == 5  # fp-45 .. fp-49: the brief ones pushed fp-40 .. fp-44 out
+    assert list(c._keys_by_identity) == ["fp-after"]
+    c.clear()
+    assert c._keys_by_identity == {}

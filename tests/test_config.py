@@ -305,3 +305,15 @@ def test_detection_webhook_needs_a_url() -> None:
 def test_identity_header_names_are_checked(names: str, message: str) -> None:
     problems = problems_of(MINIMAL + f"identity_headers: {names}\n")
     assert len(problems) == 1 and message in problems[0], problems
+
+
+def test_no_issuer_may_be_named_star() -> None:
+    """``*`` means every issuer in revocation entries: an issuer of that name would be ambiguous."""
+    problems = problems_of(textwrap.dedent("""\
+        issuers:
+          - issuer: "*"
+            audiences: [a]
+        upstreams: {svc: {url: "http://127.0.0.1:9000"}}
+        routes: [{name: r, path: /a, upstream: svc}]
+        """))
+    assert problems == ["gw.yaml:2: issuers[0].issuer: '*' is reserved for revocation entries that cover every issuer"]

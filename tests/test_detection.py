@@ -20,10 +20,10 @@ from gateway.audit.record import Exchange
 from gateway.config import parse_config
 from gateway.decision import Decision
 from gateway.reasons import Reason
-from gateway.revocation.entries import Entry, Kind
+from gateway.revocation.entries import Entry, Kind, Match
 from gateway.revocation.schema import EXPIRY_MARGIN
 from gateway.revocation.store import MemoryStore
-from gateway.tokens.token import ValidatedToken
+from gateway.tokens.token import ValidatedToken, fingerprint
 from tests.audit_traffic import AWAY_IP, HOME_IP, TRUSTED, assert_no_raw_token, call, mint
 
 
@@ -207,9 +207,59 @@ async def test_detection_revokes_for_the_issuers_max_token_lifetime():
     family, token = revoked
     assert (family.kind, family.value, family.issuer) == (Kind.FAMILY, "family-ttl", "https://id.example")
     assert family.expires_at == exchange.started + 3600 + EXPIRY_MARGIN
-    assert (token.kind, token.value) == (Kind.TOKEN, "lone-jti")
+    assert (token.kind, token.value, token.match, token.issuer) == (Kind.TOKEN, "lone-jti", Match.JTI,
+                                                                    "https://id.example")
     assert decision_lone.token is not None
     assert token.expires_at == decision_lone.token.expires_at + EXPIRY_MARGIN
+
+
+async def test_detection_revokes_for_the_tokens_own_issuer_only():
+    """issue 11: detection's entries never reach another issuer's tokens, and a token known only by
+    its fingerprint is revoked by fingerprint (a jti equal to that fingerprint stays valid)."""
+    config = parse_config(yaml.safe_dump({
+        "upstreams": {"o": {"url": "http://127.0.0.1:9"}},
+        "issuers": [{"issuer": "https://id.example", "audiences": ["api"]},
+                    {"issuer": "https://other.example", "audiences": ["api"]}],
+        "routes": [{"name": "r", "path": "/x", "upstream": "o"}],
+        "detection": {"new_network_after_first_use": True, "on_detect": ["audit", "revoke_family"]},
+    }))
+    store = MemoryStore()
+    revoked: list[Entry] = []
+    store.on_revoke(revoked.append)
+    detector = Detector(config, store)
+
+    def use(ip: str, iss: str, sid: str | None, raw: str) -> tuple[Exchange, Decision]:
+        token = ValidatedToken(iss, "frank", "app", frozenset({"orders:read"}), time.time() + 300,
+                               fingerprint(raw), jti=None, claims={"sid": sid} if sid else {})
+        exchange = Exchange(started=time.time(), started_mono=time.monotonic(), request_id=f"r-{ip}", client_ip=ip,
+                            method="GET", host="api", raw_path="/x", user_agent="t", status=200)
+        return exchange, Decision(Reason.ALLOWED, token=token, token_fingerprint=token.fingerprint)
+
+    await detector.start()
+    try:
+        for sid, raw in (("shared-sid", "stolen-session-token"), (None, "stolen-lone-token")):
+            detector.observe(*use(HOME_IP, "https://id.example", sid, raw))
+            assert detector.observe(*use(AWAY_IP, "https://id.example", sid, raw)) == ["new_network"]
+        deadline = time.monotonic() + 5
+        while len(revoked) < 2:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+    finally:
+        await detector.stop()
+    family, lone = revoked
+    assert (family.kind, family.issuer) == (Kind.FAMILY, "https://id.example")
+    assert (lone.match, lone.issuer, lone.value) == (Match.FINGERPRINT, "https://id.example",
+                                                     fingerprint("stolen-lone-token")[:32])
+    check = store.list.check
+    same = use(AWAY_IP, "https://id.example", "shared-sid", "another-token-of-the-family")[1].token
+    elsewhere = use(AWAY_IP, "https://other.example", "shared-sid", "other-issuers-token")[1].token
+    assert same is not None and elsewhere is not None
+    assert check(same) is Reason.REVOKED_FAMILY and check(elsewhere) is None
+    stolen = use(AWAY_IP, "https://id.example", None, "stolen-lone-token")[1].token
+    assert stolen is not None and check(stolen) is Reason.REVOKED_TOKEN
+    twin_jti = ValidatedToken("https://id.example", "x", "app", frozenset(), time.time() + 300, fingerprint("z"),
+                              jti=fingerprint("stolen-lone-token")[:32])
+    assert check(twin_jti) is None
 
 
 # --- shared state through Redis: two replicas, one IP each ------------------------------------

@@ -23,10 +23,13 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.config import Address, ConfigError, parse_config
 from gateway.demo import DemoIssuer, EchoUpstream
 from gateway.forward_auth import CheckRequestError, original_request
+from gateway.runtime import Gateway
+from gateway.server import Server
 from tests.conftest import GatewayFactory, RunningGateway, bearer
-from tests.helpers import free_port, metric, raw_request
+from tests.helpers import MINIMAL_CONFIG, free_port, metric, raw_request
 
 NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin:/usr/local/nginx/sbin")
 
@@ -127,7 +130,7 @@ async def stack(
     nginx_binary: str, make_gateway: GatewayFactory, upstream: EchoUpstream, tmp_path: Path
 ) -> AsyncIterator[Stack]:
     """Gateway with a decision port, and nginx using it with auth_request in front of the echo upstream."""
-    gw = await make_gateway(decision_listen="127.0.0.1:0", trusted_proxies=["127.0.0.1/32"])
+    gw = await make_gateway(decision_listen="127.0.0.1:0", decision_sources=["nginx"], trusted_proxies=["127.0.0.1/32"])
     directory = tmp_path / "nginx"
     directory.mkdir()
     process, url = _start_nginx(nginx_binary, directory, gw.port("decision"), upstream.url)
@@ -147,9 +150,19 @@ async def stack(
 
 @pytest.fixture
 async def decision_gw(make_gateway: GatewayFactory) -> RunningGateway:
-    """A gateway whose decision port trusts 127.0.0.1 (the test plays the ingress)."""
+    """A gateway whose decision port trusts 127.0.0.1 (the test plays the ingress) and reads both
+    nginx's and Traefik's headers, so that the rule that they must agree is exercised."""
     return await make_gateway(
-        decision_listen="127.0.0.1:0", decision_path_prefix="/ext_authz", trusted_proxies=["127.0.0.1/32"]
+        decision_listen="127.0.0.1:0", decision_sources=["nginx", "traefik"], trusted_proxies=["127.0.0.1/32"]
+    )
+
+
+@pytest.fixture
+async def envoy_gw(make_gateway: GatewayFactory) -> RunningGateway:
+    """A gateway whose decision port is asked by Envoy ext_authz (``path_prefix: /ext_authz``)."""
+    return await make_gateway(
+        decision_listen="127.0.0.1:0", decision_sources=["envoy"], decision_path_prefix="/ext_authz",
+        trusted_proxies=["127.0.0.1/32"],
     )
 
 
@@ -346,7 +359,7 @@ async def test_traefik_client_header_injection_is_refused(
 
 
 async def test_traefik_untrusted_peer_keeps_peer_address(make_gateway: GatewayFactory, http: aiohttp.ClientSession):
-    gw = await make_gateway(decision_listen="127.0.0.1:0")  # no trusted_proxies
+    gw = await make_gateway(decision_listen="127.0.0.1:0", decision_sources=["traefik"])  # no trusted_proxies
     async with http.get(decision_url(gw), headers=traefik_headers("GET", "/public/health")) as resp:
         assert resp.status == 200
         assert resp.headers["X-Auth-Subject"] == ""  # always present, so the ingress overwrites a client's value
@@ -379,7 +392,7 @@ async def test_host_routes_use_the_original_host(
     routes = [{"name": "admin", "host": "admin.example", "path_prefix": "/", "upstream": "orders",
                "scopes": ["orders:admin"]},
               {"name": "www", "host": "www.example", "path_prefix": "/", "upstream": "orders", "auth": "none"}]
-    gw = await make_gateway(decision_listen="127.0.0.1:0", routes=routes)
+    gw = await make_gateway(decision_listen="127.0.0.1:0", decision_sources=["nginx", "traefik"], routes=routes)
     for host, status in (("www.example", 200), ("admin.example", 401), ("other.example", 404)):
         headers = traefik_headers("GET", "/x", **{"X-Forwarded-Host": host})
         async with http.get(decision_url(gw), headers=headers) as resp:
@@ -395,34 +408,34 @@ async def test_host_routes_use_the_original_host(
 
 
 async def test_envoy_check_uses_method_and_prefixed_path(
-    decision_gw: RunningGateway, issuer: DemoIssuer, http: aiohttp.ClientSession
+    envoy_gw: RunningGateway, issuer: DemoIssuer, http: aiohttp.ClientSession
 ):
     """Envoy sends the original method and path_prefix + path, with Host and Authorization by default."""
     writer = bearer(issuer.mint(sub="carol", scope="orders:write"))
-    async with http.put(f"{decision_url(decision_gw)}/ext_authz/orders/9?dry_run=1",
+    async with http.put(f"{decision_url(envoy_gw)}/ext_authz/orders/9?dry_run=1",
                         headers={"Host": "api.example", "Content-Length": "0", **writer}) as resp:
         assert resp.status == 200
         assert resp.headers["X-Auth-Subject"] == "carol"
         assert resp.headers["X-Auth-Scopes"] == "orders:write"
-    record = await last_record(decision_gw)
+    record = await last_record(envoy_gw)
     assert (record["method"], record["path"], record["route"], record["host"]) == (
         "PUT", "/orders/9", "change-order", "api.example")
 
-    async with http.delete(f"{decision_url(decision_gw)}/ext_authz/orders/9",
+    async with http.delete(f"{decision_url(envoy_gw)}/ext_authz/orders/9",
                            headers=bearer(issuer.mint(scope="orders:read"))) as resp:
         assert resp.status == 403
         assert 'error="insufficient_scope"' in resp.headers["WWW-Authenticate"]
         assert (await resp.json())["reason"] == "insufficient_scope"
 
 
-async def test_envoy_path_tricks_and_missing_prefix(decision_gw: RunningGateway, issuer: DemoIssuer):
-    url = decision_url(decision_gw)
+async def test_envoy_path_tricks_and_missing_prefix(envoy_gw: RunningGateway, issuer: DemoIssuer):
+    url = decision_url(envoy_gw)
     trick = await raw_request(url, "/ext_authz/public/health/../../orders")
     assert trick.status == 401
-    assert (await last_record(decision_gw))["path"] == "/orders"
+    assert (await last_record(envoy_gw))["path"] == "/orders"
     no_prefix = await raw_request(url, "/orders", headers=bearer(issuer.mint(scope="orders:read")))
     assert no_prefix.status == 400
-    assert (await last_record(decision_gw))["reason"] == "bad_path"
+    assert (await last_record(envoy_gw))["reason"] == "bad_path"
 
 
 async def test_decision_sources_can_be_pinned(
@@ -435,6 +448,59 @@ async def test_decision_sources_can_be_pinned(
                **bearer(issuer.mint(scope="orders:read"))}
     async with http.get(decision_url(gw), headers=headers) as resp:  # Traefik headers are not consulted
         assert resp.status == 200
+
+
+def test_decision_sources_are_required_with_decision_listen():
+    """Trusting nginx's, Traefik's and Envoy's ways of asking at once let a client behind Envoy
+    choose the target with an ``X-Original-URI`` of its own: the operator must name the ingress."""
+    text = MINIMAL_CONFIG + "decision_listen: 127.0.0.1:8081\n"
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text, "gw.yaml")
+    line = text.splitlines().index("decision_listen: 127.0.0.1:8081") + 1
+    assert str(raised.value).startswith(f"gw.yaml:{line}: decision_listen: decision_sources is required")
+    for sources in ("[envoy, nginx]", "[traefik, envoy]"):
+        with pytest.raises(ConfigError, match=r"gw.yaml:\d+: decision_sources: envoy cannot be combined"):
+            parse_config(text + f"decision_sources: {sources}\n", "gw.yaml")
+    for sources in ("[nginx]", "[traefik]", "[envoy]", "[nginx, traefik]"):
+        assert parse_config(text + f"decision_sources: {sources}\n").decision_sources
+    assert parse_config(MINIMAL_CONFIG).decision_sources is None  # no decision port: nothing to name
+
+
+async def test_a_config_built_in_code_without_sources_does_not_open_the_port(issuer: DemoIssuer, tmp_path: Path):
+    config = parse_config(MINIMAL_CONFIG.replace("https://as.example", issuer.issuer)).model_copy(update={
+        "decision_listen": Address("127.0.0.1", 0), "listen": Address("127.0.0.1", 0),
+        "admin_listen": Address("127.0.0.1", 0)})
+    server = Server(Gateway(config))
+    try:
+        with pytest.raises(ConfigError, match="decision_sources is required"):
+            await server.start()
+    finally:
+        await server.stop()
+    with pytest.raises(CheckRequestError):  # and the check path itself fails closed without sources
+        original_request("GET", "/orders", _headers(X_Original_URI="/", X_Original_Method="GET"), sources=None)
+
+
+async def test_behind_envoy_client_headers_cannot_name_the_target(
+    envoy_gw: RunningGateway, issuer: DemoIssuer, http: aiohttp.ClientSession
+):
+    """Envoy's ext_authz passes client headers: nginx's and Traefik's statements must not be believed."""
+    spoof = {"X-Original-URI": "/public/health", "X-Original-Method": "GET", "X-Forwarded-Uri": "/public/health",
+             "X-Forwarded-Method": "GET", "X-Original-URL": "http://127.0.0.1/public/health"}
+    async with http.get(f"{decision_url(envoy_gw)}/ext_authz/orders", headers=spoof) as resp:
+        assert resp.status == 401
+        assert (await resp.json())["reason"] == "missing_token"
+    record = await last_record(envoy_gw)
+    assert (record["path"], record["route"]) == ("/orders", "list-orders")
+
+
+async def test_behind_traefik_an_nginx_header_is_not_consulted(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+):
+    gw = await make_gateway(decision_listen="127.0.0.1:0", decision_sources=["traefik"])
+    headers = traefik_headers("GET", "/orders", **{"X-Original-URI": "/public/health", "X-Original-Method": "GET"})
+    async with http.get(decision_url(gw), headers=headers) as resp:
+        assert resp.status == 401  # decided on Traefik's /orders, not the client's /public/health
+    assert (await last_record(gw))["path"] == "/orders"
 
 
 # --- shape detection (pure) --------------------------------------------------------------

@@ -15,6 +15,7 @@ import yaml
 from click.testing import CliRunner
 
 from gateway.audit.incident import (
+    RevokeError,
     Target,
     action_record,
     apply_revocation,
@@ -255,7 +256,7 @@ async def test_revoke_command_writes_without_loading_the_list(make_gateway, issu
         stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 0, stderr.decode()
         assert await scans() == before
-        family_key = f"{revocation['key_prefix']}family:family-alice-1"
+        family_key = f"{revocation['key_prefix']}v2:family:{issuer.issuer}|family-alice-1"
         assert 0 < await redis.ttl(family_key) <= 86400 + EXPIRY_MARGIN
     finally:
         await redis.aclose()
@@ -270,3 +271,36 @@ def _jsonl(path: Path) -> list[dict]:
     import json
 
     return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def _record(ts: str, iss: str, jti: str, sid: str) -> str:
+    import json
+
+    return json.dumps({"type": "audit", "ts": ts, "request_id": f"r-{jti}", "decision": "allow", "status": 200,
+                       "reason": "allowed", "route": "r", "client_ip": HOME_IP, "sub": "alice", "iss": iss,
+                       "jti": jti, "sid": sid, "token_fingerprint": "ab" * 16})
+
+
+def test_revoke_plans_issuer_scoped_entries_and_refuses_to_guess_an_issuer(tmp_path):
+    """issue 11: a family seen at two issuers is revoked at each of them, never for every issuer; a token
+    the audit trail does not show needs an issuer when several are configured."""
+    from gateway.config import parse_config
+    from gateway.revocation import Match
+
+    a, b = "https://a.example", "https://b.example"
+    trail = tmp_path / "audit.jsonl"
+    trail.write_text("\n".join([_record("2026-01-01T10:00:00Z", a, "ja", "shared-sid"),
+                                _record("2026-01-01T10:01:00Z", b, "jb", "shared-sid")]) + "\n")
+    config = parse_config(yaml.safe_dump({
+        "upstreams": {"o": {"url": "http://127.0.0.1:9"}},
+        "issuers": [{"issuer": a, "audiences": ["api"]}, {"issuer": b, "audiences": ["api"]}],
+        "routes": [{"name": "r", "path": "/x", "upstream": "o"}],
+    }))
+    entries = plan_revocation(collect([str(trail)], Target.from_options(family="shared-sid")), config, "test")
+    assert {(e.kind.value, e.value, e.issuer) for e in entries} == {("family", "shared-sid", a),
+                                                                   ("family", "shared-sid", b)}
+    [token, family] = plan_revocation(collect([str(trail)], Target.from_options(jti="ja")), config, "test")
+    assert (token.value, token.match, token.issuer) == ("ja", Match.JTI, a)
+    assert (family.value, family.issuer) == ("shared-sid", a)
+    with pytest.raises(RevokeError, match="--issuer"):
+        plan_revocation(collect([str(trail)], Target.from_options(jti="never-seen")), config, "test")

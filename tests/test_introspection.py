@@ -23,7 +23,7 @@ from redis import Redis
 
 from gateway.demo import DemoIssuer
 from gateway.revocation.entries import Entry, Kind
-from gateway.tokens.token import fingerprint
+from gateway.tokens.token import cache_key, fingerprint
 from tests.conftest import AUDIENCE, bearer
 
 
@@ -356,6 +356,8 @@ async def test_endpoint_from_the_jwks_loaders_discovery(make_gateway, issuer, ht
         ({"token_type": "refresh_token"}, "wrong_token_type"),
         ({"token_use": "refresh_token"}, "wrong_token_type"),
         ({"nbf": time.time() + 3600}, "token_not_yet_valid"),
+        ({"exp": "tomorrow"}, "invalid_token"),  # optional, but when present a number
+        ({"exp": True}, "invalid_token"),
     ],
 )
 async def test_answer_checks(make_gateway, issuer, upstream, http, change, reason):
@@ -385,6 +387,56 @@ async def test_acceptable_answers(make_gateway, issuer, http, change):
     issuer.opaque[token].update(change)
     issuer.opaque[token] = {k: v for k, v in issuer.opaque[token].items() if v is not None}
     assert (await get(http, f"{gw.url}/orders", token))[0] == 200
+
+
+# --- answers without exp (RFC 7662 makes it optional; issue 11 item 7) -----------------------------
+
+
+@pytest.mark.parametrize("exp", ["absent", None])
+async def test_an_answer_without_exp_is_accepted_and_cached_for_cache_ttl(make_gateway, issuer, http, exp):
+    ttl = 2.0
+    gw = await make_gateway(issuers=[introspecting(issuer, cache_ttl=f"{ttl}s")])
+    token = issuer.mint_opaque(exp=None)  # no exp in the answer at all
+    if exp is None:
+        issuer.opaque[token]["exp"] = None  # or a JSON null
+    asked_at = time.time()
+    assert (await get(http, f"{gw.url}/orders", token))[0] == 200
+    entry = gw.gateway.pipeline.validator.introspectors[issuer.issuer].cache.get(cache_key(token))
+    assert entry is not None and entry.expires_at == 0.0
+    assert asked_at + ttl <= entry.cached_until <= time.time() + ttl  # answered_at + cache_ttl
+    issuer.opaque[token]["active"] = False  # revoked at the authorization server
+    assert (await get(http, f"{gw.url}/orders", token))[0] == 200  # within cache_ttl: the cached answer
+    assert issuer.calls["introspect"] == 1
+
+    await asyncio.sleep(entry.cached_until - time.time() + 0.05)
+
+    status, _, body = await get(http, f"{gw.url}/orders", token)
+    assert (status, body["reason"]) == (401, "inactive_token")
+    assert issuer.calls["introspect"] == 2
+    record = (await gw.audit_records())[0]
+    assert (record["reason"], record["sub"], record["jti"]) == ("allowed", "alice", issuer.opaque[token]["jti"])
+
+
+async def test_a_shared_entry_without_exp_lives_cache_ttl(make_gateway, issuer, http, redis_proc):
+    redis = Redis(host=redis_proc.host, port=redis_proc.port)
+    redis.flushdb()
+    url = f"redis://{redis_proc.host}:{redis_proc.port}/0"
+    gw = await make_gateway(issuers=[introspecting(issuer, cache_ttl="5s", shared_cache=True, redis_url=url)])
+    token = issuer.mint_opaque(exp=None)
+    assert (await get(http, f"{gw.url}/orders", token))[0] == 200
+    (key,) = redis.keys("*")
+    assert key.endswith(cache_key(token).encode())
+    assert 0 < redis.pttl(key) <= 5_000
+    redis.close()
+
+
+async def test_required_claims_apply_to_introspection_answers(make_gateway, issuer, upstream, http):
+    gw = await make_gateway(issuers=[{**introspecting(issuer), "required_claims": ["sid"]}])
+    status, headers, body = await get(http, f"{gw.url}/orders", issuer.mint_opaque())
+    assert (status, body["reason"]) == (401, "missing_claim")
+    assert 'error="invalid_token"' in headers["WWW-Authenticate"]
+    assert (await get(http, f"{gw.url}/orders", issuer.mint_opaque(sid="s-1")))[0] == 200
+    assert len(upstream.requests) == 1
 
 
 # --- scopes: checked per route, never cached ---------------------------------------------------------

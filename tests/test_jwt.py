@@ -195,7 +195,8 @@ async def test_time_claims_with_leeway(gw, issuer):  # type: ignore[no-untyped-d
 @pytest.mark.parametrize("exp", [None, "tomorrow", "9999999999", True, [9999999999], {"t": 1}])
 async def test_exp_is_required_and_numeric(gw, issuer, exp):  # type: ignore[no-untyped-def]
     token = issuer.mint(exp=exp)  # None leaves exp out
-    expected = "401 token_expired" if exp is True else "401 invalid_token"  # PyJWT reads true as 1
+    # PyJWT reads true as 1; a missing exp is named as such (still 401 invalid_token on the wire)
+    expected = "401 token_expired" if exp is True else "401 missing_claim" if exp is None else "401 invalid_token"
     assert await reason_of(gw, token) == expected
 
 
@@ -248,6 +249,67 @@ async def test_typ_not_enforced_unless_configured(gw, issuer):  # type: ignore[n
     assert await reason_of(gw, issuer.mint(headers={"typ": "JWT"})) == "allowed"
 
 
+# --- required claims (RFC 9068 section 2.2, issue 11 item 11) -------------------------------------
+
+RFC9068_CLAIMS = ["iss", "exp", "aud", "sub", "client_id", "iat", "jti"]
+
+
+@pytest.mark.parametrize("typ", ["at+jwt", "application/at+jwt"])
+async def test_at_jwt_requires_every_rfc9068_claim(make_gateway, issuer, http, typ):  # type: ignore[no-untyped-def]
+    gw = await make_gateway(issuers=[issuer_entry(issuer, require_typ=typ)])
+    assert await reason_of(gw, issuer.mint()) == "allowed"  # the demo issuer mints all seven
+    # without iss the token names no issuer to verify it: unknown_issuer, before any key is used
+    expected = {name: "unknown_issuer" if name == "iss" else "missing_claim" for name in RFC9068_CLAIMS}
+    for name in RFC9068_CLAIMS:
+        async with http.get(f"{gw.url}/orders", headers=bearer(issuer.mint(**{name: None}))) as resp:
+            assert resp.status == 401, name
+            assert (await resp.json())["reason"] == expected[name], name
+            assert 'error="invalid_token"' in resp.headers["WWW-Authenticate"]
+    records = await gw.audit_records()
+    assert [r["reason"] for r in records[1:]] == list(expected.values())
+
+
+@pytest.mark.parametrize(
+    "claims", [{"client_id": ""}, {"client_id": 7}, {"client_id": ["demo-client"]}, {"sub": ""}, {"jti": ""}]
+)
+async def test_at_jwt_required_claims_must_be_usable(make_gateway, issuer, claims):  # type: ignore[no-untyped-def]
+    gw = await make_gateway(issuers=[issuer_entry(issuer, require_typ="at+jwt")])
+    assert await reason_of(gw, issuer.mint(**claims)) == "401 missing_claim"
+
+
+async def test_without_at_jwt_only_exp_iss_aud_are_required(gw, issuer):  # type: ignore[no-untyped-def]
+    assert await reason_of(gw, issuer.mint(sub=None, client_id=None, iat=None, jti=None)) == "allowed"
+    assert await reason_of(gw, issuer.mint(exp=None)) == "401 missing_claim"
+    assert await reason_of(gw, issuer.mint(aud=None)) == "401 missing_claim"
+
+
+async def test_required_claims_for_any_issuer(make_gateway, issuer):  # type: ignore[no-untyped-def]
+    gw = await make_gateway(issuers=[issuer_entry(issuer, required_claims=["sid", "sub", "iat"])])
+    assert await reason_of(gw, issuer.mint(headers={"typ": "JWT"}, sid="s-1")) == "allowed"
+    assert await reason_of(gw, issuer.mint(sid=None)) == "401 missing_claim"
+    assert await reason_of(gw, issuer.mint(sid="s-1", sub=None)) == "401 missing_claim"
+    assert await reason_of(gw, issuer.mint(sid=["s-1"])) == "401 missing_claim"  # read as a string downstream
+    assert await reason_of(gw, issuer.mint(sid="s-1", client_id=None, jti=None)) == "allowed"  # not listed
+
+
+async def test_a_missing_claim_is_refused_only_after_the_signature(gw, issuer):  # type: ignore[no-untyped-def]
+    stranger = SigningKey(issuer.keys[0].kid, "RS256", SigningKey.generate("RS256").private)
+    assert await reason_of(gw, issuer.mint(key=stranger, exp=None)) == "401 bad_signature"
+
+
+def test_required_claims_config() -> None:
+    from gateway.config import ConfigError, parse_config
+    from tests.helpers import MINIMAL_CONFIG
+
+    config = parse_config(MINIMAL_CONFIG.replace("audiences: [api]", "audiences: [api]\n    required_claims: [sid]"))
+    assert config.issuers[0].required_claims == ["sid"]
+    assert config.issuers[0].jwks_refetch_burst == 3
+    with pytest.raises(ConfigError, match="required_claims"):
+        parse_config(MINIMAL_CONFIG.replace("audiences: [api]", "audiences: [api]\n    required_claims: ['']"))
+    with pytest.raises(ConfigError, match="jwks_refetch_burst"):
+        parse_config(MINIMAL_CONFIG.replace("audiences: [api]", "audiences: [api]\n    jwks_refetch_burst: -1"))
+
+
 # --- JWKS lifecycle ------------------------------------------------------------------------
 
 
@@ -279,8 +341,7 @@ async def test_removed_key_stops_working(make_gateway, issuer):  # type: ignore[
 
 
 async def test_unknown_kid_flood_is_bounded(make_gateway, issuer):  # type: ignore[no-untyped-def]
-    gw = await make_gateway(issuers=[issuer_entry(issuer, jwks_min_refresh_interval="300ms")])
-    await asyncio.sleep(0.35)  # the refetch interval has passed: one refetch is due
+    gw = await make_gateway(issuers=[issuer_entry(issuer, jwks_min_refresh_interval="30s")])
     before = issuer.calls["jwks"]
     attacker = SigningKey.generate("RS256")
     tokens = [issuer.mint(key=attacker, headers={"kid": uuid.uuid4().hex}) for _ in range(200)]
@@ -294,16 +355,23 @@ async def test_unknown_kid_flood_is_bounded(make_gateway, issuer):  # type: igno
 
         statuses = await asyncio.gather(*(one(t) for t in tokens))
     assert statuses == [401] * 200
-    assert 1 <= issuer.calls["jwks"] - before <= 2
+    assert 1 <= issuer.calls["jwks"] - before <= 3  # jwks_refetch_burst, then one per 30 s
     assert await reason_of(gw, issuer.mint()) == "allowed"
 
 
-async def test_unknown_kid_within_the_interval_does_not_refetch(make_gateway, issuer):  # type: ignore[no-untyped-def]
-    # the keys were fetched at start: the 20 rounds below all fall in the same (wide) interval
-    gw = await make_gateway(issuers=[issuer_entry(issuer, jwks_min_refresh_interval="10m")])
+async def test_unknown_kids_within_the_interval_cost_the_burst_only(make_gateway, issuer):  # type: ignore[no-untyped-def]
+    # the 20 rounds below all fall in the same (wide) interval: the burst, then no refetch
+    gw = await make_gateway(issuers=[issuer_entry(issuer, jwks_min_refresh_interval="10m", jwks_refetch_burst=2)])
     before = issuer.calls["jwks"]
     for _ in range(20):
         assert await reason_of(gw, issuer.mint(headers={"kid": uuid.uuid4().hex})) == "401 unknown_key"
+    assert issuer.calls["jwks"] == before + 2
+
+
+async def test_no_refetch_for_unknown_kids_with_a_burst_of_zero(make_gateway, issuer):  # type: ignore[no-untyped-def]
+    gw = await make_gateway(issuers=[issuer_entry(issuer, jwks_refetch_burst=0)])
+    before = issuer.calls["jwks"]
+    assert await reason_of(gw, issuer.mint(key=issuer.rotate("RS256"))) == "401 unknown_key"
     assert issuer.calls["jwks"] == before
 
 

@@ -272,7 +272,7 @@ async def test_proxy_decision_endpoint_and_middleware_decide_alike(
 
     monkeypatch.setattr(Decider, "decide", recording_decide)
 
-    gw = await make_gateway(decision_listen="127.0.0.1:0", trusted_proxies=["127.0.0.1/32"])
+    gw = await make_gateway(decision_listen="127.0.0.1:0", decision_sources=["nginx"], trusted_proxies=["127.0.0.1/32"])
     audit_path = tmp_path / "middleware-audit.jsonl"
     client = await aiohttp_client(orders_app(middleware_config(issuer, audit_path), []))
     middleware_gateway = client.app[TOKENGATE_KEY]

@@ -21,7 +21,7 @@ from gateway.cli import main as cli_main
 from gateway.config import RevocationConfig
 from gateway.demo import DemoIssuer, SigningKey
 from gateway.reasons import Reason
-from gateway.revocation import ANY_ISSUER, Entry, EntryFactory, Kind, RevocationList, Schema
+from gateway.revocation import ANY_ISSUER, Entry, EntryFactory, Kind, Match, RevocationList, Schema
 from gateway.revocation.intake import CAEP, OAUTH, RISC, SetError, entries_from_set
 from gateway.revocation.redis_store import RedisStore
 from gateway.revocation.schema import (
@@ -55,11 +55,23 @@ def token(raw: str = "raw-token", iss: str = ISS, sub: str | None = "alice", cli
 # --- the local list --------------------------------------------------------------------------------
 
 
-def test_token_entries_match_jti_full_fingerprint_and_audit_prefix():
+def test_schema1_token_entries_match_jti_full_fingerprint_and_audit_prefix_of_any_issuer():
     for value in ("j1", fingerprint("raw-token"), fingerprint("raw-token")[:32]):
         rl = RevocationList()
-        rl.add(Entry(Kind.TOKEN, value, FAR))
+        rl.add(Entry(Kind.TOKEN, value, FAR))  # no match: a schema-1 entry, read as it was meant
         assert rl.check(token()) is Reason.REVOKED_TOKEN
+        assert rl.check(token(iss="https://other.example")) is Reason.REVOKED_TOKEN
+        assert rl.check(token(raw="other", jti="j2")) is None
+
+
+def test_token_entries_match_their_own_namespace_and_issuer():
+    factory = EntryFactory(issuers=(ISS, "https://other.example"))
+    for entry in (factory.jti("j1", issuer=ISS), factory.fingerprint(fingerprint("raw-token"), issuer=ISS),
+                  factory.fingerprint(fingerprint("raw-token")[:32], issuer=ISS)):
+        rl = RevocationList()
+        rl.add(entry)
+        assert rl.check(token()) is Reason.REVOKED_TOKEN
+        assert rl.check(token(iss="https://other.example")) is None
         assert rl.check(token(raw="other", jti="j2")) is None
 
 
@@ -139,15 +151,24 @@ def test_a_tiny_staleness_budget_fails_closed_before_the_first_sync():
 
 def test_key_names():
     schema = Schema.for_prefix("gateway:revoked:")
-    assert schema.entry_key(Entry(Kind.TOKEN, "j1", FAR)) == "gateway:revoked:token:j1"
-    assert schema.entry_key(Entry(Kind.FAMILY, "s1", FAR)) == "gateway:revoked:family:s1"
-    assert schema.entry_key(Entry(Kind.SUBJECT, "alice", FAR, issuer=ISS)) == f"gateway:revoked:subject:{ISS}|alice"
-    assert schema.entry_key(Entry(Kind.SUBJECT, "alice", FAR)) == "gateway:revoked:subject:*|alice"
-    assert schema.entry_key(Entry(Kind.CLIENT, "app", FAR)) == "gateway:revoked:client:app"
+    jti = Entry(Kind.TOKEN, "j1", FAR, ISS, match=Match.JTI)
+    assert schema.entry_key(jti) == f"gateway:revoked:v2:jti:{ISS}|j1"
+    assert schema.entry_key(Entry(Kind.TOKEN, "AB" * 16, FAR, match=Match.FINGERPRINT)) == \
+        f"gateway:revoked:v2:fingerprint:*|{'ab' * 16}"
+    assert schema.entry_key(Entry(Kind.FAMILY, "s1", FAR, ISS)) == f"gateway:revoked:v2:family:{ISS}|s1"
+    assert schema.entry_key(Entry(Kind.SUBJECT, "alice", FAR, issuer=ISS)) == \
+        f"gateway:revoked:v2:subject:{ISS}|alice"
+    assert schema.entry_key(Entry(Kind.SUBJECT, "alice", FAR)) == "gateway:revoked:v2:subject:*|alice"
+    assert schema.entry_key(Entry(Kind.CLIENT, "app", FAR)) == "gateway:revoked:v2:client:*|app"
+    # the issuer's "|" and "%" are escaped: one key name, one (issuer, value) pair
+    assert schema.entry_key(Entry(Kind.FAMILY, "x|y", FAR, "https://a")) != \
+        schema.entry_key(Entry(Kind.FAMILY, "y", FAR, "https://a|x"))
+    assert schema.entry_key(Entry(Kind.FAMILY, "y", FAR, "https://a|x%")) == \
+        "gateway:revoked:v2:family:https://a%7Cx%25|y"
     assert schema.stream_key == "gateway:revoked:stream"
     cluster = Schema.for_prefix("gateway:revoked:", cluster=True)
     assert cluster.stream_key == "{gateway:revoked:}stream"
-    assert cluster.entry_key(Entry(Kind.TOKEN, "j1", FAR)) == "{gateway:revoked:}token:j1"
+    assert cluster.entry_key(jti) == f"{{gateway:revoked:}}v2:jti:{ISS}|j1"
     assert Schema.for_prefix("{gw}:revoked:", cluster=True).prefix == "{gw}:revoked:"
     assert Schema.for_prefix("a*b[c]:").scan_pattern() == "a\\*b\\[c\\]:*"
 
@@ -164,7 +185,7 @@ def test_values_round_trip_and_merge_keeps_the_stronger_entry():
     assert (merged.expires_at, merged.not_before, merged.reason) == (FAR + 100, 2000.0, "why")
     assert merge(None, entry) is entry
     keys, args = write_args(Schema(), encode(older), entry, maxlen=50, now=FAR - 10)
-    assert keys == [f"gateway:revoked:subject:{ISS}|alice", "gateway:revoked:stream"]
+    assert keys == [f"gateway:revoked:v2:subject:{ISS}|alice", "gateway:revoked:stream"]
     assert args[0] == encode(older) and decode(args[1]).expires_at == FAR + 100 and args[2] == 110 and args[3] == 50
 
 
@@ -178,7 +199,7 @@ def test_entry_factory_ttl_policy():
     now = 1_000_000.0
     factory = EntryFactory(default_ttl=3600, lifetimes={ISS: 600, "https://long.example": 7200})
     assert factory.jti("j", issuer=ISS, now=now).expires_at == now + 600 + EXPIRY_MARGIN
-    assert factory.jti("j", now=now).expires_at == now + 7200 + EXPIRY_MARGIN  # unknown issuer: the longest
+    assert factory.jti("j", issuer="*", now=now).expires_at == now + 7200 + EXPIRY_MARGIN  # any: the longest
     assert factory.family("s", issuer=ISS, ttl=30, now=now).expires_at == now + 30 + EXPIRY_MARGIN
     past = factory.subject("alice", issuer=ISS, before=now - 100, now=now)
     assert (past.not_before, past.expires_at) == (now - 100, now + 500 + EXPIRY_MARGIN)
@@ -191,11 +212,11 @@ def test_entry_factory_ttl_policy():
 def test_revoke_token_hashes_locally_and_uses_the_jwt_exp():
     now = time.time()
     raw = jwt.encode({"exp": int(now) + 120, "sub": "alice"}, "k" * 32, algorithm="HS256")
-    entry = EntryFactory(default_ttl=86400).token(raw, now=now)
+    entry = EntryFactory(default_ttl=86400).token(raw, issuer=ISS, now=now)
     assert entry.value == fingerprint(raw)
     assert raw not in encode(entry).decode()
     assert entry.expires_at == int(now) + 120 + EXPIRY_MARGIN
-    capped = EntryFactory(default_ttl=60).token(jwt.encode({"exp": int(now) + 9999}, "k" * 32), now=now)
+    capped = EntryFactory(default_ttl=60).token(jwt.encode({"exp": int(now) + 9999}, "k" * 32), issuer=ISS, now=now)
     assert capped.expires_at == now + 60 + EXPIRY_MARGIN
 
 
@@ -203,7 +224,7 @@ def test_entry_factory_refuses_bad_input():
     factory = EntryFactory()
     with pytest.raises(ValueError, match="fingerprint"):
         factory.fingerprint("not-hex")
-    assert factory.fingerprint("AB" * 16).value == "ab" * 16
+    assert factory.fingerprint("AB" * 16, issuer=ISS).value == "ab" * 16
     with pytest.raises(ValueError):
         factory.build("jti", "")
     with pytest.raises(ValueError, match="before"):
@@ -331,7 +352,7 @@ async def test_revocations_evict_cached_tokens_without_stalling_the_loop(make_ga
     import time
 
     from gateway.revocation import Entry, Kind
-    from gateway.tokens.token import ValidatedToken, fingerprint
+    from gateway.tokens.token import ValidatedToken, cache_key, fingerprint
 
     gw = await make_gateway()
     cache = gw.gateway.pipeline.validator.cache
@@ -339,23 +360,27 @@ async def test_revocations_evict_cached_tokens_without_stalling_the_loop(make_ga
     for token in (family_token, lone_token):
         async with http.get(f"{gw.url}/orders", headers={"Authorization": f"Bearer {token}"}) as resp:
             assert resp.status == 200
-    filler = ValidatedToken("x", "s", "c", frozenset(), time.time() + 600, "f")
-    for n in range(50_000):
-        cache.put(f"filler-{n}", filler)
+    for n in range(50_000):  # one identity each: the cache keeps one entry per token identity
+        cache.put(f"filler-{n}", ValidatedToken("x", "s", "c", frozenset(), time.time() + 600, f"f{n}"))
 
-    # a full fingerprint is the cache key: evicted at once
-    await gw.gateway.revocation.revoke(Entry(Kind.TOKEN, fingerprint(lone_token), time.time() + 600))
-    assert cache.get(fingerprint(lone_token)) is None
+    issuer_name = issuer.issuer
+
+    async def evicted(raw: str) -> bool:
+        for _ in range(200):
+            if cache.get(cache_key(raw)) is None:
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+    await gw.gateway.revocation.revoke(
+        Entry(Kind.TOKEN, fingerprint(lone_token), time.time() + 600, issuer_name, match=Match.FINGERPRINT))
+    assert await evicted(lone_token)
 
     # a family is found by a background scan that yields to the loop between chunks
     async with LoopTurns() as turns:
-        await gw.gateway.revocation.revoke(Entry(Kind.FAMILY, "fam-1", time.time() + 600))
-        assert cache.get(fingerprint(family_token)) is not None  # not scanned synchronously
-        for _ in range(200):
-            if cache.get(fingerprint(family_token)) is None:
-                break
-            await asyncio.sleep(0.01)
-    assert cache.get(fingerprint(family_token)) is None
+        await gw.gateway.revocation.revoke(Entry(Kind.FAMILY, "fam-1", time.time() + 600, issuer_name))
+        assert cache.get(cache_key(family_token)) is not None  # not scanned synchronously
+        assert await evicted(family_token)
     assert turns.count > 5
     assert len(cache) == 50_000
 
@@ -389,7 +414,9 @@ async def test_admin_credentials_that_are_not_jwts_are_never_introspected(make_g
         assert resp.status == 200  # a JWT admin token still works
 
 
-async def test_admin_token_and_set_checks_answer_503_while_the_issuers_keys_are_down(make_gateway, issuer, http):
+async def test_admin_token_and_set_checks_answer_503_while_the_issuers_keys_are_down(
+    make_gateway, issuer, http, admin_secret
+):
     down = DemoIssuer(audience=AUDIENCE, issuer=f"http://127.0.0.1:{_closed_port()}")  # never started
     gw = await make_gateway(issuers=[
         {"issuer": issuer.issuer, "audiences": [AUDIENCE], "leeway": "5s"},
@@ -407,8 +434,7 @@ async def test_admin_token_and_set_checks_answer_503_while_the_issuers_keys_are_
     set_jwt = jwt.encode(set_claims(CAEP + "session-revoked", iss=down.issuer, sub_id={"format": "opaque", "id": "s"}),
                          key.private, algorithm=key.alg, headers={"kid": key.kid, "typ": "secevent+jwt"})
     async with http.post(f"{gw.admin_url}/revocation/events", data=set_jwt,
-                         headers={**bearer(issuer.mint(scope="gateway:admin")),
-                                  "Content-Type": "application/secevent+jwt"}) as resp:
+                         headers={**bearer(admin_secret), "Content-Type": "application/secevent+jwt"}) as resp:
         assert resp.status == 503  # not a 400: the transmitter retries once the keys are back
 
 

@@ -234,7 +234,7 @@ async def test_client_revocation_via_the_admin_json_endpoint(
 async def test_a_new_replica_loads_existing_revocations_at_start(make_gateway, issuer, http, redis_url, prefix):
     tok = issuer.mint(jti="preexisting-jti")
     async with Revoker(redis_url, key_prefix=prefix) as revoker:
-        await revoker.revoke_jti("preexisting-jti")
+        await revoker.revoke_jti("preexisting-jti", issuer=issuer.issuer)
     late = await make_gateway(revocation=revocation(redis_url, prefix))
     assert late.gateway.revocation.ready
     assert await status(http, late, tok) == 401
@@ -253,7 +253,7 @@ async def test_revocation_written_while_the_connection_is_cut_is_enforced_after_
     resyncs = metric("gateway_revocation_resyncs_total", cause="trimmed")
     await relay.cut()
     async with Revoker(redis_url, key_prefix=prefix) as revoker:
-        await revoker.revoke_family("cut-family")
+        await revoker.revoke_family("cut-family", issuer=issuer.issuer)
     await wait_status(http, a, tok, 401, within=0.5)
     await asyncio.sleep(0.2)
     assert await status(http, b, tok) == 200  # B really missed the notification (and is within max_staleness)
@@ -274,7 +274,7 @@ async def test_killed_client_connections_reconnect_and_catch_up(make_gateway, is
     for c in clients:
         await redis.client_kill_filter(_id=c["id"])
     async with Revoker(redis_url, key_prefix=prefix) as revoker:
-        await revoker.revoke_jti("killed-conn-jti")
+        await revoker.revoke_jti("killed-conn-jti", issuer=issuer.issuer)
     await wait_status(http, b, tok, 401, within=2.0)
 
 
@@ -287,8 +287,8 @@ async def test_stream_trimmed_during_the_outage_forces_a_full_resync(
     before = metric("gateway_revocation_resyncs_total", cause="trimmed")
     await relay.cut()
     async with Revoker(redis_url, key_prefix=prefix) as revoker:
-        await revoker.revoke_jti("trimmed-jti")
-        await revoker.revoke_jti("filler")
+        await revoker.revoke_jti("trimmed-jti", issuer=issuer.issuer)
+        await revoker.revoke_jti("filler", issuer=issuer.issuer)
     await redis.xtrim(f"{prefix}stream", maxlen=0, approximate=False)  # the notification is gone
     await relay.restore()
     await wait_status(http, b, tok, 401, within=2.0)
@@ -359,13 +359,14 @@ async def test_keys_carry_ttls_and_never_a_raw_token(make_gateway, issuer, http,
         await revoker.revoke_client("some-client")  # no issuer: the longest lifetime (default_ttl 2h)
     fp = fingerprint(tok)
     ttls = {key: await redis.ttl(f"{prefix}{key}") for key in
-            (f"token:{fp}", "family:ttl-family", f"subject:{issuer.issuer}|erin", "client:some-client")}
-    assert 120 - 5 <= ttls[f"token:{fp}"] <= 120 + EXPIRY_MARGIN + 1  # the token's own exp
-    assert 3600 <= ttls["family:ttl-family"] <= 3600 + EXPIRY_MARGIN + 1  # the issuer's max_token_lifetime
-    assert 3000 - 5 <= ttls[f"subject:{issuer.issuer}|erin"] <= 3000 + EXPIRY_MARGIN + 1  # cut-off + lifetime
-    assert 7200 <= ttls["client:some-client"] <= 7200 + EXPIRY_MARGIN + 1
+            (f"v2:fingerprint:{issuer.issuer}|{fp}", f"v2:family:{issuer.issuer}|ttl-family",
+             f"v2:subject:{issuer.issuer}|erin", "v2:client:*|some-client")}
+    assert 120 - 5 <= ttls[f"v2:fingerprint:{issuer.issuer}|{fp}"] <= 120 + EXPIRY_MARGIN + 1  # the token's own exp
+    assert 3600 <= ttls[f"v2:family:{issuer.issuer}|ttl-family"] <= 3600 + EXPIRY_MARGIN + 1  # the issuer's lifetime
+    assert 3000 - 5 <= ttls[f"v2:subject:{issuer.issuer}|erin"] <= 3000 + EXPIRY_MARGIN + 1  # cut-off + lifetime
+    assert 7200 <= ttls["v2:client:*|some-client"] <= 7200 + EXPIRY_MARGIN + 1
     messages = await redis.xrange(f"{prefix}stream")
-    assert len(messages) == 4 and all(fields[b"v"] == b"1" for _, fields in messages)
+    assert len(messages) == 4 and all(fields[b"v"] == b"2" for _, fields in messages)
     stored = b"".join([fields[b"entry"] for _, fields in messages])
     async for key in redis.scan_iter(match=f"{prefix}*", _type="STRING"):
         stored += key + await redis.get(key)
@@ -377,7 +378,7 @@ async def test_concurrent_writers_merge_instead_of_weakening(redis_url, prefix, 
     now = time.time()
     async with Revoker(redis_url, key_prefix=prefix) as revoker:
         await asyncio.gather(*(revoker.revoke_subject("frank", before=now - i) for i in range(10)))
-    raw = await redis.get(f"{prefix}subject:*|frank")
+    raw = await redis.get(f"{prefix}v2:subject:*|frank")
     assert yaml.safe_load(raw)["not_before"] == now
     assert await redis.xlen(f"{prefix}stream") == 10
 
@@ -496,7 +497,7 @@ async def test_cli_revoke_end_to_end(make_gateway, issuer, http, redis_url, pref
 
     code, out, err = await run("--jti", "cli-jti", "--reason", "incident 42")
     assert code == 0, err
-    assert "revoked token cli-jti" in out
+    assert f"revoked jti cli-jti (issuer {issuer.issuer})" in out
     await wait_status(http, gw, tok, 401, within=0.5)
     code, out, err = await run("--token", "-", stdin=by_token.encode() + b"\n")
     assert code == 0, err
@@ -618,14 +619,14 @@ async def test_cluster_keys_share_one_hash_slot(make_gateway, issuer, http, tmp_
         b = await make_gateway(revocation=revocation_config)
         tok = issuer.mint(jti="cluster-jti", sub="grace")
         async with Revoker(url, cluster=True) as revoker:
-            await revoker.revoke_jti("cluster-jti")
+            await revoker.revoke_jti("cluster-jti", issuer=issuer.issuer)
             await revoker.revoke_subject("nobody-here")
         for gw in (a, b):
             await wait_status(http, gw, tok, 401, within=0.5)
             await gw.stop()
         keys = await node.keys("*")
-        assert sorted(keys) == [b"{gateway:revoked:}stream", b"{gateway:revoked:}subject:*|nobody-here",
-                                b"{gateway:revoked:}token:cluster-jti"]
+        assert sorted(keys) == [b"{gateway:revoked:}stream", f"{{gateway:revoked:}}v2:jti:{issuer.issuer}|cluster-jti"
+                                .encode(), b"{gateway:revoked:}v2:subject:*|nobody-here"]
         slots = {await node.execute_command("CLUSTER", "KEYSLOT", key) for key in keys}
         assert len(slots) == 1
         await node.aclose()

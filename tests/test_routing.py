@@ -6,10 +6,12 @@ them first) and check what the real upstream received.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from gateway.config import RouteConfig
-from gateway.routing import BadTarget, RouteTable, normalise_target
+from gateway.routing import BadTarget, RouteTable, host_key, normalise_target, trimmed, valid_host, without_parameters
 from tests.conftest import bearer
 from tests.helpers import raw_request
 
@@ -37,7 +39,8 @@ from tests.helpers import raw_request
         ("/a%20b/%3f/%c3%a9", "/a%20b/%3F/%C3%A9", ""),  # reserved and non-ASCII stay encoded, hex upper-cased
         ("/", "/", ""),
         ("/..", "/", ""),
-        ("/orders;v=1", "/orders;v=1", ""),  # a path parameter on a normal segment is just part of it
+        ("/orders;v=1", "/orders;v=1", ""),  # kept by normalisation; the route table refuses it unless allowed
+        ("/caf%c3%a9/%F0%9F%98%80", "/caf%C3%A9/%F0%9F%98%80", ""),  # encoded UTF-8 is fine
     ],
 )
 def test_normalise_target(raw: str, path: str, query: str) -> None:
@@ -61,7 +64,17 @@ def test_normalise_target(raw: str, path: str, query: str) -> None:
         "/public/health/.;/orders",
         "/public/health/%2e%2e;x/orders",
         "/public/;/orders",
+        "/public/health/..%3B/..%3B/orders",  # the same with an encoded ";" (decoded first by some)
+        "/public/health/%2e%2e%3bx/orders",
         "/public/health/%zz",  # broken percent-encoding
+        "/public/%C0%AF",  # not UTF-8 once decoded: overlong "/"
+        "/public/%C0%AE%C0%AE/orders",  # overlong "."
+        "/public/%E0%80%AF",  # three-byte overlong
+        "/public/%80",  # lone continuation byte
+        "/public/%ED%A0%80",  # encoded surrogate
+        "/public/%F4%90%80%80",  # above U+10FFFF
+        "/public/%FE",
+        "/public/%E2%82",  # truncated
         "/public/health/%2",
         "http://127.0.0.1/orders",  # absolute-form is not accepted
         "orders",
@@ -281,3 +294,131 @@ async def test_host_routes_end_to_end(make_gateway, issuer, upstream):  # type: 
     wrong_host = await raw_request(gw.url, "/anything")  # Host: 127.0.0.1:port
     assert wrong_host.status == 404
     assert [r["path"] for r in upstream.requests] == ["/anything"]
+
+
+# --- issue 11: Host syntax, parameters, variants, case (unit) -------------------------------
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1", "127.0.0.1:8080", "api.example", "API.example:443", "[::1]", "[::1]:8443", "[::ffff:1.2.3.4]",
+     "a_b.internal", "api.example.", "localhost:1", "x:65535", "a" * 254],
+)
+def test_valid_host(host: str) -> None:
+    assert valid_host(host)
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["", " ", "a b", "a\tb", "user@a", "u:p@a:80", "a:", "a:x", "a:0", "a:65536", "a:123456", "a:80:80", "::1",
+     "[::1", "::1]", "[::1]x", "[::1]:", "[g::1]", "[1.2.3.4]", "[fe80::1%eth0]", "[fe80::1%25eth0]", "a,b", "a;b",
+     "a/b", "a?b", "a#b", "a\\b", "a%41", "a..b", ".a", "a.b..", "\u00e9.example", "a\udcff", "a" * 255, "*.a"],
+)
+def test_invalid_host(host: str) -> None:
+    assert not valid_host(host)
+
+
+def test_host_key() -> None:
+    assert host_key("Admin.Example.:443") == "admin.example"
+    assert host_key("admin.example") == "admin.example"
+    assert host_key("[::1]:80") == "[::1]"
+
+
+def test_without_parameters() -> None:
+    assert without_parameters("/api/admin") is None
+    assert without_parameters("/api/admin;x/users") == "/api/admin/users"
+    assert without_parameters("/api/admin%3Bx=1;y/users;z") == "/api/admin/users"
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/api/admin", None),
+        ("/api/admin.json", None),
+        ("/", None),
+        ("/api/admin.", "/api/admin"),
+        ("/api/admin..%20.", "/api/admin"),
+        ("/api/admin%09/x", "/api/admin/x"),
+        ("/api/%20admin", "/api/admin"),
+        ("/api/admin%C2%A0", "/api/admin"),
+        ("/api/admin/", "/api/admin"),
+        ("/api/admin%3F/x", "/api/admin"),  # a decoded "?" ends the path
+        ("/api/admin%23x", "/api/admin"),
+        ("/api/...", ""),  # nothing left of the segment
+        ("/api/%20/x", ""),
+    ],
+)
+def test_trimmed(path: str, expected: str | None) -> None:
+    assert trimmed(path) == expected
+
+
+ADMIN = {"name": "admin", "path_prefix": "/api/admin", "methods": ["GET"], "scopes": ["admin"]}
+API = {"name": "api", "path_prefix": "/api", "methods": ["GET"], "auth": "none"}
+
+
+def _outcome(table: RouteTable, path: str, host: str = "h", method: str = "GET") -> str | None:
+    match = table.match(host, method, path)
+    if match.refused:
+        return "refused"
+    return match.route.name if match.route else None
+
+
+def test_path_parameters_are_refused_unless_the_route_allows_them() -> None:
+    table = _table(ADMIN, API)
+    for path in ("/api/admin;x/users", "/api/x;y", "/api/admin%3Bx/users", "/nothing;x"):
+        assert _outcome(table, path) == "refused", path
+    lax = _table(ADMIN, {**API, "allow_path_parameters": True})
+    assert _outcome(lax, "/api/x;y") == "api"
+    assert _outcome(lax, "/api/admin;x/users") == "refused"  # routed as /api/admin/users: not allowed there
+    both = _table({**ADMIN, "allow_path_parameters": True}, {**API, "allow_path_parameters": True})
+    assert _outcome(both, "/api/admin;x/users") == "admin"
+    assert _outcome(both, "/api/admin%3Bx/users") == "admin"
+
+
+def test_variants_that_change_the_route_are_refused() -> None:
+    table = _table(ADMIN, API)
+    for path in ("/api/admin.", "/api/admin%20", "/api/%20admin", "/api/admin./x", "/api/admin%3F", "/api/..."):
+        assert _outcome(table, path) == "refused", path
+    for path in ("/api/x.", "/api/x%20", "/api/admin/", "/api/admin.json", "/api/x/"):
+        assert _outcome(table, path) in ("api", "admin"), path
+    exact = _table({"name": "admin", "path": "/admin"}, {"name": "site", "path_prefix": "/", "auth": "none"})
+    assert _outcome(exact, "/admin/") == "refused"
+    assert _outcome(exact, "/about/") == "site"
+    only_exact = _table({"name": "admin", "path": "/admin"})
+    assert _outcome(only_exact, "/admin/") == "refused"  # was 404, is 400: neither reaches the upstream
+    assert _outcome(only_exact, "/other/") is None
+
+
+def test_case_insensitive_routes() -> None:
+    table = _table({**ADMIN, "case_insensitive": True}, API)
+    assert _outcome(table, "/api/ADMIN") == "admin"
+    assert _outcome(table, "/API/Admin/users") == "admin"
+    assert _outcome(table, "/api/%41dmin") == "admin"  # as normalised: "%41" is decoded to "A" anyway
+    assert _outcome(table, "/api/ADMIN.") == "refused"
+    assert _outcome(table, "/api/administrators") == "api"
+    assert _outcome(_table(ADMIN, API), "/api/ADMIN") == "api"  # case-sensitive unless the route says so
+    unicode = _table({"name": "cafe", "path": "/caf%C3%A9/{id}", "case_insensitive": True})
+    assert _outcome(unicode, "/CAF%C3%89/1") == "cafe"
+    assert _outcome(unicode, "/caf%C3%A9") is None
+
+
+def test_host_with_a_trailing_dot_matches_its_route() -> None:
+    table = _table({"name": "admin", "path_prefix": "/", "host": "admin.example"}, {**API, "path_prefix": "/"})
+    assert _outcome(table, "/x", host="admin.example.") == "admin"
+    assert _outcome(table, "/x", host="ADMIN.example.:8443") == "admin"
+    assert _outcome(table, "/x", host="other.example") == "api"
+    written_with_dot = _table({"name": "admin", "path_prefix": "/", "host": "Admin.Example."})
+    assert _outcome(written_with_dot, "/x", host="admin.example") == "admin"
+
+
+def test_hostile_long_inputs_are_handled_in_linear_time() -> None:
+    """Long runs of dots and encoded spaces (a request line holds 8 KiB) cost milliseconds, not seconds."""
+    table = _table(ADMIN, API)
+    started = time.perf_counter()
+    assert trimmed("/a" + "%20." * 2000) == "/a"
+    assert trimmed("/" + ".%20" * 2000 + "x") is None
+    assert _outcome(table, "/api/" + "%20." * 2000 + "x") == "api"
+    assert _outcome(table, "/api/admin" + "%20." * 2000) == "refused"
+    assert not valid_host("a." * 4000 + "!")
+    assert not valid_host("a" * 8000)
+    assert time.perf_counter() - started < 0.25

@@ -49,9 +49,9 @@ CRD_KINDS = {
 # `gateway check-config` is the authority; these catch a chart that writes a key the
 # gateway would refuse, also where the gateway's own dependencies are not installed.
 CONFIG_KEYS = {
-    "listen", "admin_listen", "decision_listen", "decision_path_prefix", "workers", "shutdown_grace",
-    "watch_config", "trusted_proxies", "max_body_size", "realm", "verified_token_cache_size",
-    "identity_headers", "issuers", "upstreams", "routes", "audit", "revocation", "detection", "admin", "log_level",
+    "listen", "admin_listen", "decision_listen", "decision_path_prefix", "decision_sources", "workers",
+    "shutdown_grace", "watch_config", "trusted_proxies", "max_body_size", "realm", "verified_token_cache_size",
+    "identity_headers", "strip_request_headers", "issuers", "upstreams", "routes", "audit", "revocation", "detection", "admin", "log_level",
 }
 CONFIG_REQUIRED = {"listen", "admin_listen", "upstreams", "routes"}
 ISSUER_KEYS = {
@@ -65,7 +65,7 @@ INTROSPECTION_KEYS = {
 UPSTREAM_KEYS = {"url", "timeout", "connect_timeout", "max_connections", "preserve_host", "forward_authorization"}
 ROUTE_KEYS = {
     "name", "path", "path_prefix", "host", "methods", "upstream", "scopes", "any_scopes", "auth", "issuers",
-    "allow_query_token", "max_body_size",
+    "allow_query_token", "max_body_size", "strip_request_headers",
 }
 AUDIT_KEYS = {"sink", "path", "flush_interval", "max_batch"}
 REVOCATION_KEYS = {
@@ -83,6 +83,8 @@ CORE_METRICS = {
 METRICS = CORE_METRICS | {
     "gateway_token_cache_total", "gateway_introspection_requests_total", "gateway_introspection_duration_seconds",
     "gateway_revocation_resyncs_total", "gateway_revocation_redis_errors_total", "gateway_audit_write_errors_total",
+    "gateway_audit_records_dropped_total", "gateway_audit_records_unserialisable_total",
+    "gateway_audit_writer_heartbeat_timestamp_seconds", "gateway_introspection_coalesced_total",
 }
 HISTOGRAMS = {
     "gateway_request_duration_seconds", "gateway_upstream_duration_seconds", "gateway_introspection_duration_seconds",

@@ -43,7 +43,8 @@ from ..config import GatewayConfig
 from ..decision import Decision
 from ..reasons import Reason
 from ..revocation.api import factory_for
-from ..revocation.entries import Entry, Kind
+from ..revocation.entries import ANY_ISSUER, Entry, Kind
+from ..revocation.schema import MAX_LIFETIME
 from ..revocation.store import RevocationStore
 from ..tokens.token import FINGERPRINT_PREFIX
 from .record import Exchange, rfc3339
@@ -222,8 +223,8 @@ class Detector:
         sid = token.claims.get(self.family_claim)
         if isinstance(sid, str) and sid:
             return f"sid:{token.issuer}|{sid}", Kind.FAMILY, sid
-        if token.jti:
-            return f"jti:{token.jti}", Kind.TOKEN, token.jti
+        if token.jti:  # a jti is unique within its issuer at best
+            return f"jti:{token.issuer}|{token.jti}", Kind.TOKEN, token.jti
         fp = token.fingerprint[:FINGERPRINT_PREFIX]
         return f"fp:{fp}", Kind.TOKEN, fp
 
@@ -316,15 +317,10 @@ class Detector:
         actions = []
         if "revoke_family" in self.on_detect and not state.revoked:
             state.revoked = True
-            kind, value = context["revoke_kind"], context["revoke_value"]
-            note, issuer = f"detection: {', '.join(fresh)}", context.get("iss")
-            if kind == Kind.FAMILY.value:  # the family outlives this token: the issuer's max token lifetime
-                entry = self.entries.family(value, issuer=issuer, reason=note, now=now)
-            else:  # a token without a family: until it expires
-                entry = self.entries.jti(value, issuer=issuer, expires_at=context.get("expires_at") or None,
-                                         reason=note, now=now)
-            self._spawn(self._revoke(entry), "detection-revoke")
-            actions.append(f"revoke_{kind}")
+            entry = self._revocation(context, f"detection: {', '.join(fresh)}", now)
+            if entry is not None:
+                self._spawn(self._revoke(entry), "detection-revoke")
+                actions.append(f"revoke_{context['revoke_kind']}")
         log.warning("suspicious token use", extra={
             "reasons": fresh, "family": context.get("family"), "sub": context.get("sub"),
             "client_ip": context.get("client_ip"), "request_id": context.get("request_id"),
@@ -336,6 +332,26 @@ class Detector:
             except asyncio.QueueFull:
                 self.webhook_failed += 1
                 log.error("detection webhook queue full: notice dropped", extra={"reasons": fresh})
+
+    def _revocation(self, context: dict[str, Any], note: str, now: float) -> Entry | None:
+        """The entry cutting off the family of ``context`` (or its lone token: by jti, else by
+        fingerprint), for the token's own issuer only: detection never writes an any-issuer entry."""
+        kind, value, issuer = context.get("revoke_kind"), context.get("revoke_value"), context.get("iss")
+        if not isinstance(value, str) or not isinstance(issuer, str) or issuer in ("", ANY_ISSUER):
+            log.error("detection cannot revoke: the token's issuer is unknown", extra={"family": value})
+            return None
+        expires = context.get("expires_at")
+        if not isinstance(expires, int | float) or not 0 < expires <= now + MAX_LIFETIME:
+            expires = None  # no usable exp: the issuer's max token lifetime
+        try:
+            if kind == Kind.FAMILY.value:  # the family outlives this token: the issuer's max token lifetime
+                return self.entries.family(value, issuer=issuer, reason=note, now=now)
+            # a token without a family: until it expires
+            make = self.entries.fingerprint if context.get("family_kind") == "fp" else self.entries.jti
+            return make(value, issuer=issuer, expires_at=expires, reason=note, now=now)
+        except ValueError as exc:  # e.g. an issuer no longer configured after a reload
+            log.error("detection cannot revoke", extra={"family": value, "error": str(exc)[:300]})
+            return None
 
     async def _revoke(self, entry: Entry) -> None:
         try:

@@ -24,11 +24,14 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
+import orjson
+
 from ..config import GatewayConfig
 from ..revocation.api import Revoker, factory_for
 from ..revocation.entries import Entry
+from ..revocation.schema import IssuerNeeded
 from ..tokens.token import FINGERPRINT_PREFIX
-from .query import Query, Record, Warn, _stderr, _verbatim_in_json, iter_records
+from .query import Query, Record, Warn, _stderr, _verbatim_in_json, iter_records, visible
 from .record import rfc3339
 
 MAX_LISTED = 10_000  # calls listed one by one (all are counted)
@@ -128,9 +131,11 @@ class TokenSeen(Seen):
     more_ips: bool = False
 
     def note(self, record: Record) -> None:
+        # a value the gateway had to escape or cut is not the token's: never revoke by it
+        altered = set(_texts(record.get("escaped"))) | set(_texts(record.get("truncated")))
         for name, key in (("jti", "jti"), ("fingerprint", "token_fingerprint"), ("sid", "sid"), ("sub", "sub"),
                           ("client_id", "client_id"), ("iss", "iss")):
-            if getattr(self, name) is None and isinstance(record.get(key), str):
+            if getattr(self, name) is None and isinstance(record.get(key), str) and key not in altered:
                 setattr(self, name, record[key])
         ip = record.get("client_ip")
         if isinstance(ip, str) and ip not in self.ips:
@@ -180,42 +185,40 @@ class Incident:
     def add(self, record: Record) -> None:
         """One record of the target's own activity."""
         if record.get("mode") == "incident" or "action" in record:
-            self.actions.append(record)
+            self.actions.append(_action(record))
             return
-        ts = record.get("ts") if isinstance(record.get("ts"), str) else ""
-        assert isinstance(ts, str)
-        allowed = record.get("decision") == "allow"
+        call = _call(record)  # every value of the type the report expects, whatever the record held
+        ts = call["ts"]
+        allowed = call["decision"] == "allow"
         self.calls += 1
         if allowed:
             self.allowed += 1
         else:
             self.denied += 1
-        if self.first is None or ts < self.first.get("ts", ""):
-            self.first = _call(record)
-        if self.last is None or ts >= self.last.get("ts", ""):
-            self.last = _call(record)
-        status = record.get("status")
-        self.by_route_status[(str(record.get("route") or "(no route)"), status if isinstance(status, int) else 0)] += 1
-        ip = str(record.get("client_ip") or "(unknown)")
-        self.ips.setdefault(ip, Seen(ts, ts)).add(ts, allowed)
-        agent = str(record.get("user_agent") or "(none)")
-        self.user_agents.setdefault(agent, Seen(ts, ts)).add(ts, allowed)
+        if self.first is None or ts < self.first["ts"]:
+            self.first = call
+        if self.last is None or ts >= self.last["ts"]:
+            self.last = call
+        status = call["status"]
+        self.by_route_status[(call["route"] or "(no route)", status if isinstance(status, int) else 0)] += 1
+        self.ips.setdefault(call["client_ip"] or "(unknown)", Seen(ts, ts)).add(ts, allowed)
+        self.user_agents.setdefault(call["user_agent"] or "(none)", Seen(ts, ts)).add(ts, allowed)
         if not allowed:
-            reason = str(record.get("reason") or "(none)")
+            reason = call["reason"] or "(none)"
             self.denial_counts[reason] += 1
             listed = self.denials.setdefault(reason, [])
             if len(listed) < MAX_DENIALS_PER_REASON:
-                listed.append(_call(record))
+                listed.append(call)
             if reason == "insufficient_scope":
                 self.escalation_count += 1
                 if len(self.escalations) < MAX_LISTED:
-                    self.escalations.append(_call(record))
+                    self.escalations.append(call)
         if len(self.listed) < MAX_LISTED:
-            self.listed.append(_call(record))
+            self.listed.append(call)
         minute = ts[:16]
         self.timeline.setdefault(minute, Counter())["allow" if allowed else "deny"] += 1
-        for reason in record.get("suspicious") or ():
-            self.suspicious[str(reason)] += 1
+        for reason in call["suspicious"]:
+            self.suspicious[reason] += 1
         key = token_key(record)
         if key is not None:
             self.tokens.setdefault(key, TokenSeen(ts, ts)).add(ts, allowed)
@@ -233,9 +236,9 @@ class Incident:
             if len(self.related) >= MAX_RELATED:
                 self.related_dropped += 1
                 return
-            ts = str(record.get("ts") or "")
+            ts = _text(record.get("ts")) or ""
             seen = self.related[key] = TokenSeen(ts, ts)
-        seen.add(str(record.get("ts") or ""), record.get("decision") == "allow")
+        seen.add(_text(record.get("ts")) or "", record.get("decision") == "allow")
         seen.note(record)
 
     # -- facts derived --
@@ -270,8 +273,58 @@ class Incident:
         return sorted({status for _, status in self.by_route_status})
 
 
+_LIST_FIELDS = frozenset({"scopes", "required_scopes", "missing_scopes", "suspicious"})
+
+
 def _call(record: Record) -> Record:
-    return {k: record.get(k) for k in _CALL_FIELDS}
+    """The fields of a call the report shows, each of one type whatever the record held: texts
+    (or None), lists of texts, ``ts`` a text ("" when missing), ``status`` an int or a text."""
+    call: Record = {k: _texts(record.get(k)) if k in _LIST_FIELDS else _text(record.get(k)) for k in _CALL_FIELDS}
+    call["ts"] = call["ts"] or ""
+    status = record.get("status")
+    if type(status) is int:
+        call["status"] = status
+    return call
+
+
+def _action(record: Record) -> Record:
+    """A responder's action record with texts where the report shows them (``revoked`` kept)."""
+    action = {k: _text(record.get(k)) for k in ("ts", "action", "operator", "reason")}
+    action["revoked"] = record.get("revoked")
+    return action
+
+
+def _text(value: Any) -> str | None:
+    """A record value as text: a string as it is, None as None, anything else as its JSON."""
+    if value is None or isinstance(value, str):
+        return value
+    try:
+        return orjson.dumps(value).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return repr(value)
+
+
+def _texts(value: Any) -> list[str]:
+    """A record value as a list of texts: a list item by item, one text alone, nothing for None."""
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return [t for t in map(_text, value) if t is not None]
+    return [_text(value) or ""]
+
+
+def scopes_text(value: list[str]) -> str:
+    """Scopes for a report: space-separated, ``-`` for none."""
+    return " ".join(value) if value else "-"
+
+
+def revoked_text(action: Record) -> str:
+    """What a responder's action revoked, as one line, whatever shape ``revoked`` has."""
+    revoked = action.get("revoked")
+    if not isinstance(revoked, list):
+        return _text(revoked) or ""
+    return ", ".join(f"{_text(r.get('kind')) or ''} {_text(r.get('value')) or ''}" if isinstance(r, dict)
+                     else _text(r) or "" for r in revoked)
 
 
 # --- collecting ------------------------------------------------------------------------------
@@ -333,7 +386,7 @@ def _collect_related(incident: Incident, names: Sequence[str], query: Query, war
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], indent: str = "  ") -> list[str]:
-    texts = [[("" if v is None else str(v)).replace("\n", " ") for v in row] for row in rows]
+    texts = [[visible("" if v is None else str(v)) for v in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in texts:
         for i, value in enumerate(row):
@@ -345,17 +398,21 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], indent: str = 
     return out
 
 
-def _scopes(value: Any) -> str:
-    return " ".join(value) if isinstance(value, list) and value else "-"
-
-
 def render_text(incident: Incident) -> str:
-    """The incident as the plain-text report ``gateway incident`` prints."""
+    """The incident as the plain-text report ``gateway incident`` prints.
+
+    Values from the audit trail are shown with their control characters escaped (``visible``):
+    a line built here holds no control character of its own, so escaping whole lines leaves
+    the layout alone and keeps any escape sequence in a value from reaching the terminal."""
+    return "\n".join(map(visible, _report_lines(incident))) + "\n"
+
+
+def _report_lines(incident: Incident) -> list[str]:
     lines: list[str] = [f"Incident report for {incident.target.describe()}"]
     if not incident.calls:
         lines.append("No audit records of it were found in the input.")
         lines.extend(_actions_text(incident))
-        return "\n".join(lines) + "\n"
+        return lines
     first, last = incident.first or {}, incident.last or {}
     lines += [
         f"  subjects: {', '.join(incident.subjects) or '-'}   families (sid): {', '.join(incident.families) or '-'}"
@@ -406,8 +463,8 @@ def render_text(incident: Incident) -> str:
     else:
         lines += _table(
             ["TIME", "CLIENT IP", "METHOD", "PATH", "ASKED FOR", "MISSING", "HELD"],
-            [[c["ts"], c["client_ip"], c["method"], c["path"], _scopes(c["required_scopes"]),
-              _scopes(c["missing_scopes"]), _scopes(c["scopes"])] for c in incident.escalations],
+            [[c["ts"], c["client_ip"], c["method"], c["path"], scopes_text(c["required_scopes"]),
+              scopes_text(c["missing_scopes"]), scopes_text(c["scopes"])] for c in incident.escalations],
         )
         if incident.escalation_count > len(incident.escalations):
             lines.append(f"    ... {incident.escalation_count - len(incident.escalations)} more not listed")
@@ -418,14 +475,14 @@ def render_text(incident: Incident) -> str:
     lines += _table(
         ["TIME", "CLIENT IP", "METHOD", "PATH", "ROUTE", "STATUS", "DECISION", "REASON"],
         [[c["ts"], c["client_ip"], c["method"], c["path"], c["route"], c["status"], c["decision"],
-          c["reason"] + (f" (suspicious: {_scopes(c['suspicious'])})" if c.get("suspicious") else "")]
-         for c in sorted(incident.listed, key=lambda c: c["ts"] or "")],
+          (c["reason"] or "") + (f" (suspicious: {scopes_text(c['suspicious'])})" if c["suspicious"] else "")]
+         for c in sorted(incident.listed, key=lambda c: c["ts"])],
     )
     if incident.calls > len(incident.listed):
         lines.append(f"  ... {incident.calls - len(incident.listed)} more calls not listed here:"
                      f" use gateway audit for all of them")
     lines.extend(_actions_text(incident))
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _tokens_text(incident: Incident) -> list[str]:
@@ -464,9 +521,8 @@ def _actions_text(incident: Incident) -> list[str]:
         return []
     lines = ["", "Responder actions already recorded"]
     for action in incident.actions:
-        revoked = ", ".join(f"{r.get('kind')} {r.get('value')}" for r in action.get("revoked") or [])
-        lines.append(f"  {action.get('ts')} {action.get('action')} by {action.get('operator')}:"
-                     f" {revoked} ({action.get('reason')})")
+        lines.append(f"  {action['ts']} {action['action']} by {action['operator']}:"
+                     f" {revoked_text(action)} ({action['reason']})")
     return lines
 
 
@@ -483,7 +539,11 @@ def plan_revocation(incident: Incident, config: GatewayConfig, reason: str, now:
 
     Each entry lives as the revocation schema says (``factory_for``): the issuer's
     ``max_token_lifetime`` plus the expiry margin; the longest lifetime configured when the
-    audit records name no single issuer."""
+    audit records name no single issuer.
+
+    Token and family entries belong to the issuer the audit records name for that token (a
+    family: each issuer it was seen with); when they name none, to the only configured issuer,
+    and with several the revocation is refused (``gateway revoke --issuer`` then)."""
     now = time.time() if now is None else now
     factory = factory_for(config)
     note = f"incident: {reason}"
@@ -512,14 +572,30 @@ def plan_revocation(incident: Incident, config: GatewayConfig, reason: str, now:
                                   f" revoke by; give all {FINGERPRINT_PREFIX} hex digits or the jti")
         elif target.kind == "sub":
             entries.append(factory.subject(target.value, issuer=issuer, before=now, reason=note, now=now))
-        families = [target.value] if target.kind == "family" else incident.families
-        for sid in families:
-            entries.append(factory.family(sid, issuer=issuer, reason=note, now=now))
+        for sid, family_issuer in _families(incident):
+            entries.append(factory.family(sid, issuer=family_issuer, reason=note, now=now))
+    except IssuerNeeded as exc:
+        raise RevokeError(f"the audit records do not name the issuer of these tokens, and {len(exc.issuers)} issuers"
+                          " are configured: revoke with `gateway revoke --issuer ISSUER` (or --issuer '*')") from None
     except ValueError as exc:  # a value from the audit trail the revocation schema refuses
         raise RevokeError(str(exc)) from None
     if not entries:
         raise RevokeError("nothing to revoke")
     return entries
+
+
+def _families(incident: Incident) -> list[tuple[str, str | None]]:
+    """(sid, issuer) of every family to revoke: a sid belongs to the issuer of the tokens carrying it."""
+    target = incident.target
+    tokens = list(incident.tokens.values())
+    sids = [target.value] if target.kind == "family" else incident.families
+    pairs: list[tuple[str, str | None]] = []
+    for sid in sids:
+        seen = sorted({t.iss for t in tokens if t.sid == sid and t.iss})
+        if not seen:
+            pairs.append((sid, None))  # None: the only configured issuer, if there is just one
+        pairs.extend((sid, iss) for iss in seen)
+    return pairs
 
 
 def operator_name() -> str:
@@ -548,8 +624,8 @@ def action_record(incident: Incident, entries: Sequence[Entry], reason: str, ope
         "decision": "revoke",
         "reason": reason,
         "target": {"kind": target.kind, "value": target.value},
-        "revoked": [{"kind": e.kind.value, "value": e.value, "issuer": e.issuer, "expires_at": rfc3339(e.expires_at)}
-                    for e in entries],
+        "revoked": [{"kind": e.kind.value, "match": e.match.value if e.match else None, "value": e.value,
+                     "issuer": e.issuer, "expires_at": rfc3339(e.expires_at)} for e in entries],
         "sub": target.value if target.kind == "sub" else (single.sub if single else None),
         "client_id": single.client_id if single else None,
         "iss": single.iss if single else None,

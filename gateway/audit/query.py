@@ -350,8 +350,32 @@ def cell(value: Any) -> str:
     return str(value)
 
 
+_SHORT_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape_char(char: str) -> str:
+    if char.isprintable():
+        return char
+    code = ord(char)
+    return _SHORT_ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def visible(text: str) -> str:
+    """``text`` with every character a reader cannot see written as an escape.
+
+    Control characters (C0, DEL, C1: ``\\x1b`` starts every ANSI escape sequence, so none
+    reaches the terminal whole), line and paragraph separators, bidi overrides and other
+    format characters, and unassigned code points become ``\\t``, ``\\n``, ``\\r``, ``\\xNN``
+    or ``\\uNNNN``: a value from the audit trail is shown, never obeyed by the terminal or
+    laid out differently from what it is. A backslash is left as it is.
+    """
+    if text.isprintable():  # the common case
+        return text
+    return "".join(map(_escape_char, text))
+
+
 def _fit(text: str, width: int) -> str:
-    text = text.replace("\n", " ").replace("\t", " ")
+    text = visible(text)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -362,13 +386,11 @@ def table_header() -> str:
 def table_row(record: Record) -> str:
     row = "  ".join(_fit(cell(record.get(key)), width).ljust(width) for _, key, width in _TABLE).rstrip()
     suspicious = record.get("suspicious")
-    return f"{row}  SUSPICIOUS: {cell(suspicious)}" if suspicious else row
+    return f"{row}  SUSPICIOUS: {visible(cell(suspicious))}" if suspicious else row
 
 
 def write_records(records: Iterable[Record], fmt: str, out: IO[str]) -> int:
-    """Write records as ``table``, ``json`` (JSON lines) or ``csv``; returns how many."""
-    import csv
-
+    """Write records as ``table``, ``json`` (JSON lines) or ``csv`` (RFC 4180); returns how many."""
     count = 0
     if fmt == "json":
         for record in records:
@@ -376,10 +398,9 @@ def write_records(records: Iterable[Record], fmt: str, out: IO[str]) -> int:
             out.write("\n")
             count += 1
     elif fmt == "csv":
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(CSV_FIELDS)
+        out.write(csv_row(CSV_FIELDS))
         for record in records:
-            writer.writerow([_csv_safe(cell(record.get(k))) for k in CSV_FIELDS])
+            out.write(csv_row(csv_safe(cell(record.get(k))) for k in CSV_FIELDS))
             count += 1
     else:
         out.write(table_header() + "\n")
@@ -389,14 +410,25 @@ def write_records(records: Iterable[Record], fmt: str, out: IO[str]) -> int:
     return count
 
 
-def _csv_safe(text: str) -> str:
-    """Keep a spreadsheet from reading an attacker-chosen path or user agent as a formula."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") and not _is_number(text) else text
+def csv_row(fields: Iterable[str]) -> str:
+    """One RFC 4180 record: a field holding a comma, a quote, a CR or an LF is quoted (quotes
+    doubled), and the record ends with CRLF; no value can end a row or start another."""
+    return ",".join(map(_csv_field, fields)) + "\r\n"
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+_CSV_SPECIAL = re.compile('[,"\r\n]')
+
+
+def _csv_field(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"' if _CSV_SPECIAL.search(text) else text
+
+
+# what a spreadsheet takes for the start of a formula (OWASP CSV injection), full-width forms included
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+_PLAIN_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?\Z")
+
+
+def csv_safe(text: str) -> str:
+    """Keep a spreadsheet from reading an attacker-chosen path or user agent as a formula: a cell
+    starting with = + - @ tab or CR gets a leading ``'`` (a plain negative number is left alone)."""
+    return "'" + text if text.startswith(_FORMULA_START) and not _PLAIN_NUMBER.match(text) else text

@@ -2,11 +2,21 @@
 
 Identity comes from the validated token; the token itself never appears, only its
 SHA-256 fingerprint prefix (``token_fingerprint``), which is enough to search by.
+
+Every text that enters a record is made serialisable and bounded here, where it is
+recorded, so the writer never meets a value it cannot write: bytes that are not UTF-8
+(aiohttp hands header bytes over as lone surrogates) are written as ``\\xNN``, other lone
+surrogates (a JSON ``\\ud800`` in a claim) as ``\\uNNNN``, and a text longer than its
+field's limit (``LIMITS``) is cut. The names of the fields so altered are listed in
+``escaped`` and ``truncated``, present only when not empty: such a value is not the one
+received, and must not be used as if it were (``gateway incident --revoke`` does not
+revoke by it).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +24,15 @@ from typing import Any
 from ..decision import Decision
 from ..policy import required_scopes
 from ..tokens.token import short_fingerprint
+
+# the longest text (in characters, after escaping) each field keeps; docs/incident-response.md lists them
+LIMITS: dict[str, int] = {
+    "request_id": 128, "client_ip": 64, "method": 32, "host": 256, "path": 2048, "route": 256, "upstream": 256,
+    "sub": 256, "client_id": 256, "iss": 512, "jti": 256, "sid": 256, "user_agent": 512,
+}
+SCOPE_LIMIT = 256  # characters of one scope in scopes, required_scopes, missing_scopes
+SCOPES_LIMIT = 100  # scopes listed per field; more are left out and the field is named in truncated
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 _SECOND: tuple[int, str] = (0, "1970-01-01T00:00:00")  # the last whole second formatted, reused within it
 
@@ -39,6 +58,56 @@ def rfc3339(timestamp: float) -> str:
     return f"{cached[1]}.{micros // 1000:03d}Z"
 
 
+def _escape_surrogate(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    # U+DC80..U+DCFF is how surrogateescape carries one byte that was not UTF-8
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
+def escape_invalid(text: str) -> str:
+    """``text`` with every lone surrogate written out (``\\xff`` for a byte that was not UTF-8)."""
+    return _SURROGATE.sub(_escape_surrogate, text)
+
+
+class _Altered:
+    """Collects the names of the fields whose text had to be escaped or cut."""
+
+    __slots__ = ("escaped", "truncated")
+
+    def __init__(self) -> None:
+        self.escaped: list[str] = []
+        self.truncated: list[str] = []
+
+    def text(self, name: str, value: str | None, limit: int | None = None) -> str | None:
+        """``value`` made serialisable and cut to the field's limit; None stays None."""
+        if value is None:
+            return None
+        if type(value) is not str:  # a claim of another type: recorded as text, never as an object
+            value = str(value)
+        limit = LIMITS[name] if limit is None else limit
+        if len(value) <= limit and value.isascii():  # the common case: nothing to do
+            return value
+        if _SURROGATE.search(value):
+            value = escape_invalid(value)
+            self.escaped.append(name)
+        if len(value) > limit:
+            value = value[:limit]
+            self.truncated.append(name)
+        return value
+
+    def texts(self, name: str, values: list[str]) -> list[str]:
+        """A list of scopes, each made serialisable and bounded, at most ``SCOPES_LIMIT`` of them."""
+        if len(values) <= SCOPES_LIMIT and all(len(v) <= SCOPE_LIMIT and v.isascii() for v in values):
+            return values
+        items = _Altered()
+        out = [items.text(name, v, SCOPE_LIMIT) or "" for v in values[:SCOPES_LIMIT]]
+        if items.escaped:
+            self.escaped.append(name)
+        if items.truncated or len(values) > SCOPES_LIMIT:
+            self.truncated.append(name)
+        return out
+
+
 @dataclass(slots=True)
 class Exchange:
     """What happened to one request on the wire, filled in as it goes through the gateway."""
@@ -62,35 +131,37 @@ def audit_record(
     exchange: Exchange, decision: Decision, duration_ms: float, family_claim: str = "sid",
     suspicious: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The audit record of one finished request."""
+    """The audit record of one finished request; every text in it is serialisable and bounded."""
     token, route = decision.token, decision.route
     claims = token.claims if token is not None else {}
     family = claims.get(family_claim)
+    text = (altered := _Altered()).text
     record: dict[str, Any] = {
         "type": "audit",
         "ts": rfc3339(exchange.started),
-        "request_id": exchange.request_id,
+        "request_id": text("request_id", exchange.request_id),
         "mode": exchange.mode,
-        "client_ip": exchange.client_ip,
-        "method": exchange.method,
-        "host": exchange.host,
+        "client_ip": text("client_ip", exchange.client_ip),
+        "method": text("method", exchange.method),
+        "host": text("host", exchange.host),
         # a refused raw target is logged without its query, which may hold an access_token
-        "path": decision.target.path if decision.target is not None else exchange.raw_path.partition("?")[0][:512],
-        "route": route.name if route is not None else None,
-        "upstream": route.upstream if route is not None and exchange.mode == "proxy" else None,
+        "path": text("path", decision.target.path if decision.target is not None
+                     else exchange.raw_path.partition("?")[0]),
+        "route": text("route", route.name) if route is not None else None,
+        "upstream": text("upstream", route.upstream) if route is not None and exchange.mode == "proxy" else None,
         "status": exchange.status,
         "decision": decision.reason.decision,
         "reason": decision.reason.value,
-        "sub": token.subject if token else None,
-        "client_id": token.client_id if token else None,
-        "iss": token.issuer if token else None,
-        "jti": token.jti if token else None,
-        "sid": family if isinstance(family, str) else None,
+        "sub": text("sub", token.subject) if token else None,
+        "client_id": text("client_id", token.client_id) if token else None,
+        "iss": text("iss", token.issuer) if token else None,
+        "jti": text("jti", token.jti) if token else None,
+        "sid": text("sid", family) if isinstance(family, str) else None,
         "token_fingerprint": short_fingerprint(decision.token_fingerprint) if decision.token_fingerprint else None,
-        "scopes": sorted(token.scopes) if token else [],
-        "required_scopes": required_scopes(route) if route is not None else [],
-        "missing_scopes": sorted(decision.missing_scopes),
-        "user_agent": exchange.user_agent[:512],
+        "scopes": altered.texts("scopes", sorted(token.scopes)) if token else [],
+        "required_scopes": altered.texts("required_scopes", required_scopes(route)) if route is not None else [],
+        "missing_scopes": altered.texts("missing_scopes", sorted(decision.missing_scopes)),
+        "user_agent": text("user_agent", exchange.user_agent),
         "duration_ms": round(duration_ms, 3),
         "upstream_ms": round(exchange.upstream_ms, 3) if exchange.upstream_ms is not None else None,
         "bytes_in": exchange.bytes_in,
@@ -98,4 +169,8 @@ def audit_record(
     }
     if suspicious:
         record["suspicious"] = suspicious
+    if altered.escaped:
+        record["escaped"] = altered.escaped
+    if altered.truncated:
+        record["truncated"] = altered.truncated
     return record

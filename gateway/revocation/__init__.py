@@ -5,15 +5,17 @@ Authorization servers written in Python revoke through ``Revoker`` (asyncio) or
 """
 
 from .api import Revoker, SyncRevoker
-from .entries import ANY_ISSUER, Entry, Kind, RevocationList
-from .schema import EntryFactory, RevocationWriteError, Schema
+from .entries import ANY_ISSUER, Entry, Kind, Match, RevocationList
+from .schema import EntryFactory, IssuerNeeded, RevocationWriteError, Schema
 from .store import MemoryStore, RevocationStore
 
 __all__ = [
     "ANY_ISSUER",
     "Entry",
     "EntryFactory",
+    "IssuerNeeded",
     "Kind",
+    "Match",
     "MemoryStore",
     "RevocationList",
     "RevocationStore",

@@ -2,13 +2,17 @@
 
     from gateway.revocation import Revoker
 
-    async with Revoker("redis://redis.internal:6379/0") as revoker:
+    async with Revoker("redis://redis.internal:6379/0", issuer="https://as.example") as revoker:
         await revoker.revoke_family("8f1c...")                 # refresh-token reuse detected
         await revoker.revoke_token(raw_access_token)           # hashed here, never sent anywhere
-        await revoker.revoke_subject("alice", issuer="https://as.example")   # force re-authentication
+        await revoker.revoke_subject("alice")                  # force re-authentication
+        await revoker.revoke_jti("4f1c...", issuer="*")        # deliberately: that jti at every issuer
 
 ``SyncRevoker`` offers the same methods for synchronous code (Django, Flask). Both write the
 schema of ``gateway.revocation.schema``: one key per entry with its TTL plus one stream message.
+Every entry belongs to one issuer: the ``issuer=`` of the call, else the revoker's ``issuer``,
+else the only issuer of the configuration (``from_config``); a jti, token or family revocation
+that names none of these raises ``ValueError`` (``IssuerNeeded``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ def factory_for(config: GatewayConfig) -> EntryFactory:
     return EntryFactory(
         default_ttl=config.revocation.default_ttl,
         lifetimes={issuer.issuer: issuer.max_token_lifetime for issuer in config.issuers},
+        issuers=tuple(issuer.issuer for issuer in config.issuers),
     )
 
 
@@ -44,9 +49,12 @@ class _Revocations(Generic[Result]):
 
     def __init__(self, redis_url: str | None = None, *, client: Any = None, key_prefix: str = DEFAULT_PREFIX,
                  cluster: bool = False, default_ttl: float = 86400.0, lifetimes: dict[str, float] | None = None,
-                 stream_maxlen: int = STREAM_MAXLEN) -> None:
+                 stream_maxlen: int = STREAM_MAXLEN, issuer: str | None = None) -> None:
+        if issuer is not None and (not isinstance(issuer, str) or not issuer):
+            raise ValueError("issuer must be a non-empty string ('*' for every issuer)")
         self.schema = Schema.for_prefix(key_prefix, cluster)
-        self.entries = EntryFactory(default_ttl, lifetimes)
+        # issuer: whose tokens this revoker revokes when a call names none (an authorization server's own)
+        self.entries = EntryFactory(default_ttl, lifetimes, default_issuer=issuer)
         self.stream_maxlen = stream_maxlen
         self._owned = client is None
         if client is None:
@@ -104,12 +112,14 @@ class Revoker(_Revocations[Awaitable[Entry]]):
 
     ``ttl`` overrides the entry lifetime (seconds); by default it is ``default_ttl``, or the
     issuer's lifetime from ``lifetimes`` when an issuer is named. ``before`` accepts epoch
-    seconds, an ISO-8601 string with a zone, or an aware datetime (default: now).
+    seconds, an ISO-8601 string with a zone, or an aware datetime (default: now). ``issuer``
+    (constructor) is the issuer a call without ``issuer=`` revokes for; ``"*"`` is every issuer.
     """
 
     @classmethod
     def from_config(cls, config: GatewayConfig | RevocationConfig) -> Revoker:
-        """A revoker for the Redis deployment of a gateway configuration (URL, Sentinel or Cluster)."""
+        """A revoker for the Redis deployment of a gateway configuration (URL, Sentinel or Cluster),
+        with its issuers: a call without ``issuer=`` means the only one, and an unknown issuer is refused."""
         from .redis_store import connect
 
         revocation = config.revocation if isinstance(config, GatewayConfig) else config

@@ -6,6 +6,11 @@ it the gateway keeps its list in memory, which only its own process can change: 
 ``--admin-url`` to post the revocation to that gateway's admin port, or the command exits 2.
 A ``--token`` is hashed here either way: the admin port receives its fingerprint and the
 entry's lifetime (the token's own ``exp``, at most the issuer's lifetime), never the token.
+
+Every entry belongs to an issuer: ``--issuer ISS`` (a configured one), ``--issuer '*'`` for
+every issuer. Without it a --jti, --token, --fingerprint or --family revocation means the only
+configured issuer, and is refused when several are configured; --subject and --client without
+it cover every issuer, as they always have.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from typing import Any
 
 import click
 
-from .schema import EXPIRY_MARGIN, TARGETS
+from .entries import ANY_ISSUER
+from .schema import EXPIRY_MARGIN, TARGETS, IssuerNeeded
 
 EXIT_NO_STORE = 2
 EXIT_FAILED = 3
@@ -37,7 +43,9 @@ def _fail(message: str, status: int) -> None:
 @click.option("--family", help="revoke a token family (the family_claim value, e.g. sid)")
 @click.option("--subject", help="revoke every token of this sub issued before --before")
 @click.option("--client", "client_id", help="revoke every token of this client_id issued before --before")
-@click.option("--issuer", help="the issuer of the tokens (subject: limits it to this issuer; default any)")
+@click.option("--issuer", help="whose tokens: a configured issuer, or '*' for every issuer (needed for --jti, "
+              "--token, --fingerprint, --family when several issuers are configured; --subject, --client: "
+              "default every issuer)")
 @click.option("--before", help="cut-off for --subject/--client: ISO-8601 with zone or epoch seconds (default now)")
 @click.option("--ttl", type=float, help="entry lifetime in seconds (default: the issuer's max_token_lifetime)")
 @click.option("--reason", default="", help="free text kept with the entry (no secrets)")
@@ -68,6 +76,11 @@ def revoke(config_path: str, jti: str | None, token: str | None, fingerprint: st
 
     try:
         entry = factory_for(config).build(target, value, issuer=issuer, before=before, ttl=ttl, reason=reason)
+    except IssuerNeeded as exc:
+        which = f"several issuers are configured ({', '.join(exc.issuers)})" if exc.issuers else "no issuer is set"
+        _fail(f"--{target}: {which}: choose whose tokens this revokes with --issuer ISSUER, or --issuer '*' for "
+              "every issuer", 1)
+        return
     except ValueError as exc:
         _fail(str(exc), 1)
         return
@@ -78,8 +91,7 @@ def revoke(config_path: str, jti: str | None, token: str | None, fingerprint: st
                     "reason": reason}
         elif ttl is not None:
             body["ttl"] = ttl
-        if issuer is not None:
-            body["issuer"] = issuer
+        body["issuer"] = entry.issuer  # as resolved here: the gateway applies exactly this scope
         if before is not None:
             body["before"] = before
         secret_env = config.admin.shared_secret_env
@@ -125,9 +137,9 @@ async def _post(admin_url: str, body: dict[str, Any], secret: str) -> dict[str, 
 
 def _report(entry: dict[str, Any]) -> None:
     until = datetime.fromtimestamp(entry["expires_at"], UTC).isoformat(timespec="seconds")
-    line = f"revoked {entry['kind']} {entry['value']}"
-    if entry.get("issuer") not in (None, "*"):
-        line += f" (issuer {entry['issuer']})"
+    line = f"revoked {entry.get('match') or entry['kind']} {entry['value']}"
+    issuer = entry.get("issuer")
+    line += " (every issuer)" if issuer in (None, ANY_ISSUER) else f" (issuer {issuer})"
     if entry.get("not_before") is not None:
         line += f" issued before {datetime.fromtimestamp(entry['not_before'], UTC).isoformat(timespec='seconds')}"
     click.echo(f"{line}; entry expires {until}")

@@ -10,7 +10,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -19,12 +19,23 @@ from ..tokens.token import FINGERPRINT_PREFIX, ValidatedToken
 
 
 class Kind(str, Enum):
-    """What an entry matches. ``token`` holds a jti or a token fingerprint."""
+    """What an entry matches. A ``token`` entry holds a jti or a token fingerprint, as its ``match`` says."""
 
     TOKEN = "token"
     FAMILY = "family"
     SUBJECT = "subject"
     CLIENT = "client"
+
+
+class Match(str, Enum):
+    """What the value of a ``token`` entry is: a ``jti`` claim or a token fingerprint (two namespaces).
+
+    A token entry without one is a schema-1 entry: its value matched a jti or a fingerprint, of
+    any issuer. Such entries are still read (and enforced as they were) until they expire.
+    """
+
+    JTI = "jti"
+    FINGERPRINT = "fingerprint"
 
 
 REASON_OF_KIND = {
@@ -34,18 +45,25 @@ REASON_OF_KIND = {
     Kind.CLIENT: Reason.REVOKED_CLIENT,
 }
 
+SCHEMA_VERSION = 2  # of the entry JSON and the Redis layout (docs/revocation.md)
 ANY_ISSUER = "*"
 _NEVER = -math.inf  # the expiry check() reads for a key that is not in a table
 _NO_CUTOFF = (_NEVER, _NEVER)  # (not_before, expires_at) of a subject or client that is not in a table
+# schema 1 ignored the issuer of these kinds: its entries keep matching every issuer until they expire
+_SCHEMA1_ANY_ISSUER = frozenset({Kind.TOKEN, Kind.FAMILY, Kind.CLIENT})
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One revocation.
 
-    ``value`` is the jti / fingerprint, family id, subject or client id. Subject and client
-    entries revoke tokens issued (``iat``) before ``not_before``; token and family entries
-    revoke unconditionally. ``expires_at`` is when every token it can match has expired.
+    ``value`` is the jti / fingerprint (as ``match`` says), family id, subject or client id, and
+    it matches tokens of ``issuer`` only (``*``: of every issuer). Subject and client entries
+    revoke tokens issued (``iat``) before ``not_before``; token and family entries revoke
+    unconditionally. ``expires_at`` is when every token it can match has expired.
+
+    Every number is finite: a NaN compares false with everything, so one NaN would silently
+    undo the revocation it merges with, and an infinite expiry cannot be stored in Redis.
     """
 
     kind: Kind
@@ -55,97 +73,192 @@ class Entry:
     not_before: float | None = None
     reason: str = ""
     created_at: float = 0.0
+    match: Match | None = None
 
-    def key(self) -> tuple[str, str]:
-        """Identity within the list; the same key written twice keeps the later entry."""
-        if self.kind is Kind.SUBJECT:
-            return (self.kind.value, f"{self.issuer}|{self.value}")
-        return (self.kind.value, self.value)
+    def __post_init__(self) -> None:
+        for name, number in (("expires_at", self.expires_at), ("not_before", self.not_before),
+                             ("created_at", self.created_at)):
+            if number is not None and not is_finite(number):
+                raise ValueError(f"{name} must be a finite number, not {number!r:.40}")
+        if not isinstance(self.value, str) or not self.value:
+            raise ValueError("an entry's value must be a non-empty string")
+        if not isinstance(self.issuer, str) or not self.issuer:
+            raise ValueError("an entry's issuer must be a non-empty string ('*' for every issuer)")
+        if self.match is not None and self.kind is not Kind.TOKEN:
+            raise ValueError("only token entries have a match (jti or fingerprint)")
+
+    @property
+    def namespace(self) -> str:
+        """Where the value lives: jti, fingerprint, family, subject, client, or token (schema 1)."""
+        return self.match.value if self.match is not None else self.kind.value
+
+    def key(self) -> tuple[str, str, str]:
+        """Identity within the list (namespace, issuer, value); the same key written twice merges."""
+        value = self.value.lower() if self.match is Match.FINGERPRINT else self.value
+        return (self.namespace, self.issuer, value)
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["kind"] = self.kind.value
+        data: dict[str, Any] = {
+            "v": SCHEMA_VERSION, "kind": self.kind.value, "value": self.value, "expires_at": self.expires_at,
+            "issuer": self.issuer, "not_before": self.not_before, "reason": self.reason,
+            "created_at": self.created_at,
+        }
+        if self.match is not None:
+            data["match"] = self.match.value
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Entry:
+        """An entry of schema 2, or of schema 1 (no ``v``) with the meaning it had then; ValueError otherwise."""
+        version = data.get("v", 1)
+        if isinstance(version, bool) or str(version) not in ("1", "2"):
+            raise ValueError(f"schema version {version!r} is not understood")
+        kind = Kind(data["kind"])
+        issuer = str(data.get("issuer") or ANY_ISSUER)
+        match = None
+        if str(version) == "1":
+            issuer = ANY_ISSUER if kind in _SCHEMA1_ANY_ISSUER else issuer
+        elif data.get("match") is not None:
+            match = Match(data["match"])
         return cls(
-            kind=Kind(data["kind"]), value=str(data["value"]), expires_at=float(data["expires_at"]),
-            issuer=str(data.get("issuer") or ANY_ISSUER),
+            kind=kind, value=str(data["value"]), expires_at=float(data["expires_at"]), issuer=issuer,
             not_before=float(data["not_before"]) if data.get("not_before") is not None else None,
-            reason=str(data.get("reason") or ""), created_at=float(data.get("created_at") or 0.0),
+            reason=str(data.get("reason") or ""), created_at=float(data.get("created_at") or 0.0), match=match,
         )
 
 
+def is_finite(number: object) -> bool:
+    """A real number a float can hold: not a bool, NaN, an infinity, or an int beyond float range
+    (Python's JSON parser, which PyJWT uses, reads NaN, Infinity and integers of any size)."""
+    if isinstance(number, bool) or not isinstance(number, int | float):
+        return False
+    try:
+        return math.isfinite(number)
+    except OverflowError:
+        return False
+
+
+Pair = tuple[str, str]  # (issuer, value): the key of every issuer-scoped table
+
+
 class RevocationList:
-    """The local copy of the list; lookups are O(1) whatever its size."""
+    """The local copy of the list; lookups are O(1) whatever its size.
+
+    Every table but the schema-1 one is keyed by (issuer, value), and a token is looked up
+    under its own issuer and under ``*``: an entry never matches another issuer's tokens.
+    """
 
     def __init__(self, family_claim: str = "sid") -> None:
         self.family_claim = family_claim
-        self._tokens: dict[str, float] = {}
-        self._families: dict[str, float] = {}
-        self._subjects: dict[str, tuple[float, float]] = {}  # "issuer|sub" -> (not_before, expires_at)
-        self._clients: dict[str, tuple[float, float]] = {}
+        self._jtis: dict[Pair, float] = {}
+        self._fingerprints: dict[Pair, float] = {}  # (issuer, the fingerprint's first 32 hex digits)
+        self._legacy: dict[str, float] = {}  # schema-1 token entries: a jti or a fingerprint, any issuer
+        self._families: dict[Pair, float] = {}
+        self._subjects: dict[Pair, tuple[float, float]] = {}  # (issuer, sub) -> (not_before, expires_at)
+        self._clients: dict[Pair, tuple[float, float]] = {}
+
+    def _tables(self) -> list[dict[Any, Any]]:
+        return [self._jtis, self._fingerprints, self._legacy, self._families, self._subjects, self._clients]
 
     def __len__(self) -> int:
-        return len(self._tokens) + len(self._families) + len(self._subjects) + len(self._clients)
+        return sum(len(table) for table in self._tables())
 
     def add(self, entry: Entry) -> None:
-        if entry.kind is Kind.TOKEN:
-            self._tokens[entry.value] = max(entry.expires_at, self._tokens.get(entry.value, 0.0))
-        elif entry.kind is Kind.FAMILY:
-            self._families[entry.value] = max(entry.expires_at, self._families.get(entry.value, 0.0))
-        else:
-            table = self._subjects if entry.kind is Kind.SUBJECT else self._clients
-            name = entry.key()[1]
-            cutoff = entry.not_before if entry.not_before is not None else entry.created_at or time.time()
-            old = table.get(name)
-            if old is not None:
-                cutoff, expires = max(cutoff, old[0]), max(entry.expires_at, old[1])
+        """Merge ``entry`` in: the later expiry and the later cut-off win, so nothing is ever weakened."""
+        if entry.kind is Kind.TOKEN or entry.kind is Kind.FAMILY:
+            table: dict[Any, float]
+            name: Any
+            if entry.kind is Kind.FAMILY:
+                table, name = self._families, (entry.issuer, entry.value)
+            elif entry.match is Match.JTI:
+                table, name = self._jtis, (entry.issuer, entry.value)
+            elif entry.match is Match.FINGERPRINT:
+                table, name = self._fingerprints, (entry.issuer, entry.value.lower()[:FINGERPRINT_PREFIX])
             else:
-                expires = entry.expires_at
-            table[name] = (cutoff, expires)
+                table, name = self._legacy, entry.value
+            table[name] = max(entry.expires_at, table.get(name, _NEVER))
+            return
+        pairs = self._subjects if entry.kind is Kind.SUBJECT else self._clients
+        pair = (entry.issuer, entry.value)
+        cutoff = entry.not_before if entry.not_before is not None else entry.created_at or time.time()
+        old = pairs.get(pair)
+        if old is not None:
+            cutoff, expires = max(cutoff, old[0]), max(entry.expires_at, old[1])
+        else:
+            expires = entry.expires_at
+        pairs[pair] = (cutoff, expires)
 
     def replace(self, entries: list[Entry]) -> None:
         """Swap in a complete new copy (after a resync) in one step."""
         fresh = RevocationList(self.family_claim)
         for entry in entries:
             fresh.add(entry)
-        self._tokens, self._families = fresh._tokens, fresh._families
-        self._subjects, self._clients = fresh._subjects, fresh._clients
+        self._jtis, self._fingerprints, self._legacy = fresh._jtis, fresh._fingerprints, fresh._legacy
+        self._families, self._subjects, self._clients = fresh._families, fresh._subjects, fresh._clients
+
+    def _revoked_as_presented(self, token: ValidatedToken, now: float) -> bool:
+        """A fingerprint entry over the exact JWT string: what gateways before schema 2 wrote."""
+        assert token.presented_hash is not None
+        short = token.presented_hash[:FINGERPRINT_PREFIX]
+        fingerprints = self._fingerprints
+        own, anyone = fingerprints.get((token.issuer, short), _NEVER), fingerprints.get((ANY_ISSUER, short), _NEVER)
+        return own > now or anyone > now
 
     def check(self, token: ValidatedToken, now: float | None = None) -> Reason | None:
         """The revocation reason matching this token, or None."""
-        tokens, families, subjects, clients = self._tokens, self._families, self._subjects, self._clients
-        if not (tokens or families or subjects or clients):
-            return None  # nothing revoked: the common case costs four truth tests
+        jtis, fingerprints, legacy = self._jtis, self._fingerprints, self._legacy
+        families, subjects, clients = self._families, self._subjects, self._clients
+        if not (jtis or fingerprints or legacy or families or subjects or clients):
+            return None  # nothing revoked: the common case costs six truth tests
         now = time.time() if now is None else now
+        issuer = token.issuer
         # a missing key reads as _NEVER (expired before any time): one dict lookup and one comparison each
-        if tokens:
-            fingerprint = token.fingerprint
-            if (
-                tokens.get(fingerprint, _NEVER) > now
-                or tokens.get(fingerprint[:FINGERPRINT_PREFIX], _NEVER) > now
-                or (token.jti is not None and tokens.get(token.jti, _NEVER) > now)
-            ):
+        if jtis and token.jti is not None:
+            jti = token.jti
+            if jtis.get((issuer, jti), _NEVER) > now or jtis.get((ANY_ISSUER, jti), _NEVER) > now:
                 return Reason.REVOKED_TOKEN
+        if fingerprints:
+            short = token.fingerprint[:FINGERPRINT_PREFIX]
+            if fingerprints.get((issuer, short), _NEVER) > now or fingerprints.get((ANY_ISSUER, short), _NEVER) > now:
+                return Reason.REVOKED_TOKEN
+            if token.presented_hash is not None and self._revoked_as_presented(token, now):
+                return Reason.REVOKED_TOKEN
+        if legacy and self._legacy_match(token, now):
+            return Reason.REVOKED_TOKEN
         if families:
             family = token.claims.get(self.family_claim)
-            if isinstance(family, str) and families.get(family, _NEVER) > now:
+            if isinstance(family, str) and (
+                families.get((issuer, family), _NEVER) > now or families.get((ANY_ISSUER, family), _NEVER) > now
+            ):
                 return Reason.REVOKED_FAMILY
         if not (subjects or clients):
             return None
         issued = token.issued_at if token.issued_at is not None else 0.0
-        if subjects and token.subject is not None:  # the "issuer|sub" keys are only built when there are some
-            for name in (f"{token.issuer}|{token.subject}", f"{ANY_ISSUER}|{token.subject}"):
-                cutoff, expires = subjects.get(name, _NO_CUTOFF)
-                if expires > now and issued < cutoff:
-                    return Reason.REVOKED_SUBJECT
-        if clients and token.client_id is not None:
-            cutoff, expires = clients.get(token.client_id, _NO_CUTOFF)
+        # written out rather than looped: this is the per-request path
+        if subjects and (sub := token.subject) is not None:
+            cutoff, expires = subjects.get((issuer, sub), _NO_CUTOFF)
+            if expires > now and issued < cutoff:
+                return Reason.REVOKED_SUBJECT
+            cutoff, expires = subjects.get((ANY_ISSUER, sub), _NO_CUTOFF)
+            if expires > now and issued < cutoff:
+                return Reason.REVOKED_SUBJECT
+        if clients and (client := token.client_id) is not None:
+            cutoff, expires = clients.get((issuer, client), _NO_CUTOFF)
+            if expires > now and issued < cutoff:
+                return Reason.REVOKED_CLIENT
+            cutoff, expires = clients.get((ANY_ISSUER, client), _NO_CUTOFF)
             if expires > now and issued < cutoff:
                 return Reason.REVOKED_CLIENT
         return None
+
+    def _legacy_match(self, token: ValidatedToken, now: float) -> bool:
+        """Schema 1: the value was a jti or a fingerprint (or its audit prefix), of any issuer."""
+        legacy, fingerprint = self._legacy, token.fingerprint
+        return (
+            legacy.get(fingerprint, _NEVER) > now
+            or legacy.get(fingerprint[:FINGERPRINT_PREFIX], _NEVER) > now
+            or (token.jti is not None and legacy.get(token.jti, _NEVER) > now)
+        )
 
     def matcher_for(self, *entries: Entry) -> Callable[[ValidatedToken], bool]:
         """A predicate telling whether a cached token falls under any of ``entries`` (to evict it).
@@ -162,8 +275,7 @@ class RevocationList:
         entries would otherwise stall every request for tens of milliseconds."""
         now = time.time() if now is None else now
         dropped = 0
-        tables: list[dict[str, Any]] = [self._tokens, self._families, self._subjects, self._clients]
-        for table in tables:
+        for table in self._tables():
             keys = list(table)  # a C-level copy; entries re-added meanwhile are read afresh below
             for start in range(0, len(keys), chunk):
                 for key in keys[start : start + chunk]:
@@ -179,15 +291,10 @@ class RevocationList:
         """Drop expired entries; returns how many went."""
         now = time.time() if now is None else now
         dropped = 0
-        for table in (self._tokens, self._families):
-            dead = [k for k, exp in table.items() if exp <= now]
+        for table in self._tables():
+            dead = [k for k, value in table.items() if (value[1] if isinstance(value, tuple) else value) <= now]
             for k in dead:
                 del table[k]
-            dropped += len(dead)
-        for pairs in (self._subjects, self._clients):
-            dead = [k for k, (_, exp) in pairs.items() if exp <= now]
-            for k in dead:
-                del pairs[k]
             dropped += len(dead)
         return dropped
 

@@ -13,10 +13,14 @@ list as on the proxy, that carries ``admin.scope``. Without one: 401. A credenti
 JWT-shaped is never sent anywhere (no introspection of a mistyped secret). When the token cannot
 be checked now (JWKS or introspection down, the revocation list stale): 503.
 
+Whose tokens a caller may revoke: the shared secret, or a token that also carries
+``admin.any_issuer_scope``, any issuer's and ``*`` (every issuer); any other admin token only
+its own issuer's (naming another issuer or ``*``: 403; a SET of another issuer: 400 access_denied).
+
 A SET must also be signed by a configured issuer, with a key from that issuer's JWKS and an
 algorithm from its allow-list (``JwtValidator.verify``, as for access tokens); ``aud``, when
 present, must be one of the issuer's audiences; a subject identifier naming an ``iss`` must
-name the SET's own issuer.
+name the SET's own issuer, and every entry it makes belongs to that issuer.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import hmac
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -35,8 +40,8 @@ from ..reasons import Reason
 from ..tokens.token import TokenError
 from ..tokens.validator import jwt_parts
 from .api import factory_for
-from .entries import Entry, Kind
-from .schema import TARGETS, EntryFactory, RevocationWriteError
+from .entries import ANY_ISSUER, Entry, Kind, Match, is_finite
+from .schema import MAX_LIFETIME, TARGETS, EntryFactory, RevocationWriteError
 
 if TYPE_CHECKING:
     from ..runtime import Gateway
@@ -94,6 +99,29 @@ def _refused(reason: Reason) -> web.Response:
     return _unavailable_reason(reason) if reason.status == 503 else _unauthorized()
 
 
+def _forbidden(scope: str, description: str) -> web.Response:
+    return _json(403, {"error": "insufficient_scope", "error_description": description},
+                 {"WWW-Authenticate": f'Bearer realm="tokengate-admin", error="insufficient_scope", scope="{scope}"'})
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who called an admin endpoint, and for whose tokens they may revoke.
+
+    The shared secret, and a token with ``admin.any_issuer_scope``, act for any issuer and for
+    ``*``; an issuer's admin token acts for that issuer only.
+    """
+
+    issuer: str | None  # the admin token's issuer; None for the shared secret
+    any_issuer: bool
+
+    def may_act_for(self, issuer: str) -> bool:
+        return self.any_issuer or (issuer != ANY_ISSUER and issuer == self.issuer)
+
+
+SHARED_SECRET = Caller(issuer=None, any_issuer=True)
+
+
 class SetError(Exception):
     """A SET refused with an RFC 8935 section 2.3 error code."""
 
@@ -134,8 +162,8 @@ class Intake:
             return None
         return secret.encode()
 
-    async def authenticate(self, request: web.Request) -> web.Response | None:
-        """None when the caller may revoke, else the 401/403 answer (503 when it cannot be checked now)."""
+    async def authenticate(self, request: web.Request) -> Caller | web.Response:
+        """The caller when they may revoke, else the 401/403 answer (503 when it cannot be checked now)."""
         scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
         credential = credential.strip()
         if scheme.lower() != "bearer" or not credential:
@@ -145,7 +173,7 @@ class Intake:
         if secret is not None and hmac.compare_digest(
             hashlib.sha256(credential.encode()).digest(), hashlib.sha256(secret).digest()
         ):
-            return None
+            return SHARED_SECRET
         pipeline = self.gateway.pipeline
         # only a JWT can be an admin token: a wrong or unset shared secret is never sent to introspection
         if pipeline is None or jwt_parts(credential) is None:
@@ -157,12 +185,20 @@ class Intake:
         refused = self.gateway.revocation.check(token)  # the store's check: fails closed when stale
         if refused is not None:
             return _refused(refused)
-        scope = self.gateway.config.admin.scope
-        if scope not in token.scopes:
-            return _json(403, {"error": "insufficient_scope", "error_description": f"the token lacks {scope}"},
-                         {"WWW-Authenticate": f'Bearer realm="tokengate-admin", error="insufficient_scope", '
-                                              f'scope="{scope}"'})
-        return None
+        admin = self.gateway.config.admin
+        if admin.scope not in token.scopes:
+            return _forbidden(admin.scope, f"the token lacks {admin.scope}")
+        caller = Caller(token.issuer, admin.any_issuer_scope is not None and admin.any_issuer_scope in token.scopes)
+        if not caller.may_act_for(token.issuer):  # an issuer configured as "*" would speak for every issuer
+            return self._not_for(caller, token.issuer)
+        return caller
+
+    def _not_for(self, caller: Caller, issuer: str) -> web.Response:
+        """403 for an admin token naming another issuer's tokens (or every issuer's)."""
+        wanted = self.gateway.config.admin.any_issuer_scope or self.gateway.config.admin.scope
+        whose = "every issuer's" if issuer == ANY_ISSUER else f"issuer {issuer[:200]!r}'s"
+        return _forbidden(wanted, f"an admin token of {caller.issuer} may revoke that issuer's tokens only, not "
+                                  f"{whose}: that needs the shared secret or a token with admin.any_issuer_scope")
 
     async def _revoke(self, entries: list[Entry], via: str) -> None:
         for entry in entries:
@@ -173,15 +209,15 @@ class Intake:
     # --- RFC 7009 --------------------------------------------------------------------------------
 
     async def rfc7009(self, request: web.Request) -> web.Response:
-        denied = await self.authenticate(request)
-        if denied is not None:
-            return denied
+        caller = await self.authenticate(request)
+        if not isinstance(caller, Caller):
+            return caller
         form = await request.post()
         token = form.get("token")
         if not isinstance(token, str) or not token:
             return _json(400, {"error": "invalid_request", "error_description": "the token parameter is required"})
         hint = form.get("token_type_hint")
-        entries = self.entries_for_token(token, hint if isinstance(hint, str) else None)
+        entries = self.entries_for_token(token, hint if isinstance(hint, str) else None, caller)
         try:
             await self._revoke(entries, "rfc7009")
         except RevocationWriteError as exc:
@@ -189,29 +225,37 @@ class Intake:
         # RFC 7009 2.2: 200 whether or not the token was known, so nobody learns which tokens exist
         return web.Response(status=200, headers={"Cache-Control": "no-store"})
 
-    def entries_for_token(self, raw: str, hint: str | None) -> list[Entry]:
+    def entries_for_token(self, raw: str, hint: str | None, caller: Caller) -> list[Entry]:
         """The fingerprint of the presented token; for a JWT refresh token, also its family.
 
         The token's claims are read unverified: the caller is an authenticated administrator,
         and they only choose what to revoke and for how long (capped by the issuer's lifetime).
+        The entries belong to the caller's issuer when the caller is an issuer's admin token
+        (whatever ``iss`` the token claims); for the operator, to the token's configured ``iss``,
+        else (an opaque token) to every issuer: a fingerprint matches that one token anyway.
         """
         parts = jwt_parts(raw)
         claims = parts[1] if parts is not None else {}
-        issuer = claims.get("iss") if isinstance(claims.get("iss"), str) else None
-        known_issuer = issuer if issuer is not None and self.gateway.config.issuer(issuer) is not None else None
+        claimed = claims.get("iss") if isinstance(claims.get("iss"), str) else None
+        if not caller.any_issuer and caller.issuer is not None:
+            issuer = caller.issuer
+        elif claimed is not None and self.gateway.config.issuer(claimed) is not None:
+            issuer = claimed
+        else:
+            issuer = ANY_ISSUER
         factory = self.factory
-        entries = [factory.token(raw, issuer=known_issuer, reason="rfc7009")]
+        entries = [factory.token(raw, issuer=issuer, reason="rfc7009")]
         family = claims.get(self.gateway.revocation.list.family_claim)
-        if hint == "refresh_token" and isinstance(family, str) and family:
-            entries.append(factory.family(family, issuer=known_issuer, reason="rfc7009 refresh_token"))
+        if hint == "refresh_token" and isinstance(family, str) and family and issuer != ANY_ISSUER:
+            entries.append(factory.family(family, issuer=issuer, reason="rfc7009 refresh_token"))
         return entries
 
     # --- JSON ------------------------------------------------------------------------------------
 
     async def entries(self, request: web.Request) -> web.Response:
-        denied = await self.authenticate(request)
-        if denied is not None:
-            return denied
+        caller = await self.authenticate(request)
+        if not isinstance(caller, Caller):
+            return caller
         try:
             body = orjson.loads(await request.read())
             if not isinstance(body, dict):
@@ -220,14 +264,16 @@ class Intake:
             if len(targets) != 1:
                 raise ValueError(f"name exactly one of {', '.join(TARGETS)}")
             value = body[targets[0]]
-            ttl = body.get("ttl")
-            if ttl is not None and (not isinstance(ttl, int | float) or isinstance(ttl, bool) or ttl <= 0):
-                raise ValueError("ttl is a positive number of seconds")
+            issuer = _optional_str(body, "issuer")
+            if not caller.any_issuer:  # an issuer's admin token: its own issuer, named or not
+                if issuer is not None and not caller.may_act_for(issuer):
+                    return self._not_for(caller, issuer)
+                issuer = caller.issuer
             entry = self.factory.build(
-                targets[0], value, issuer=_optional_str(body, "issuer"), before=body.get("before"),
-                ttl=float(ttl) if ttl is not None else None, reason=_optional_str(body, "reason") or "",
+                targets[0], value, issuer=issuer, before=body.get("before"), ttl=body.get("ttl"),
+                reason=_optional_str(body, "reason") or "",
             )
-        except (ValueError, orjson.JSONDecodeError) as exc:
+        except ValueError as exc:  # orjson.JSONDecodeError is one too
             return _json(400, {"error": "invalid_request", "error_description": str(exc)})
         try:
             await self._revoke([entry], "admin")
@@ -238,14 +284,14 @@ class Intake:
     # --- RFC 8935 SET push -----------------------------------------------------------------------
 
     async def events(self, request: web.Request) -> web.Response:
-        denied = await self.authenticate(request)
-        if denied is not None:
-            return denied
+        caller = await self.authenticate(request)
+        if not isinstance(caller, Caller):
+            return caller
         try:
             if request.content_type != "application/secevent+jwt":
                 raise SetError("invalid_request", "Content-Type must be application/secevent+jwt")
             raw = (await request.read()).decode("ascii", "replace").strip()
-            claims = await self.verify_set(raw)
+            claims = await self.verify_set(raw, caller)
             entries = entries_from_set(claims, self.factory)
         except SetError as exc:
             log.info("security event refused", extra={"err": exc.err, "description": exc.description})
@@ -258,8 +304,11 @@ class Intake:
             return _unavailable(exc)
         return web.Response(status=202)
 
-    async def verify_set(self, raw: str) -> dict[str, Any]:
-        """The claims of a SET signed by a configured issuer, or SetError (Unavailable when the keys are)."""
+    async def verify_set(self, raw: str, caller: Caller) -> dict[str, Any]:
+        """The claims of a SET signed by a configured issuer, or SetError (Unavailable when the keys are).
+
+        An issuer's admin token may deliver that issuer's SETs only (access_denied, before any
+        signature work, for another issuer's)."""
         parts = jwt_parts(raw)
         if parts is None:
             raise SetError("invalid_request", "the body is not a compact JWS")
@@ -268,6 +317,11 @@ class Intake:
         if typ is not None and str(typ).lower() not in SECEVENT_TYPES:
             raise SetError("invalid_request", f"typ {typ!r} is not secevent+jwt")
         issuer = unverified.get("iss")
+        if not isinstance(issuer, str) or not issuer:
+            raise SetError("invalid_issuer", "the SET has no iss: a SET must name the issuer it speaks for")
+        if not caller.may_act_for(issuer):
+            raise SetError("access_denied", f"an admin token of {caller.issuer} may deliver that issuer's SETs "
+                                            f"only, not those of {issuer[:200]!r}")
         pipeline = self.gateway.pipeline
         verifier = pipeline.validator.jwt.get(issuer) if pipeline is not None and isinstance(issuer, str) else None
         if verifier is None:
@@ -310,7 +364,9 @@ def entries_from_set(claims: dict[str, Any], factory: EntryFactory, now: float |
     Other event types are accepted and ignored.
     """
     now = time.time() if now is None else now
-    issuer = str(claims["iss"])
+    issuer = claims.get("iss")
+    if not isinstance(issuer, str) or not issuer or issuer == ANY_ISSUER:
+        raise SetError("invalid_issuer", "the SET has no usable iss: its entries must belong to its issuer")
     entries: list[Entry] = []
     for event_type, event in claims["events"].items():
         if event_type not in HANDLED_EVENTS:
@@ -394,11 +450,19 @@ def _same_issuer(subject: dict[str, Any], issuer: str) -> None:
 
 
 def _event_time(event: dict[str, Any], claims: dict[str, Any], now: float) -> float:
-    """event_timestamp (seconds; milliseconds tolerated), else the SET's iat, never after now."""
-    for value in (event.get("event_timestamp"), claims.get("iat")):
-        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-            seconds = value / 1000 if value > 1e11 else float(value)
-            return min(seconds, now)
+    """event_timestamp (seconds; milliseconds tolerated), else the SET's iat, never after now.
+
+    A time that is not a finite number in range (NaN, Infinity, 1e308, negative: the JSON
+    parser of signed tokens accepts NaN and Infinity) is refused, never guessed at."""
+    for name, value in (("event_timestamp", event.get("event_timestamp")), ("iat", claims.get("iat"))):
+        if value is None:
+            continue
+        if not is_finite(value):
+            raise SetError("invalid_request", f"{name} must be a finite number of seconds, not {value!r:.40}")
+        seconds = value / 1000 if value > 1e11 else float(value)
+        if not 0 < seconds <= now + MAX_LIFETIME:
+            raise SetError("invalid_request", f"{name} {value!r:.40} is out of range")
+        return min(seconds, now)
     return now
 
 
@@ -413,6 +477,6 @@ def _optional_str(body: dict[str, Any], name: str) -> str | None:
 
 def _loggable(entry: Entry) -> str:
     """What a log line may say about an entry: token values are already fingerprints or jtis."""
-    if entry.kind is Kind.TOKEN and len(entry.value) == 64:
+    if entry.kind is Kind.TOKEN and entry.match is not Match.JTI and len(entry.value) == 64:
         return entry.value[:32]
     return entry.value[:200]

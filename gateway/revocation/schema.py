@@ -3,20 +3,30 @@
 This is a public contract (docs/revocation.md): authorization servers written in any
 language write these keys, and every gateway replica reads them.
 
-With the default ``key_prefix`` ``gateway:revoked:`` (P below):
+With the default ``key_prefix`` ``gateway:revoked:`` (P below), schema version 2:
 
-    P token:<jti or sha256 hex>     string  JSON entry, EX = seconds until expires_at
-    P family:<family id>            string  (the value of ``family_claim``, e.g. sid)
-    P subject:<issuer>|<sub>        string  (issuer ``*`` = any issuer)
-    P client:<client_id>            string
-    P stream                        stream  one XADD per write: fields v=1, entry=<the same JSON>
+    P v2:jti:<issuer>|<jti>                 string  JSON entry, EX = seconds until expires_at
+    P v2:fingerprint:<issuer>|<sha256 hex>  string
+    P v2:family:<issuer>|<family id>        string  (the value of ``family_claim``, e.g. sid)
+    P v2:subject:<issuer>|<sub>             string
+    P v2:client:<issuer>|<client_id>        string
+    P stream                                stream  one XADD per write: fields v=2, entry=<the same JSON>
 
-Redis Cluster: the prefix is wrapped in a hash tag (``{gateway:revoked:}token:...``) so that
+Every entry belongs to one issuer (``*``: every issuer, written deliberately by an operator);
+in key names the issuer's ``%`` and ``|`` are written ``%25`` and ``%7C``, so a key names one
+(issuer, value) pair only. Schema-1 keys (``P token:<jti or sha256 hex>``, ``P family:<id>``,
+``P subject:<issuer>|<sub>``, ``P client:<id>``) are still read, with the meaning they had:
+token, family and client entries of schema 1 match every issuer.
+
+Redis Cluster: the prefix is wrapped in a hash tag (``{gateway:revoked:}v2:jti:...``) so that
 every key and the stream sit in one slot and one script can write a key and its notification.
 
 A write is one Lua script (``WRITE_SCRIPT``): compare the key's current value with the one
 the writer merged from, SET the merged entry with its TTL, XADD it to the stream (MAXLEN ~).
 So a key never exists without its notification, and two writers never weaken each other.
+
+Every number a caller gives (``ttl``, ``before``, ``expires_at``) is checked here: finite,
+``ttl`` in (0, 10 years], times between 1970 and 10 years from now (ValueError otherwise).
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -34,14 +44,14 @@ from typing import Any
 import orjson
 
 from ..tokens.token import as_number, fingerprint
-from .entries import ANY_ISSUER, Entry, Kind
+from .entries import ANY_ISSUER, SCHEMA_VERSION, Entry, Kind, Match, is_finite
 
-SCHEMA_VERSION = "1"
 DEFAULT_PREFIX = "gateway:revoked:"
 STREAM_SUFFIX = "stream"
 STREAM_MAXLEN = 100_000  # approximate (MAXLEN ~): a replica disconnected longer than this many writes resyncs
 EXPIRY_MARGIN = 60.0  # seconds added to every expiry: validation leeway and clock skew between hosts
 MAX_REASON = 200
+MAX_LIFETIME = 10 * 365 * 86400.0  # the longest ttl, and how far ahead a time may lie: 10 years
 _FINGERPRINT = re.compile(r"^(?:[0-9a-f]{32}|[0-9a-f]{64})$")
 
 # KEYS[1] entry key, KEYS[2] stream; ARGV[1] the value the writer merged from ("" = no key),
@@ -51,7 +61,7 @@ WRITE_SCRIPT = """\
 local current = redis.call('GET', KEYS[1])
 if (current or '') ~= ARGV[1] then return false end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'v', '1', 'entry', ARGV[2])
+return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'v', '2', 'entry', ARGV[2])
 """
 
 
@@ -77,12 +87,17 @@ class Schema:
         return self.prefix + STREAM_SUFFIX
 
     def entry_key(self, entry: Entry) -> str:
-        kind, name = entry.key()
-        return f"{self.prefix}{kind}:{name}"
+        namespace, issuer, value = entry.key()
+        return f"{self.prefix}v{SCHEMA_VERSION}:{namespace}:{escape_issuer(issuer)}|{value}"
 
     def scan_pattern(self) -> str:
         """SCAN MATCH pattern for every key under the prefix (glob characters escaped)."""
         return re.sub(r"([*?\[\]\\])", r"\\\1", self.prefix) + "*"
+
+
+def escape_issuer(issuer: str) -> str:
+    """The issuer as written in a key name: ``%`` and ``|`` escaped, so the first ``|`` ends it."""
+    return issuer.replace("%", "%25").replace("|", "%7C")
 
 
 # --- values ----------------------------------------------------------------------------------
@@ -99,7 +114,7 @@ def decode(raw: bytes | str) -> Entry:
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
         return Entry.from_json(data)
-    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
         raise ValueError(f"not a revocation entry: {exc}") from None
 
 
@@ -113,7 +128,11 @@ def decode_or_none(raw: bytes | str | None) -> Entry | None:
 
 
 def merge(old: Entry | None, new: Entry) -> Entry:
-    """Two writes of one key keep the stronger of each: later expiry, later cut-off."""
+    """Two writes of one key keep the stronger of each: later expiry, later cut-off.
+
+    Key names are one-to-one with ``Entry.key()``, so ``old`` is another identity only when the
+    key holds something a writer outside this contract put there: it is replaced.
+    """
     if old is None or old.key() != new.key():
         return new
     not_before = new.not_before
@@ -144,27 +163,53 @@ def stream_fields(fields: Mapping[Any, Any]) -> Entry | None:
 # --- building entries: the TTL policy ----------------------------------------------------------
 
 
-def as_timestamp(value: float | int | str | datetime | None) -> float | None:
-    """Epoch seconds from a number, an ISO-8601 string or an aware datetime."""
+def as_timestamp(value: float | int | str | datetime | None, name: str = "time",
+                 now: float | None = None) -> float | None:
+    """Epoch seconds from a number, an ISO-8601 string or an aware datetime: finite, from 1970 to
+    ``MAX_LIFETIME`` ahead of now. ValueError otherwise (``"nan"``, ``"inf"``, ``1e308``, a year 10000)."""
     if value is None:
         return None
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            raise ValueError("a datetime needs a time zone")
-        return value.timestamp()
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            return float(text)
-        except ValueError:
-            pass
+            raise ValueError(f"{name}: a datetime needs a time zone")
+        seconds = value.timestamp()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        if not is_finite(value):
+            raise ValueError(f"{name} must be a finite number, not {value!r:.40}")
+        seconds = float(value)
+    elif isinstance(value, str):
+        seconds = _parse_time(name, value.strip())
+    else:
+        raise ValueError(f"{name}: {value!r} is not a time")
+    # a NaN fails every comparison: "not low <= seconds <= high" refuses it along with the infinities
+    if not 0.0 <= seconds <= (time.time() if now is None else now) + MAX_LIFETIME:
+        raise ValueError(f"{name} must be a finite time from 1970 to 10 years from now, not {value!r:.40}")
+    return seconds
+
+
+def _parse_time(name: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        if parsed.tzinfo is None:
-            raise ValueError(f"{value!r} has no time zone (add Z or +00:00)")
-        return parsed.timestamp()
-    raise ValueError(f"{value!r} is not a time")
+    except ValueError:
+        raise ValueError(f"{name}: {text[:64]!r} is neither epoch seconds nor an ISO-8601 time") from None
+    if parsed.tzinfo is None:
+        raise ValueError(f"{name}: {text[:64]!r} has no time zone (add Z or +00:00)")
+    return parsed.timestamp()
+
+
+def as_seconds(value: float | int | None, name: str = "ttl") -> float | None:
+    """A lifetime in seconds: a finite number in (0, MAX_LIFETIME]; ValueError otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number of seconds, not {value!r:.40}")
+    if not 0 < value <= MAX_LIFETIME:  # also refuses NaN
+        raise ValueError(f"{name} must be a finite number of seconds in (0, {MAX_LIFETIME:.0f}], not {value!r:.40}")
+    return float(value)
 
 
 def _nonempty(name: str, value: str) -> str:
@@ -173,17 +218,42 @@ def _nonempty(name: str, value: str) -> str:
     return value
 
 
+# targets whose entries always name an issuer: without one, the issuer must be clear from the configuration
+ISSUER_SCOPED = frozenset({"jti", "token", "fingerprint", "family"})
+
+
+class IssuerNeeded(ValueError):
+    """A jti, token or family revocation that does not say which issuer's tokens it is for."""
+
+    def __init__(self, issuers: Sequence[str]) -> None:
+        if issuers:
+            text = (f"several issuers are configured ({', '.join(issuers)}): say which issuer's tokens this "
+                    "revokes, or '*' for the tokens of every issuer")
+        else:
+            text = "say which issuer's tokens this revokes, or '*' for the tokens of every issuer"
+        super().__init__(text)
+        self.issuers = tuple(issuers)
+
+
 @dataclass(frozen=True)
 class EntryFactory:
-    """Builds entries with the expiry rule of the contract.
+    """Builds entries with the expiry rule and the issuer rule of the contract.
 
-    An entry lives until every token it can match has expired: for a token or a family, now
-    plus the issuer's maximum token lifetime (or the token's own ``exp`` when known); for a
-    subject or a client cut-off T, T plus that lifetime. ``EXPIRY_MARGIN`` is added to all.
+    Expiry: an entry lives until every token it can match has expired: for a token or a
+    family, now plus the issuer's maximum token lifetime (or the token's own ``exp`` when
+    known); for a subject or a client cut-off T, T plus that lifetime. ``EXPIRY_MARGIN`` is
+    added to all.
+
+    Issuer: the one given (``*`` = every issuer; with ``issuers`` configured, one of them);
+    else ``default_issuer``; else, for a jti, token, fingerprint or family, the only issuer
+    configured (IssuerNeeded when there are several or none); a subject or client entry
+    without an issuer covers every issuer, as it always has.
     """
 
     default_ttl: float = 86400.0
     lifetimes: Mapping[str, float] | None = None
+    issuers: tuple[str, ...] = ()
+    default_issuer: str | None = None
 
     def lifetime(self, issuer: str | None) -> float:
         """The issuer's max token lifetime; without an issuer, the longest of any."""
@@ -192,13 +262,30 @@ class EntryFactory:
             return lifetimes[issuer]
         return max([self.default_ttl, *lifetimes.values()])
 
-    def _expiry(self, base: float, issuer: str | None, ttl: float | None) -> float:
+    def issuer_for(self, target: str, given: str | None) -> str:
+        """The issuer an entry for ``target`` is scoped to (see the class docstring)."""
+        if given is not None:
+            if not isinstance(given, str) or not given:
+                raise ValueError("issuer must be a non-empty string ('*' for every issuer)")
+            if self.issuers and given != ANY_ISSUER and given not in self.issuers:
+                raise ValueError(f"issuer {given[:200]!r} is not configured (configured: {', '.join(self.issuers)};"
+                                 " '*' for every issuer)")
+            return given
+        if self.default_issuer is not None:
+            return self.default_issuer
+        if target not in ISSUER_SCOPED:
+            return ANY_ISSUER
+        if len(self.issuers) == 1:
+            return self.issuers[0]
+        raise IssuerNeeded(self.issuers)
+
+    def _expiry(self, base: float, issuer: str, ttl: float | None) -> float:
         return base + (self.lifetime(issuer) if ttl is None else ttl) + EXPIRY_MARGIN
 
-    def _cutoff(self, before: float | str | datetime | None, issuer: str | None, ttl: float | None,
+    def _cutoff(self, before: float | str | datetime | None, issuer: str, ttl: float | None,
                 now: float) -> tuple[float, float]:
         """The cut-off (default now) and the expiry: the cut-off plus the lifetime, never before now."""
-        given = as_timestamp(before)
+        given = as_timestamp(before, "before", now)
         cutoff = now if given is None else given
         lifetime = self.lifetime(issuer) if ttl is None else ttl
         return cutoff, max(cutoff + lifetime, now) + EXPIRY_MARGIN
@@ -207,49 +294,62 @@ class EntryFactory:
     def _reason(reason: str) -> str:
         return (reason or "")[:MAX_REASON]
 
+    def _token_entry(self, target: str, match: Match, value: str, issuer: str | None, ttl: float | None,
+                     expires_at: float | None, reason: str, now: float | None) -> Entry:
+        now = time.time() if now is None else now
+        scope = self.issuer_for(target, issuer)
+        ttl = as_seconds(ttl)
+        exp = as_timestamp(expires_at, "expires_at", now)
+        expiry = exp + EXPIRY_MARGIN if exp is not None else self._expiry(now, scope, ttl)
+        return Entry(Kind.TOKEN, value, expiry, scope, None, self._reason(reason), now, match)
+
     def jti(self, jti: str, *, issuer: str | None = None, ttl: float | None = None, expires_at: float | None = None,
             reason: str = "", now: float | None = None) -> Entry:
-        now = time.time() if now is None else now
-        expiry = expires_at + EXPIRY_MARGIN if expires_at is not None else self._expiry(now, issuer, ttl)
-        return Entry(Kind.TOKEN, _nonempty("jti", jti), expiry, issuer or ANY_ISSUER, None, self._reason(reason), now)
+        """A token by its ``jti`` claim, for ``issuer``'s tokens only (a jti is unique per issuer at best)."""
+        return self._token_entry("jti", Match.JTI, _nonempty("jti", jti), issuer, ttl, expires_at, reason, now)
 
     def fingerprint(self, fingerprint: str, *, issuer: str | None = None, ttl: float | None = None,
                     expires_at: float | None = None, reason: str = "", now: float | None = None) -> Entry:
+        """A token by its fingerprint (never matched against a jti, whatever the jti looks like)."""
         value = _nonempty("fingerprint", fingerprint).strip().lower()
         if not _FINGERPRINT.match(value):
             raise ValueError("a fingerprint is the SHA-256 hex of the token (64 hex digits, or the 32-digit prefix)")
-        return self.jti(value, issuer=issuer, ttl=ttl, expires_at=expires_at, reason=reason, now=now)
+        return self._token_entry("fingerprint", Match.FINGERPRINT, value, issuer, ttl, expires_at, reason, now)
 
     def token(self, raw_token: str, *, issuer: str | None = None, ttl: float | None = None,
               expires_at: float | None = None, reason: str = "", now: float | None = None) -> Entry:
         """Revoke one raw token by its fingerprint, hashed here: the raw token goes nowhere."""
         raw_token = _nonempty("token", raw_token)
         now = time.time() if now is None else now
-        exp = expires_at if expires_at is not None else _unverified_exp(raw_token)
+        scope = self.issuer_for("token", issuer)
+        ttl = as_seconds(ttl)
+        exp = expires_at if expires_at is not None else _unverified_exp(raw_token, now)
         if exp is not None:  # a JWT's own exp, capped by the issuer's max lifetime
-            exp = min(exp, now + (self.lifetime(issuer) if ttl is None else ttl))
-        return self.jti(fingerprint(raw_token), issuer=issuer, ttl=ttl, expires_at=exp, reason=reason, now=now)
+            exp = min(exp, now + (self.lifetime(scope) if ttl is None else ttl), now + MAX_LIFETIME)
+        return self._token_entry("token", Match.FINGERPRINT, fingerprint(raw_token), scope, ttl, exp, reason, now)
 
     def family(self, family: str, *, issuer: str | None = None, ttl: float | None = None, reason: str = "",
                now: float | None = None) -> Entry:
         now = time.time() if now is None else now
-        return Entry(Kind.FAMILY, _nonempty("family", family), self._expiry(now, issuer, ttl), issuer or ANY_ISSUER,
-                     None, self._reason(reason), now)
+        scope = self.issuer_for("family", issuer)
+        expiry = self._expiry(now, scope, as_seconds(ttl))
+        return Entry(Kind.FAMILY, _nonempty("family", family), expiry, scope, None, self._reason(reason), now)
 
     def subject(self, sub: str, *, issuer: str | None = None, before: float | str | datetime | None = None,
                 ttl: float | None = None, reason: str = "", now: float | None = None) -> Entry:
-        now = time.time() if now is None else now
-        cutoff, expiry = self._cutoff(before, issuer, ttl, now)
-        return Entry(Kind.SUBJECT, _nonempty("subject", sub), expiry, issuer or ANY_ISSUER, cutoff,
-                     self._reason(reason), now)
+        return self._cutoff_entry(Kind.SUBJECT, "subject", sub, issuer, before, ttl, reason, now)
 
     def client(self, client_id: str, *, issuer: str | None = None, before: float | str | datetime | None = None,
                ttl: float | None = None, reason: str = "", now: float | None = None) -> Entry:
-        now = time.time() if now is None else now
-        cutoff, expiry = self._cutoff(before, issuer, ttl, now)
-        return Entry(Kind.CLIENT, _nonempty("client_id", client_id), expiry, issuer or ANY_ISSUER, cutoff,
-                     self._reason(reason), now)
+        return self._cutoff_entry(Kind.CLIENT, "client_id", client_id, issuer, before, ttl, reason, now)
 
+    def _cutoff_entry(self, kind: Kind, name: str, value: str, issuer: str | None,
+                      before: float | str | datetime | None, ttl: float | None, reason: str,
+                      now: float | None) -> Entry:
+        now = time.time() if now is None else now
+        scope = self.issuer_for(kind.value, issuer)
+        cutoff, expiry = self._cutoff(before, scope, as_seconds(ttl), now)
+        return Entry(kind, _nonempty(name, value), expiry, scope, cutoff, self._reason(reason), now)
 
     def build(self, target: str, value: str, *, issuer: str | None = None,
               before: float | str | datetime | None = None, ttl: float | None = None, reason: str = "") -> Entry:
@@ -273,13 +373,15 @@ class EntryFactory:
 TARGETS = ("jti", "token", "fingerprint", "family", "subject", "client")
 
 
-def _unverified_exp(raw_token: str) -> float | None:
-    """``exp`` of a JWT-shaped token, unverified (used only to shorten an entry's life)."""
+def _unverified_exp(raw_token: str, now: float) -> float | None:
+    """``exp`` of a JWT-shaped token, unverified (used only to shorten an entry's life); None when absent
+    or out of range (the issuer's lifetime applies then)."""
     # imported on first use, so that importing the Python API does not load aiohttp
     from ..tokens.validator import jwt_parts
 
     parts = jwt_parts(raw_token)
-    return as_number(parts[1].get("exp")) if parts is not None else None
+    exp = as_number(parts[1].get("exp")) if parts is not None else None
+    return exp if exp is not None and 0 <= exp <= now + MAX_LIFETIME else None
 
 
 # --- the write, shared by the gateway's store and the Python API ---------------------------------

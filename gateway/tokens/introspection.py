@@ -1,9 +1,10 @@
 """RFC 7662 token introspection for one issuer: cached, coalesced, failing closed.
 
-Lookup order for a token (by its SHA-256 fingerprint, never the token itself):
+Lookup order for a token (by the SHA-256 of its exact bytes, ``cache_key``, never the token
+itself; the authorization server judged those bytes, not a twin or a forged signature):
 
 1. the positive cache: what the authorization server said about an active token, kept
-   ``min(cache_ttl, exp - now)``;
+   ``min(cache_ttl, exp - now)`` (``cache_ttl`` when the answer has no ``exp``);
 2. the negative cache: the refusal of an inactive or unacceptable token, kept
    ``negative_cache_ttl``;
 3. a call already in flight for the same token: wait for its answer (coalescing);
@@ -50,7 +51,7 @@ from ..config import IntrospectionConfig, IssuerConfig
 from ..reasons import Reason
 from .cache import ExpiringCache
 from .jwks import DiscoveryError, IssuerKeys, discover
-from .token import TokenError, ValidatedToken, token_from_claims
+from .token import TokenError, ValidatedToken, cache_key, check_required_claims, token_from_claims
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -75,7 +76,7 @@ _ERROR_CODE = re.compile(r"^[a-z_]{1,40}$")
 class IntrospectedToken(ValidatedToken):
     """A ValidatedToken from introspection, with the deadline of its cache entry."""
 
-    cached_until: float = 0.0  # min(answered_at + cache_ttl, exp)
+    cached_until: float = 0.0  # min(answered_at + cache_ttl, exp), answered_at + cache_ttl without exp
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,18 +99,20 @@ def _number(value: Any) -> float | None:
 def check_answer(answer: dict[str, Any], config: IssuerConfig, fp: str, now: float) -> ValidatedToken:
     """The token described by an introspection answer, or TokenError when it must be refused.
 
-    Checks (RFC 7662 2.2 and section 4): ``active`` is the boolean true; ``exp`` is present and
-    not past (with the issuer's leeway); ``nbf``, when present, is not ahead; ``iss``, when
-    present, is this issuer; ``aud`` holds one of the issuer's audiences; ``token_type`` (and
-    Ory Hydra's ``token_use``), when present, name an access token.
+    Checks (RFC 7662 2.2 and section 4): ``active`` is the boolean true; ``exp``, when present
+    (RFC 7662 makes it optional; null counts as absent), is a number and not past (with the
+    issuer's leeway); ``nbf``, when present, is not ahead; ``iss``, when present, is this
+    issuer; ``aud`` holds one of the issuer's audiences; ``token_type`` (and Ory Hydra's
+    ``token_use``), when present, name an access token; the issuer's ``required_claims`` are there.
     """
     if answer.get("active") is not True:
         raise TokenError(Reason.INACTIVE_TOKEN, "the authorization server says the token is not active")
-    exp = _number(answer.get("exp"))
-    if exp is None:
-        raise TokenError(Reason.INVALID_TOKEN, "the introspection answer has no exp")
-    if exp + config.leeway <= now:
-        raise TokenError(Reason.TOKEN_EXPIRED, "the introspection answer's exp has passed")
+    if answer.get("exp") is not None:
+        exp = _number(answer.get("exp"))
+        if exp is None:
+            raise TokenError(Reason.INVALID_TOKEN, "the introspection answer's exp is not a number")
+        if exp + config.leeway <= now:
+            raise TokenError(Reason.TOKEN_EXPIRED, "the introspection answer's exp has passed")
     nbf = _number(answer.get("nbf"))
     if nbf is not None and nbf - config.leeway > now:
         raise TokenError(Reason.TOKEN_NOT_YET_VALID, "the introspection answer's nbf is ahead")
@@ -126,6 +129,7 @@ def check_answer(answer: dict[str, Any], config: IssuerConfig, fp: str, now: flo
     token_use = answer.get("token_use")
     if token_use is not None and token_use != "access_token":
         raise TokenError(Reason.WRONG_TOKEN_TYPE, "token_use is not access_token")
+    check_required_claims(answer, config.required_claims)
     return token_from_claims(answer, config.issuer, fp, "introspection")
 
 
@@ -168,7 +172,9 @@ class Introspector:
         self._session = session
         self._keys = keys
         size = self.settings.cache_size
-        self.cache: ExpiringCache[ValidatedToken] = ExpiringCache("introspection", size, _cache_deadline)
+        self.cache: ExpiringCache[ValidatedToken] = ExpiringCache(
+            "introspection", size, _cache_deadline, lambda t: t.fingerprint  # a revocation discards by fingerprint
+        )
         self.negative: ExpiringCache[Refusal] = ExpiringCache("introspection_negative", size, lambda r: r.until)
         self._inflight: dict[str, asyncio.Task[ValidatedToken]] = {}
         self._endpoint = self.settings.endpoint
@@ -224,19 +230,24 @@ class Introspector:
     # --- lookup ----------------------------------------------------------------------------
 
     async def introspect(self, raw: str, fp: str) -> ValidatedToken:
-        """What the authorization server says about this token, from a cache when it may."""
-        cached = self.cache.get(fp)
+        """What the authorization server says about this token, from a cache when it may.
+
+        ``fp`` is the token's fingerprint (its identity, carried by the result); every cache,
+        the in-flight table and the shared cache use the hash of the exact bytes instead.
+        """
+        key = cache_key(raw)
+        cached = self.cache.get(key)
         if cached is not None:
             return cached
-        refusal = self.negative.get(fp)
+        refusal = self.negative.get(key)
         if refusal is not None:
             raise TokenError(refusal.reason, refusal.detail)
-        task = self._inflight.get(fp)
+        task = self._inflight.get(key)
         if task is None:
             # a task, not the caller's coroutine: a waiter that goes away does not cancel the call
-            task = asyncio.create_task(self._lookup(raw, fp), name=f"introspect:{self.issuer}")
-            self._inflight[fp] = task
-            task.add_done_callback(lambda done: self._settled(fp, done))
+            task = asyncio.create_task(self._lookup(raw, key, fp), name=f"introspect:{self.issuer}")
+            self._inflight[key] = task
+            task.add_done_callback(lambda done: self._settled(key, done))
         else:
             self._coalesced.inc()
         try:
@@ -244,18 +255,18 @@ class Introspector:
         except TokenError as exc:
             raise TokenError(exc.reason, exc.detail) from None  # a fresh exception per waiter
 
-    def _settled(self, fp: str, task: asyncio.Task[ValidatedToken]) -> None:
-        if self._inflight.get(fp) is task:
-            del self._inflight[fp]
+    def _settled(self, key: str, task: asyncio.Task[ValidatedToken]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
         if not task.cancelled():
             task.exception()  # retrieved, even when every waiter went away
 
-    async def _lookup(self, raw: str, fp: str) -> ValidatedToken:
+    async def _lookup(self, raw: str, key: str, fp: str) -> ValidatedToken:
         """The one lookup past the local caches: the shared cache, else a call (counted as a validation)."""
-        stored = await self._shared_get(fp)
+        stored = await self._shared_get(key)
         if stored is not None:
             answer, until = stored
-            return self._judge(answer, fp, time.time(), until)
+            return self._judge(answer, key, fp, time.time(), until)
         try:
             answer = await self._call(raw)
         except TokenError as exc:
@@ -263,30 +274,32 @@ class Introspector:
             raise
         now = time.time()
         try:
-            token = self._judge(answer, fp, now, None)
+            token = self._judge(answer, key, fp, now, None)
         except TokenError as exc:
             result = "inactive" if exc.reason is Reason.INACTIVE_TOKEN else "refused"
             metrics.INTROSPECTION_CALLS.labels(self.issuer, result).inc()
             metrics.TOKEN_VALIDATIONS.labels(self.issuer, exc.reason.value).inc()
-            await self._shared_put(fp, answer, now + self.settings.negative_cache_ttl, now)
+            await self._shared_put(key, answer, now + self.settings.negative_cache_ttl, now)
             raise
         metrics.INTROSPECTION_CALLS.labels(self.issuer, "active").inc()
         metrics.TOKEN_VALIDATIONS.labels(self.issuer, "valid").inc()
-        await self._shared_put(fp, answer, _cache_deadline(token), now)
+        await self._shared_put(key, answer, _cache_deadline(token), now)
         return token
 
-    def _judge(self, answer: dict[str, Any], fp: str, now: float, until: float | None) -> ValidatedToken:
+    def _judge(self, answer: dict[str, Any], key: str, fp: str, now: float, until: float | None) -> ValidatedToken:
         """Check an answer and cache the outcome: the token positively, a refusal negatively."""
         try:
             token = check_answer(answer, self.config, fp, now)
         except TokenError as exc:
             deadline = until if until is not None else now + self.settings.negative_cache_ttl
-            self.negative.put(fp, Refusal(exc.reason, exc.detail, deadline))
+            self.negative.put(key, Refusal(exc.reason, exc.detail, deadline))
             raise
-        deadline = min(until if until is not None else now + self.settings.cache_ttl, token.expires_at)
+        deadline = until if until is not None else now + self.settings.cache_ttl
+        if token.expires_at:  # without exp (RFC 7662 makes it optional) cache_ttl alone bounds the entry
+            deadline = min(deadline, token.expires_at)
         fields = {f.name: getattr(token, f.name) for f in dataclasses.fields(token)}
         entry = IntrospectedToken(**fields, cached_until=deadline)
-        self.cache.put(fp, entry)  # dropped at once when the deadline has already passed
+        self.cache.put(key, entry)  # dropped at once when the deadline has already passed
         return entry
 
     # --- the call --------------------------------------------------------------------------
@@ -443,11 +456,11 @@ class Introspector:
 
     # --- shared second-level cache ---------------------------------------------------------
 
-    async def _shared_get(self, fp: str) -> tuple[dict[str, Any], float] | None:
+    async def _shared_get(self, key: str) -> tuple[dict[str, Any], float] | None:
         if self._redis is None:
             return None
         try:
-            value = await self._redis.get(self._shared_prefix + fp)
+            value = await self._redis.get(self._shared_prefix + key)
         except Exception as exc:  # any Redis trouble means: ask the server
             metrics.TOKEN_CACHE.labels("introspection_shared", "error").inc()
             self._log_failure("redis", logging.WARNING, f"shared cache unavailable: {type(exc).__name__}")
@@ -463,14 +476,14 @@ class Introspector:
         metrics.TOKEN_CACHE.labels("introspection_shared", "hit").inc()
         return answer, until
 
-    async def _shared_put(self, fp: str, answer: dict[str, Any], until: float, now: float) -> None:
+    async def _shared_put(self, key: str, answer: dict[str, Any], until: float, now: float) -> None:
         """Store the server's answer (not a decision) for as long as the local entry lives."""
         ttl_ms = int((until - now) * 1000)
         if self._redis is None or ttl_ms <= 0:
             return
         try:
             await self._redis.set(
-                self._shared_prefix + fp, orjson.dumps({"answer": answer, "until": until}), px=ttl_ms
+                self._shared_prefix + key, orjson.dumps({"answer": answer, "until": until}), px=ttl_ms
             )
         except Exception as exc:  # the shared cache is an optimisation only
             metrics.TOKEN_CACHE.labels("introspection_shared", "error").inc()

@@ -1,9 +1,21 @@
 """Issuer discovery (OIDC / RFC 8414) and the JWKS cache of one issuer.
 
-Keys are fetched asynchronously (PyJWKClient's fetch would block the event loop),
-refreshed in the background, and refetched on an unknown ``kid`` at most once per
-``jwks_min_refresh_interval`` so that a flood of made-up kids costs the issuer one call.
-When the issuer is unreachable the last good keys stay in use.
+Keys are fetched asynchronously (PyJWKClient's fetch would block the event loop) and
+refreshed in the background. A token with an unknown ``kid`` makes the gateway look again
+at once, so a key the issuer has just published works on its first token, however recently
+the JWKS was fetched. What that costs the issuer stays bounded:
+
+- single flight: concurrent lookups share one fetch in flight, and one that started after
+  the token arrived answers for it;
+- a token bucket: ``jwks_refetch_burst`` refetches at once, then one more per
+  ``jwks_min_refresh_interval``; with the bucket empty an unknown kid is refused at once;
+- negative memory: a kid that a fetch made after its token arrived did not find is refused
+  without another fetch for ``jwks_min_refresh_interval`` (at most 4,096 kids remembered).
+
+So a flood of made-up kids costs the issuer ``jwks_refetch_burst`` calls, then one per
+interval. When the issuer is unreachable the last good keys stay in use. A key withdrawn
+from the JWKS, or replaced by other key material under the same kid, is reported to
+``on_withdrawn`` so that tokens it verified are verified again.
 """
 
 from __future__ import annotations
@@ -12,13 +24,15 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import jwt
+import orjson
 
 from .. import metrics
 from ..config import IssuerConfig
@@ -26,6 +40,10 @@ from ..reasons import Reason
 from .token import TokenError
 
 log = logging.getLogger("gateway.jwks")
+
+UNKNOWN_KIDS_REMEMBERED = 4096
+# the members of a JWK that make up its key (RFC 7638 section 3.2 and RFC 8037 section 2)
+_KEY_MEMBERS = ("kty", "crv", "n", "e", "x", "y")
 
 
 class DiscoveryError(Exception):
@@ -75,8 +93,9 @@ class VerificationKey:
     any other key PyJWT's algorithm for its type and curve (ES256 for P-256, EdDSA...).
     """
 
-    jwk: jwt.PyJWK
+    jwk: jwt.PyJWK = field(compare=False)
     declared_alg: str | None = None
+    material: str = ""  # the JWK's key members: equal for the same key, whatever the JWK's other members
 
     @property
     def key(self) -> Any:
@@ -106,8 +125,31 @@ def parse_jwks(document: Any) -> dict[str, VerificationKey]:
             continue
         declared = jwk.get("alg")
         declared = declared if isinstance(declared, str) and declared else None
-        keys[str(jwk.get("kid", f"#{index}"))] = VerificationKey(key, declared)
+        material = orjson.dumps({m: jwk[m] for m in _KEY_MEMBERS if m in jwk}, default=str).decode()
+        keys[str(jwk.get("kid", f"#{index}"))] = VerificationKey(key, declared, material)
     return keys
+
+
+class RefetchBudget:
+    """A token bucket: ``burst`` refetches at once, one more earned per ``interval`` seconds."""
+
+    def __init__(self, burst: int, interval: float) -> None:
+        self._burst = float(burst)
+        self._interval = interval
+        self._tokens = float(burst)
+        self._updated = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        if self._interval > 0:
+            self._tokens = min(self._burst, self._tokens + (now - self._updated) / self._interval)
+        else:
+            self._tokens = self._burst
+        self._updated = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
 
 
 class IssuerKeys:
@@ -119,11 +161,14 @@ class IssuerKeys:
     ) -> None:
         self.config = config
         self._session = session
-        self._on_withdrawn = on_withdrawn  # told when a refresh drops a kid (e.g. a compromised key)
+        self._on_withdrawn = on_withdrawn  # told when a refresh drops or replaces a key (e.g. a compromised one)
         self._keys: dict[str, VerificationKey] = {}
         self._jwks_uri = config.jwks_uri
         self.metadata: dict[str, Any] = {}
-        self._last_attempt = float("-inf")
+        self._budget = RefetchBudget(config.jwks_refetch_burst, config.jwks_min_refresh_interval)
+        self._unknown: OrderedDict[str, float] = OrderedDict()  # kid -> until when it is known to be unknown
+        self._started = float("-inf")  # when the latest fetch started (monotonic)
+        self._succeeded = float("-inf")  # when the latest successful fetch started
         self._inflight: asyncio.Task[None] | None = None
         self._refresher: asyncio.Task[None] | None = None
 
@@ -148,14 +193,19 @@ class IssuerKeys:
             await asyncio.sleep(self.config.jwks_refresh_interval if self.loaded else 2.0)
             await self.refresh()
 
+    def _fetching(self) -> bool:
+        return self._inflight is not None and not self._inflight.done()
+
     async def refresh(self) -> None:
         """Fetch the JWKS now, sharing one fetch among concurrent callers."""
-        if self._inflight is None or self._inflight.done():
-            self._inflight = asyncio.create_task(self._fetch())
+        if not self._fetching():
+            # stamped before the request is sent: a fetch started after a token arrived saw the JWKS of then
+            self._started = time.monotonic()
+            self._inflight = asyncio.create_task(self._fetch(self._started))
+        assert self._inflight is not None
         await asyncio.shield(self._inflight)
 
-    async def _fetch(self) -> None:
-        self._last_attempt = time.monotonic()
+    async def _fetch(self, started: float) -> None:
         issuer = self.config.issuer
         try:
             if self._jwks_uri is None:
@@ -171,8 +221,10 @@ class IssuerKeys:
             metrics.JWKS_REFRESH.labels(issuer, "error").inc()
             log.warning("jwks refresh failed", extra={"issuer": issuer, "error": str(exc) or type(exc).__name__})
             return
-        withdrawn = set(self._keys) - set(keys)
+        # gone, or other key material under the same kid: what it verified must be verified again
+        withdrawn = {kid for kid, key in self._keys.items() if keys.get(kid) != key}
         self._keys = keys
+        self._succeeded = started
         metrics.JWKS_REFRESH.labels(issuer, "ok").inc()
         if withdrawn and self._on_withdrawn is not None:
             log.warning("jwks keys withdrawn", extra={"issuer": issuer, "kids": sorted(withdrawn)})
@@ -187,17 +239,46 @@ class IssuerKeys:
         return [key] if key is not None else []
 
     async def keys_for(self, kid: str | None) -> list[VerificationKey]:
-        """Keys for ``kid``, refetching the JWKS for an unknown kid at most once per interval."""
+        """Keys for ``kid``, looking at the issuer's JWKS again when none is known (see the module doc)."""
         keys = self.candidates(kid)
         if keys:
             return keys
-        if time.monotonic() - self._last_attempt >= self.config.jwks_min_refresh_interval or (
-            self._inflight is not None and not self._inflight.done()
-        ):
-            await self.refresh()
-            keys = self.candidates(kid)
+        if kid is None or not self._known_unknown(kid):
+            keys = await self._look_again(kid)
         if keys:
             return keys
         if not self.loaded:
             raise TokenError(Reason.JWKS_UNAVAILABLE, f"no keys loaded for {self.config.issuer}")
         raise TokenError(Reason.UNKNOWN_KEY, "no key with this kid")
+
+    async def _look_again(self, kid: str | None) -> list[VerificationKey]:
+        """The keys for ``kid`` after a fetch that started after this call, if the budget allows one."""
+        arrived = time.monotonic()
+        for _ in range(3):  # a fetch in flight, then one that started after we arrived: enough
+            if self._fetching():
+                await self.refresh()  # joins it: free for the issuer
+            elif self._started < arrived and self._budget.take():
+                await self.refresh()
+            else:
+                break
+            keys = self.candidates(kid)
+            if keys:
+                return keys
+        if kid is not None and self._succeeded >= arrived:  # looked after the token arrived: not there
+            self._remember_unknown(kid)
+        return []
+
+    def _known_unknown(self, kid: str) -> bool:
+        until = self._unknown.get(kid)
+        if until is None:
+            return False
+        if time.monotonic() < until:
+            return True
+        del self._unknown[kid]
+        return False
+
+    def _remember_unknown(self, kid: str) -> None:
+        self._unknown[kid] = time.monotonic() + self.config.jwks_min_refresh_interval
+        self._unknown.move_to_end(kid)
+        while len(self._unknown) > UNKNOWN_KIDS_REMEMBERED:
+            self._unknown.popitem(last=False)

@@ -4,11 +4,16 @@ The algorithm comes from the issuer's allow-list and must agree with the key (ex
 ``alg`` its JWK declares, if it declares one); the token header only selects among allowed
 algorithms, so ``none`` and HS256 signed with an RSA public key (algorithm confusion) can
 never verify.
+
+Claims a token must carry: ``exp``, ``iss`` and ``aud`` always; with ``require_typ: at+jwt``
+also the rest of RFC 9068 section 2.2 (``sub``, ``client_id``, ``iat``, ``jti``); and the
+issuer's ``required_claims``. A missing one is refused with ``missing_claim``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import jwt
@@ -16,7 +21,14 @@ import jwt
 from ..config import IssuerConfig
 from ..reasons import Reason
 from .jwks import IssuerKeys
-from .token import TokenError, ValidatedToken, token_from_claims
+from .token import (
+    RFC9068_CLAIMS,
+    TokenError,
+    ValidatedToken,
+    cache_key,
+    check_required_claims,
+    token_from_claims,
+)
 
 _ERRORS: list[tuple[type[Exception], Reason]] = [
     (jwt.ExpiredSignatureError, Reason.TOKEN_EXPIRED),
@@ -25,6 +37,7 @@ _ERRORS: list[tuple[type[Exception], Reason]] = [
     (jwt.InvalidIssuerError, Reason.UNKNOWN_ISSUER),
     (jwt.InvalidAlgorithmError, Reason.DISALLOWED_ALGORITHM),
     (jwt.InvalidSignatureError, Reason.BAD_SIGNATURE),
+    (jwt.MissingRequiredClaimError, Reason.MISSING_CLAIM),
 ]
 _AT_JWT_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 
@@ -44,6 +57,7 @@ class JwtValidator:
         self.keys = keys
         self._algorithms = frozenset(config.algorithms)
         self._access_token_claims = ("exp", "iss", "aud")
+        self._required_claims = required_claims(config)
 
     def algorithm(self, header: dict[str, Any]) -> str:
         """The algorithm to verify with, refusing anything off the issuer's allow-list."""
@@ -97,7 +111,18 @@ class JwtValidator:
     async def validate(self, raw: str, header: dict[str, Any], fp: str) -> ValidatedToken:
         self.check_header(header)
         claims = await self.verify(raw, header, audience=self.config.audiences, require=self._access_token_claims)
-        return token_from_claims(claims, self.config.issuer, fp, "jwt")
+        check_required_claims(claims, self._required_claims)
+        token = token_from_claims(claims, self.config.issuer, fp, "jwt")
+        exact = cache_key(raw)
+        return token if exact == fp else replace(token, presented_hash=exact)
+
+
+def required_claims(config: IssuerConfig) -> tuple[str, ...]:
+    """The claims an access token of this issuer must carry, beyond what PyJWT already requires."""
+    names = list(config.required_claims)
+    if config.require_typ is not None and config.require_typ.lower() in _AT_JWT_TYPES:
+        names = [*RFC9068_CLAIMS, *names]
+    return tuple(dict.fromkeys(names))  # in order, once each
 
 
 def _check_numeric_dates(claims: dict[str, Any]) -> None:

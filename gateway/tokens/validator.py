@@ -8,9 +8,12 @@ Routing of a token to an issuer:
    until one answers ``active: true``.
 
 Only JWT-shaped tokens are looked up in (and put into) the verified-token cache; the
-introspection clients keep their own caches. ``gateway_token_validations_total`` counts
-real validations only: a JWT verification here, an introspection call (or a refusal
-without one: an unknown issuer, no issuer that introspects) but never a cache hit.
+introspection clients keep their own caches. The cache is keyed by the hash of the token's
+exact bytes (``cache_key``), not by its fingerprint: a forged signature over the header and
+payload of a cached token is a miss, and is verified (and refused) like any other token.
+``gateway_token_validations_total`` counts real validations only: a JWT verification here,
+an introspection call (or a refusal without one: an unknown issuer, no issuer that
+introspects) but never a cache hit.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from ..reasons import Reason
 from .cache import ExpiringCache
 from .jwks import IssuerKeys
 from .jwt import JwtValidator
-from .token import TokenError, ValidatedToken, fingerprint
+from .token import TokenError, ValidatedToken, cache_key, fingerprint
 
 
 class IntrospectionClient(Protocol):
@@ -76,13 +79,14 @@ class TokenValidator:
         self.jwt = {name: JwtValidator(keys.config, keys) for name, keys in self.keys.items()}
         self.introspectors: dict[str, IntrospectionClient] = {}
         self.cache: ExpiringCache[ValidatedToken] = ExpiringCache(
-            "verified_token", config.verified_token_cache_size, lambda t: t.expires_at
+            "verified_token", config.verified_token_cache_size, lambda t: t.expires_at, lambda t: t.fingerprint
         )
         self._forgetting: set[asyncio.Task[int]] = set()
 
     def _forget_issuer(self, issuer: str) -> None:
-        """An issuer withdrew a key: tokens it signed must not pass on a cached verification,
-        so every cached token of that issuer is verified again on its next use."""
+        """An issuer withdrew a key, or replaced it under the same kid: tokens it signed must not
+        pass on a cached verification, so every cached token of that issuer is verified again
+        on its next use."""
         task = asyncio.get_running_loop().create_task(self.cache.discard_where(lambda t: t.issuer == issuer))
         self._forgetting.add(task)
         task.add_done_callback(self._forgetting.discard)
@@ -108,16 +112,20 @@ class TokenValidator:
             await introspector.stop()
 
     async def validate(self, raw: str, fp: str | None = None) -> ValidatedToken:
-        """The validated token, from the cache when this exact token was verified before."""
+        """The validated token, from the cache when this exact token was verified before.
+
+        ``fp`` is the token's fingerprint (its identity), computed by the caller when given.
+        """
         fp = fp or fingerprint(raw)
         if raw.count(".") != 2:  # not a JWT: never in this cache, the introspectors cache their own
             return await self._introspect_opaque(raw, fp)
-        cached = self.cache.get(fp)
+        key = cache_key(raw)  # the exact bytes: a twin or a forged signature is verified on its own
+        cached = self.cache.get(key)
         if cached is not None:
             return cached
         token = await self._validate_uncached(raw, fp)
         if token.source != "introspection":  # the introspector caches its own, never past cache_ttl
-            self.cache.put(fp, token)
+            self.cache.put(key, token)
         return token
 
     async def _validate_uncached(self, raw: str, fp: str) -> ValidatedToken:
