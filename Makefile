@@ -39,11 +39,14 @@ lock-check: deps
 	diff -u requirements/dev.lock $$tmp/dev.lock && diff -u requirements/runtime.lock $$tmp/runtime.lock && \
 	echo "lock files match pyproject.toml" || { echo "requirements/*.lock disagree with pyproject.toml: run make lock"; exit 1; }
 
-# installs redis-server and nginx from Debian when missing (the tests start their own instances)
+# installs redis-server, nginx, prometheus (tests/test_prometheus_live.py) and, without Node.js,
+# nodejs and npm (tests/interop) from Debian when missing (the tests start their own instances)
 system-deps:
-	@command -v redis-server >/dev/null && command -v nginx >/dev/null || { \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server nginx >/dev/null; }
+	@command -v redis-server >/dev/null && command -v nginx >/dev/null && command -v prometheus >/dev/null \
+	  && command -v npm >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); NODE=$$(command -v npm >/dev/null || echo nodejs npm); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    --no-install-recommends redis-server nginx prometheus $$NODE >/dev/null; }
 
 test: deps system-deps
 	$(BIN)/pytest -q

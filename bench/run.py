@@ -6,8 +6,13 @@ Starts, all on 127.0.0.1 and all in one temporary directory:
   * the gateway as ``gateway serve --config <generated yaml>`` with audit (file sink) and
     metrics on, and a second gateway holding 1,000,000 revocation entries,
   * Apache httpd + mod_auth_openidc as an OAuth 2.0 resource server, when installed,
+  * for the DPoP rows, redis-server (the replay cache of a third gateway), when installed,
 then runs wrk at fixed connections and duration, alternating the targets over several
 rounds, and reports medians over rounds and ratios taken within each round.
+
+DPoP (RFC 9449) needs a fresh proof per request, which wrk's Lua cannot sign: before each
+DPoP run this script signs enough ES256 proofs (unique jti, iat now) and the wrk script
+sends each one once, read from a file per wrk thread.
 
     .venv/bin/python bench/run.py [--rounds 5] [--duration 3] [--connections 50] ...
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import datetime
 import json
@@ -32,24 +38,42 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import yaml
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from gateway.demo import DemoIssuer  # noqa: E402
+from gateway.tokens.dpop import (  # noqa: E402
+    ProofRequest,
+    access_token_hash,
+    confirmation,
+    public_jwk,
+    sign_proof,
+)
 
 AUDIENCE = "https://api.example/orders"
 SCOPE = "orders:read"
 UPSTREAM_BODY = '{"ok":true,"from":"tokengate-bench-upstream","pad":"0123456789abcdef"}\n'
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 REVOKED_JTI = "bench-revoked-jti"
+TENANT_CLAIMS = {"tenant": "acme", "email": "alice@acme.example", "department": "sales"}
+CLAIMS_RULES = [  # three typical rules: tenant isolation, an email domain, a claim in a set
+    {"name": "same-tenant", "expression": "claims.tenant == path.tenant"},
+    {"name": "email-domain", "expression": 'claims.email.endsWith("@acme.example")'},
+    {"name": "department", "expression": 'claims.department in ["sales", "support"]'},
+]
 MOD_AUTH_OPENIDC = "/usr/lib/apache2/modules/mod_auth_openidc.so"
 
 
@@ -296,13 +320,18 @@ def introspection_implemented() -> bool:
 
 
 def gateway_config(tmp: Path, name: str, port: int, upstream_port: int, issuer: DemoIssuer, workers: int,
-                   introspection: bool) -> Path:
+                   introspection: bool, extra: dict[str, Any] | None = None) -> Path:
     issuer_entry: dict[str, Any] = {
         "issuer": issuer.issuer, "audiences": [AUDIENCE], "algorithms": ["RS256", "ES256"],
     }
     routes: list[dict[str, Any]] = [
         {"name": "open", "path": "/open", "methods": ["GET"], "upstream": "nginx", "auth": "none"},
         {"name": "orders", "path": "/orders", "methods": ["GET"], "upstream": "nginx", "scopes": [SCOPE]},
+        # rows 8a/8b: the same route shape, with and without claims rules
+        {"name": "rules", "path": "/rules/{tenant}/orders", "methods": ["GET"], "upstream": "nginx",
+         "scopes": [SCOPE], "rules": CLAIMS_RULES},
+        {"name": "norules", "path": "/norules/{tenant}/orders", "methods": ["GET"], "upstream": "nginx",
+         "scopes": [SCOPE]},
     ]
     if introspection:
         issuer_entry["introspection"] = {
@@ -321,6 +350,7 @@ def gateway_config(tmp: Path, name: str, port: int, upstream_port: int, issuer: 
         "upstreams": {"nginx": {"url": f"http://127.0.0.1:{upstream_port}", "timeout": "10s"}},
         "routes": routes,
         "audit": {"sink": "file", "path": str(tmp / f"{name}-audit.jsonl")},
+        **(extra or {}),
     }
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -374,6 +404,103 @@ end
     return path
 
 
+def dpop_script(path: Path, proof_prefix: Path, url_path: str, token: str) -> Path:
+    """``Authorization: DPoP <token>`` with the next unused proof of this wrk thread's file on every request."""
+    path.write_text(f"""
+local proofs = {{}}
+local counter = 0
+local threads = 0
+local auth = "DPoP {token}"
+setup = function(thread)
+  thread:set("tid", threads)
+  threads = threads + 1
+end
+init = function(args)
+  for line in io.lines("{proof_prefix}" .. (tid or 0) .. ".txt") do proofs[#proofs + 1] = line end
+end
+request = function()
+  -- past the end the last proof is sent again: a replay, refused and counted as an error
+  if counter < #proofs then counter = counter + 1 end
+  return wrk.format("GET", "{url_path}", {{["Authorization"] = auth, ["DPoP"] = proofs[counter]}})
+end
+""" + _DONE)
+    return path
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def fast_proofs(key: ec.EllipticCurvePrivateKey, url: str, token: str, count: int) -> list[str]:
+    """``count`` ES256 DPoP proofs for GET ``url`` with ``token``: the header encoded once, each signed.
+
+    Equivalent to ``gateway.tokens.dpop.sign_proof`` (checked against the gateway itself before
+    each run) at about a quarter of its cost, so that tens of thousands are ready in seconds.
+    """
+    header = _b64(json.dumps({"typ": "dpop+jwt", "alg": "ES256", "jwk": public_jwk(key)},
+                             separators=(",", ":")).encode())
+    ath, iat, prefix = access_token_hash(token), int(time.time()), uuid.uuid4().hex
+    algorithm = ec.ECDSA(hashes.SHA256())
+    proofs = []
+    for i in range(count):
+        claims = {"jti": f"{prefix}-{i}", "htm": "GET", "htu": url, "iat": iat, "ath": ath}
+        signing_input = f"{header}.{_b64(json.dumps(claims, separators=(',', ':')).encode())}"
+        r, s = decode_dss_signature(key.sign(signing_input.encode(), algorithm))
+        proofs.append(f"{signing_input}.{_b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}")
+    return proofs
+
+
+@dataclass
+class DPoPLoad:
+    """Proof files for one DPoP target, signed anew for every wrk run (a proof is good once, for 60 s)."""
+
+    key: ec.EllipticCurvePrivateKey
+    url: str
+    token: str
+    directory: Path
+    threads: int
+    minimum: int  # proofs per run at least
+    expected_rps: float = 0.0  # the fastest run so far: the next run gets 1.5x what it could send
+    runs: int = 0
+
+    def script(self, duration: float) -> Path:
+        count = max(self.minimum, int(self.expected_rps * (duration + 1) * 1.5))
+        proofs = fast_proofs(self.key, self.url, self.token, count)
+        self.runs += 1
+        prefix = self.directory / f"proofs-{self.runs}-"
+        for t in range(self.threads):
+            (self.directory / f"proofs-{self.runs}-{t}.txt").write_text("\n".join(proofs[t :: self.threads]) + "\n")
+        for old in self.directory.glob(f"proofs-{self.runs - 1}-*.txt"):
+            old.unlink()
+        return dpop_script(self.directory / f"dpop-{self.runs}.lua", prefix, urlsplit(self.url).path, self.token)
+
+
+def proof_costs(count: int = 2000) -> dict[str, float]:
+    """What checking one proof costs in this process (µs): the whole stateless check, and its ES256 verification."""
+    from gateway.tokens.dpop import DPoPSettings, check_proof
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    url, token = "http://127.0.0.1:8080/orders", "bench-token"
+    proofs = fast_proofs(key, url, token, count)
+    settings = DPoPSettings()
+    started = time.perf_counter()
+    for proof in proofs:
+        check_proof([proof], access_token=token, method="GET", uri=url, settings=settings)
+    check_us = (time.perf_counter() - started) / count * 1e6
+    public, algorithm = key.public_key(), ec.ECDSA(hashes.SHA256())
+    signed = []
+    for proof in proofs:
+        signing_input, _, signature = proof.rpartition(".")
+        raw = base64.urlsafe_b64decode(signature + "==")
+        der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+        signed.append((signing_input.encode(), der))
+    started = time.perf_counter()
+    for data, der in signed:
+        public.verify(der, data, algorithm)
+    verify_us = (time.perf_counter() - started) / count * 1e6
+    return {"check_us": check_us, "verify_us": verify_us}
+
+
 @dataclass
 class Run:
     rps: float
@@ -382,13 +509,15 @@ class Run:
     cpu_us: float | None  # CPU of the serving processes per request (= ms per 1,000 requests)
     requests: int
     errors: int  # socket errors + non-2xx
+    side_cpu_us: float | None = None  # CPU of a helper service per request (the DPoP replay cache's Redis)
 
 
 async def wrk(url: str, script: Path, connections: int, threads: int, duration: float,
-              service: Service | None) -> Run:
+              service: Service | None, side: Service | None = None) -> Run:
     argv = ["wrk", "-t", str(min(threads, connections)), "-c", str(connections), "-d", f"{max(1, round(duration))}s",
             "--timeout", "5s", "-s", str(script), url]
     before = service.cpu() if service else 0.0
+    side_before = side.cpu() if side else 0.0
     proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.STDOUT)
     try:
@@ -398,6 +527,7 @@ async def wrk(url: str, script: Path, connections: int, threads: int, duration: 
         await proc.wait()
         raise
     after = service.cpu() if service else 0.0
+    side_after = side.cpu() if side else 0.0
     text = out.decode(errors="replace")
     line = next((x for x in text.splitlines() if x.startswith("BENCHJSON ")), None)
     if line is None:
@@ -408,7 +538,7 @@ async def wrk(url: str, script: Path, connections: int, threads: int, duration: 
     return Run(
         rps=requests / (data["duration_us"] / 1e6), p50_ms=data["p50"] / 1000, p99_ms=data["p99"] / 1000,
         cpu_us=(after - before) / requests * 1e6 if service and requests else None, requests=requests,
-        errors=errors,
+        errors=errors, side_cpu_us=(side_after - side_before) / requests * 1e6 if side and requests else None,
     )
 
 
@@ -425,6 +555,8 @@ class Target:
     connections: int
     warm: bool = True
     warmup: int | None = None  # seconds of unmeasured load first (default: --warmup)
+    side: Service | None = None  # a helper whose CPU is reported beside the table (Redis of the DPoP row)
+    load: DPoPLoad | None = None  # DPoP rows: told each run's rate, to sign enough proofs for the next
 
 
 @dataclass
@@ -435,6 +567,8 @@ class Bench:
     notes: list[str] = field(default_factory=list)
     runs: dict[str, list[Run]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    upstream_port: int = 0
+    workers: int = 1
 
 
 def mint_many(issuer: DemoIssuer, count: int) -> list[str]:
@@ -487,6 +621,7 @@ async def _run_bench(bench: Bench, issuer: DemoIssuer) -> None:
         bench.notes.append(f"`workers: {workers}` is not implemented by `gateway serve` yet: the gateway ran 1 "
                            "process.")
         workers = 1
+    bench.upstream_port, bench.workers = upstream_port, workers
     introspection = introspection_implemented()
     if not introspection:
         bench.notes.append("Row 5 (opaque tokens) is n/a: `gateway/tokens/introspection.py` does not exist yet.")
@@ -532,6 +667,8 @@ async def _run_bench(bench: Bench, issuer: DemoIssuer) -> None:
         Target("es256", "3b gateway, JWT ES256 hot token", f"{gw_base}/orders",
                static_script(scripts / "es256.lua", es_token), gw, args.connections),
     ]
+    targets += await sender_constraint_targets(bench, issuer, gw, gw_base, scripts, wanted)
+    targets += await rules_targets(bench, issuer, gw, gw_base, scripts, wanted)
 
     if wanted("rotate"):
         say(f"minting {args.tokens:,} RS256 tokens for the warm rotation")
@@ -641,7 +778,10 @@ async def _run_bench(bench: Bench, issuer: DemoIssuer) -> None:
             duration = args.duration if target in targets else args.low_duration
             if args.profile and r == 0 and target.key == "rs256":
                 profile_task = asyncio.create_task(profile(gw, tmp, duration, bench))
-            run = await wrk(target.url, script, target.connections, args.threads, duration, target.service)
+            run = await wrk(target.url, script, target.connections, args.threads, duration, target.service,
+                            target.side)
+            if target.load is not None:
+                target.load.expected_rps = max(target.load.expected_rps, run.rps)
             if profile_task is not None:
                 await profile_task
                 profile_task = None
@@ -658,6 +798,116 @@ async def _run_bench(bench: Bench, issuer: DemoIssuer) -> None:
     bench.extra["gateway_error_logs"] = errors
     bench.extra["audit_lines"] = sum(1 for _ in (tmp / "gateway-audit.jsonl").open("rb"))
     bench.extra["targets"] = [(t.key, t.label) for t in targets]
+
+
+# --- sender-constrained tokens and claims rules (issue 12) -----------------------------------
+
+
+async def check_dpop(url: str, key: ec.EllipticCurvePrivateKey, token: str) -> None:
+    """The DPoP row measures what it claims: a proof is accepted once, a replay and a bare Bearer are not."""
+    timeout = aiohttp.ClientTimeout(total=10)
+    # one kept-alive connection: the replay goes to the worker that saw the proof (an in-memory
+    # replay cache is per process)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+        async def status(headers: dict[str, str]) -> int:
+            async with session.get(url, headers=headers, timeout=timeout) as resp:
+                await resp.read()
+                return resp.status
+
+        signed = sign_proof(key, ProofRequest("GET", url, access_token=token))
+        fast = fast_proofs(key, url, token, 1)[0]
+        dpop = f"DPoP {token}"
+        got = [await status({"Authorization": dpop, "DPoP": proof}) for proof in (signed, fast, fast)]
+        got.append(await status({"Authorization": f"Bearer {token}"}))
+    if got != [200, 200, 401, 401]:
+        raise RuntimeError(f"DPoP route {url}: fresh proof, bench proof, its replay, Bearer answered {got}, "
+                           "expected [200, 200, 401, 401]")
+
+
+def redis_ready(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+        sock.sendall(b"PING\r\n")
+        return sock.recv(16).startswith(b"+PONG")
+    return False
+
+
+async def start_redis(bench: Bench) -> tuple[Service, int] | None:
+    """A throwaway redis-server on 127.0.0.1 (no persistence), or None when it is not installed."""
+    if shutil.which("redis-server") is None:
+        return None
+    root, port = bench.tmp / "redis", free_port()
+    root.mkdir()
+    redis = start("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                            "--appendonly", "no", "--dir", str(root)], root / "stdout.log")
+    bench.services.append(redis)
+    deadline = time.monotonic() + 15
+    while not redis_ready(port):
+        if redis.proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("redis-server did not start")
+        await asyncio.sleep(0.1)
+    return redis, port
+
+
+async def sender_constraint_targets(bench: Bench, issuer: DemoIssuer, gw: Service, gw_base: str, scripts: Path,
+                                    wanted: Callable[[str], bool]) -> list[Target]:
+    """Rows 7a/7b: a DPoP-bound RS256 token with a fresh ES256 proof per request, on row 3a's route."""
+    args, targets = bench.args, []
+    if not (wanted("dpop") or wanted("dpop-redis")):
+        return []
+    key = ec.generate_private_key(ec.SECP256R1())
+    token = issuer.mint(scope=SCOPE, ttl=3600, cnf=confirmation(key))
+    threads = min(args.threads, args.connections)
+
+    def target(row: str, label: str, base: str, service: Service, side: Service | None) -> Target:
+        url = f"{base}/orders"
+        load = DPoPLoad(key, url, token, scripts / row, threads, args.proofs)
+        load.directory.mkdir()
+        return Target(row, label, url, lambda _round: load.script(args.duration), service, args.connections,
+                      side=side, load=load)
+
+    bench.extra["proof_costs"] = proof_costs()
+    if wanted("dpop"):
+        await check_dpop(f"{gw_base}/orders", key, token)
+        targets.append(target("dpop", "7a gateway, DPoP-bound RS256 token, a fresh ES256 proof per request "
+                              "(replay cache in memory)", gw_base, gw, None))
+    if wanted("dpop-redis"):
+        started = await start_redis(bench)
+        if started is None:
+            bench.notes.append("Row 7b (DPoP, replay cache in Redis) skipped: redis-server is not installed.")
+            return targets
+        redis, redis_port = started
+        port = free_port()
+        config = gateway_config(bench.tmp, "gateway-dpop-redis", port, bench.upstream_port, issuer, bench.workers,
+                                False, {"dpop": {"redis_url": f"redis://127.0.0.1:{redis_port}/0"}})
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        dpop_gw = start("gateway-dpop-redis", [str(Path(sys.executable).with_name("gateway")), "serve", "--config",
+                                               str(config)], bench.tmp / "gateway-dpop-redis.log", env=env)
+        bench.services.append(dpop_gw)
+        await wait_http(admin_url(config) + "/readyz", dpop_gw, ok=lambda s: s == 200)
+        base = f"http://127.0.0.1:{port}"
+        await check_dpop(f"{base}/orders", key, token)
+        targets.append(target("dpop-redis", "7b gateway, DPoP-bound RS256 token, a fresh ES256 proof per request "
+                              "(replay cache in Redis)", base, dpop_gw, redis))
+    return targets
+
+
+async def rules_targets(bench: Bench, issuer: DemoIssuer, gw: Service, gw_base: str, scripts: Path,
+                        wanted: Callable[[str], bool]) -> list[Target]:
+    """Rows 8a/8b: one route with three CEL claims rules, and the same route without them."""
+    if not (wanted("rules") or wanted("norules")):
+        return []
+    token = issuer.mint(scope=SCOPE, ttl=3600, **TENANT_CLAIMS)
+    await check(f"{gw_base}/rules/acme/orders", token, 200, "claims rules route")
+    await check(f"{gw_base}/rules/globex/orders", token, 403, "claims rules route, another tenant")
+    await check(f"{gw_base}/norules/acme/orders", token, 200, "route without rules")
+    script = static_script(scripts / "rules.lua", token)
+    connections = bench.args.connections
+    return [
+        Target("rules", f"8a gateway, JWT RS256 hot token, route with {len(CLAIMS_RULES)} CEL claims rules",
+               f"{gw_base}/rules/acme/orders", script, gw, connections),
+        Target("norules", "8b gateway, JWT RS256 hot token, the same route without rules",
+               f"{gw_base}/norules/acme/orders", script, gw, connections),
+    ]
 
 
 async def profile(gw: Service, tmp: Path, duration: float, bench: Bench) -> None:
@@ -770,6 +1020,10 @@ def report(bench: Bench, command: str, seconds: float) -> str:
                  "same bytes. Errors are socket errors plus non-2xx answers.")
     lines += ["", "Targets (issue 8):", ""]
     lines += targets_section(bench)
+    constrained = sender_constraint_section(bench)
+    if constrained:
+        lines += ["", "Sender-constrained tokens and claims rules (issue 12; ratios within each round):", ""]
+        lines += constrained
     mem = bench.extra.get("revoked_memory")
     if mem:
         lines.append("")
@@ -785,6 +1039,44 @@ def report(bench: Bench, command: str, seconds: float) -> str:
     if bench.notes:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in bench.notes]
     return "\n".join(lines) + "\n"
+
+
+def sender_constraint_section(bench: Bench) -> list[str]:
+    """Rows 7a/7b against row 3a (the same route, a bearer token) and 8a against 8b."""
+    out: list[str] = []
+
+    def med(values: list[float]) -> float | None:
+        return statistics.median(values) if values else None
+
+    def cpu_delta(key: str, base: str) -> float | None:
+        pairs = zip(bench.runs.get(key, []), bench.runs.get(base, []), strict=False)
+        return med([a.cpu_us - b.cpu_us for a, b in pairs if a.cpu_us is not None and b.cpu_us is not None])
+
+    def compare(key: str, base: str) -> str:
+        return (f"{fmt(med(ratios(bench, key, base, 'rps')), '.2f', 'x')} throughput, "
+                f"{fmt(med(ratios(bench, key, base, 'cpu_us')), '.2f', 'x')} CPU, "
+                f"{fmt(cpu_delta(key, base), '+.0f', ' us')} of CPU per request")
+
+    for key, where in (("dpop", "in memory"), ("dpop-redis", "in Redis")):
+        if key in bench.runs:
+            line = f"- DPoP, a fresh proof per request (replay cache {where}) vs row 3a: {compare(key, 'rs256')}"
+            side = med([r.side_cpu_us for r in bench.runs[key] if r.side_cpu_us is not None])
+            if side is not None:
+                line += f"; Redis itself {side:.1f} us per request"
+            out.append(line)
+    costs = bench.extra.get("proof_costs")
+    if costs:
+        out.append(f"- One proof check in one process (all but the replay cache: parsing, the ES256 signature, "
+                   f"htm, htu, iat, ath, jti): {costs['check_us']:.0f} us, of which the ES256 signature "
+                   f"verification alone {costs['verify_us']:.0f} us")
+        delta = cpu_delta("dpop", "rs256")
+        if delta is not None:
+            out.append(f"  (row 7a's extra CPU per request is {delta / costs['verify_us']:.1f} times one ES256 "
+                       "verification)")
+    if "rules" in bench.runs and "norules" in bench.runs:
+        out.append(f"- {len(CLAIMS_RULES)} CEL claims rules vs the same route without rules (8a vs 8b): "
+                   f"{compare('rules', 'norules')}")
+    return out
 
 
 def targets_section(bench: Bench) -> list[str]:
@@ -878,7 +1170,9 @@ def main() -> None:
     parser.add_argument("--revoked", type=int, default=1_000_000, help="revocation entries of row 6 (0: skip)")
     parser.add_argument("--no-apache", dest="apache", action="store_false", help="skip Apache + mod_auth_openidc")
     parser.add_argument("--rows", default="", help="only these rows: direct,none,rs256,es256,rotate,cold,opaque,"
-                        "revoked,apache (row 2 always runs)")
+                        "revoked,apache,dpop,dpop-redis,rules,norules (row 2 always runs)")
+    parser.add_argument("--proofs", type=int, default=30_000,
+                        help="DPoP proofs signed before each DPoP run at least (more once a run's rate is known)")
     parser.add_argument("--profile", action="store_true", help="py-spy the gateway during the first RS256 run")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "latest.md")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory (configs, logs)")

@@ -7,6 +7,7 @@ differ in how they are started.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 
 import click
@@ -68,7 +69,16 @@ def serve(config_path: str) -> None:
 
     if multiproc_dir := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         clear_metrics_dir(multiproc_dir, keep_pid=os.getpid())
-    run_async(serve_forever(Gateway(config, config_path)))
+    try:
+        run_async(serve_forever(Gateway(config, config_path)))
+    except (ConfigError, ValueError, OSError) as exc:
+        # what the configuration asks for but cannot be had at start (a Redis URL redis-py refuses,
+        # an address in use, a key that no longer loads): one line, never a traceback
+        logging.getLogger("gateway").debug("start-up failed", exc_info=True)
+        problems = exc.problems if isinstance(exc, ConfigError) else [f"{config_path}: {exc}"]
+        for problem in problems:
+            click.echo(f"error: {problem}", err=True)
+        sys.exit(1)
 
 
 @main.command()
@@ -78,6 +88,17 @@ def demo(port: int) -> None:
     from .demo import run_demo
 
     run_async(run_demo(port))
+
+
+# the flags are the client's own (argparse), passed through untouched, --help included
+@main.command("dpop-request", add_help_option=False,
+              context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def dpop_request(args: tuple[str, ...]) -> None:
+    """Make a DPoP (RFC 9449) request with a fresh proof (--help lists the flags)."""
+    from .tokens.dpop_client import main as client_main
+
+    sys.exit(client_main(list(args), prog="gateway dpop-request"))
 
 
 from .audit.cli import audit_command, incident_command  # noqa: E402 - registered after main exists

@@ -8,16 +8,33 @@ change the structure of the document.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from .rules import RULE_NAME, Rule, compile_rule
+from .stepup import StepUpPolicy
+
+if TYPE_CHECKING:
+    from .tokens.certificates import TLSSettings
 
 # --- value types ---------------------------------------------------------------------------
 
@@ -112,6 +129,8 @@ class IntrospectionConfig(_Model):
     token_prefix: str | None = None
     shared_cache: bool = False
     redis_url: str | None = None  # the shared second-level cache (with shared_cache: true)
+    # /readyz turns 503 once every call (and probe) has failed for this long: one blip drains no pod
+    readiness_grace: Duration = 30.0
 
     @model_validator(mode="after")
     def _credentials_match_method(self) -> IntrospectionConfig:
@@ -128,6 +147,20 @@ def _not_any_issuer(value: str) -> str:
     if value == "*":  # "*" names every issuer in revocation entries
         raise ValueError("'*' is reserved for revocation entries that cover every issuer")
     return value
+
+
+# what a token must be bound to (docs/sender-constrained.md): ``none`` and ``optional`` accept unbound tokens
+# (``none`` advertises Bearer only); a bound token needs its proof under every value
+SenderConstraint = Literal["none", "optional", "dpop", "mtls", "any"]
+
+
+class IssuerDPoPConfig(_Model):
+    """How DPoP proofs (RFC 9449) sent with this issuer's tokens are checked."""
+
+    algorithms: list[Algorithm] = Field(default=["ES256", "RS256", "PS256", "EdDSA"], min_length=1)
+    max_age: Duration = Field(default=60.0, gt=0)  # a proof's iat may be this old
+    leeway: Duration = 5.0  # ... and this far in the future (the client's clock runs ahead)
+    nonce: bool = False  # require the gateway's DPoP-Nonce in every proof (RFC 9449 section 8)
 
 
 class IssuerConfig(_Model):
@@ -147,6 +180,8 @@ class IssuerConfig(_Model):
     jwks_refetch_burst: int = Field(default=3, ge=0)  # unknown-kid refetches allowed at once (a token bucket)
     http_timeout: Duration = 5.0
     max_token_lifetime: Duration = 86400.0
+    sender_constraint: SenderConstraint = "optional"
+    dpop: IssuerDPoPConfig = IssuerDPoPConfig()
 
     @model_validator(mode="after")
     def _introspection_configured(self) -> IssuerConfig:
@@ -214,6 +249,39 @@ def _strip_header(value: Any) -> str:
 
 StripHeaderName = Annotated[str, BeforeValidator(_strip_header)]
 
+# one compiled program per (name, expression): the loader checks a rule and the route table reuses it
+compiled_rule: Callable[[str, str], Rule] = functools.lru_cache(maxsize=4096)(compile_rule)
+
+
+class RuleConfig(_Model):
+    """A claims rule of a route: a CEL expression that must be true (gateway/rules.py)."""
+
+    name: str
+    expression: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not RULE_NAME.match(name):
+            raise ValueError(
+                f"rule name {name!r} must be 1-64 characters of letters, digits, '_', '.', ':' or '-' "
+                "(it is used as a metric label)"
+            )
+        return name
+
+    @field_validator("expression")
+    @classmethod
+    def _compiles(cls, expression: str, info: ValidationInfo) -> str:
+        name = info.data.get("name")
+        if name is not None:  # a bad name is reported on its own key
+            compiled_rule(name, expression)  # ValueError: reported on this key's line
+        return expression
+
+
+def _acr_values(values: list[str]) -> list[str]:
+    StepUpPolicy(tuple(values))  # ValueError for a value that cannot go into a challenge
+    return values
+
 
 class RouteConfig(_Model):
     """One route of the policy: where it matches and what a token needs to pass."""
@@ -233,6 +301,10 @@ class RouteConfig(_Model):
     case_insensitive: bool = False  # match the path without case (for upstreams that ignore it)
     max_body_size: Size | None = None
     strip_request_headers: list[StripHeaderName] | None = None  # replaces the top-level list for this route
+    sender_constraint: SenderConstraint | None = None  # overrides the token issuer's
+    rules: list[RuleConfig] = []  # CEL, evaluated after the scopes; all must be true
+    acr_values: Annotated[list[str], AfterValidator(_acr_values)] = []  # RFC 9470 step-up: acr one of these
+    max_age: Duration | None = None  # RFC 9470 step-up: auth_time at most this long ago
 
     @model_validator(mode="after")
     def _one_path(self) -> RouteConfig:
@@ -243,6 +315,9 @@ class RouteConfig(_Model):
             raise ValueError("path and path_prefix must start with /")
         if self.auth == "none" and (self.scopes or self.any_scopes):
             raise ValueError("a route with auth: none cannot require scopes")
+        if self.auth == "none" and (self.rules or self.acr_values or self.max_age is not None
+                                    or self.sender_constraint is not None):
+            raise ValueError("a route with auth: none has no token for rules, acr_values, max_age or sender_constraint")
         return self
 
 
@@ -286,6 +361,8 @@ class DetectionConfig(_Model):
     max_ips_per_token: int | None = Field(default=None, ge=1)
     window: Duration = 600.0
     insufficient_scope_burst: int | None = Field(default=None, ge=1)
+    # proof failures (binding not proven: DPoP proof or client certificate) by one token within window
+    proof_failures_per_token: int | None = Field(default=None, ge=1)
     geoip_database: str | None = None
     on_detect: list[Literal["audit", "metric", "revoke_family", "webhook"]] = ["audit", "metric"]
     webhook_url: HttpUrl | None = None
@@ -304,6 +381,8 @@ class AdminAuthConfig(_Model):
     shared_secret_env: str | None = "GATEWAY_ADMIN_SECRET"
     # an admin token acts for its own issuer only; with this scope too, for any issuer and for '*'
     any_issuer_scope: str | None = None
+    # when set, an admin token must carry one of these in aud (and no issuer may accept them for the API)
+    audiences: list[Annotated[str, Field(min_length=1)]] = []
 
 
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")  # an RFC 9110 token
@@ -325,6 +404,60 @@ def _identity_header(value: Any) -> str:
 
 
 IdentityHeaderName = Annotated[str, BeforeValidator(_identity_header)]
+
+
+def _certificate_header(value: Any) -> str:
+    name = str(value)
+    if not _HEADER_NAME.match(name):
+        raise ValueError(f"{name!r} is not a valid header name")
+    if name.lower().replace("_", "-") in _RESERVED_HEADERS | {"dpop"}:
+        raise ValueError(f"{name} is set or read by the gateway itself and cannot carry a client certificate")
+    return name
+
+
+class ClientCertificatesConfig(_Model):
+    """A client certificate forwarded by a TLS-terminating ingress (RFC 8705 behind a proxy).
+
+    Believed only from ``trusted_proxies``; the header is removed from every forwarded request.
+    """
+
+    header: Annotated[str, BeforeValidator(_certificate_header)] = "ssl-client-cert"
+    format: Literal["pem-urlencoded", "xfcc"] = "pem-urlencoded"
+
+
+class TLSConfig(_Model):
+    """TLS on the proxy listener (the gateway terminates TLS and sees client certificates itself)."""
+
+    certificate: str = Field(min_length=1)  # PEM, the chain after the leaf
+    key: str = Field(min_length=1)
+    client_ca: str | None = None  # PEM bundle the client certificates must chain to
+    client_certificates: Literal["none", "optional", "required"] = "none"
+    minimum_version: Annotated[Literal["1.2", "1.3"], BeforeValidator(str)] = "1.2"
+
+    @model_validator(mode="after")
+    def _client_ca_when_asking(self) -> TLSConfig:
+        if self.client_certificates != "none" and not self.client_ca:
+            raise ValueError(f"client_certificates: {self.client_certificates} needs client_ca (a CA bundle file)")
+        return self
+
+
+def _replay_url(value: str | None) -> str | None:
+    if value is not None and value != "none" and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"{value!r} is not a redis://, rediss:// or unix:// URL (or none: in memory)")
+    return value
+
+
+class DPoPConfig(_Model):
+    """Where DPoP proofs are remembered (replay) and how the gateway's nonces are made."""
+
+    # the jti replay cache; none given: the revocation list's Redis (else in memory); "none": in memory
+    redis_url: Annotated[str | None, AfterValidator(_replay_url)] = None
+    key_prefix: str = Field(default="gateway:dpop:jti:", min_length=1)
+    timeout: Duration = Field(default=1.0, gt=0)  # waiting for Redis before a proof is refused (503)
+    max_outage: Duration = 0.0  # how long this process's own memory stands in for an unreachable Redis
+    max_entries: int = Field(default=100_000, ge=1)  # the in-memory cache (and the local copy beside Redis)
+    nonce_secret_env: str | None = "GATEWAY_DPOP_NONCE_SECRET"  # shared by replicas; unset: per process
+    nonce_period: Duration = Field(default=60.0, gt=0)  # a nonce is accepted for one to two periods
 
 
 class IdentityHeaders(_Model):
@@ -369,6 +502,9 @@ class GatewayConfig(_Model):
     detection: DetectionConfig = DetectionConfig()
     admin: AdminAuthConfig = AdminAuthConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    tls: TLSConfig | None = None
+    client_certificates: ClientCertificatesConfig | None = None
+    dpop: DPoPConfig = DPoPConfig()
 
     def issuer(self, name: str) -> IssuerConfig | None:
         return next((i for i in self.issuers if i.issuer == name), None)
@@ -479,7 +615,13 @@ def _cross_reference_problems(source: str, root: yaml.Node | None, config: Gatew
                 problem(["routes", index, "issuers"], f"unknown issuer {issuer!r}")
         if route.auth == "bearer" and not config.issuers:
             problem(["routes", index, "auth"], "route needs a token but no issuers are configured")
+        _check_rule_names(index, route, problem)
     _check_decision_sources(config, problem)
+    _check_tls(config.tls, problem)
+    _check_introspection_keys(config, problem)
+    _check_admin_audiences(config, problem)
+    _check_redis_urls(config, problem)
+    _check_sender_inputs(config, problem)
     issuers: set[str] = set()
     for index, issuer_config in enumerate(config.issuers):
         if issuer_config.issuer in issuers:
@@ -488,7 +630,99 @@ def _cross_reference_problems(source: str, root: yaml.Node | None, config: Gatew
     return problems
 
 
-def _check_decision_sources(config: GatewayConfig, problem: Callable[[list[str | int], str], None]) -> None:
+Problem = Callable[[list[str | int], str], None]
+
+
+def _check_rule_names(index: int, route: RouteConfig, problem: Problem) -> None:
+    seen: set[str] = set()
+    for position, rule in enumerate(route.rules):
+        if rule.name in seen:
+            problem(["routes", index, "rules", position, "name"], f"rule name {rule.name!r} is used twice")
+        seen.add(rule.name)
+
+
+def _check_tls(tls: TLSConfig | None, problem: Problem) -> None:
+    """The files must exist and load now: a bad certificate or key is a configuration error, not a crash."""
+    if tls is None:
+        return
+    from .tokens.certificates import server_ssl_context
+
+    unreadable = False
+    for key in ("certificate", "key", "client_ca"):
+        path = getattr(tls, key)
+        if path is not None and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+            problem(["tls", key], f"cannot read {path}")
+            unreadable = True
+    if unreadable:
+        return
+    try:
+        server_ssl_context(tls_settings(tls))
+    except ValueError as exc:
+        message = str(exc).removeprefix("tls: ")
+        problem(["tls", "client_ca" if message.startswith("cannot load client_ca") else "certificate"], message)
+
+
+def _check_introspection_keys(config: GatewayConfig, problem: Problem) -> None:
+    """A private_key_jwt key must load and suit its algorithm now, as serve will need it."""
+    for index, issuer in enumerate(config.issuers):
+        settings = issuer.introspection
+        if settings is None or settings.auth_method != "private_key_jwt" or settings.private_key_file is None:
+            continue
+        from .tokens.introspection import KeyProblem, signing_key
+
+        try:
+            signing_key(settings.private_key_file, settings.private_key_algorithm)
+        except KeyProblem as exc:
+            problem(["issuers", index, "introspection", exc.field], str(exc))
+
+
+def _check_redis_urls(config: GatewayConfig, problem: Problem) -> None:
+    """Redis URLs parse as redis-py will parse them at start (scheme, port)."""
+    from redis import connection
+
+    parse_url = cast(Callable[[str], object], connection.parse_url)  # redis-py leaves it unannotated
+    urls: list[tuple[list[str | int], str | None]] = [(["revocation", "redis_url"], config.revocation.redis_url)]
+    urls += [(["issuers", index, "introspection", "redis_url"], issuer.introspection.redis_url)
+             for index, issuer in enumerate(config.issuers) if issuer.introspection is not None]
+    for loc, url in urls:
+        if url is None:
+            continue
+        try:
+            parse_url(url)
+        except ValueError as exc:
+            problem(loc, str(exc))
+
+
+def _check_admin_audiences(config: GatewayConfig, problem: Problem) -> None:
+    """An admin audience that an issuer also accepts would make every admin token an API token too."""
+    admin = set(config.admin.audiences)
+    for index, issuer in enumerate(config.issuers):
+        shared = sorted(admin.intersection(issuer.audiences))
+        if shared:
+            problem(["admin", "audiences"], f"{', '.join(shared)} is also an audience of issuer {issuer.issuer} "
+                    f"(issuers[{index}].audiences): admin tokens must have an audience of their own")
+
+
+def tls_settings(tls: TLSConfig) -> TLSSettings:
+    """The ``certificates.TLSSettings`` of a ``tls:`` section (imported late: config loads first)."""
+    from .tokens.certificates import TLSSettings
+
+    return TLSSettings(tls.certificate, tls.key, tls.client_ca, tls.client_certificates, tls.minimum_version)
+
+
+def _check_sender_inputs(config: GatewayConfig, problem: Problem) -> None:
+    certificates = config.client_certificates
+    if certificates is not None:
+        header = certificates.header.lower().replace("_", "-")
+        if header in {n.lower().replace("_", "-") for n in config.identity_headers.names()}:
+            problem(["client_certificates", "header"], f"{certificates.header} is also an identity header")
+    name = config.dpop.nonce_secret_env
+    secret = os.environ.get(name) if name else None
+    if secret is not None and len(secret.encode()) < 16:
+        problem(["dpop", "nonce_secret_env"], f"the secret in {name} must be at least 16 bytes long")
+
+
+def _check_decision_sources(config: GatewayConfig, problem: Problem) -> None:
     """The decision endpoint must be told which ingress asks: each one passes client headers
     that another ingress's shape would believe (docs/forward-auth.md, "decision_sources")."""
     sources = config.decision_sources

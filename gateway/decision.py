@@ -1,16 +1,21 @@
-"""The one decision path: normalise -> route -> token -> revocation -> scopes.
+"""The one decision path: normalise -> route -> token -> revocation -> binding -> scopes -> rules -> step-up.
 
 The proxy, the forward-auth decision endpoint and the aiohttp middleware all call
-``Decider.decide``; none of them holds policy logic of its own.
+``Decider.decide``; none of them holds policy logic of its own. The sender-constraint
+check (DPoP proofs, certificate-bound tokens) lives in binding.py, the route's scope,
+claims-rule and step-up checks in policy.py.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
-from .policy import check_binding, check_issuer, missing_scopes
+from .binding import BEARER_ONLY, Challenges, Presented, PresentedCertificate, ProofServices, SenderCheck
+from .config import IssuerConfig
+from .policy import check_claims, check_issuer, missing_scopes
 from .reasons import Reason
 from .revocation.store import RevocationStore
 from .routing import BadTarget, Route, RouteTable, Target, normalise_target, valid_host
@@ -19,6 +24,9 @@ from .tokens.validator import TokenValidator
 
 # RFC 6750 section 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *")
+# RFC 9449 section 7.1: the DPoP scheme (case-insensitive) with the same token68 syntax
+_DPOP = re.compile(r"[Dd][Pp][Oo][Pp] +([A-Za-z0-9\-._~+/]+=*) *")
+_D = ("D", "d")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +38,10 @@ class RequestFacts:
     host: str
     authorization: tuple[str, ...]  # every Authorization header value sent
     version: tuple[int, int] = (1, 1)  # of the request line; the decision endpoint cannot know the original's
+    dpop: tuple[str, ...] = ()  # every DPoP header value sent (RFC 9449: exactly one goes with the DPoP scheme)
+    scheme: str = "http"  # the scheme the client used (a proof's htu): ours, or a trusted proxy's word
+    authority: str = ""  # the host[:port] the client addressed, when a trusted proxy names it; "" means ``host``
+    client_certificate: PresentedCertificate = None  # from our TLS, or a trusted ingress's header
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +55,33 @@ class Decision:
     token_fingerprint: str | None = None
     missing_scopes: frozenset[str] = frozenset()
     allowed_methods: frozenset[str] = frozenset()
+    # sender constraint proven on this request: none | dpop | mtls, and the key's thumbprint
+    # (RFC 7638 jkt for DPoP, x5t#S256 for a certificate); set even when a later check refused
+    binding: str = "none"
+    key_thumbprint: str | None = None
+    failed_rule: str | None = None  # the name of the claims rule that refused (never its inputs)
+    # a fixed sentence refining the reason: the DPoP proof or certificate failure (sent to the client),
+    # the claims rule's cause or the step-up shortfall (audit only)
+    detail: str = ""
+    scheme: str = ""  # the Authorization scheme the token came with: bearer | dpop ("" no token)
+    challenges: Challenges = BEARER_ONLY  # the schemes a 401 offers (responses.py)
+    dpop_nonce: str | None = None  # sent as DPoP-Nonce, on denials and allowed requests alike
 
     @property
     def allowed(self) -> bool:
         return self.reason.allowed
+
+
+def presented_token(facts: RequestFacts, target: Target, route: Route) -> Presented | Reason:
+    """The access token and its scheme: ``DPoP`` (RFC 9449 section 7.1) or ``Bearer`` (RFC 6750)."""
+    value = facts.authorization[0] if len(facts.authorization) == 1 else ""
+    if value[:1] in _D and value[:5].lower() == "dpop ":
+        match = _DPOP.fullmatch(value)
+        if match is None or (target.query and _query_tokens(target.query)):
+            return Reason.MALFORMED_AUTHORIZATION  # one token, one way of sending it
+        return Presented("dpop", match.group(1))
+    raw = bearer_token(facts, target, route)
+    return raw if isinstance(raw, Reason) else Presented("bearer", raw)
 
 
 def bearer_token(facts: RequestFacts, target: Target, route: Route) -> str | Reason:
@@ -112,15 +147,22 @@ def _query_tokens(query: str) -> list[str]:
 
 
 _HTTP_1 = frozenset({(1, 0), (1, 1)})
+_NONE_MISSING: frozenset[str] = frozenset()
 
 
 class Decider:
     """Applies the policy to one request."""
 
-    def __init__(self, routes: RouteTable, validator: TokenValidator, revocation: RevocationStore) -> None:
+    def __init__(
+        self, routes: RouteTable, validator: TokenValidator, revocation: RevocationStore,
+        issuers: Iterable[IssuerConfig] = (), proofs: ProofServices | None = None,
+    ) -> None:
         self.routes = routes
         self.validator = validator
         self.revocation = revocation
+        issuers = list(issuers)
+        self.senders = SenderCheck(issuers, proofs)
+        self.leeways = {i.issuer: i.leeway for i in issuers}  # step-up's auth_time tolerance
 
     async def decide(self, facts: RequestFacts) -> Decision:
         if facts.version not in _HTTP_1:
@@ -140,22 +182,50 @@ class Decider:
         route = match.route
         if not route.auth_required:
             return Decision(Reason.PUBLIC_ROUTE, target, route)
-        raw = bearer_token(facts, target, route)
-        if isinstance(raw, Reason):
-            return Decision(raw, target, route)
-        fp = fingerprint(raw)
+        presented = presented_token(facts, target, route)
+        if isinstance(presented, Reason):
+            return self._refusal(presented, target, route, self.senders.challenges(route))
+        fp = fingerprint(presented.token)
         try:
-            token = await self.validator.validate(raw, fp)
+            token = await self.validator.validate(presented.token, fp)
         except TokenError as exc:
-            return Decision(exc.reason, target, route, token_fingerprint=fp)
-        return self._authorise(target, route, token)
+            return self._refusal(exc.reason, target, route, self.senders.challenges(route), presented.scheme, fp)
+        return await self._authorise(facts, target, route, token, presented)
 
-    def _authorise(self, target: Target, route: Route, token: ValidatedToken) -> Decision:
-        """Checks that depend on the route or may change at any time: never cached."""
-        refused = check_issuer(route, token) or check_binding(token) or self.revocation.check(token)
+    def _refusal(
+        self, reason: Reason, target: Target, route: Route, offer: Challenges, scheme: str = "", fp: str | None = None,
+    ) -> Decision:
+        """A denial before a token was validated: what the route offers goes into the challenge."""
+        return Decision(reason, target, route, token_fingerprint=fp, scheme=scheme, challenges=offer,
+                        dpop_nonce=self.senders.nonce() if offer.nonce else None)
+
+    async def _authorise(
+        self, facts: RequestFacts, target: Target, route: Route, token: ValidatedToken, presented: Presented,
+    ) -> Decision:
+        """Checks that depend on the route, the request or the time: never cached.
+
+        Revocation and the sender binding come before the scopes: a stolen token is refused as
+        stolen, not as short of a scope.
+        """
+        offer = self.senders.challenges(route, token.issuer)
+        nonce = self.senders.nonce() if offer.nonce else None
+        refused = check_issuer(route, token) or self.revocation.check(token)
         if refused is not None:
-            return Decision(refused, target, route, token, token.fingerprint)
-        missing = missing_scopes(route, token)
-        if missing:
-            return Decision(Reason.INSUFFICIENT_SCOPE, target, route, token, token.fingerprint, missing)
-        return Decision(Reason.ALLOWED, target, route, token, token.fingerprint)
+            return Decision(refused, target, route, token, token.fingerprint, scheme=presented.scheme,
+                            challenges=offer, dpop_nonce=nonce)
+        bound = self.senders.plain_bearer(route, token, presented) or await self.senders.check(
+            facts, route, token, presented)
+        reason, missing, claims = bound.reason, _NONE_MISSING, None
+        if reason is None:
+            missing = missing_scopes(route, token)
+            reason = Reason.INSUFFICIENT_SCOPE if missing else None
+        if reason is None and route.checks_claims:
+            claims = check_claims(route, token, facts.method, target.path, self.leeways.get(token.issuer, 0.0))
+            reason = claims.reason if claims is not None else None
+        return Decision(
+            reason or Reason.ALLOWED, target, route, token, token.fingerprint, missing,
+            binding=bound.binding, key_thumbprint=bound.key_thumbprint,
+            failed_rule=claims.rule if claims is not None else None,
+            detail=claims.cause if claims is not None else bound.detail,
+            scheme=presented.scheme, challenges=offer, dpop_nonce=nonce,
+        )

@@ -18,6 +18,13 @@ another ingress's way of asking would believe, e.g. Envoy forwards a client's ``
 2. ``traefik``: ``X-Forwarded-Uri`` with ``X-Forwarded-Method``;
 3. ``envoy``: the check request's own method and path, minus ``decision_path_prefix``.
 
+A DPoP proof (``Authorization: DPoP`` with a ``DPoP`` header, which the ingress must pass on) is
+checked against the original request: its method, and ``scheme://host/path`` from
+``X-Forwarded-Proto`` (else the scheme of ``X-Original-URL``, else ``http``), the original host
+and target. A forwarded client certificate (``client_certificates.header``) is believed only
+when the ingress is in ``trusted_proxies``. ``DPoP-Nonce`` rides on both answers, for the
+ingress to pass to the client.
+
 Every statement of the original request must agree: an ingress that passes client headers
 through (ingress-nginx, Traefik) would otherwise let a client choose the path that gets
 authorised by sending ``X-Original-URI: /public/...`` itself. A check request whose headers
@@ -37,11 +44,12 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from .audit.record import Exchange
+from .binding import forwarded_certificate, forwarded_scheme
 from .config import ConfigError, GatewayConfig
 from .decision import Decision, RequestFacts
 from .proxy import IPNetwork, UnsafeIdentity, client_address, forwarded_for, identity_values, is_trusted
 from .reasons import Reason
-from .responses import denial_response
+from .responses import allowed_headers, denial_response
 from .runtime import Gateway, request_id
 from .server import EXTRA_LISTENERS, Server
 
@@ -64,6 +72,7 @@ class OriginalRequest:
     method: str
     target: str  # raw request target (origin-form), not yet normalised
     host: str
+    scheme: str = "http"  # as the client used it: X-Forwarded-Proto, else X-Original-URL's, else http
 
 
 def _values(headers: CIMultiDictProxy[str], name: str) -> list[str]:
@@ -116,12 +125,14 @@ def original_request(
     targets: list[tuple[str, str]] = []  # (source, raw target)
     methods: list[str] = []
     hosts: list[str] = []
+    schemes: list[str] = []  # from X-Original-URL; X-Forwarded-Proto comes first (a TLS-terminating LB's word)
     if "nginx" in enabled:
         targets += [("nginx", v) for v in _values(headers, "X-Original-URI")]
         for url in _values(headers, "X-Original-URL"):
             url_target, url_host = _split_url(url)
             targets.append(("nginx", url_target))
             hosts.append(url_host)
+            schemes.append(url.partition("://")[0].lower())
         methods += _values(headers, "X-Original-Method")
     if "traefik" in enabled:
         targets += [("traefik", v) for v in _values(headers, "X-Forwarded-Uri")]
@@ -153,7 +164,21 @@ def original_request(
         raise CheckRequestError("the original method is not an HTTP method token")
     if not target.startswith("/"):
         raise CheckRequestError("the original target is not an absolute path")
-    return OriginalRequest(source, original_method, target, hosts[0])
+    scheme = forwarded_scheme(headers) or next((s for s in schemes if s in ("http", "https")), "http")
+    return OriginalRequest(source, original_method, target, hosts[0], scheme)
+
+
+def check_facts(
+    original: OriginalRequest, headers: CIMultiDictProxy[str], config: GatewayConfig, peer: str
+) -> RequestFacts:
+    """The original request's facts; a forwarded client certificate only when the ingress is trusted."""
+    trusted = is_trusted(peer, config.trusted_proxies)
+    return RequestFacts(
+        method=original.method, raw_target=original.target, host=original.host,
+        authorization=tuple(headers.getall("Authorization", ())), dpop=tuple(headers.getall("DPoP", ())),
+        scheme=original.scheme,
+        client_certificate=forwarded_certificate(headers, config.client_certificates, trusted),
+    )
 
 
 def decision_client_ip(peer: str, headers: CIMultiDictProxy[str], trusted: list[IPNetwork]) -> str:
@@ -180,6 +205,7 @@ def allow_headers(decision: Decision, config: GatewayConfig, request_id_value: s
     """
     headers = dict(identity_values(decision.token, config.identity_headers))
     headers.update({"Cache-Control": "no-store", "X-Request-Id": request_id_value})
+    headers.update(allowed_headers(decision))  # DPoP-Nonce: for the ingress to pass to the client
     return headers
 
 
@@ -214,10 +240,7 @@ class DecisionHandler:
             decision = Decision(Reason.BAD_PATH)
         else:
             exchange.method, exchange.host, exchange.raw_path = original.method, original.host, original.target
-            facts = RequestFacts(
-                method=original.method, raw_target=original.target, host=original.host,
-                authorization=tuple(headers.getall("Authorization", ())),
-            )
+            facts = check_facts(original, headers, config, peer)
             pipeline.in_flight += 1  # a reload retires this pipeline only when its requests are done
             try:
                 decision = await pipeline.decider.decide(facts)

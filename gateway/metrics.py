@@ -189,6 +189,13 @@ UPSTREAM_DURATION = _FoldingHistogram(
     "gateway_upstream_duration_seconds", "Time until the upstream answered with its head", ["upstream"],
     buckets=_LATENCY_BUCKETS,
 )
+# counted through pending_count on the decision path (binding.py, policy.py), folded by fold()
+DPOP_PROOFS = _FoldingCounter(
+    "gateway_dpop_proofs_total", "DPoP proofs checked, by result (valid or the refusal's reason)", ["result"],
+)
+RULE_DENIALS = _FoldingCounter(
+    "gateway_rule_denials_total", "Requests refused by a claims rule, by route and rule name", ["route", "rule"],
+)
 TOKEN_VALIDATIONS = Counter(
     "gateway_token_validations_total", "Token validations (cache misses) by issuer and result", ["issuer", "result"],
 )
@@ -232,6 +239,24 @@ AUDIT_HEARTBEAT = Gauge(
     "gateway_audit_writer_heartbeat_timestamp_seconds",
     "Unix time the audit writer last went round its loop (0 without a sink); stale when it is dead or stuck",
     multiprocess_mode="livemin",
+)
+
+# traffic control: rate limits (ratelimit.py) and long-lived connections (websocket.py)
+RATE_LIMITED = Counter(
+    "gateway_rate_limited_total", "Requests refused by a rate limit, by route and limit", ["route", "limit"],
+)
+RATE_LIMIT_UNAVAILABLE = Counter(
+    "gateway_rate_limit_unavailable_total",
+    "Requests whose limits could not be checked (Redis unavailable), by route and on_redis_error outcome",
+    ["route", "outcome"],
+)
+LONG_CONNECTIONS = Gauge(
+    "gateway_long_connections", "Open WebSocket and streaming connections by route and kind", ["route", "kind"],
+    multiprocess_mode="livesum",
+)
+LONG_CONNECTION_CLOSES = Counter(
+    "gateway_long_connection_closes_total", "Closed WebSocket and streaming connections by route, kind and reason",
+    ["route", "kind", "reason"],
 )
 
 

@@ -41,7 +41,7 @@ from .config import GatewayConfig, load_config
 from .decision import Decision
 from .proxy import HeaderStrip, UnsafeIdentity, header_key, identity_values, strip_rule
 from .reasons import Reason
-from .responses import denial_response
+from .responses import allowed_headers, denial_response
 from .runtime import Gateway
 from .server import facts_of, new_exchange
 from .tokens.token import ValidatedToken
@@ -98,7 +98,7 @@ async def tokengate_middleware(request: web.Request, handler: Handler) -> web.St
         return _deny(gateway, exchange, Decision(Reason.SHUTTING_DOWN))
     pipeline.in_flight += 1  # the pipeline outlives a swap until its decisions are done
     try:
-        decision = await pipeline.decider.decide(facts_of(request))
+        decision = await pipeline.decider.decide(facts_of(request, pipeline.config))
     finally:
         pipeline.in_flight -= 1
     if not decision.allowed:
@@ -130,6 +130,9 @@ async def tokengate_middleware(request: web.Request, handler: Handler) -> web.St
     exchange.status = response.status
     if isinstance(response, web.Response) and response.body is not None:
         exchange.bytes_out = response.content_length or 0
+    if not response.prepared:  # a streamed answer already sent its head: the nonce waits for the next one
+        for name, value in allowed_headers(decision):
+            response.headers[name] = value
     gateway.record(exchange, decision)
     return response
 

@@ -1,9 +1,14 @@
-"""The route's scope policy, checked against the validated token on every request."""
+"""The route's policy, checked against the validated token on every request: issuers, scopes, claims rules."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from . import metrics
 from .reasons import Reason
 from .routing import Route
+from .rules import check_rules, path_parameters
+from .stepup import check_step_up
 from .tokens.token import ValidatedToken
 
 
@@ -26,17 +31,40 @@ def check_issuer(route: Route, token: ValidatedToken) -> Reason | None:
     return None
 
 
-def check_binding(token: ValidatedToken) -> Reason | None:
-    """A sender-constrained token may only be used with proof of the key it is bound to.
+@dataclass(frozen=True, slots=True)
+class ClaimsRefusal:
+    """A claims rule or the step-up policy refused: the reason, the rule's name, a fixed cause."""
 
-    ``cnf`` (RFC 7800) binds a token to a key: ``jkt`` to a DPoP key (RFC 9449), ``x5t#S256``
-    to a TLS client certificate (RFC 8705), in a JWT or an introspection answer alike. The
-    gateway verifies no such proof yet, so a bound token is refused whatever its ``cnf`` holds,
-    never accepted as a plain bearer token: whoever replays a stolen one has no key to prove.
-    """
-    if "cnf" in token.claims:
-        return Reason.UNPROVEN_BINDING
+    reason: Reason
+    rule: str | None = None  # the claims rule that refused (audit and metrics: never its inputs)
+    cause: str = ""  # the rule's cause (false, error, ...) or the step-up shortfall (acr_missing, ...)
+
+
+def check_claims(route: Route, token: ValidatedToken, method: str, path: str, leeway: float) -> ClaimsRefusal | None:
+    """The route's CEL rules (403 ``rule_failed``), then its step-up policy (401, RFC 9470)."""
+    if route.rules:
+        params = path_parameters(route.parameter_names, path) if route.parameter_names else {}
+        failure = check_rules(route.rules, token.claims, params, method, path)
+        if failure is not None:
+            _count_rule_denial(route.name, failure.rule)
+            return ClaimsRefusal(Reason.RULE_FAILED, failure.rule, failure.cause.value)
+    if route.step_up.required:
+        challenge = check_step_up(route.step_up, token.claims, leeway=leeway)
+        if challenge is not None:
+            return ClaimsRefusal(Reason.INSUFFICIENT_USER_AUTHENTICATION, cause=challenge.shortfall.value)
     return None
+
+
+_RULE_DENIALS: dict[tuple[str, str], metrics.PendingCount] = {}  # by route and rule: both from the configuration
+
+
+def _count_rule_denial(route: str, rule: str) -> None:
+    pending = _RULE_DENIALS.get((route, rule))
+    if pending is None:
+        if len(_RULE_DENIALS) >= 4096:  # reloads may rename rules: the folded counters keep their counts
+            _RULE_DENIALS.clear()
+        pending = _RULE_DENIALS[(route, rule)] = metrics.pending_count(metrics.RULE_DENIALS, route, rule)
+    pending.count += 1
 
 
 def required_scopes(route: Route) -> list[str]:

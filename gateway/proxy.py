@@ -148,19 +148,27 @@ def compile_strip(names: Sequence[str]) -> HeaderStrip:
 
 
 def strip_rule(route: RouteConfig | None, config: GatewayConfig) -> HeaderStrip:
-    """The route's ``strip_request_headers``, else the top-level list; compiled once per list."""
+    """The route's ``strip_request_headers``, else the top-level list; compiled once per list.
+
+    The ``client_certificates.header`` is always added: a certificate the gateway read (or
+    ignored, from an untrusted peer) must not reach an upstream that would believe it.
+    """
     names = route.strip_request_headers if route is not None and route.strip_request_headers is not None else None
     if names is None:
         names = config.strip_request_headers
-    entry = _STRIP_RULES.get(id(names))
+    certificate = config.client_certificates.header if config.client_certificates is not None else None
+    key = (id(names), certificate)
+    entry = _STRIP_RULES.get(key)
     if entry is None or entry[0] is not names:  # the list itself is kept, so its id is never reused meanwhile
         if len(_STRIP_RULES) >= 1024:
             _STRIP_RULES.clear()
-        entry = _STRIP_RULES[id(names)] = (names, compile_strip(names))
+        compiled = compile_strip([*names, certificate] if certificate else names)
+        entry = _STRIP_RULES[key] = (names, compiled)
     return entry[1]
 
 
-_STRIP_RULES: dict[int, tuple[Sequence[str], HeaderStrip]] = {}  # by id of the configured list (bounded)
+# by id of the configured list and the certificate header (bounded)
+_STRIP_RULES: dict[tuple[int, str | None], tuple[Sequence[str], HeaderStrip]] = {}
 NO_STRIP = HeaderStrip(frozenset(), ())
 
 
@@ -350,9 +358,12 @@ def has_body(request: web.BaseRequest) -> bool:
 
 async def forward(
     request: web.BaseRequest, target: str, upstream: Upstream, headers: CIMultiDict[str],
-    exchange: Exchange, body_limit: int,
+    exchange: Exchange, body_limit: int, own_headers: Sequence[tuple[str, str]] = (),
 ) -> web.StreamResponse:
-    """Send the request upstream and stream the answer back to the client."""
+    """Send the request upstream and stream the answer back to the client.
+
+    ``own_headers`` are the gateway's (``DPoP-Nonce``): they replace the upstream's of the same name.
+    """
     assert upstream.session is not None
     data = _body(request, exchange, body_limit) if has_body(request) else None
     started = time.monotonic()
@@ -371,20 +382,24 @@ async def forward(
         raise UpstreamFailure(Reason.UPSTREAM_UNAVAILABLE) from None
     exchange.upstream_ms = (time.monotonic() - started) * 1000
     try:
-        return await _relay(request, upstream_response, exchange)
+        return await _relay(request, upstream_response, exchange, own_headers)
     finally:
         upstream_response.release()
 
 
 async def _relay(
-    request: web.BaseRequest, upstream_response: aiohttp.ClientResponse, exchange: Exchange
+    request: web.BaseRequest, upstream_response: aiohttp.ClientResponse, exchange: Exchange,
+    own_headers: Sequence[tuple[str, str]] = (),
 ) -> web.StreamResponse:
     # a list: web.Response copies it into its own CIMultiDict, no need to build one first
     dropped = hop_by_hop(upstream_response.headers)
+    if own_headers:
+        dropped = dropped | {name.lower() for name, _ in own_headers}
     headers = [
         (name, value) for name, value in upstream_response.headers.items()
         if (lowered := name.lower()) not in dropped and lowered != "x-request-id"
     ]
+    headers.extend(own_headers)
     headers.append(("X-Request-Id", exchange.request_id))
     length = upstream_response.content_length
     if request.method == "HEAD" or (length is not None and length <= _SMALL_BODY):

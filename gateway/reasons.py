@@ -84,6 +84,23 @@ class Reason(str, Enum):
         "the access token is bound to a different client certificate",
     )
 
+    # DPoP proofs (RFC 9449 section 7.1): challenged with the DPoP scheme
+    INVALID_DPOP_PROOF = ("invalid_dpop_proof", 401, "invalid_dpop_proof", "the DPoP proof is invalid")
+    DPOP_REPLAYED = ("dpop_replayed", 401, "invalid_dpop_proof", "the DPoP proof was used before")
+    USE_DPOP_NONCE = ("use_dpop_nonce", 401, "use_dpop_nonce", "the DPoP proof must carry the server's nonce")
+    DPOP_KEY_MISMATCH = (
+        "dpop_key_mismatch", 401, "invalid_token", "the access token is bound to another key than the DPoP proof's",
+    )
+    SENDER_CONSTRAINT_REQUIRED = (
+        "sender_constraint_required", 401, "invalid_token", "this API requires a sender-constrained access token",
+    )
+
+    # step-up (RFC 9470)
+    INSUFFICIENT_USER_AUTHENTICATION = (
+        "insufficient_user_authentication", 401, "insufficient_user_authentication",
+        "a stronger or more recent user authentication is required",
+    )
+
     # dependencies down: fail closed
     JWKS_UNAVAILABLE = ("jwks_unavailable", 503, "temporarily_unavailable", "token keys are unavailable")
     INTROSPECTION_UNAVAILABLE = (
@@ -92,7 +109,16 @@ class Reason(str, Enum):
     REVOCATION_UNAVAILABLE = (
         "revocation_unavailable", 503, "temporarily_unavailable", "the revocation list is unavailable",
     )
+    DPOP_REPLAY_UNAVAILABLE = (
+        "dpop_replay_unavailable", 503, "temporarily_unavailable", "DPoP replay protection is unavailable",
+    )
     SHUTTING_DOWN = ("shutting_down", 503, "temporarily_unavailable", "the gateway is shutting down")
+
+    # traffic control (gateway/ratelimit.py): 429 with Retry-After and the RateLimit headers
+    RATE_LIMITED = ("rate_limited", 429, "too_many_requests", "a rate limit of this API was exceeded")
+    RATE_LIMIT_UNAVAILABLE = (
+        "rate_limit_unavailable", 503, "temporarily_unavailable", "rate limiting is unavailable",
+    )
 
     # upstream
     UPSTREAM_UNAVAILABLE = ("upstream_unavailable", 502, "bad_gateway", "the upstream service is unavailable")

@@ -29,14 +29,17 @@ POLL_INTERVAL = 1.0
 RETRY_INTERVAL = 30.0  # after a failure that may pass (an issuer's keys did not load)
 KEYS_WAIT = 5.0
 
-# What only a restart can change: sockets, processes, and what Gateway builds once and keeps
-# across reloads (the audit writer, the revocation store, the live Detector). Every other key
-# is read from the swapped-in pipeline's configuration (``gateway.config``) on each request or
-# poll, and so follows a reload: routes, issuers, upstreams, realm, max_body_size,
-# trusted_proxies, identity_headers, decision_path_prefix, decision_sources, admin,
-# verified_token_cache_size, watch_config and log_level (docs/operations.md).
+# What only a restart can change: sockets (and the proxy listener's TLS), processes, and what
+# Gateway builds once and keeps across reloads (the audit writer, the revocation store, the live
+# Detector, the DPoP replay cache and nonce secret). Every other key is read from the swapped-in
+# pipeline's configuration (``gateway.config``) on each request or poll, and so follows a reload:
+# routes (with their rules, step-up and sender_constraint), issuers (with theirs and dpop),
+# upstreams, realm, max_body_size, trusted_proxies, client_certificates, identity_headers,
+# decision_path_prefix, decision_sources, admin, verified_token_cache_size, watch_config and
+# log_level (docs/operations.md).
 RESTART_ONLY = (
     "listen", "admin_listen", "decision_listen", "workers", "shutdown_grace", "audit", "revocation", "detection",
+    "tls", "dpop",
 )
 
 
@@ -122,6 +125,10 @@ class Reloader:
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[object]] = set()
         self._closed = False
+        # both series exported from the start, at 0: a series that first appears at 1 has no
+        # increase() in Prometheus, so the first rejected reload would never raise an alert
+        for result in ("success", "error"):
+            metrics.CONFIG_RELOADS.labels(result)
 
     def request(self, cause: str = "SIGHUP") -> None:
         """Reload soon (from a signal handler); reloads never overlap."""
@@ -194,7 +201,7 @@ class Reloader:
 
     async def _apply(self, config: GatewayConfig) -> None:
         gateway = self.gateway
-        pipeline = await build_pipeline(config, gateway.revocation)
+        pipeline = await build_pipeline(config, gateway.revocation, gateway.proofs)
         running = gateway.pipeline
         # never trade a pipeline that verifies tokens for one that cannot (the issuer is down right now)
         if running is not None and running.validator.ready and not await _keys_loaded(pipeline, self.keys_wait):

@@ -20,7 +20,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import unquote, unquote_to_bytes
 
-from .config import HTTP_METHODS, RouteConfig
+from .config import HTTP_METHODS, RouteConfig, compiled_rule
+from .rules import Rule, path_parameter_names
+from .stepup import StepUpPolicy
 
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _HEX = frozenset("0123456789abcdefABCDEF")
@@ -210,6 +212,7 @@ def normalise_target(raw_target: str) -> Target:
 # --- routes --------------------------------------------------------------------------------
 
 _PARAM = re.compile(r"^\{[A-Za-z_][A-Za-z0-9_]*\}$")
+NO_STEP_UP = StepUpPolicy()
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +235,11 @@ class Route:
     prefix: str | None = None
     segments: tuple[str | None, ...] | None = None  # None marks a {param} segment
     config: RouteConfig | None = field(default=None, compare=False, repr=False)
+    sender_constraint: str | None = None  # overrides the token issuer's (binding.py)
+    rules: tuple[Rule, ...] = ()  # compiled CEL claims rules, in order
+    step_up: StepUpPolicy = NO_STEP_UP  # RFC 9470 acr_values / max_age
+    parameter_names: tuple[str | None, ...] = ()  # per segment of ``path``: the {name}, for the rules' ``path``
+    checks_claims: bool = False  # rules or step-up to evaluate (one flag read on the hot path)
 
     def matches_path(self, path: str, parts: list[str]) -> bool:
         """``path`` and ``parts`` are folded already when the route is case-insensitive."""
@@ -265,6 +273,11 @@ def compile_route(config: RouteConfig) -> Route:
         issuers=frozenset(config.issuers) if config.issuers is not None else None,
         allow_query_token=config.allow_query_token, max_body_size=config.max_body_size, config=config,
         allow_path_parameters=config.allow_path_parameters, case_insensitive=config.case_insensitive,
+        sender_constraint=config.sender_constraint,
+        rules=tuple(compiled_rule(rule.name, rule.expression) for rule in config.rules),
+        step_up=StepUpPolicy.of(config.acr_values, config.max_age),
+        checks_claims=bool(config.rules or config.acr_values or config.max_age is not None),
+        parameter_names=path_parameter_names(config.path) if config.path is not None and config.rules else (),
     )
     pattern = fold if config.case_insensitive else str
     if config.path_prefix is not None:

@@ -22,6 +22,7 @@ import aiohttp
 from . import metrics
 from .audit.record import Exchange, audit_record
 from .audit.writer import AuditWriter
+from .binding import ProofServices
 from .config import HTTP_METHODS, GatewayConfig
 from .decision import Decider, Decision
 from .proxy import Upstreams
@@ -82,14 +83,21 @@ class Pipeline:
         await self.session.close()
 
 
-async def build_pipeline(config: GatewayConfig, revocation: RevocationStore) -> Pipeline:
-    """Build and start the parts of one configuration (JWKS loads, introspection clients)."""
+async def build_pipeline(
+    config: GatewayConfig, revocation: RevocationStore, proofs: ProofServices | None = None
+) -> Pipeline:
+    """Build and start the parts of one configuration (JWKS loads, introspection clients).
+
+    ``proofs`` (the DPoP replay cache and nonces) outlives pipelines; None: in memory, for this one.
+    """
     session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
     routes = RouteTable(config.routes)
     validator = TokenValidator(config, session)
+    validator.revoked = revocation.list.fingerprint_revoked  # no introspection call for a token known revoked
     _add_introspectors(config, validator, session)
     upstreams = Upstreams(config)
-    pipeline = Pipeline(config, routes, validator, Decider(routes, validator, revocation), upstreams, session)
+    decider = Decider(routes, validator, revocation, config.issuers, proofs)
+    pipeline = Pipeline(config, routes, validator, decider, upstreams, session)
     await upstreams.start()
     await validator.start()
     return pipeline
@@ -112,6 +120,7 @@ class Gateway:
         self.config_path = config_path
         self.initial_config = config
         self.revocation = build_store(config.revocation)
+        self.proofs = ProofServices.from_config(config)  # like the revocation list: kept across reloads
         self.audit = AuditWriter(config.audit)
         self.pipeline: Pipeline | None = None
         self.detector: Detector | None = None
@@ -134,7 +143,7 @@ class Gateway:
     async def start(self) -> None:
         await self.audit.start()
         await self.revocation.start()
-        self.pipeline = await build_pipeline(self.initial_config, self.revocation)
+        self.pipeline = await build_pipeline(self.initial_config, self.revocation, self.proofs)
         if self.detector is not None:
             await self.detector.start()
         self._folder = asyncio.create_task(self._fold_metrics(), name="metrics-fold")
@@ -150,6 +159,7 @@ class Gateway:
         if self.pipeline is not None:
             await self.pipeline.stop()
         await self.revocation.stop()
+        await self.proofs.aclose()
         await self.audit.stop()
 
     @staticmethod
@@ -184,6 +194,8 @@ class Gateway:
         return {
             "accepting": not self.draining,
             "jwks_loaded": pipeline is not None and pipeline.validator.ready,
+            # opaque tokens cannot pass while introspection fails (after its grace period)
+            "introspection_ok": pipeline is not None and pipeline.validator.introspection_ready,
             "revocation_synced": self.revocation.ready,
         }
 
@@ -207,11 +219,14 @@ class Gateway:
                 self._pending_purges.clear()
 
     async def _purge_caches(self) -> None:
-        # one pass over the caches serves every revocation that arrived meanwhile
+        # one pass over the cache serves every revocation that arrived meanwhile. The introspection
+        # caches keep their answers: the family, subject or client of an opaque token is known only
+        # from its answer, and with it the request is refused as revoked_family (or _subject,
+        # _client) at no cost; without it the authorization server is asked again, and says inactive
         while self._pending_purges:
             entries, self._pending_purges = self._pending_purges, []
             revoked = self.revocation.list.matcher_for(*entries)
-            for cache in self._token_caches():
+            for cache in self._token_caches()[:1]:  # the verified-token cache
                 await cache.discard_where(revoked)
 
     def record(self, exchange: Exchange, decision: Decision) -> None:

@@ -12,6 +12,7 @@ import contextlib
 import gc
 import logging
 import signal
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -21,7 +22,8 @@ from aiohttp import web
 
 from . import metrics
 from .audit.record import Exchange
-from .config import Address, GatewayConfig
+from .binding import forwarded_authority, presented_certificate, request_scheme
+from .config import Address, ConfigError, GatewayConfig, tls_settings
 from .decision import Decision, RequestFacts
 from .proxy import (
     BodyTooLarge,
@@ -38,8 +40,9 @@ from .proxy import (
 from .proxy import upstream_headers as build_upstream_headers
 from .reasons import Reason
 from .reload import Reloader
-from .responses import denial_response
+from .responses import allowed_headers, denial_response
 from .runtime import Gateway, Pipeline, request_id
+from .tokens.certificates import server_ssl_context
 
 log = logging.getLogger("gateway.server")
 
@@ -58,10 +61,17 @@ def new_exchange(request: web.BaseRequest, config: GatewayConfig, mode: str) -> 
     return exchange, peer
 
 
-def facts_of(request: web.BaseRequest) -> RequestFacts:
+def facts_of(request: web.BaseRequest, config: GatewayConfig) -> RequestFacts:
+    """The request as the decision sees it; what the client used and presented, believed from
+    a trusted proxy only (``X-Forwarded-Proto``/``-Host``, the forwarded client certificate)."""
+    headers = request.headers
+    trusted = is_trusted(request.remote or "", config.trusted_proxies)
     return RequestFacts(
-        method=request.method, raw_target=request.raw_path, host=request.headers.get("Host", ""),
-        authorization=tuple(request.headers.getall("Authorization", ())), version=request.version,
+        method=request.method, raw_target=request.raw_path, host=headers.get("Host", ""),
+        authorization=tuple(headers.getall("Authorization", ())), version=request.version,
+        dpop=tuple(headers.getall("DPoP", ())), scheme=request_scheme(request, trusted),
+        authority=forwarded_authority(headers, trusted),
+        client_certificate=presented_certificate(request, config, trusted),
     )
 
 
@@ -93,7 +103,7 @@ class ProxyHandler:
         gateway = self.gateway
         config = pipeline.config
         exchange, peer = new_exchange(request, config, "proxy")
-        decision = await pipeline.decider.decide(facts_of(request))
+        decision = await pipeline.decider.decide(facts_of(request, config))
         if decision.allowed:
             decision, response = await self._forward(request, pipeline, decision, exchange, peer)
         else:
@@ -127,7 +137,8 @@ class ProxyHandler:
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             request.writer.output_size = 0
         try:
-            return decision, await forward(request, decision.target.forward, upstream, headers, exchange, limit)
+            return decision, await forward(request, decision.target.forward, upstream, headers, exchange, limit,
+                                           allowed_headers(decision))
         except UpstreamFailure as failure:
             return self._deny(decision, failure.reason, exchange, config)
         except StreamAborted as aborted:
@@ -200,13 +211,14 @@ class Server:
 
     async def start(self) -> None:
         gateway = self.gateway
+        tls = proxy_ssl_context(gateway.config)  # before anything starts: a bad file stops nothing half-way
         await gateway.start()
         config = gateway.config
         self._proxy = ProxyHandler(gateway)
         proxy = web.Server(self._proxy, access_log=None, handler_cancellation=False)
         # stop() waits up to the grace period itself; aiohttp's own wait is only the last resort
         proxy_runner = web.ServerRunner(proxy, shutdown_timeout=_LAST_RESORT, handle_signals=False)
-        await self._listen("proxy", proxy_runner, config.listen)
+        await self._listen("proxy", proxy_runner, config.listen, tls)
         admin = admin_app(gateway)
         for hook in ADMIN_HOOKS:
             hook(admin, gateway)
@@ -218,9 +230,12 @@ class Server:
             extra={"listen": str(config.listen), "admin": str(config.admin_listen), "ports": dict(self.ports)},
         )
 
-    async def _listen(self, name: str, runner: web.BaseRunner, address: Address) -> None:
+    async def _listen(
+        self, name: str, runner: web.BaseRunner, address: Address, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         await runner.setup()
-        site = web.TCPSite(runner, address.host, address.port, reuse_port=self.reuse_port or None)
+        site = web.TCPSite(runner, address.host, address.port, reuse_port=self.reuse_port or None,
+                           ssl_context=ssl_context)
         await site.start()
         self.runners.append(runner)
         self.ports[name] = runner.addresses[0][1]
@@ -261,6 +276,17 @@ class Server:
             await asyncio.sleep(0.05)
         if proxy.in_flight:
             log.warning("requests still running after the grace period are cut", extra={"requests": proxy.in_flight})
+
+
+def proxy_ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
+    """The proxy listener's TLS (``tls:``); None for plain HTTP. The loader checked the files already:
+    one that went missing since is still a configuration error, not a traceback."""
+    if config.tls is None:
+        return None
+    try:
+        return server_ssl_context(tls_settings(config.tls))
+    except ValueError as exc:
+        raise ConfigError([str(exc)]) from None
 
 
 ExtraListener = Callable[[Server], Awaitable[None]]

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -90,6 +91,7 @@ class Supervisor:
         self.started: dict[int, float] = {}
         self.failures: dict[int, int] = {}
         self.restart_at: dict[int, float] = {}
+        self.worker_env = shared_secrets(config)
 
     def run(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # workers inherit the mask until serve() is ready
@@ -130,7 +132,7 @@ class Supervisor:
 
     def _start(self, slot: int) -> None:
         spec = WorkerSpec(slot, os.getpid(), self.path, self.declared_text, self.current_text, self.ports)
-        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir}
+        env = {**os.environ, **self.worker_env, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir}
         proc = subprocess.Popen([sys.executable, "-m", "gateway.workers"], stdin=subprocess.PIPE, env=env)
         assert proc.stdin is not None
         with contextlib.suppress(BrokenPipeError):  # it died at once: reaped and restarted like any other
@@ -219,6 +221,15 @@ class Supervisor:
             log.error("workers still running after the grace period were killed", extra={"killed": len(stuck)})
         log.info("stopped")
         return 1 if stuck else 0
+
+
+def shared_secrets(config: GatewayConfig) -> dict[str, str]:
+    """Secrets the workers must agree on and the operator did not set: one DPoP nonce secret for all of
+    them (drawn here, passed in their environment), or a nonce one worker issued fails on the next."""
+    name = config.dpop.nonce_secret_env
+    if not name or os.environ.get(name):
+        return {}
+    return {name: secrets.token_urlsafe(32)}
 
 
 def reserve(address: Address) -> socket.socket:

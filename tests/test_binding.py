@@ -1,10 +1,12 @@
-"""Issue 11 item 3: sender-constrained tokens presented as plain bearer tokens.
+"""Issue 11 item 3 / issue 12: sender-constrained tokens presented as plain bearer tokens.
 
 A token whose claims (a JWT's payload or an RFC 7662 introspection answer) carry ``cnf`` is
 bound to a key: ``jkt`` to a DPoP key (RFC 9449 section 6), ``x5t#S256`` to a TLS client
 certificate (RFC 8705 section 3). Presented without proof of that key it must be refused
-(401 ``invalid_token``, reason ``unproven_binding``); before the fix it was accepted as a bearer
-token. The gateway verifies no proof yet, so every bound token is refused, in every mode.
+(401 ``invalid_token``, reason ``unproven_binding``), in every mode; before issue 11 it was
+accepted as a bearer token. Since issue 12 the gateway verifies the proofs: a bound token WITH
+its proof passes (tests at the end; tests/test_sender_constraint.py and tests/test_mtls.py in depth),
+and a ``cnf`` the gateway cannot check (``jwk``, ``kid``, empty, not an object) is still refused.
 """
 
 from __future__ import annotations
@@ -15,14 +17,19 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.config import parse_config
 from gateway.demo import DemoIssuer, EchoUpstream
 from gateway.middleware import TOKENGATE_KEY
+from gateway.tokens.certificates import thumbprint
+from gateway.tokens.dpop import ProofRequest, confirmation, sign_proof
 from gateway.tokens.token import fingerprint
+from tests.certs import issue, make_ca
 from tests.conftest import GatewayFactory, RunningGateway, base_config, bearer
 from tests.helpers import metric, raw_request
 from tests.test_middleware import UNUSED_UPSTREAM, orders_app
+from tests.test_mtls import pem_urlencoded
 
 # RFC 9449 section 6.1 and RFC 8705 section 3.1 examples, and other RFC 7800 confirmation methods
 BINDINGS: list[tuple[str, Any]] = [
@@ -33,6 +40,7 @@ BINDINGS: list[tuple[str, Any]] = [
     ("kid", {"kid": "dfd1aa97-6d8d-4575-a0fe-34b96de2bfad"}),
     ("empty", {}),  # bound to nothing known: still not a bearer token
     ("not an object", "jkt"),
+    ("jkt not a string", {"jkt": 5}),
 ]
 IDS = [b[0] for b in BINDINGS]
 
@@ -133,3 +141,26 @@ async def test_middleware_refuses_bound_tokens(aiohttp_client: Any, issuer: Demo
     await client.app[TOKENGATE_KEY].audit.flush()
     reasons = {json.loads(line)["reason"] for line in audit_path.read_text().splitlines()}
     assert reasons == {"unproven_binding"}
+
+
+# --- with the proof, a bound token passes (issue 12) -------------------------------------------
+
+
+async def test_bound_tokens_with_their_proof_pass(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, upstream: EchoUpstream
+) -> None:
+    """The same kinds of token the tests above refuse, now with the DPoP proof / certificate they need."""
+    gw = await make_gateway(issuers=[_introspecting(issuer)],
+                            trusted_proxies=["127.0.0.1/32"], client_certificates={"header": "ssl-client-cert"})
+    key = ec.generate_private_key(ec.SECP256R1())
+    for token in (issuer.mint(cnf=confirmation(key)), issuer.mint_opaque(cnf=confirmation(key))):
+        proof = sign_proof(key, ProofRequest("GET", f"{gw.url}/orders", access_token=token))
+        response = await raw_request(gw.url, "/orders", headers={"Authorization": f"DPoP {token}", "DPoP": proof})
+        assert response.status == 200, response.body
+    client = issue(make_ca(), "client")
+    for token in (issuer.mint(cnf={"x5t#S256": thumbprint(client.der)}),
+                  issuer.mint_opaque(cnf={"x5t#S256": thumbprint(client.der)})):
+        response = await raw_request(gw.url, "/orders",
+                                     headers={"ssl-client-cert": pem_urlencoded(client), **bearer(token)})
+        assert response.status == 200, response.body
+    assert len(upstream.requests) == 4

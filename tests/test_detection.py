@@ -313,3 +313,183 @@ async def test_replicas_share_what_they_saw_through_redis(redis_proc):
     finally:
         await one.stop()
         await two.stop()
+
+
+# --- proof failures: a stolen sender-constrained token replayed without its key -------------------
+
+HOLDER_JKT = "Vh1TRylTz5iaHCUe6gGdC8ty7_NbPM_ZFiFR04O_yWs"
+
+
+def _proof_config(revocation: dict[str, Any] | None = None, **detection: Any) -> Any:
+    settings = {"proof_failures_per_token": 3, "window": "10m", "on_detect": ["audit", "metric"], **detection}
+    return parse_config(yaml.safe_dump({
+        "upstreams": {"o": {"url": "http://127.0.0.1:9"}},
+        "issuers": [{"issuer": "https://id.example", "audiences": ["api"], "max_token_lifetime": "1h"}],
+        "routes": [{"name": "r", "path": "/x", "upstream": "o"}],
+        "detection": settings,
+        **({"revocation": revocation} if revocation else {}),
+    }))
+
+
+def _bound_use(reason: Reason, raw: str = "stolen-dpop-token", sid: str | None = "family-bound",
+               ip: str = AWAY_IP, key: str | None = None, started: float | None = None,
+               request_id: str = "r-proof") -> tuple[Exchange, Decision]:
+    """A request with a DPoP-bound token (a real jkt); the Decision as the binding check leaves it."""
+    now = time.time() if started is None else started
+    token = ValidatedToken("https://id.example", "frank", "app", frozenset({"orders:read"}), now + 300,
+                           fingerprint(raw), jti=f"jti-{raw}",
+                           claims={"cnf": {"jkt": HOLDER_JKT}, **({"sid": sid} if sid else {})})
+    exchange = Exchange(started=now, started_mono=time.monotonic(), request_id=request_id, client_ip=ip,
+                        method="GET", host="api", raw_path="/x", user_agent="t", status=reason.status)
+    binding = "dpop" if reason is Reason.ALLOWED else "none"
+    return exchange, Decision(reason, token=token, token_fingerprint=token.fingerprint, binding=binding,
+                              key_thumbprint=key)
+
+
+def _suspicious_total(reason: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("gateway_suspicious_token_use_total", {"reason": reason}) or 0.0
+
+
+async def test_proof_failures_of_one_token_flag_and_cut_off_its_family(webhook):
+    store = MemoryStore()
+    revoked: list[Entry] = []
+    store.on_revoke(revoked.append)
+    detector = Detector(_proof_config(on_detect=["audit", "metric", "revoke_family", "webhook"],
+                                      webhook_url=webhook.url), store)
+    before = _suspicious_total("proof_failures")
+    await detector.start()
+    try:
+        assert detector.observe(*_bound_use(Reason.ALLOWED, ip=HOME_IP, key=HOLDER_JKT)) is None  # its holder
+        # the nonce round trip and a refusal for the route's constraint are no proof failures
+        assert detector.observe(*_bound_use(Reason.USE_DPOP_NONCE, ip=HOME_IP)) is None
+        assert detector.observe(*_bound_use(Reason.SENDER_CONSTRAINT_REQUIRED, ip=HOME_IP)) is None
+        assert detector.observe(*_bound_use(Reason.UNPROVEN_BINDING)) is None  # the thief, without the key
+        assert detector.observe(*_bound_use(Reason.DPOP_KEY_MISMATCH, key="thief-key")) is None
+        assert detector.observe(*_bound_use(Reason.INVALID_DPOP_PROOF)) == ["proof_failures"]
+        assert detector.observe(*_bound_use(Reason.DPOP_REPLAYED)) == ["proof_failures"]  # and every one after
+        await asyncio.wait_for(webhook.received.wait(), 5)
+        deadline = time.monotonic() + 5
+        while not revoked:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+    finally:
+        await detector.stop()
+    assert _suspicious_total("proof_failures") == before + 2
+    (entry,) = revoked
+    assert (entry.kind, entry.value, entry.issuer) == (Kind.FAMILY, "family-bound", "https://id.example")
+    assert "proof_failures" in entry.reason
+    (notice,) = webhook.notices  # once per family and reason within the window
+    assert notice["reasons"] == ["proof_failures"] and notice["family"] == "family-bound"
+    assert notice["reason"] == "invalid_dpop_proof" and notice["binding"] == "none"
+    assert notice["proof_failures"] == 3 and notice["token_fingerprint"] == fingerprint("stolen-dpop-token")[:32]
+    assert notice["actions"] == ["revoke_family"]
+
+
+async def test_proof_failures_are_counted_per_token_within_the_window():
+    detector = Detector(_proof_config(), MemoryStore())
+    now = time.time()
+    # a token of the same family failing too is another token: its failures are its own
+    assert detector.observe(*_bound_use(Reason.UNPROVEN_BINDING, started=now)) is None
+    assert detector.observe(*_bound_use(Reason.UNPROVEN_BINDING, raw="sibling", started=now)) is None
+    assert detector.observe(*_bound_use(Reason.UNPROVEN_BINDING, raw="sibling", started=now)) is None
+    assert detector.observe(*_bound_use(Reason.UNPROVEN_BINDING, started=now + 1)) is None
+    # a third and a fourth failure, but ten minutes on: the first ones have left the window
+    assert detector.observe(*_bound_use(Reason.CLIENT_CERTIFICATE_MISMATCH, started=now + 601)) is None
+    assert detector.observe(*_bound_use(Reason.CLIENT_CERTIFICATE_INVALID, started=now + 602)) is None
+    assert detector.observe(*_bound_use(Reason.CLIENT_CERTIFICATE_INVALID, started=now + 603)) == ["proof_failures"]
+    # a token without a family is followed by its jti, and flagged the same way
+    for _ in range(2):
+        assert detector.observe(*_bound_use(Reason.DPOP_KEY_MISMATCH, raw="lone", sid=None, started=now)) is None
+    assert detector.observe(*_bound_use(Reason.DPOP_KEY_MISMATCH, raw="lone", sid=None, started=now)) == [
+        "proof_failures"]
+    # a token that failed validation carries no family to flag: detection leaves it to the denial
+    no_token = Decision(Reason.UNPROVEN_BINDING, token_fingerprint=fingerprint("forged"))
+    exchange = _bound_use(Reason.UNPROVEN_BINDING)[0]
+    assert all(detector.observe(exchange, no_token) is None for _ in range(5))
+
+
+async def test_proof_failures_count_alone_and_never_stop_other_detections():
+    config = _proof_config(proof_failures_per_token=2)
+    assert config.detection.new_network_after_first_use is False
+    from gateway.audit.detection import detection_enabled
+
+    assert detection_enabled(config)
+    with pytest.raises(Exception, match="proof_failures_per_token"):
+        _proof_config(proof_failures_per_token=0)
+    both = Detector(_proof_config(proof_failures_per_token=2, new_network_after_first_use=True), MemoryStore())
+    assert both.observe(*_bound_use(Reason.ALLOWED, ip=HOME_IP)) is None
+    assert both.observe(*_bound_use(Reason.UNPROVEN_BINDING)) == ["new_network"]
+    assert both.observe(*_bound_use(Reason.UNPROVEN_BINDING)) == ["new_network", "proof_failures"]
+
+
+async def test_replicas_count_a_tokens_proof_failures_together_through_redis(redis_proc):
+    """Two failures through one replica and one through another make three; a client repeating its
+    own X-Request-Id cannot fold them into one."""
+    url = f"redis://{redis_proc.host}:{redis_proc.port}/0"
+    prefix = f"proof{time.time_ns()}:revoked:"
+    config = _proof_config({"redis_url": url, "key_prefix": prefix})
+    one, two = Detector(config, MemoryStore()), Detector(config, MemoryStore())
+    assert one.shared is not None and two.shared is not None
+    await one.start()
+    await two.start()
+    try:
+        now = time.time()
+        assert one.observe(*_bound_use(Reason.UNPROVEN_BINDING, started=now, request_id="same")) is None
+        assert one.observe(*_bound_use(Reason.DPOP_KEY_MISMATCH, started=now + 0.5, request_id="same")) is None
+        await one.shared.flush()
+        # replica two sees its first failure of this token: alone, nothing to flag...
+        assert two.observe(*_bound_use(Reason.INVALID_DPOP_PROOF, started=now + 1, request_id="same")) is None
+        # ...until it merges what replica one counted: the third failure within the window
+        await two.shared.flush()
+        state = two.families["sid:https://id.example|family-bound"]
+        assert set(state.notified) == {"proof_failures"}
+        assert len(state.proof_failures[fingerprint("stolen-dpop-token")[:32]]) == 3
+        # and its next failure is flagged at once
+        assert two.observe(*_bound_use(Reason.UNPROVEN_BINDING, started=now + 2)) == ["proof_failures"]
+        keys = [k.decode() async for k in two.shared._client.scan_iter(match=f"{prefix[:-8]}detect:*:proof:*")]
+        assert keys == [f"{prefix[:-8]}detect:sid:https://id.example|family-bound:proof:"
+                        f"{fingerprint('stolen-dpop-token')[:32]}"]
+        assert 0 < await two.shared._client.ttl(keys[0]) <= 601
+    finally:
+        await one.stop()
+        await two.stop()
+
+
+async def test_a_stolen_dpop_token_replayed_without_its_key_is_flagged_and_cut_off(make_gateway, issuer, http):
+    """Through a real gateway: the holder's DPoP requests pass; the thief's replays of the same token
+    (no proof, then proofs of its own key) are refused, the third is flagged, the family revoked."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from gateway.tokens.dpop import ProofRequest, confirmation, sign_proof
+
+    gw = await make_gateway(**TRUSTED, detection={
+        "proof_failures_per_token": 3, "window": "10m", "on_detect": ["audit", "metric", "revoke_family"],
+    })
+    before = await suspicious_count(http, gw.admin_url, "proof_failures")
+    holder, thief = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    raw = issuer.mint(cnf=confirmation(holder), sid="family-dpop-stolen")
+    url = f"{gw.url}/orders"
+
+    async def get(key: Any | None, ip: str) -> int:
+        headers = {"Authorization": f"Bearer {raw}"} if key is None else {
+            "Authorization": f"DPoP {raw}", "DPoP": sign_proof(key, ProofRequest("GET", url, raw))}
+        async with http.get(url, headers={**headers, "X-Forwarded-For": ip}) as response:
+            await response.read()
+            return response.status
+
+    assert await get(holder, HOME_IP) == 200
+    assert [await get(k, AWAY_IP) for k in (None, thief, thief)] == [401, 401, 401]
+    records = await gw.audit_records()
+    assert [(r["reason"], r.get("suspicious")) for r in records] == [
+        ("allowed", None), ("unproven_binding", None), ("dpop_key_mismatch", None),
+        ("dpop_key_mismatch", ["proof_failures"]),
+    ]
+    assert await suspicious_count(http, gw.admin_url, "proof_failures") == before + 1
+    # revoke_family: the holder's own next request is refused too (the token is in the thief's hands)
+    deadline = time.monotonic() + 5
+    while await get(holder, HOME_IP) != 401:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    assert (await gw.audit_records())[-1]["reason"] == "revoked_family"

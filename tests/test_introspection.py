@@ -22,7 +22,8 @@ from prometheus_client import REGISTRY
 from redis import Redis
 
 from gateway.demo import DemoIssuer
-from gateway.revocation.entries import Entry, Kind
+from gateway.revocation.api import factory_for
+from gateway.revocation.entries import Entry, Kind, Match
 from gateway.tokens.token import cache_key, fingerprint
 from tests.conftest import AUDIENCE, bearer
 
@@ -503,7 +504,9 @@ async def test_validation_introspection_applies_to_jwts(make_gateway, issuer, ht
     assert issuer.calls["introspect"] == 3
 
 
-async def test_revocation_drops_cached_introspection_answers(make_gateway, issuer, http):
+async def test_revocation_keeps_cached_answers_and_refuses_without_a_call(make_gateway, issuer, http):
+    """A subject (or family, or client) is known only from the answer: the cached answer is kept, so the
+    refusal says revoked_subject and the authorization server is not asked again (it would say inactive)."""
     gw = await make_gateway(issuers=[introspecting(issuer)])
     token = issuer.mint_opaque(sub="mallory")
     assert (await get(http, f"{gw.url}/orders", token))[0] == 200
@@ -513,14 +516,39 @@ async def test_revocation_drops_cached_introspection_answers(make_gateway, issue
     await gw.gateway.revocation.revoke(
         Entry(Kind.SUBJECT, "mallory", expires_at=time.time() + 600, not_before=time.time() + 1)
     )
+    issuer.opaque[token]["active"] = False  # revoked at the authorization server too
+    await asyncio.sleep(0.05)  # what a background purge would take
 
-    for _ in range(100):  # the purge runs in the background, in chunks
-        if len(introspector.cache) == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert len(introspector.cache) == 0
     status, _, body = await get(http, f"{gw.url}/orders", token)
     assert (status, body["reason"]) == (401, "revoked_subject")
+    assert issuer.calls["introspect"] == 1
+    assert len(introspector.cache) == 1
+
+
+async def test_a_revoked_opaque_token_is_refused_before_introspection(make_gateway, issuer, http):
+    """The list is read before the authorization server is asked: revoked_token, and no call at all,
+    for a token never seen (not cached) and for one whose cached answer the revocation dropped."""
+    gw = await make_gateway(issuers=[introspecting(issuer)])
+    seen, unseen = issuer.mint_opaque(), issuer.mint_opaque()
+    assert (await get(http, f"{gw.url}/orders", seen))[0] == 200
+    factory = factory_for(gw.gateway.config)
+    for token in (seen, unseen):
+        await gw.gateway.revocation.revoke(factory.token(token, issuer=issuer.issuer))
+        issuer.opaque[token]["active"] = False
+    for token in (seen, unseen):
+        status, _, body = await get(http, f"{gw.url}/orders", token)
+        assert (status, body["reason"]) == (401, "revoked_token")
+    assert issuer.calls["introspect"] == 1
+    assert [r["reason"] for r in await gw.audit_records()] == ["allowed", "revoked_token", "revoked_token"]
+
+
+async def test_another_issuers_revocation_does_not_stop_introspection(make_gateway, issuer, http):
+    gw = await make_gateway(issuers=[introspecting(issuer)])
+    token = issuer.mint_opaque()
+    other = Entry(Kind.TOKEN, fingerprint(token), time.time() + 600, "https://other.example", match=Match.FINGERPRINT)
+    gw.gateway.revocation.list.add(other)
+    assert (await get(http, f"{gw.url}/orders", token))[0] == 200
+    assert issuer.calls["introspect"] == 1
 
 
 # --- shared second-level cache -------------------------------------------------------------------------

@@ -222,6 +222,8 @@ class Render:
             r.append(("PrometheusRule alerts and metric names", self.rule_prometheus_rule))
         if "Ingress" in kinds:
             r.append(("Ingress backends exist", self.rule_ingress))
+        if "Pod" in kinds:
+            r.append(("helm test pod: hardened, reaches /readyz and a route", self.rule_test_pod))
         if any(d["kind"] == "ConfigMap" and "grafana_dashboard" in d["metadata"].get("labels", {}) for d in self.docs):
             r.append(("Grafana dashboard", self.rule_dashboard))
         return r
@@ -378,6 +380,31 @@ class Render:
                 names = {p["name"] for p in svc["spec"]["ports"]}
                 assert not names & {"admin", "decision"}, f"{svc['metadata']['name']}: admin/decision on a {svc['spec']['type']}"
         assert cport_names <= seen, f"container ports without a Service port: {sorted(cport_names - seen)}"
+
+    def rule_test_pod(self) -> None:
+        pod = self.one("Pod")
+        annotations = pod["metadata"].get("annotations") or {}
+        assert annotations.get("helm.sh/hook") == "test", "the Pod is not a helm test hook"
+        spec = pod["spec"]
+        assert spec.get("restartPolicy") == "Never", "a test pod must not restart"
+        assert spec.get("automountServiceAccountToken") is False, "service account token mounted"
+        assert spec.get("securityContext") == self.pod["spec"]["securityContext"], "pod security context differs"
+        (container,) = spec["containers"]
+        assert container["image"] == self.gateway_container["image"], "not the gateway's image"
+        assert container.get("securityContext") == self.gateway_container.get("securityContext"), \
+            "container security context differs from the gateway's"
+        ready, public, _host = container["args"][1:4]
+        services = {s["metadata"]["name"]: {p["name"]: p["port"] for p in s["spec"]["ports"]}
+                    for s in self.of_kind("Service")}
+        admin = next((f"http://{n}:{p['admin']}/readyz" for n, p in services.items() if "admin" in p), None)
+        assert ready == admin, f"{ready} is not the admin Service's /readyz ({admin})"
+        assert any(public.startswith(f"http://{n}:{p['http']}/") for n, p in services.items() if "http" in p), \
+            f"{public} is not the public Service"
+        for np_ in self.of_kind("NetworkPolicy"):
+            admin_rules = [r for r in np_["spec"]["ingress"] if "admin" in {p["port"] for p in r.get("ports", [])}]
+            assert any(matches((f.get("podSelector") or {}).get("matchLabels") or {"-": "-"}, pod["metadata"]["labels"])
+                       and "namespaceSelector" not in f for rule in admin_rules for f in rule.get("from", [])), \
+                "the NetworkPolicy keeps the test pod from the admin port"
 
     def rule_hpa(self) -> None:
         hpa = self.one("HorizontalPodAutoscaler")

@@ -39,6 +39,9 @@ def _warn(message: str) -> None:
 @click.option("--route", help="route name")
 @click.option("--decision", type=click.Choice(["allow", "deny"]))
 @click.option("--reason", help="decision reason, e.g. insufficient_scope")
+@click.option("--binding", type=click.Choice(["none", "dpop", "mtls"]),
+              help="how the token was bound on the request (sender constraint proven)")
+@click.option("--key-thumbprint", help="the DPoP key's jkt or the client certificate's x5t#S256")
 @click.option("--since", help="RFC 3339 time or relative (2h, 30m, 7d)")
 @click.option("--until", help="RFC 3339 time or relative (2h, 30m, 7d)")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
@@ -71,6 +74,7 @@ def audit_command(files: tuple[str, ...], fmt: str, **filters: str | None) -> No
 @click.option("--token", help="a raw token: hashed here; never printed")
 @click.option("--sub", help="a subject: every token issued to it")
 @click.option("--family", help="a token family (sid claim)")
+@click.option("--key-thumbprint", help="a DPoP key (jkt) or client certificate (x5t#S256): every token used with it")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, writable=True),
               help="also write a self-contained HTML report here")
 @click.option("--revoke", is_flag=True, help="revoke the token and its family (needs --config)")
@@ -79,9 +83,10 @@ def audit_command(files: tuple[str, ...], fmt: str, **filters: str | None) -> No
 @click.option("--reason", help="why (with --revoke; recorded in the audit trail)")
 def incident_command(
     files: tuple[str, ...], jti: str | None, fingerprint: str | None, token: str | None, sub: str | None,
-    family: str | None, html_path: str | None, revoke: bool, config_path: str | None, reason: str | None,
+    family: str | None, key_thumbprint: str | None, html_path: str | None, revoke: bool, config_path: str | None,
+    reason: str | None,
 ) -> None:
-    """The whole story of one token, subject or family; optionally cut it off (--revoke).
+    """The whole story of one token, subject, family or key; optionally cut it off (--revoke).
 
     Reads plain or gzip JSON lines from FILEs, or stdin:
 
@@ -90,7 +95,7 @@ def incident_command(
     """
     from .incident import collect
 
-    target = _incident_target(jti, fingerprint, token, sub, family)
+    target = _incident_target(jti, fingerprint, token, sub, family, key_thumbprint)
     config = _revocation_config(revoke, config_path, reason)
     _stdin_hint(files)
     incident = collect(list(files), target, _warn)
@@ -103,12 +108,13 @@ def incident_command(
 
 
 def _incident_target(
-    jti: str | None, fingerprint: str | None, token: str | None, sub: str | None, family: str | None
+    jti: str | None, fingerprint: str | None, token: str | None, sub: str | None, family: str | None,
+    key_thumbprint: str | None,
 ) -> Target:
     from .incident import Target
 
     try:
-        return Target.from_options(jti, fingerprint, token, sub, family)
+        return Target.from_options(jti, fingerprint, token, sub, family, key_thumbprint)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
 

@@ -12,6 +12,9 @@ Detections, each a reason string:
   of its first use;
 * ``too_many_ips``: more than ``max_ips_per_token`` distinct client IPs within ``window``;
 * ``insufficient_scope_burst``: ``insufficient_scope_burst`` scope denials within ``window``;
+* ``proof_failures``: ``proof_failures_per_token`` proof failures by one token within ``window``
+  (``record.PROOF_FAILURES``: a DPoP- or certificate-bound token sent without a valid proof of
+  its key, which is what a stolen sender-constrained token replayed without its key looks like);
 * ``impossible_travel``: two uses further apart than 1000 km/h allows (needs
   ``geoip_database`` and the optional ``maxminddb`` package).
 
@@ -47,12 +50,13 @@ from ..revocation.entries import ANY_ISSUER, Entry, Kind
 from ..revocation.schema import MAX_LIFETIME
 from ..revocation.store import RevocationStore
 from ..tokens.token import FINGERPRINT_PREFIX
-from .record import Exchange, rfc3339
+from .record import PROOF_FAILURES, Exchange, rfc3339
 
 log = logging.getLogger("gateway.detection")
 
 MAX_FAMILIES = 100_000
 MAX_IPS_KEPT = 256  # per family: enough to know that more than max_ips_per_token were seen
+MAX_PROVING_TOKENS = 16  # per family: tokens whose proof failures are counted (the oldest is dropped first)
 MIN_IDLE = 3600.0
 WEBHOOK_QUEUE = 1000
 WEBHOOK_ATTEMPTS = 4
@@ -68,7 +72,7 @@ Locate = Callable[[str], "tuple[float, float] | None"]
 def detection_enabled(config: GatewayConfig) -> bool:
     d = config.detection
     return bool(d.new_network_after_first_use or d.max_ips_per_token or d.insufficient_scope_burst
-                or d.geoip_database)
+                or d.proof_failures_per_token or d.geoip_database)
 
 
 @lru_cache(maxsize=65536)
@@ -112,6 +116,7 @@ class FamilyState:
     ips: dict[str, float] = field(default_factory=dict)  # ip -> last seen
     networks: set[str] = field(default_factory=set)
     scope_denials: deque[float] = field(default_factory=deque)
+    proof_failures: dict[str, deque[float]] = field(default_factory=dict)  # token fingerprint -> last failures
     place: tuple[float, float, float] | None = None  # latitude, longitude, when
     notified: dict[str, float] = field(default_factory=dict)  # reason -> when notified
     revoked: bool = False
@@ -125,6 +130,7 @@ class _Observation:
     network: str
     when: float
     scope_denial_id: str | None
+    proof_failure: tuple[str, str] | None = None  # (token fingerprint, unique id) of a failed proof
 
 
 class Detector:
@@ -170,7 +176,8 @@ class Detector:
             await self.shared.start()
         log.info("detection on", extra={
             "new_network": settings.new_network_after_first_use, "max_ips_per_token": settings.max_ips_per_token,
-            "insufficient_scope_burst": settings.insufficient_scope_burst, "window_seconds": self.window,
+            "insufficient_scope_burst": settings.insufficient_scope_burst,
+            "proof_failures_per_token": settings.proof_failures_per_token, "window_seconds": self.window,
             "impossible_travel": self.locate is not None, "on_detect": sorted(self.on_detect),
             "shared_state": self.shared is not None,
         })
@@ -248,6 +255,9 @@ class Detector:
         state.last_seen = now
         state.context = _context(exchange, decision, family)
         reasons = self._check(state, ip, network, now, decision.reason is Reason.INSUFFICIENT_SCOPE)
+        proof_failure = self._proof_failure_of(exchange, decision)
+        if proof_failure is not None and self._count_proof_failure(state, proof_failure[0], now):
+            reasons.append("proof_failures")
         if self.locate is not None:
             place = self.locate(ip)
             if place is not None:
@@ -257,7 +267,7 @@ class Detector:
                 state.place = (place[0], place[1], now)
         if self.shared is not None:
             denial = exchange.request_id if decision.reason is Reason.INSUFFICIENT_SCOPE else None
-            self.shared.push(_Observation(key, ip, network, now, denial))
+            self.shared.push(_Observation(key, ip, network, now, denial, proof_failure))
         if not reasons:
             return None
         self._detected(state, reasons, now)
@@ -289,9 +299,42 @@ class Detector:
             denials.append(now)
             while len(denials) > burst:
                 denials.popleft()
-            if len(denials) >= burst and denials[0] >= now - self.window:
+            if self._bursting(denials, burst, now):
                 reasons.append("insufficient_scope_burst")
         return reasons
+
+    def _proof_failure_of(self, exchange: Exchange, decision: Decision) -> tuple[str, str] | None:
+        """(token fingerprint, id of this failure) when this request is a proof failure being counted.
+
+        The id tells failures apart in the shared sorted set: a client may send its own request id,
+        and repeating one must not fold many failures into one."""
+        if self.settings.proof_failures_per_token is None or decision.reason not in PROOF_FAILURES:
+            return None
+        assert decision.token is not None  # observe() looks at requests with a validated token only
+        return decision.token.fingerprint[:FINGERPRINT_PREFIX], f"{exchange.request_id}@{exchange.started!r}"
+
+    def _count_proof_failure(self, state: FamilyState, token: str, now: float) -> bool:
+        """Count one proof failure of ``token``; True from the limit-th within the window on."""
+        limit = self.settings.proof_failures_per_token
+        assert limit is not None
+        failures = state.proof_failures.get(token)
+        if failures is None:
+            failures = self._proof_failures_of(state, token, limit)
+        failures.append(now)
+        return self._bursting(failures, limit, now)
+
+    @staticmethod
+    def _proof_failures_of(state: FamilyState, token: str, limit: int) -> deque[float]:
+        """The failure times kept for a token new to the family (a family may hold many tokens: bounded)."""
+        kept = state.proof_failures
+        if len(kept) >= MAX_PROVING_TOKENS:
+            del kept[next(iter(kept))]
+        failures = kept[token] = deque(maxlen=limit)  # the last ``limit`` failures say whether it is a burst
+        return failures
+
+    def _bursting(self, times: deque[float], limit: int, now: float) -> bool:
+        """Whether the last ``limit`` events (``times``, oldest first) all fall within the window."""
+        return len(times) >= limit and times[-limit] >= now - self.window
 
     def _evict(self, now: float) -> None:
         families = self.families
@@ -384,6 +427,9 @@ class Detector:
             "route": context.get("route"),
             "decision": context.get("decision"),
             "reason": context.get("reason"),
+            "binding": context.get("binding"),
+            "key_thumbprint": context.get("key_thumbprint"),
+            "proof_failures": self._recent_proof_failures(state, context.get("token_fingerprint"), now),
             "first_network": state.first_network,
             "networks": sorted(state.networks),
             "recent_ips": (sorted(state.ips, key=state.ips.__getitem__)[-20:] if state.ips
@@ -391,6 +437,11 @@ class Detector:
             "first_seen": rfc3339(state.first_seen),
             "window_seconds": self.window,
         }
+
+    def _recent_proof_failures(self, state: FamilyState, token: Any, now: float) -> int:
+        """The token's proof failures within the window that this replica knows of."""
+        failures = state.proof_failures.get(token) if isinstance(token, str) else None
+        return sum(1 for when in failures if when >= now - self.window) if failures else 0
 
     async def _webhook_worker(self) -> None:
         queue, session, url = self._webhook_queue, self._session, self.settings.webhook_url
@@ -425,7 +476,7 @@ class Detector:
     # --- merging what other replicas saw (SharedState calls this) -------------------------------
 
     def merge(self, key: str, first_network: str | None, ips: dict[str, float], denials: list[float],
-              now: float) -> None:
+              now: float, proof_failures: dict[str, list[float]] | None = None) -> None:
         state = self.families.get(key)
         if state is None:
             return
@@ -452,14 +503,33 @@ class Detector:
         burst = settings.insufficient_scope_burst
         if burst is not None and denials:
             local = state.scope_denials
-            had = len(local) >= burst and local[0] >= now - self.window
+            had = self._bursting(local, burst, now)
             combined = sorted(set(local) | set(denials))[-burst:]
             local.clear()
             local.extend(combined)
-            if not had and len(local) >= burst and local[0] >= now - self.window:
+            if not had and self._bursting(local, burst, now):
                 late.append("insufficient_scope_burst")
+        if proof_failures and self._merge_proof_failures(state, proof_failures, now):
+            late.append("proof_failures")
         if late:
             self._detected(state, late, now)
+
+    def _merge_proof_failures(self, state: FamilyState, remote: dict[str, list[float]], now: float) -> bool:
+        """Fold other replicas' proof failures in; True when a token's burst appears only with them."""
+        limit = self.settings.proof_failures_per_token
+        if limit is None:
+            return False
+        appeared = False
+        for token, times in remote.items():
+            local = state.proof_failures.get(token)
+            had = local is not None and self._bursting(local, limit, now)
+            if local is None:
+                local = self._proof_failures_of(state, token, limit)
+            combined = sorted(set(local) | set(times))[-limit:]  # this replica's own failures come back too
+            local.clear()
+            local.extend(combined)
+            appeared = appeared or (not had and self._bursting(local, limit, now))
+        return appeared
 
 
 def _context(exchange: Exchange, decision: Decision, family: tuple[str, Kind, str]) -> dict[str, Any]:
@@ -474,6 +544,7 @@ def _context(exchange: Exchange, decision: Decision, family: tuple[str, Kind, st
         "path": decision.target.path if decision.target is not None else exchange.raw_path[:512],
         "route": decision.route.name if decision.route is not None else None,
         "decision": decision.reason.decision, "reason": decision.reason.value,
+        "binding": decision.binding, "key_thumbprint": decision.key_thumbprint,
     }
 
 
@@ -499,8 +570,9 @@ class SharedState:
     """Per-family detection state shared by the replicas through Redis, updated in batches.
 
     Keys (all expiring): ``<prefix>detect:<family>:first`` (network of first use),
-    ``...:ips`` (sorted set ip -> last seen) and ``...:scope`` (sorted set of scope
-    denials). ``<prefix>`` is the revocation key prefix with ``revoked:`` replaced.
+    ``...:ips`` (sorted set ip -> last seen), ``...:scope`` (sorted set of scope
+    denials) and ``...:proof:<token fingerprint>`` (sorted set of one token's proof
+    failures). ``<prefix>`` is the revocation key prefix with ``revoked:`` replaced.
     """
 
     def __init__(self, detector: Detector, redis_url: str, key_prefix: str) -> None:
@@ -561,7 +633,7 @@ class SharedState:
             by_family.setdefault(observation.family, []).append(observation)
         burst = detector.settings.insufficient_scope_burst or 0
         pipe = self._client.pipeline(transaction=False)
-        order: list[str] = []
+        order: list[tuple[str, list[str]]] = []  # (family, tokens whose proof failures were queued)
         now = max(o.when for o in batch)
         for family, observations in by_family.items():
             base = self.prefix + family
@@ -582,10 +654,10 @@ class SharedState:
                 pipe.zremrangebyscore(f"{base}:scope", "-inf", now - window)
                 pipe.expire(f"{base}:scope", ttl_window)
                 pipe.zrange(f"{base}:scope", -burst, -1, withscores=True)
-            order.append(family)
+            order.append((family, self._queue_proof_failures(pipe, base, observations, now, ttl_window)))
         results = await pipe.execute()
         index = 0
-        for family in order:
+        for family, proving in order:
             has_scope = bool(burst) and any(o.scope_denial_id for o in by_family[family])
             first_network = results[index + 1]
             remote_ips = results[index + 6]
@@ -594,11 +666,36 @@ class SharedState:
             if has_scope:
                 remote_denials = results[index + 3]
                 index += 4
+            proof_failures: dict[str, list[float]] = {}
+            for token in proving:
+                proof_failures[token] = [float(score) for _, score in results[index + 3]]
+                index += 4
             detector.merge(
                 family,
                 first_network.decode() if isinstance(first_network, bytes) else first_network,
                 {(ip.decode() if isinstance(ip, bytes) else str(ip)): float(score) for ip, score in remote_ips},
                 [float(score) for _, score in remote_denials],
                 now,
+                proof_failures,
             )
         self.flushed.set()
+
+    def _queue_proof_failures(
+        self, pipe: Any, base: str, observations: list[_Observation], now: float, ttl: int,
+    ) -> list[str]:
+        """Queue the family's proof failures per token (four commands each); the tokens, in order."""
+        limit = self.detector.settings.proof_failures_per_token
+        by_token: dict[str, dict[str, float]] = {}
+        for o in observations:
+            if o.proof_failure is not None:
+                token, failure_id = o.proof_failure
+                by_token.setdefault(token, {})[failure_id] = o.when
+        if not limit or not by_token:
+            return []
+        for token, failures in by_token.items():
+            key = f"{base}:proof:{token}"
+            pipe.zadd(key, failures)
+            pipe.zremrangebyscore(key, "-inf", now - self.detector.window)
+            pipe.expire(key, ttl)
+            pipe.zrange(key, -limit, -1, withscores=True)
+        return list(by_token)

@@ -1,12 +1,18 @@
-"""``gateway incident``: the whole story of one token (or subject, or family) from the audit trail.
+"""``gateway incident``: the whole story of one token (or subject, family, or key) from the audit trail.
 
 The input is streamed once to collect the token's own calls; when the token belongs to a
 family or a subject, a second streamed pass collects the other tokens of that family or
 subject (standard input is spooled to a temporary file for it). Memory holds aggregates
 only, plus the first ``MAX_LISTED`` calls for the listing.
 
+A key target (``--key-thumbprint``: a DPoP key's jkt or a client certificate's x5t#S256) is
+the story of every token used with that key, proven or merely presented. The report shows how
+each call was bound (none / dpop / mtls), the keys presented and the proof failures: a
+sender-constrained token refused for want of its key's proof is how a stolen one shows up.
+
 ``--revoke`` turns the incident into revocation entries (the token by jti, else by
-fingerprint; its families; for a subject, every token issued to it so far), writes them
+fingerprint; its families; for a subject, every token issued to it so far; for a key, every
+token used with it and their families), writes them
 into the shared revocation list with a ``Revoker`` (as ``gateway revoke`` does), and records
 who did it in the audit trail.
 """
@@ -29,19 +35,24 @@ import orjson
 from ..config import GatewayConfig
 from ..revocation.api import Revoker, factory_for
 from ..revocation.entries import Entry
-from ..revocation.schema import IssuerNeeded
+from ..revocation.schema import EntryFactory, IssuerNeeded
 from ..tokens.token import FINGERPRINT_PREFIX
 from .query import Query, Record, Warn, _stderr, _verbatim_in_json, iter_records, visible
-from .record import rfc3339
+from .record import PROOF_FAILURE_REASONS, rfc3339
 
 MAX_LISTED = 10_000  # calls listed one by one (all are counted)
 MAX_DENIALS_PER_REASON = 1_000
 MAX_RELATED = 1_000
 MAX_IPS_PER_TOKEN = 50
+MAX_KEYS = 1_000  # distinct key thumbprints listed (calls with others are counted)
+MAX_BINDINGS = 8  # distinct binding values kept per token or key (a record may hold anything there)
 _CALL_FIELDS = (
     "ts", "request_id", "client_ip", "method", "path", "route", "status", "decision", "reason", "user_agent",
-    "scopes", "required_scopes", "missing_scopes", "jti", "token_fingerprint", "suspicious",
+    "scopes", "required_scopes", "missing_scopes", "jti", "token_fingerprint", "suspicious", "binding",
+    "key_thumbprint", "rule", "detail",
 )
+_KINDS = {"jti": "token jti", "fingerprint": "token fingerprint", "sub": "subject", "family": "family (sid)",
+          "key": "key thumbprint"}
 
 
 # --- what is investigated --------------------------------------------------------------------
@@ -51,24 +62,26 @@ _CALL_FIELDS = (
 class Target:
     """What the incident is about. ``value`` never holds a raw token: --token becomes a fingerprint."""
 
-    kind: str  # jti | fingerprint | sub | family
+    kind: str  # jti | fingerprint | sub | family | key
     value: str
     from_token: bool = False
 
     @classmethod
     def from_options(
         cls, jti: str | None = None, fingerprint: str | None = None, token: str | None = None,
-        sub: str | None = None, family: str | None = None,
+        sub: str | None = None, family: str | None = None, key_thumbprint: str | None = None,
     ) -> Target:
         given = [(k, v) for k, v in (("jti", jti), ("fingerprint", fingerprint), ("token", token), ("sub", sub),
-                                     ("family", family)) if v]
+                                     ("family", family), ("key", key_thumbprint)) if v]
         if len(given) != 1:
-            raise ValueError("give exactly one of --jti, --fingerprint, --token, --sub, --family")
+            raise ValueError("give exactly one of --jti, --fingerprint, --token, --sub, --family, --key-thumbprint")
         kind, value = given[0]
         if kind == "token":
             return cls("fingerprint", Query.build(token=value).fingerprint or "", from_token=True)
         if kind == "fingerprint":
             return cls("fingerprint", Query(fingerprint=value).fingerprint or "")
+        if kind == "key":
+            return cls("key", Query(key_thumbprint=value).key_thumbprint or "")
         return cls(kind, value)
 
     def query(self) -> Query:
@@ -78,14 +91,14 @@ class Target:
             return Query(fingerprint=self.value)
         if self.kind == "sub":
             return Query(sub=self.value)
+        if self.kind == "key":
+            return Query(key_thumbprint=self.value)
         return Query(family=self.value)
 
     def describe(self) -> str:
         if self.from_token:
             return f"the token given with --token (fingerprint {self.value}; the token itself is not shown)"
-        return {"jti": "token jti", "fingerprint": "token fingerprint", "sub": "subject", "family": "family (sid)"}[
-            self.kind
-        ] + f" {self.value}"
+        return f"{_KINDS[self.kind]} {self.value}"
 
     @property
     def is_token(self) -> bool:
@@ -129,6 +142,8 @@ class TokenSeen(Seen):
     iss: str | None = None
     ips: set[str] = field(default_factory=set)
     more_ips: bool = False
+    bindings: set[str] = field(default_factory=set)  # none | dpop | mtls, as the calls were bound
+    proof_failures: int = 0
 
     def note(self, record: Record) -> None:
         # a value the gateway had to escape or cut is not the token's: never revoke by it
@@ -143,6 +158,19 @@ class TokenSeen(Seen):
                 self.ips.add(ip)
             else:
                 self.more_ips = True
+        binding = _text(record.get("binding"))
+        if binding and len(self.bindings) < MAX_BINDINGS:
+            self.bindings.add(binding)
+        if _text(record.get("reason")) in PROOF_FAILURE_REASONS:  # a reason of another type is no failure
+            self.proof_failures += 1
+
+
+@dataclass
+class KeySeen(Seen):
+    """One key presented with the target's calls: how it was bound, and the proofs that failed."""
+
+    bindings: set[str] = field(default_factory=set)
+    proof_failures: int = 0
 
 
 def token_key(record: Record) -> str | None:
@@ -179,6 +207,10 @@ class Incident:
     related: dict[str, TokenSeen] = field(default_factory=dict)
     related_dropped: int = 0
     actions: list[Record] = field(default_factory=list)
+    bindings: Counter[str] = field(default_factory=Counter)  # calls by binding (none | dpop | mtls)
+    keys: dict[str, KeySeen] = field(default_factory=dict)
+    keys_dropped: int = 0  # calls whose key was not listed (past MAX_KEYS)
+    proof_failures: Counter[str] = field(default_factory=Counter)  # by reason
 
     # -- collecting --
 
@@ -219,10 +251,32 @@ class Incident:
         self.timeline.setdefault(minute, Counter())["allow" if allowed else "deny"] += 1
         for reason in call["suspicious"]:
             self.suspicious[reason] += 1
+        self._add_binding(call, allowed)
         key = token_key(record)
         if key is not None:
             self.tokens.setdefault(key, TokenSeen(ts, ts)).add(ts, allowed)
             self.tokens[key].note(record)
+
+    def _add_binding(self, call: Record, allowed: bool) -> None:
+        """How the call's token was bound, the key it presented, and whether its proof failed."""
+        failed = call["reason"] in PROOF_FAILURE_REASONS
+        if failed:
+            self.proof_failures[call["reason"]] += 1
+        if call["binding"] is not None and (call["binding"] in self.bindings or len(self.bindings) < MAX_BINDINGS):
+            self.bindings[call["binding"]] += 1
+        thumbprint = call["key_thumbprint"]
+        if not thumbprint:
+            return
+        seen = self.keys.get(thumbprint)
+        if seen is None:
+            if len(self.keys) >= MAX_KEYS:
+                self.keys_dropped += 1
+                return
+            seen = self.keys[thumbprint] = KeySeen(call["ts"], call["ts"])
+        seen.add(call["ts"], allowed)
+        if call["binding"] and len(seen.bindings) < MAX_BINDINGS:
+            seen.bindings.add(call["binding"])
+        seen.proof_failures += int(failed)
 
     def add_related(self, record: Record) -> None:
         """A record of another token of the same family or subject."""
@@ -242,6 +296,15 @@ class Incident:
         seen.note(record)
 
     # -- facts derived --
+
+    @property
+    def proof_failure_count(self) -> int:
+        return sum(self.proof_failures.values())
+
+    @property
+    def key_count(self) -> str:
+        """How many keys were presented: ``12``, or ``1000+`` when some were left out."""
+        return f"{len(self.keys)}{'+' if self.keys_dropped else ''}"
 
     @property
     def families(self) -> list[str]:
@@ -423,8 +486,8 @@ def _report_lines(incident: Incident) -> list[str]:
         f" from {len(incident.ips)} client IP(s)",
     ]
     if incident.suspicious:
-        flagged = ", ".join(f"{r} x{n}" for r, n in incident.suspicious.most_common())
-        lines.append(f"  flagged by live detection: {flagged}")
+        lines.append(f"  flagged by live detection: {counts_text(incident.suspicious)}")
+    lines += _binding_summary(incident)
 
     statuses = incident.statuses()
     lines += ["", "Calls by route and status"]
@@ -445,6 +508,8 @@ def _report_lines(incident: Incident) -> list[str]:
         ["USER AGENT", "CALLS", "FIRST SEEN", "LAST SEEN"],
         [[ua, s.calls, s.first, s.last] for ua, s in sorted(incident.user_agents.items(), key=lambda i: -i[1].calls)],
     )
+
+    lines += ["", *_keys_text(incident)]
 
     lines += ["", f"Denials by reason ({incident.denied})"]
     if not incident.denial_counts:
@@ -473,10 +538,9 @@ def _report_lines(incident: Incident) -> list[str]:
 
     lines += ["", f"Calls ({incident.calls})"]
     lines += _table(
-        ["TIME", "CLIENT IP", "METHOD", "PATH", "ROUTE", "STATUS", "DECISION", "REASON"],
-        [[c["ts"], c["client_ip"], c["method"], c["path"], c["route"], c["status"], c["decision"],
-          (c["reason"] or "") + (f" (suspicious: {scopes_text(c['suspicious'])})" if c["suspicious"] else "")]
-         for c in sorted(incident.listed, key=lambda c: c["ts"])],
+        ["TIME", "CLIENT IP", "METHOD", "PATH", "ROUTE", "STATUS", "DECISION", "REASON", "BINDING"],
+        [[c["ts"], c["client_ip"], c["method"], c["path"], c["route"], c["status"], c["decision"], reason_text(c),
+          c["binding"]] for c in sorted(incident.listed, key=lambda c: c["ts"])],
     )
     if incident.calls > len(incident.listed):
         lines.append(f"  ... {incident.calls - len(incident.listed)} more calls not listed here:"
@@ -485,11 +549,59 @@ def _report_lines(incident: Incident) -> list[str]:
     return lines
 
 
+def reason_text(call: Record) -> str:
+    """A call's reason, with the claims rule that refused it, the refusal's detail and live detection's flags."""
+    text = call["reason"] or ""
+    if call["rule"]:
+        text += f" (rule {call['rule']})"
+    if call["detail"]:
+        text += f": {call['detail']}"
+    if call["suspicious"]:
+        text += f" (suspicious: {scopes_text(call['suspicious'])})"
+    return text
+
+
+def tokens_title(target: Target) -> str:
+    """The heading over the tokens of a subject, family or key target."""
+    what = {"sub": "of this subject", "family": "of this family", "key": "used with this key"}[target.kind]
+    return f"Tokens {what}"
+
+
+def counts_text(counts: Counter[str]) -> str:
+    """``dpop x5, none x2``: a counter as one line, most common first."""
+    return ", ".join(f"{name} x{n}" for name, n in counts.most_common())
+
+
+def _binding_summary(incident: Incident) -> list[str]:
+    lines = []
+    if incident.bindings:
+        lines.append(f"  bindings: {counts_text(incident.bindings)}"
+                     f"   keys presented: {incident.key_count}")
+    if incident.proof_failures:
+        lines.append(f"  proof failures: {incident.proof_failure_count} ({counts_text(incident.proof_failures)}):"
+                     " calls that did not prove the key the token is bound to, as a stolen token replayed"
+                     " without its key does")
+    return lines
+
+
+def _keys_text(incident: Incident) -> list[str]:
+    lines = [f"Keys presented ({incident.key_count}): DPoP key jkt or client certificate x5t#S256"]
+    if not incident.keys:
+        return [*lines, "  none"]
+    lines += _table(
+        ["KEY THUMBPRINT", "BINDING", "FIRST SEEN", "LAST SEEN", "CALLS", "ALLOWED", "PROOF FAILURES"],
+        [[key, " ".join(sorted(k.bindings)), k.first, k.last, k.calls, k.allowed, k.proof_failures]
+         for key, k in sorted(incident.keys.items(), key=lambda item: item[1].first)],
+    )
+    if incident.keys_dropped:
+        lines.append(f"  ... {incident.keys_dropped} more calls with keys not listed")
+    return lines
+
+
 def _tokens_text(incident: Incident) -> list[str]:
     lines: list[str] = []
     if not incident.target.is_token:
-        lines.append(f"Tokens of this {'subject' if incident.target.kind == 'sub' else 'family'}"
-                     f" ({len(incident.tokens)})")
+        lines.append(f"{tokens_title(incident.target)} ({len(incident.tokens)})")
         lines += _token_rows(incident, list(incident.tokens.values()))
         if incident.target.kind == "sub":
             return lines
@@ -510,9 +622,11 @@ def _token_rows(incident: Incident, tokens: list[TokenSeen], mark: bool = False)
     if not tokens:
         return []
     return _table(
-        ["", "JTI", "FINGERPRINT", "SID", "SUB", "CLIENT", "FIRST SEEN", "LAST SEEN", "CALLS", "DENIED", "IPS"],
+        ["", "JTI", "FINGERPRINT", "SID", "SUB", "CLIENT", "FIRST SEEN", "LAST SEEN", "CALLS", "DENIED", "IPS",
+         "BINDING", "PROOF FAILURES"],
         [["*" if mark and incident.overlaps(t) else "", t.jti, t.fingerprint, t.sid, t.sub, t.client_id, t.first,
-          t.last, t.calls, t.denied, " ".join(sorted(t.ips)) + (" ..." if t.more_ips else "")] for t in tokens],
+          t.last, t.calls, t.denied, " ".join(sorted(t.ips)) + (" ..." if t.more_ips else ""),
+          " ".join(sorted(t.bindings)), t.proof_failures] for t in tokens],
     )
 
 
@@ -535,7 +649,8 @@ class RevokeError(Exception):
 
 def plan_revocation(incident: Incident, config: GatewayConfig, reason: str, now: float | None = None) -> list[Entry]:
     """The entries that cut the target off: the token (jti, else fingerprint) and its families;
-    for a subject, every token issued to it until now plus its families; for a family, the family.
+    for a subject, every token issued to it until now plus its families; for a family, the family;
+    for a key, every token the records show used with it (by jti, else fingerprint) and their families.
 
     Each entry lives as the revocation schema says (``factory_for``): the issuer's
     ``max_token_lifetime`` plus the expiry margin; the longest lifetime configured when the
@@ -557,12 +672,7 @@ def plan_revocation(incident: Incident, config: GatewayConfig, reason: str, now:
             if target.kind == "fingerprint" and len(tokens) > 1:
                 raise RevokeError(f"fingerprint prefix {target.value} matches {len(tokens)} tokens;"
                                   " give the whole fingerprint or the jti")
-            for token in tokens:
-                if token.jti:
-                    entries.append(factory.jti(token.jti, issuer=token.iss, reason=note, now=now))
-                elif token.fingerprint and len(token.fingerprint) >= FINGERPRINT_PREFIX:
-                    entries.append(factory.fingerprint(token.fingerprint[:FINGERPRINT_PREFIX], issuer=token.iss,
-                                                       reason=note, now=now))
+            entries += _token_entries(tokens, factory, note, now)
             if not tokens and target.kind == "jti":
                 entries.append(factory.jti(target.value, reason=note, now=now))
             elif not tokens and len(target.value) == FINGERPRINT_PREFIX:
@@ -572,6 +682,10 @@ def plan_revocation(incident: Incident, config: GatewayConfig, reason: str, now:
                                   f" revoke by; give all {FINGERPRINT_PREFIX} hex digits or the jti")
         elif target.kind == "sub":
             entries.append(factory.subject(target.value, issuer=issuer, before=now, reason=note, now=now))
+        elif target.kind == "key":
+            if not incident.tokens:
+                raise RevokeError("no audit record shows a token used with this key: nothing to revoke")
+            entries += _token_entries(list(incident.tokens.values()), factory, note, now)
         for sid, family_issuer in _families(incident):
             entries.append(factory.family(sid, issuer=family_issuer, reason=note, now=now))
     except IssuerNeeded as exc:
@@ -581,6 +695,18 @@ def plan_revocation(incident: Incident, config: GatewayConfig, reason: str, now:
         raise RevokeError(str(exc)) from None
     if not entries:
         raise RevokeError("nothing to revoke")
+    return entries
+
+
+def _token_entries(tokens: Sequence[TokenSeen], factory: EntryFactory, note: str, now: float) -> list[Entry]:
+    """Each token by its jti, else by its 32-digit fingerprint (a shorter one is not enough to revoke by)."""
+    entries = []
+    for token in tokens:
+        if token.jti:
+            entries.append(factory.jti(token.jti, issuer=token.iss, reason=note, now=now))
+        elif token.fingerprint and len(token.fingerprint) >= FINGERPRINT_PREFIX:
+            entries.append(factory.fingerprint(token.fingerprint[:FINGERPRINT_PREFIX], issuer=token.iss,
+                                               reason=note, now=now))
     return entries
 
 

@@ -37,6 +37,9 @@ GZIP_MAGIC = b"\x1f\x8b"
 
 Record = dict[str, Any]
 Warn = Callable[[str], None]
+BINDINGS = ("none", "dpop", "mtls")  # Decision.binding: what a request proved its token is bound to
+# RFC 7638 / RFC 8705 thumbprints are unpadded base64url of a SHA-256 (43 characters); tolerate padding
+_THUMBPRINT = re.compile(r"[A-Za-z0-9_-]{1,128}={0,2}")
 
 
 def _stderr(message: str) -> None:
@@ -103,6 +106,8 @@ class Query:
     route: str | None = None
     decision: str | None = None
     reason: str | None = None
+    binding: str | None = None  # none | dpop | mtls: how the token was bound on the request
+    key_thumbprint: str | None = None  # the DPoP key's jkt or the client certificate's x5t#S256
     since: str | None = None  # canonical ts text
     until: str | None = None
     _network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = field(default=None, repr=False)
@@ -113,6 +118,12 @@ class Query:
             if not re.fullmatch(r"[0-9a-f]{1,64}", self.fingerprint):
                 raise ValueError("a fingerprint is hex digits (a prefix of the token's SHA-256)")
             self.fingerprint = self.fingerprint[:FINGERPRINT_PREFIX]
+        if self.binding is not None and self.binding not in BINDINGS:
+            raise ValueError(f"a binding is one of {', '.join(BINDINGS)}")
+        if self.key_thumbprint is not None:
+            self.key_thumbprint = self.key_thumbprint.strip()
+            if not _THUMBPRINT.fullmatch(self.key_thumbprint):
+                raise ValueError("a key thumbprint is base64url (a DPoP jkt or a certificate's x5t#S256)")
         if self.ip is not None and "/" in self.ip:
             try:
                 self._network = ipaddress.ip_network(self.ip, strict=False)
@@ -136,7 +147,8 @@ class Query:
 
     def literals(self) -> list[bytes]:
         """Values that must appear verbatim in a matching line (JSON leaves them unescaped)."""
-        values = [self.jti, self.fingerprint, self.sub, self.client, self.family, self.route, self.reason]
+        values = [self.jti, self.fingerprint, self.sub, self.client, self.family, self.route, self.reason,
+                  self.key_thumbprint]
         if self._network is None:
             values.append(self.ip)
         return [v.encode() for v in values if v and _verbatim_in_json(v)]
@@ -162,6 +174,10 @@ class Query:
         if self.decision is not None and get("decision") != self.decision:
             return False
         if self.reason is not None and get("reason") != self.reason:
+            return False
+        if self.binding is not None and get("binding") != self.binding:
+            return False
+        if self.key_thumbprint is not None and get("key_thumbprint") != self.key_thumbprint:
             return False
         if self.since is not None or self.until is not None:
             ts = _canonical_ts(get("ts"))
@@ -332,12 +348,14 @@ CSV_FIELDS = (
     "ts", "request_id", "mode", "client_ip", "method", "host", "path", "route", "upstream", "status", "decision",
     "reason", "sub", "client_id", "iss", "jti", "sid", "token_fingerprint", "scopes", "required_scopes",
     "missing_scopes", "user_agent", "duration_ms", "upstream_ms", "bytes_in", "bytes_out", "suspicious",
+    "binding", "key_thumbprint", "rule",  # last: spreadsheets made from older exports keep their columns
 )
 
 _TABLE = (  # (header, field, width)
     ("TIME", "ts", 24), ("CLIENT IP", "client_ip", 15), ("METHOD", "method", 6), ("PATH", "path", 32),
     ("ROUTE", "route", 14), ("STATUS", "status", 6), ("REASON", "reason", 18), ("SUB", "sub", 14),
-    ("JTI", "jti", 32), ("FINGERPRINT", "token_fingerprint", 12),
+    ("JTI", "jti", 32), ("FINGERPRINT", "token_fingerprint", 12), ("BINDING", "binding", 7),
+    ("KEY", "key_thumbprint", 12),
 )
 
 

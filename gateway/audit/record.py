@@ -23,16 +23,29 @@ from typing import Any
 
 from ..decision import Decision
 from ..policy import required_scopes
+from ..reasons import Reason
 from ..tokens.token import short_fingerprint
 
 # the longest text (in characters, after escaping) each field keeps; docs/incident-response.md lists them
 LIMITS: dict[str, int] = {
     "request_id": 128, "client_ip": 64, "method": 32, "host": 256, "path": 2048, "route": 256, "upstream": 256,
     "sub": 256, "client_id": 256, "iss": 512, "jti": 256, "sid": 256, "user_agent": 512,
+    "binding": 16, "key_thumbprint": 128, "rule": 256, "detail": 256,
 }
 SCOPE_LIMIT = 256  # characters of one scope in scopes, required_scopes, missing_scopes
 SCOPES_LIMIT = 100  # scopes listed per field; more are left out and the field is named in truncated
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+# refusals meaning the sender could not prove the key its token is bound to: what a stolen
+# DPoP- or certificate-bound token replayed without its key produces. Not among them:
+# use_dpop_nonce (every DPoP client meets it on first contact and after each nonce rotation),
+# sender_constraint_required (the token is not bound as the route asks: nothing was proven
+# wrong) and dpop_replay_unavailable (the gateway's own outage)
+PROOF_FAILURES: frozenset[Reason] = frozenset({
+    Reason.UNPROVEN_BINDING, Reason.INVALID_DPOP_PROOF, Reason.DPOP_REPLAYED, Reason.DPOP_KEY_MISMATCH,
+    Reason.CLIENT_CERTIFICATE_MISMATCH, Reason.CLIENT_CERTIFICATE_INVALID,
+})
+PROOF_FAILURE_REASONS: frozenset[str] = frozenset(r.value for r in PROOF_FAILURES)  # as records spell them
 
 _SECOND: tuple[int, str] = (0, "1970-01-01T00:00:00")  # the last whole second formatted, reused within it
 
@@ -158,6 +171,9 @@ def audit_record(
         "jti": text("jti", token.jti) if token else None,
         "sid": text("sid", family) if isinstance(family, str) else None,
         "token_fingerprint": short_fingerprint(decision.token_fingerprint) if decision.token_fingerprint else None,
+        # how the token was bound on this request (none | dpop | mtls), for requests that carried one
+        "binding": text("binding", decision.binding) if decision.token_fingerprint else None,
+        "key_thumbprint": text("key_thumbprint", decision.key_thumbprint) if decision.token_fingerprint else None,
         "scopes": altered.texts("scopes", sorted(token.scopes)) if token else [],
         "required_scopes": altered.texts("required_scopes", required_scopes(route)) if route is not None else [],
         "missing_scopes": altered.texts("missing_scopes", sorted(decision.missing_scopes)),
@@ -167,6 +183,10 @@ def audit_record(
         "bytes_in": exchange.bytes_in,
         "bytes_out": exchange.bytes_out,
     }
+    if decision.failed_rule is not None:
+        record["rule"] = text("rule", decision.failed_rule)
+    if decision.detail:  # a fixed sentence of the gateway's: which proof check failed, the rule's cause...
+        record["detail"] = text("detail", decision.detail)
     if suspicious:
         record["suspicious"] = suspicious
     if altered.escaped:

@@ -25,7 +25,14 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
-from .incident import Incident, TokenSeen, revoked_text, scopes_text
+from .incident import (
+    Incident,
+    TokenSeen,
+    reason_text,
+    revoked_text,
+    scopes_text,
+    tokens_title,
+)
 from .query import visible
 from .record import rfc3339
 
@@ -144,16 +151,15 @@ def _token_row(incident: Incident, token: TokenSeen, mark: bool) -> dict[str, An
         "fingerprint": token.fingerprint, "sid": token.sid, "sub": token.sub, "client_id": token.client_id,
         "first": token.first, "last": token.last, "calls": token.calls, "denied": token.denied,
         "ips": " ".join(sorted(token.ips)) + (" ..." if token.more_ips else ""),
+        "binding": " ".join(sorted(token.bindings)), "proof_failures": token.proof_failures,
     }
 
 
 def _calls(incident: Incident) -> list[dict[str, Any]]:
     rows = []
     for call in sorted(incident.listed, key=lambda c: c["ts"]):
-        reason = call["reason"] or ""
-        if call["suspicious"]:
-            reason += f" (suspicious: {scopes_text(call['suspicious'])})"
-        rows.append({**call, "row_class": row_class(call), "reason_text": reason})
+        rows.append({**call, "row_class": row_class(call), "reason_text": reason_text(call),
+                     "key_short": _short(call["key_thumbprint"])})
     return rows
 
 
@@ -167,8 +173,7 @@ def _token_sections(incident: Incident) -> list[dict[str, Any]]:
     """The tokens of a subject or family, then the other tokens of the same family or subject."""
     target, sections = incident.target, []
     if not target.is_token:
-        kind = "subject" if target.kind == "sub" else "family"
-        sections.append({"title": f"Tokens of this {kind} ({len(incident.tokens)})", "id": "tokens", "mark": False,
+        sections.append({"title": f"{tokens_title(target)} ({len(incident.tokens)})", "id": "tokens", "mark": False,
                          "rows": [_token_row(incident, t, False) for t in incident.tokens.values()]})
     if target.kind != "sub":
         title = "Other tokens of the same subject" if target.kind == "family" else \
@@ -179,15 +184,33 @@ def _token_sections(incident: Incident) -> list[dict[str, Any]]:
     return sections
 
 
+def _short(thumbprint: str | None) -> str | None:
+    """A key thumbprint's first characters: enough to find it in the keys table, narrow enough for a column."""
+    return thumbprint if thumbprint is None or len(thumbprint) <= 13 else thumbprint[:12] + "\u2026"
+
+
+def _keys(incident: Incident) -> list[dict[str, Any]]:
+    """The keys presented, first seen first, as texts and numbers for the template."""
+    return [{"key": key, "binding": " ".join(sorted(k.bindings)), "first": k.first, "last": k.last, "calls": k.calls,
+             "allowed": k.allowed, "proof_failures": k.proof_failures}
+            for key, k in sorted(incident.keys.items(), key=lambda item: item[1].first)]
+
+
+def _counts(counts: Counter[str]) -> str:
+    return ", ".join(f"{name} \u00d7{n}" for name, n in counts.most_common())
+
+
 def _summary(incident: Incident) -> dict[str, Any]:
     first, last = incident.first or {}, incident.last or {}
-    flagged = ", ".join(f"{r} \u00d7{n}" for r, n in incident.suspicious.most_common())
+    flagged = _counts(incident.suspicious)
     return {
         "subjects": ", ".join(incident.subjects) or "-", "families": ", ".join(incident.families) or "-",
         "issuers": ", ".join(incident.issuers) or "-",
         "first_use": f"{first.get('ts') or ''} from {first.get('client_ip') or ''}",
         "last_use": f"{last.get('ts') or ''} from {last.get('client_ip') or ''}",
         "flagged": flagged,
+        "bindings": _counts(incident.bindings) or "-",
+        "proof_failures": _counts(incident.proof_failures),
     }
 
 
@@ -209,6 +232,7 @@ def render_html(incident: Incident, generated: float | None = None) -> str:
                  for reason, count in incident.denial_counts.most_common()],
         escalations=list(_escalations(incident)),
         token_sections=_token_sections(incident),
+        keys=_keys(incident),
         calls=_calls(incident),
         actions=[{**a, "revoked_text": revoked_text(a)} for a in incident.actions],
         generated=rfc3339(when),

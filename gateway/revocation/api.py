@@ -35,6 +35,7 @@ def factory_for(config: GatewayConfig) -> EntryFactory:
         default_ttl=config.revocation.default_ttl,
         lifetimes={issuer.issuer: issuer.max_token_lifetime for issuer in config.issuers},
         issuers=tuple(issuer.issuer for issuer in config.issuers),
+        introspected=frozenset(issuer.issuer for issuer in config.issuers if issuer.introspection is not None),
     )
 
 

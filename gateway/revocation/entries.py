@@ -15,7 +15,7 @@ from enum import Enum
 from typing import Any
 
 from ..reasons import Reason
-from ..tokens.token import FINGERPRINT_PREFIX, ValidatedToken
+from ..tokens.token import FINGERPRINT_PREFIX, ValidatedToken, sha256_hex
 
 
 class Kind(str, Enum):
@@ -204,6 +204,32 @@ class RevocationList:
         own, anyone = fingerprints.get((token.issuer, short), _NEVER), fingerprints.get((ANY_ISSUER, short), _NEVER)
         return own > now or anyone > now
 
+    def _revoked_jti_hash(self, token: ValidatedToken, now: float) -> bool:
+        """A fingerprint entry equal to the SHA-256 of the token's jti: a jti revoked for an issuer
+        that introspects is kept that way (``EntryFactory.jti``), since there the "jti" an
+        integrator has is often the opaque token itself, which must never be stored."""
+        assert token.jti is not None
+        short = (token.jti_hash or sha256_hex(token.jti))[:FINGERPRINT_PREFIX]
+        fingerprints = self._fingerprints
+        own, anyone = fingerprints.get((token.issuer, short), _NEVER), fingerprints.get((ANY_ISSUER, short), _NEVER)
+        return own > now or anyone > now
+
+    def fingerprint_revoked(self, issuer: str, fingerprint: str, now: float | None = None) -> bool:
+        """Whether a token of ``issuer`` with this fingerprint is revoked, before anything else is
+        known about it: checked before an opaque token is introspected, so that a revoked token
+        costs no call to the authorization server and is refused as ``revoked_token``."""
+        fingerprints, legacy = self._fingerprints, self._legacy
+        if not (fingerprints or legacy):
+            return False
+        now = time.time() if now is None else now
+        short = fingerprint[:FINGERPRINT_PREFIX]
+        return (
+            fingerprints.get((issuer, short), _NEVER) > now
+            or fingerprints.get((ANY_ISSUER, short), _NEVER) > now
+            or legacy.get(fingerprint, _NEVER) > now
+            or legacy.get(short, _NEVER) > now
+        )
+
     def check(self, token: ValidatedToken, now: float | None = None) -> Reason | None:
         """The revocation reason matching this token, or None."""
         jtis, fingerprints, legacy = self._jtis, self._fingerprints, self._legacy
@@ -222,6 +248,8 @@ class RevocationList:
             if fingerprints.get((issuer, short), _NEVER) > now or fingerprints.get((ANY_ISSUER, short), _NEVER) > now:
                 return Reason.REVOKED_TOKEN
             if token.presented_hash is not None and self._revoked_as_presented(token, now):
+                return Reason.REVOKED_TOKEN
+            if token.jti is not None and self._revoked_jti_hash(token, now):
                 return Reason.REVOKED_TOKEN
         if legacy and self._legacy_match(token, now):
             return Reason.REVOKED_TOKEN

@@ -37,8 +37,9 @@ import orjson
 from aiohttp import web
 
 from ..reasons import Reason
-from ..tokens.token import TokenError
-from ..tokens.validator import jwt_parts
+from ..tokens.jwt import JwtValidator
+from ..tokens.token import TokenError, ValidatedToken, fingerprint
+from ..tokens.validator import TokenValidator, jwt_parts
 from .api import factory_for
 from .entries import ANY_ISSUER, Entry, Kind, Match, is_finite
 from .schema import MAX_LIFETIME, TARGETS, EntryFactory, RevocationWriteError
@@ -176,10 +177,11 @@ class Intake:
             return SHARED_SECRET
         pipeline = self.gateway.pipeline
         # only a JWT can be an admin token: a wrong or unset shared secret is never sent to introspection
-        if pipeline is None or jwt_parts(credential) is None:
+        parts = jwt_parts(credential)
+        if pipeline is None or parts is None:
             return _unauthorized()
         try:
-            token = await pipeline.validator.validate(credential)
+            token = await self._admin_token(pipeline.validator, credential, *parts)
         except TokenError as exc:
             return _refused(exc.reason)
         refused = self.gateway.revocation.check(token)  # the store's check: fails closed when stale
@@ -192,6 +194,22 @@ class Intake:
         if not caller.may_act_for(token.issuer):  # an issuer configured as "*" would speak for every issuer
             return self._not_for(caller, token.issuer)
         return caller
+
+    async def _admin_token(self, validator: TokenValidator, raw: str, header: dict[str, Any],
+                           payload: dict[str, Any]) -> ValidatedToken:
+        """The admin token, validated as an access token; with ``admin.audiences``, for one of those
+        audiences instead of its issuer's (which the configuration keeps apart), so that an admin
+        token is not also an API token. Such a token must be a JWT its issuer signs: an issuer that
+        introspects cannot say that the token is meant for the admin port."""
+        audiences = self.gateway.config.admin.audiences
+        if not audiences:
+            return await validator.validate(raw)
+        issuer = payload.get("iss")
+        verifier = validator.jwt.get(issuer) if isinstance(issuer, str) else None
+        if verifier is None:
+            raise TokenError(Reason.UNKNOWN_ISSUER, "an admin token must be a JWT of an issuer that signs its tokens")
+        admin = JwtValidator(verifier.config.model_copy(update={"audiences": list(audiences)}), verifier.keys)
+        return await admin.validate(raw, header, fingerprint(raw))
 
     def _not_for(self, caller: Caller, issuer: str) -> web.Response:
         """403 for an admin token naming another issuer's tokens (or every issuer's)."""

@@ -43,7 +43,7 @@ from typing import Any
 
 import orjson
 
-from ..tokens.token import as_number, fingerprint
+from ..tokens.token import as_number, fingerprint, sha256_hex
 from .entries import ANY_ISSUER, SCHEMA_VERSION, Entry, Kind, Match, is_finite
 
 DEFAULT_PREFIX = "gateway:revoked:"
@@ -254,6 +254,8 @@ class EntryFactory:
     lifetimes: Mapping[str, float] | None = None
     issuers: tuple[str, ...] = ()
     default_issuer: str | None = None
+    # issuers whose tokens may be opaque (they have an introspection section): see ``jti``
+    introspected: frozenset[str] = frozenset()
 
     def lifetime(self, issuer: str | None) -> float:
         """The issuer's max token lifetime; without an issuer, the longest of any."""
@@ -305,8 +307,20 @@ class EntryFactory:
 
     def jti(self, jti: str, *, issuer: str | None = None, ttl: float | None = None, expires_at: float | None = None,
             reason: str = "", now: float | None = None) -> Entry:
-        """A token by its ``jti`` claim, for ``issuer``'s tokens only (a jti is unique per issuer at best)."""
-        return self._token_entry("jti", Match.JTI, _nonempty("jti", jti), issuer, ttl, expires_at, reason, now)
+        """A token by its ``jti`` claim, for ``issuer``'s tokens only (a jti is unique per issuer at best).
+
+        For an issuer that introspects (and for ``*`` when one does), the entry holds the
+        SHA-256 of the value, as a fingerprint: it matches a token whose jti has that hash
+        (``RevocationList.check``) and an opaque token that *is* the value. An opaque token has
+        no jti the gateway sees (oidc-provider's introspection answer names none, since the
+        token's value is its jti), so what an integrator sends as "jti" is often the token
+        itself: stored as it is, it would never match and would put a live token in Redis.
+        """
+        value = _nonempty("jti", jti)
+        scope = self.issuer_for("jti", issuer)
+        if scope in self.introspected or (scope == ANY_ISSUER and self.introspected):
+            return self._token_entry("jti", Match.FINGERPRINT, sha256_hex(value), scope, ttl, expires_at, reason, now)
+        return self._token_entry("jti", Match.JTI, value, scope, ttl, expires_at, reason, now)
 
     def fingerprint(self, fingerprint: str, *, issuer: str | None = None, ttl: float | None = None,
                     expires_at: float | None = None, reason: str = "", now: float | None = None) -> Entry:

@@ -45,6 +45,7 @@ import jwt
 import orjson
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from .. import metrics
 from ..config import IntrospectionConfig, IssuerConfig
@@ -67,6 +68,7 @@ DISCOVERY_RETRY_INTERVAL = 5.0  # after a failed discovery, fail fast for this l
 LOG_INTERVAL = 10.0  # the same failure is logged at most once per interval per issuer
 RETRY_DELAY = (0.05, 0.2)  # jittered pause before the one retry after a connection error
 SHARED_KEY_PREFIX = "tokengate:introspection:"
+PROBE_INTERVAL = 5.0  # seconds between readiness probes while introspection is failing
 
 _random = secrets.SystemRandom()
 _ERROR_CODE = re.compile(r"^[a-z_]{1,40}$")
@@ -151,6 +153,50 @@ def load_private_key(path: str) -> Any:
         raise ValueError(f"introspection private_key_file {path}: not an unencrypted PEM private key") from None
 
 
+def _key_kind(key: Any) -> str:
+    """What a private key is, in the words of ``_NEEDS``."""
+    if isinstance(key, rsa.RSAPrivateKey):
+        return "an RSA key"
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return f"an EC {_CURVES.get(key.curve.name, key.curve.name)} key"
+    if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey):
+        return "an Ed25519 or Ed448 key"
+    return f"a {type(key).__name__.removeprefix('_')}"
+
+
+_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
+_NEEDS = {
+    "RS": "an RSA key", "PS": "an RSA key", "ES256": "an EC P-256 key", "ES384": "an EC P-384 key",
+    "ES512": "an EC P-521 key", "EdDSA": "an Ed25519 or Ed448 key",
+}
+
+
+class KeyProblem(ValueError):
+    """A private_key_jwt key that cannot sign: ``field`` is the configuration key at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def signing_key(path: str, algorithm: str) -> Any:
+    """The private_key_jwt key, able to sign ``algorithm``; KeyProblem naming the key at fault otherwise.
+
+    Checked when the configuration is loaded (``gateway check-config`` and ``serve``), so that a
+    missing file or an RSA key configured for ES256 is a configuration error, not a failure of
+    the first introspection call (PyJWT would say "Expecting a PEM-formatted key").
+    """
+    try:
+        key = load_private_key(path)
+    except ValueError as exc:
+        raise KeyProblem("private_key_file", str(exc).removeprefix("introspection private_key_file ")) from None
+    needs = _NEEDS.get(algorithm) or _NEEDS.get(algorithm[:2], "")
+    have = _key_kind(key)
+    if have != needs:
+        raise KeyProblem("private_key_algorithm", f"{algorithm} needs {needs}, but {path} holds {have}")
+    return key
+
+
 class _Unavailable(Exception):
     """An introspection attempt that produced no usable answer; ``result`` is the metric label."""
 
@@ -189,7 +235,7 @@ class Introspector:
         self._private_key: Any = None
         if self.settings.auth_method == "private_key_jwt":
             assert self.settings.private_key_file is not None  # the config model requires it
-            self._private_key = load_private_key(self.settings.private_key_file)
+            self._private_key = signing_key(self.settings.private_key_file, self.settings.private_key_algorithm)
             try:
                 self._client_assertion()
             except (jwt.PyJWTError, ValueError, TypeError) as exc:
@@ -201,13 +247,17 @@ class Introspector:
         self._redis: Redis | None = None
         self._coalesced = metrics.INTROSPECTION_COALESCED.labels(self.issuer)
         self._duration = metrics.INTROSPECTION_DURATION.labels(self.issuer)
+        self._failing_since: float | None = None  # monotonic time of the first failure since the last answer
+        self._prober: asyncio.Task[None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Learn the endpoint from discovery when it is not configured (a failure is retried later)."""
+        """Learn the endpoint from discovery when it is not configured (a failure is retried later),
+        and start the readiness probe."""
         if self._needs_metadata():
             await self._discover()
+        self._prober = asyncio.create_task(self._probe_forever(), name=f"introspection-probe:{self.issuer}")
         if self.settings.shared_cache and self.settings.redis_url:
             from redis.asyncio import Redis  # only imported when a shared cache is configured
 
@@ -217,7 +267,10 @@ class Introspector:
             )
 
     async def stop(self) -> None:
-        tasks = list(self._inflight.values())
+        tasks: list[asyncio.Task[Any]] = [*self._inflight.values()]
+        if self._prober is not None:
+            tasks.append(self._prober)
+            self._prober = None
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -226,6 +279,30 @@ class Introspector:
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
+
+    # --- readiness -------------------------------------------------------------------------
+
+    def ready(self, now: float | None = None) -> bool:
+        """False once introspection has failed without a single answer for ``readiness_grace``.
+
+        An answer is any well-formed reply of the endpoint, ``active`` or not; a failure is what
+        refuses tokens with 503 (unreachable, too slow, 5xx, our credentials refused). The
+        grace period keeps a short outage of the authorization server from taking every replica
+        out of rotation at once; a longer one does, since no opaque token can pass meanwhile.
+        """
+        since = self._failing_since
+        now = time.monotonic() if now is None else now
+        return since is None or now - since < self.settings.readiness_grace
+
+    async def _probe_forever(self) -> None:
+        """While introspection fails, probe it every PROBE_INTERVAL: a replica out of rotation gets
+        no tokens, so only a probe can see the endpoint come back. The probe introspects a random
+        token; any answer (``active: false``) proves the endpoint and our credentials."""
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL)
+            if self._failing_since is not None:
+                with contextlib.suppress(TokenError):
+                    await self._call("tokengate-readiness-probe-" + secrets.token_urlsafe(16))
 
     # --- lookup ----------------------------------------------------------------------------
 
@@ -309,13 +386,17 @@ class Introspector:
         try:
             endpoint = await self._endpoint_url()
             try:
-                return await self._attempt(endpoint, raw)
+                answer = await self._attempt(endpoint, raw)
             except _Unavailable as first:
                 if first.result != "connection_error":
                     raise
                 await asyncio.sleep(_random.uniform(*RETRY_DELAY))
-                return await self._attempt(endpoint, raw)
+                answer = await self._attempt(endpoint, raw)
+            self._failing_since = None
+            return answer
         except _Unavailable as exc:
+            if self._failing_since is None:
+                self._failing_since = time.monotonic()
             if exc.result != "unauthorized":  # that one was logged at error level where it was seen
                 self._log_failure(exc.result, logging.WARNING, str(exc))
             raise TokenError(Reason.INTROSPECTION_UNAVAILABLE, "token introspection failed") from None

@@ -28,8 +28,11 @@ from ..reasons import Reason
 FINGERPRINT_PREFIX = 32
 
 
-def _sha256(text: str) -> str:
+def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+_sha256 = sha256_hex
 
 
 def signing_input(raw_token: str) -> str | None:
@@ -94,6 +97,8 @@ class ValidatedToken:
     # SHA-256 of the exact JWT as presented, when that differs from ``fingerprint``: fingerprint
     # entries written before identities hashed ``header.payload`` were computed over it
     presented_hash: str | None = field(default=None, compare=False)
+    # SHA-256 of ``jti``: how a jti revoked for an issuer that introspects is kept (revocation/schema.py)
+    jti_hash: str | None = field(default=None, compare=False)
 
     def claim(self, name: str) -> Any:
         return self.claims.get(name)
@@ -202,12 +207,12 @@ def token_from_claims(claims: dict[str, Any], issuer: str, fp: str, source: str)
     unsafe = _unsafe_identity_claim(claims)
     if unsafe is not None:
         raise TokenError(Reason.INVALID_CLAIM, f"the {unsafe} claim cannot be sent as a header value")
-    subject = claims.get("sub")
     jti = claims.get("jti")
+    client_id = client_of(claims)
     return ValidatedToken(
         issuer=issuer,
-        subject=subject if isinstance(subject, str) else None,
-        client_id=client_of(claims),
+        subject=subject_of(claims, client_id),
+        client_id=client_id,
         scopes=scopes_of(claims),
         expires_at=as_number(claims.get("exp")) or 0.0,
         fingerprint=fp,
@@ -215,4 +220,20 @@ def token_from_claims(claims: dict[str, Any], issuer: str, fp: str, source: str)
         issued_at=as_number(claims.get("iat")),
         claims=claims,
         source=source,
+        jti_hash=_sha256(jti) if isinstance(jti, str) else None,
     )
+
+
+def subject_of(claims: dict[str, Any], client_id: str | None) -> str | None:
+    """Who the token speaks for: its ``sub``; without one, the client (RFC 9068 section 2.2).
+
+    A client-credentials token has no resource owner, and RFC 9068 makes its ``sub`` the
+    client's identifier, as oidc-provider writes it into such a JWT; its introspection answer
+    for the same kind of opaque token has no ``sub`` at all. Taking the client then gives one
+    identity (``X-Auth-Subject``, the audit record's ``sub``, subject revocation) whichever way
+    the token was validated. A ``sub`` of another type than a string stays absent.
+    """
+    subject = claims.get("sub")
+    if isinstance(subject, str):
+        return subject
+    return client_id if subject is None else None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import aiohttp
@@ -48,6 +49,8 @@ class IntrospectionClient(Protocol):
     cache: ExpiringCache[ValidatedToken]  # its positive cache, purged on a revocation
 
     async def introspect(self, raw: str, fp: str) -> ValidatedToken: ...
+
+    def ready(self, now: float | None = None) -> bool: ...
 
     async def start(self) -> None: ...
 
@@ -82,6 +85,8 @@ class TokenValidator:
             "verified_token", config.verified_token_cache_size, lambda t: t.expires_at, lambda t: t.fingerprint
         )
         self._forgetting: set[asyncio.Task[int]] = set()
+        # (issuer, fingerprint) -> revoked?: the revocation list, asked before an introspection call
+        self.revoked: Callable[[str, str], bool] | None = None
 
     def _forget_issuer(self, issuer: str) -> None:
         """An issuer withdrew a key, or replaced it under the same kid: tokens it signed must not
@@ -98,6 +103,11 @@ class TokenValidator:
     def ready(self) -> bool:
         """True once every JWT issuer has keys."""
         return all(keys.loaded for keys in self.keys.values())
+
+    @property
+    def introspection_ready(self) -> bool:
+        """False while an issuer's introspection has failed for longer than its ``readiness_grace``."""
+        return all(introspector.ready() for introspector in self.introspectors.values())
 
     async def start(self) -> None:
         for keys in self.keys.values():
@@ -138,7 +148,7 @@ class TokenValidator:
             if issuer in self.jwt:
                 return await self._verify(issuer, raw, header, fp)
             if issuer in self.introspectors:  # validation: introspection
-                return await self.introspectors[issuer].introspect(raw, fp)
+                return await self._introspect(self.introspectors[issuer], raw, fp)
         metrics.TOKEN_VALIDATIONS.labels("unknown", Reason.UNKNOWN_ISSUER.value).inc()
         raise TokenError(Reason.UNKNOWN_ISSUER, "the token names no trusted issuer")
 
@@ -161,10 +171,19 @@ class TokenValidator:
         failure: TokenError | None = None
         for introspector in candidates:
             try:
-                return await introspector.introspect(raw, fp)
+                return await self._introspect(introspector, raw, fp)
             except TokenError as exc:
                 # an outage must not be hidden by a later issuer's "inactive": fail closed with 503
                 if failure is None or exc.reason is Reason.INTROSPECTION_UNAVAILABLE:
                     failure = exc
         assert failure is not None
         raise failure
+
+    async def _introspect(self, introspector: IntrospectionClient, raw: str, fp: str) -> ValidatedToken:
+        """Ask the introspector, unless the revocation list already names this very token: then the
+        refusal says ``revoked_token`` (not the ``inactive_token`` the authorization server would
+        answer once it revoked it too) and the call is saved. The decision path checks the whole
+        list again afterwards, as for every token."""
+        if self.revoked is not None and self.revoked(introspector.issuer, fp):
+            raise TokenError(Reason.REVOKED_TOKEN, "the token is on the revocation list")
+        return await introspector.introspect(raw, fp)
