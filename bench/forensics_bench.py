@@ -10,6 +10,7 @@ best of ``--repeat``, wall clock and peak RSS:
 
 - one file: ``grep -F <jti>``, the engine's ``scan`` (jti filter) in one process and on
   every core, and its ``collect`` (the incident: the token, its family and its subject);
+  ``gateway audit`` and ``gateway incident --html`` as they are, for comparison;
 - the archive: ``zcat * | grep -F <jti>`` and the engine, sequential and parallel, with
   each gzip inflater installed (zlib always; python-isal and zlib-ng when importable);
 - the archive with ``--since`` covering the last hours: files skipped by name.
@@ -244,6 +245,12 @@ def main() -> None:
     bench.time("engine incident (token+family+subject), one process",
                [*engine, "--child", "incident", "--workers", "1", str(log)], grep)
     bench.time("engine incident (token+family+subject), all cores", [*engine, "--child", "incident", str(log)], grep)
+    gateway = [sys.executable, "-m", "gateway"]
+    bench.time("today: gateway audit --jti --format json", [*gateway, "audit", str(log), "--jti", jti, "--format",
+                                                          "json"], grep)
+    report = Path(tempfile.gettempdir()) / "forensics-bench-report.html"
+    bench.time("today: gateway incident --jti --html", [*gateway, "incident", str(log), "--jti", jti, "--html",
+                                                       str(report)], grep)
 
     files = sorted(str(p) for replica in replicas for p in replica.glob("*.jsonl.gz"))
     packed = sum(os.path.getsize(f) for f in files) / 2**20
