@@ -11,7 +11,7 @@ export UV_NATIVE_TLS := 1
 UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes -q \
 	--custom-compile-command 'make lock'
 
-.PHONY: demo test lint deps system-deps bench image-check lock lock-upgrade lock-check
+.PHONY: demo test lint deps system-deps bench image-check k8s-check chart-docs lock lock-upgrade lock-check
 
 $(BIN)/gateway: pyproject.toml requirements/dev.lock
 	$(PY) -m venv $(VENV)
@@ -62,3 +62,12 @@ bench: deps
 # opt-in, not part of CI: build the Dockerfile with buildah (no daemon) and smoke-test the image
 image-check:
 	bash ci/image-build.sh
+
+# the offline chart and Dockerfile checks CI runs (ci/k8s-checks.sh; helm, promtool and the
+# schema tools are cached in ~/.cache/k8s-tools); the gateway's .venv checks the values schema
+k8s-check: deps
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash ci/k8s-checks.sh
+
+# rewrite charts/tokengate/README.md's values table from the comments in values.yaml
+chart-docs: deps
+	$(BIN)/python tools/chart_values_doc.py

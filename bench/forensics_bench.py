@@ -9,7 +9,8 @@ copied into ``--copies`` replica directories. Then times, each command in a fres
 best of ``--repeat``, wall clock and peak RSS:
 
 - one file: ``grep -F <jti>``, the engine's ``scan`` (jti filter) in one process and on
-  every core, and its ``collect`` (the incident: the token, its family and its subject);
+  every core (and the same for the shorter needle of a subject), and its ``collect``
+  (the incident: the token, its family and its subject);
   ``gateway audit`` and ``gateway incident --html`` as they are, for comparison;
 - the archive: ``zcat * | grep -F <jti>`` and the engine, sequential and parallel, with
   each gzip inflater installed (zlib always; python-isal and zlib-ng when importable);
@@ -64,7 +65,7 @@ def child(args: argparse.Namespace) -> None:
     from gateway.forensics.times import parse_time, ts_text
 
     since = ts_text(parse_time(args.since)) if args.since else None
-    plan = ScanPlan(match=FieldIs("jti", args.jti, since), needles=Needles.of([args.jti]), since=since,
+    plan = ScanPlan(match=FieldIs(args.by, args.jti, since), needles=Needles.of([args.jti]), since=since,
                     expand=("sid", "sub") if args.mode == "incident" else ())
     stats = ScanStats()
     workers = None if args.workers == 0 else args.workers
@@ -216,6 +217,7 @@ def main() -> None:
     parser.add_argument("--child", choices=["scan", "incident"], dest="mode", help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--jti", help=argparse.SUPPRESS)
+    parser.add_argument("--by", default="jti", help=argparse.SUPPRESS)
     parser.add_argument("--since", help=argparse.SUPPRESS)
     parser.add_argument("files", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -245,6 +247,11 @@ def main() -> None:
     bench.time("engine incident (token+family+subject), one process",
                [*engine, "--child", "incident", "--workers", "1", str(log)], grep)
     bench.time("engine incident (token+family+subject), all cores", [*engine, "--child", "incident", str(log)], grep)
+    sub = Path(f"{log}.needles").read_text().split()[2]
+    grep_sub = bench.time("grep -F sub (a shorter needle)", ["grep", "-F", sub, str(log)])
+    by_sub = [sys.executable, str(Path(__file__).resolve()), "--jti", sub, "--by", "sub", "--child", "scan"]
+    bench.time("engine scan --sub, one process", [*by_sub, "--workers", "1", str(log)], grep_sub)
+    bench.time("engine scan --sub, all cores", [*by_sub, str(log)], grep_sub)
     gateway = [sys.executable, "-m", "gateway"]
     bench.time("today: gateway audit --jti --format json", [*gateway, "audit", str(log), "--jti", jti, "--format",
                                                           "json"], grep)

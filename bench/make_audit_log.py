@@ -112,15 +112,34 @@ def generate(out: IO[bytes], records: int, needles: int, seed: int, start: float
     return needle_tokens
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and every flag with its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.nargs == 0:  # a switch: its help says what off means (not "default: False")
+            return action.help
+        return super()._get_help_string(action)
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
+    parser.add_argument("--records", type=int, default=1_000_000, metavar="N",
+                        help="audit records to write (operational log lines come on top: one per 200 records)")
+    parser.add_argument("--out", default="bench/results/audit-1m.jsonl", metavar="PATH",
+                        help="output file ('-' for stdout); the needles go to PATH.needles beside it")
+    parser.add_argument("--gzip", action="store_true",
+                        help="gzip the output (name it .gz yourself; default: plain JSON lines)")
+    parser.add_argument("--needles", type=int, default=3, metavar="N",
+                        help="tokens used ~50 times each from two networks, for incident queries to find")
+    parser.add_argument("--seed", type=int, default=5, help="random seed: the same seed writes the same file")
+    parser.add_argument("--start", default="2024-05-01T00:00:00Z", metavar="TIME",
+                        help="RFC 3339 time of the first record; the records span the day after it")
+    return parser
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--records", type=int, default=1_000_000)
-    parser.add_argument("--out", default="bench/results/audit-1m.jsonl", help="output path ('-' for stdout)")
-    parser.add_argument("--gzip", action="store_true", help="gzip the output")
-    parser.add_argument("--needles", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=5)
-    parser.add_argument("--start", default="2024-05-01T00:00:00Z", help="time of the first record")
-    args = parser.parse_args()
+    parser_ = parser()
+    args = parser_.parse_args()
     start = datetime.fromisoformat(args.start.replace("Z", "+00:00")).timestamp()
     began = time.monotonic()
     if args.out == "-":

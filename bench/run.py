@@ -669,6 +669,7 @@ async def _run_bench(bench: Bench, issuer: DemoIssuer) -> None:
     ]
     targets += await sender_constraint_targets(bench, issuer, gw, gw_base, scripts, wanted)
     targets += await rules_targets(bench, issuer, gw, gw_base, scripts, wanted)
+    targets += await rate_limit_targets(bench, issuer, scripts, wanted)
 
     if wanted("rotate"):
         say(f"minting {args.tokens:,} RS256 tokens for the warm rotation")
@@ -831,11 +832,11 @@ def redis_ready(port: int) -> bool:
     return False
 
 
-async def start_redis(bench: Bench) -> tuple[Service, int] | None:
+async def start_redis(bench: Bench, name: str = "redis") -> tuple[Service, int] | None:
     """A throwaway redis-server on 127.0.0.1 (no persistence), or None when it is not installed."""
     if shutil.which("redis-server") is None:
         return None
-    root, port = bench.tmp / "redis", free_port()
+    root, port = bench.tmp / name, free_port()
     root.mkdir()
     redis = start("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                             "--appendonly", "no", "--dir", str(root)], root / "stdout.log")
@@ -908,6 +909,68 @@ async def rules_targets(bench: Bench, issuer: DemoIssuer, gw: Service, gw_base: 
         Target("norules", "8b gateway, JWT RS256 hot token, the same route without rules",
                f"{gw_base}/norules/acme/orders", script, gw, connections),
     ]
+
+
+async def rate_limit_targets(bench: Bench, issuer: DemoIssuer, scripts: Path,
+                             wanted: Callable[[str], bool]) -> list[Target]:
+    """Rows 9a/9b (issue 13): a route with a subject limit that is never hit, its counters in Redis
+    (one EVALSHA per request), and the same route without it, on one gateway."""
+    if not (wanted("limited") or wanted("unlimited")):
+        return []
+    started = await start_redis(bench, "redis-ratelimit")
+    if started is None:
+        bench.notes.append("Rows 9a/9b (rate limits) skipped: redis-server is not installed.")
+        return []
+    redis, redis_port = started
+    port = free_port()
+    config = gateway_config(bench.tmp, "gateway-ratelimit", port, bench.upstream_port, issuer, bench.workers, False,
+                            {"rate_limiting": {"redis_url": f"redis://127.0.0.1:{redis_port}/0"}})
+    data = yaml.safe_load(config.read_text())
+    same = {"methods": ["GET"], "upstream": "nginx", "scopes": [SCOPE]}
+    data["routes"] += [  # 10,000,000 a minute: never reached, every request still charged in Redis
+        {"name": "limited", "path": "/limited/orders", **same,
+         "rate_limits": [{"key": "subject", "rate": "10000000/m"}]},
+        {"name": "unlimited", "path": "/unlimited/orders", **same},
+    ]
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    gw = start("gateway-ratelimit", [str(Path(sys.executable).with_name("gateway")), "serve", "--config", str(config)],
+               bench.tmp / "gateway-ratelimit.log", env=env)
+    bench.services.append(gw)
+    await wait_http(admin_url(config) + "/readyz", gw, ok=lambda s: s == 200)
+    base = f"http://127.0.0.1:{port}"
+    token = issuer.mint(scope=SCOPE, ttl=3600)
+    await check(f"{base}/unlimited/orders", token, 200, "route without a limit")
+    async with aiohttp.ClientSession() as session, session.get(f"{base}/limited/orders",
+                                                               headers={"Authorization": f"Bearer {token}"}) as resp:
+        if resp.status != 200 or not resp.headers.get("RateLimit", "").startswith('"subject";r='):
+            raise RuntimeError(f"the limited route answered {resp.status} without its RateLimit header: the limit "
+                               "is not in force")
+    script = static_script(scripts / "ratelimit.lua", token)
+    connections = bench.args.connections
+    return [
+        Target("limited", "9a gateway, JWT RS256 hot token, route with a subject limit never hit (Redis)",
+               f"{base}/limited/orders", script, gw, connections, side=redis),
+        Target("unlimited", "9b gateway, JWT RS256 hot token, the same route without a limit",
+               f"{base}/unlimited/orders", script, gw, connections),
+    ]
+
+
+def rate_limit_section(bench: Bench) -> list[str]:
+    """Row 9a against 9b: what a limit that is never hit costs (target: within 10% throughput)."""
+    if "limited" not in bench.runs or "unlimited" not in bench.runs:
+        return []
+    rps = ratios(bench, "limited", "unlimited", "rps")
+    cpu = ratios(bench, "limited", "unlimited", "cpu_us")
+    ratio = statistics.median(rps) if rps else None
+    side = [r.side_cpu_us for r in bench.runs["limited"] if r.side_cpu_us is not None]
+    verdict = "n/a" if ratio is None else ("met" if ratio >= 0.9 else "NOT met")
+    line = (f"- A subject limit never hit, counters in Redis (9a) vs the same route without it (9b): "
+            f"{fmt(ratio, '.2f', 'x')} throughput, {fmt(statistics.median(cpu) if cpu else None, '.2f', 'x')} "
+            f"gateway CPU (target >= 0.90x): {verdict}")
+    if side:
+        line += f"; Redis itself {statistics.median(side):.1f} us per request"
+    return [line]
 
 
 async def profile(gw: Service, tmp: Path, duration: float, bench: Bench) -> None:
@@ -1024,6 +1087,10 @@ def report(bench: Bench, command: str, seconds: float) -> str:
     if constrained:
         lines += ["", "Sender-constrained tokens and claims rules (issue 12; ratios within each round):", ""]
         lines += constrained
+    limited = rate_limit_section(bench)
+    if limited:
+        lines += ["", "Rate limits (issue 13; ratios within each round):", ""]
+        lines += limited
     mem = bench.extra.get("revoked_memory")
     if mem:
         lines.append("")
@@ -1170,7 +1237,7 @@ def main() -> None:
     parser.add_argument("--revoked", type=int, default=1_000_000, help="revocation entries of row 6 (0: skip)")
     parser.add_argument("--no-apache", dest="apache", action="store_false", help="skip Apache + mod_auth_openidc")
     parser.add_argument("--rows", default="", help="only these rows: direct,none,rs256,es256,rotate,cold,opaque,"
-                        "revoked,apache,dpop,dpop-redis,rules,norules (row 2 always runs)")
+                        "revoked,apache,dpop,dpop-redis,rules,norules,limited,unlimited (row 2 always runs)")
     parser.add_argument("--proofs", type=int, default=30_000,
                         help="DPoP proofs signed before each DPoP run at least (more once a run's rate is known)")
     parser.add_argument("--profile", action="store_true", help="py-spy the gateway during the first RS256 run")

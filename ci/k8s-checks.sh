@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Offline checks for helm/ and the Dockerfile: no Docker daemon, no cluster.
+# Offline checks for charts/tokengate/ and the Dockerfile: no Docker daemon, no cluster.
 # Needs python3 (3.11), pip reaching PyPI and apt reaching the Debian archive;
 # tools are cached in ~/.cache/k8s-tools (K8S_TOOLS_DIR), outside the repo.
 #
 #   1. helm lint --strict and helm template, with default values and each ci/values-*.yaml
-#   2. values.schema.json and the templates reject bad values (renders that must fail)
+#   2. values.schema.json and the templates reject bad values (renders that must fail), and
+#      accept what they must (unknown top-level keys, without a warning)
 #   3. tools/validate_manifests.py: Kubernetes JSON schemas (strict), Prometheus Operator
-#      models, the chart's own rules (hardening, probes, grace period, config shape,
-#      selectors and port names, dashboard), and values.schema.json against the gateway's
-#      config models (gateway/config.py) so the two do not drift apart
+#      models, the Gateway API HTTPRoute CRD schema, the chart's own rules (hardening, probes,
+#      grace period, config shape, selectors and port names, dashboard); then, with the
+#      project's Python (.venv, or any python3 that imports the gateway package),
+#      values.schema.json against the gateway's config models (gateway/config.py), so the
+#      two do not drift apart; and the chart README's values table against values.yaml
 #   4. promtool check rules + promtool test rules: the alerts parse and fire on synthetic series
 #   5. gateway check-config on each rendered gateway.yaml (or the package's own config
 #      loader when the gateway is not installed yet)
@@ -68,12 +71,12 @@ for f in ci/values-*.yaml; do [ -e "$f" ] && values_sets+=("$f"); done
 for vf in "${values_sets[@]}"; do
   args=(); name=default
   if [ -n "$vf" ]; then args=(-f "$vf"); name=$(basename "$vf" .yaml); fi
-  if "$HELM" lint --strict helm/ --kube-version "$KUBE_VERSION" "${args[@]}" > "$out/lint.txt" 2>&1; then
+  if "$HELM" lint --strict charts/tokengate/ --kube-version "$KUBE_VERSION" "${args[@]}" > "$out/lint.txt" 2>&1; then
     ok "helm lint --strict ($name)"
   else
     cat "$out/lint.txt"; fail "helm lint --strict ($name)"
   fi
-  if "$HELM" template gw helm/ --namespace ci --kube-version "$KUBE_VERSION" \
+  if "$HELM" template gw charts/tokengate/ --namespace ci --kube-version "$KUBE_VERSION" \
       --api-versions monitoring.coreos.com/v1 "${args[@]}" > "$out/render-$name.yaml" 2> "$out/err"; then
     ok "helm template ($name)"
   else
@@ -85,7 +88,7 @@ done
 # reject WHAT PATTERN ARGS...: rendering with ARGS must fail with PATTERN (ERE) in the error.
 reject() {
   local what=$1 pattern=$2; shift 2
-  if "$HELM" template gw helm/ --namespace ci --kube-version "$KUBE_VERSION" "$@" >/dev/null 2>"$out/err"; then
+  if "$HELM" template gw charts/tokengate/ --namespace ci --kube-version "$KUBE_VERSION" "$@" >/dev/null 2>"$out/err"; then
     fail "values rejected: $what (rendered: $*)"
   elif grep -qE -- "$pattern" "$out/err"; then
     ok "values rejected: $what"
@@ -95,8 +98,38 @@ reject() {
 }
 U=(--set gateway.upstreams.u.url=http://u.example:8080)      # one valid upstream
 I=(--set 'gateway.issuers[0].issuer=https://a.example' --set 'gateway.issuers[0].audiences[0]=a')
+# accept WHAT ARGS...: lint --strict and render with ARGS must pass, and lint must say nothing
+# beyond its summary (no [WARNING]/[INFO] lines).
+accept() {
+  local what=$1; shift
+  if "$HELM" lint --strict charts/tokengate/ --kube-version "$KUBE_VERSION" "$@" > "$out/err" 2>&1 \
+      && ! grep -qE '^\[(WARNING|INFO|ERROR)\]' "$out/err" \
+      && "$HELM" template gw charts/tokengate/ --namespace ci --kube-version "$KUBE_VERSION" "$@" >/dev/null 2>>"$out/err"; then
+    ok "values accepted: $what"
+  else
+    cat "$out/err"; fail "values accepted: $what"
+  fi
+}
+accept "unknown top-level keys (other tools' values)" --set nosuchkey=1 --set-json 'sidecarTool={"enabled":true}'
 reject "replicaCount as a string"  'replicaCount: Invalid type'  --set-string replicaCount=two
-reject "unknown top-level key"     'Additional property nosuchkey' --set nosuchkey=1
+reject "unknown key in a section the chart models" 'service: Additional property tpye' --set service.tpye=LoadBalancer
+reject "old probes values"         'probes was replaced by startupProbe, readinessProbe and livenessProbe' \
+                                   --set probes.readiness.periodSeconds=5
+reject "old topologySpread values" 'topologySpread was replaced by topologySpreadConstraints' \
+                                   --set topologySpread.enabled=false
+reject "probe of the wrong type"   'readinessProbe: Invalid type' --set-string readinessProbe=yes
+reject "HTTPRoute without parentRefs" 'parentRefs: Array must have at least 1' --set httpRoute.enabled=true
+reject "HTTPRoute rule with its own backendRefs" 'rules.0: Must not validate the schema' \
+                                   --set httpRoute.enabled=true --set 'httpRoute.parentRefs[0].name=gw' \
+                                   --set 'httpRoute.rules[0].backendRefs[0].name=other'
+reject "own config without a helm test path" 'set helmTest.path' --set config.existingConfigMap=mine
+reject "internalTrafficPolicy not Cluster or Local" 'internalTrafficPolicy: .*must be one of' \
+                                   --set service.internalTrafficPolicy=Nearby
+reject "namespaceOverride that is no namespace name" 'namespaceOverride: Does not match pattern' \
+                                   --set namespaceOverride=Team_A
+reject "ServiceMonitor scheme"     'scheme: .*must be one of' --set serviceMonitor.scheme=ftp
+reject "init container without an image" 'extraInitContainers.0: image is required' \
+                                   --set 'extraInitContainers[0].name=wait'
 reject "listen set in values"      'gateway: Additional property listen' --set gateway.listen=0.0.0.0:1
 reject "routes without upstreams"  'gateway.upstreams: Must have at least 1' \
                                    --set 'gateway.routes[0].name=x' --set 'gateway.routes[0].path=/x' --set 'gateway.routes[0].upstream=u'
@@ -108,6 +141,16 @@ reject "public route with scopes"  'routes.0.scopes: Array must have at most 0' 
                                    --set 'gateway.routes[0].name=x' --set 'gateway.routes[0].path=/x' \
                                    --set 'gateway.routes[0].upstream=u' --set 'gateway.routes[0].auth=none' \
                                    --set 'gateway.routes[0].scopes[0]=a'
+R=("${U[@]}" --set 'gateway.routes[0].name=x' --set 'gateway.routes[0].upstream=u')   # a route, less its path
+reject "route with two kinds of path" 'routes.0: Must validate one and only one' "${R[@]}" \
+                                   --set 'gateway.routes[0].path=/x' --set 'gateway.routes[0].path_glob=/x/*'
+reject "rate limit by an unknown key" 'rate_limits.0.key: Does not match pattern' "${R[@]}" \
+                                   --set 'gateway.routes[0].path=/x' --set-json 'gateway.routes[0].rate_limits=[{"key":"ip-address","rate":"1/s"}]'
+reject "public route that reads a cookie token" 'routes.0: Must not validate the schema' "${R[@]}" \
+                                   --set 'gateway.routes[0].path=/x' --set 'gateway.routes[0].auth=none' \
+                                   --set 'gateway.routes[0].token_source.cookie=at'
+reject "upstream TLS without verification" 'verify does not match: true' \
+                                   --set gateway.upstreams.u.url=https://u.example --set gateway.upstreams.u.tls.verify=false
 reject "issuer that is not a URL"  'issuers.0.issuer: Does not match pattern' \
                                    --set 'gateway.issuers[0].issuer=auth.example.com' --set 'gateway.issuers[0].audiences[0]=a'
 reject "issuer without audiences"  'issuers.0: audiences is required' --set 'gateway.issuers[0].issuer=https://a.example'
@@ -132,12 +175,52 @@ reject "envoy combined with another decision source" "decision_sources: envoy ca
                                    --set decision.enabled=true --set-json 'gateway.decision_sources=["envoy","nginx"]'
 
 # --- 3. Kubernetes schemas + chart rules ---------------------------------------------
+# count LABEL FILE: add the "LABEL: N passed, N failed" closing line of FILE to the totals
+count() {
+  local cp cf
+  read -r cp cf < <(sed -nE "s/^$1: ([0-9]+) passed, ([0-9]+) failed\$/\\1 \\2/p" "$2")
+  passed=$((passed + ${cp:-0})); failed=$((failed + ${cf:-1}))
+}
 set +e
 PYTHONPATH=. "$PY" tools/validate_manifests.py --kube-version "$KUBE_VERSION" --dump-configs "$out/configs" \
-    --dump-rules "$out/rules" --values-schema helm/values.schema.json "$out"/render-*.yaml | tee "$out/validate.txt"
+    --dump-rules "$out/rules" --values-schema charts/tokengate/values.schema.json "$out"/render-*.yaml | tee "$out/validate.txt"
 set -e
-read -r vp vf < <(sed -nE 's/^manifests: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$out/validate.txt")
-passed=$((passed + ${vp:-0})); failed=$((failed + ${vf:-1}))
+count manifests "$out/validate.txt"
+
+# The validator must catch what it claims to: an HTTPRoute filter Gateway API does not have.
+"$HELM" template gw charts/tokengate/ --namespace ci --kube-version "$KUBE_VERSION" --set httpRoute.enabled=true \
+    --set 'httpRoute.parentRefs[0].name=gw' --set-json 'httpRoute.rules=[{"filters":[{"type":"Teleport"}]}]' \
+    > "$out/bad-httproute.yaml"
+if PYTHONPATH=. "$PY" tools/validate_manifests.py --kube-version "$KUBE_VERSION" \
+    --values-schema charts/tokengate/values.schema.json "$out/bad-httproute.yaml" > "$out/err" 2>&1; then
+  fail "validate_manifests refuses an HTTPRoute the Gateway API CRD refuses (it passed)"
+elif grep -qE "^FAIL .*HTTPRoute.*'Teleport' is not one of" "$out/err"; then
+  ok "validate_manifests refuses an HTTPRoute the Gateway API CRD refuses"
+else
+  cat "$out/err"; fail "validate_manifests refuses an HTTPRoute the Gateway API CRD refuses (for another reason)"
+fi
+
+# The values schema against the gateway's config models: needs a Python that imports the
+# gateway package (its rules need cel_expr_python, which the tools venv does not have).
+GATEWAY_PY=""
+for candidate in .venv/bin/python "$(command -v python3 || true)"; do
+  if [ -n "$candidate" ] && [ -x "$candidate" ] && PYTHONPATH=. "$candidate" -c 'import gateway.config' 2>/dev/null; then
+    GATEWAY_PY=$candidate; break
+  fi
+done
+if [ -n "$GATEWAY_PY" ]; then
+  set +e
+  PYTHONPATH=. "$GATEWAY_PY" tools/validate_manifests.py --against-models \
+      --values-schema charts/tokengate/values.schema.json | tee "$out/models.txt"
+  set -e
+  count values-schema "$out/models.txt"
+else
+  fail "values schema vs gateway config models: no Python here imports gateway.config (make deps creates .venv)"
+fi
+
+# The chart README's values table is generated from values.yaml's comments.
+if "$PY" tools/chart_values_doc.py --check > "$out/err" 2>&1; then ok "chart README values table is current"
+else cat "$out/err"; fail "chart README values table (python3 tools/chart_values_doc.py writes it)"; fi
 
 # --- 4. alerting rules: syntax, then behaviour on synthetic series --------------------
 for f in "$out"/rules/*.rules.yaml; do

@@ -52,6 +52,7 @@ from .tokens.dpop import (
     request_uri,
     verify_proof,
 )
+from .tokens.issuer_pattern import issuer_map
 from .tokens.replay import MemoryReplayCache, RedisReplayCache, ReplayCache
 from .tokens.token import ValidatedToken
 
@@ -224,13 +225,14 @@ class SenderCheck:
     """Per pipeline: each issuer's sender constraint and DPoP settings; the services it shares."""
 
     def __init__(self, issuers: Iterable[IssuerConfig] = (), services: ProofServices | None = None) -> None:
-        self.policies = {i.issuer: IssuerSenderPolicy(i.sender_constraint, dpop_settings(i)) for i in issuers}
+        # by issuer; a tenant of a templated issuer has its template's policy (tokens/issuer_pattern.py)
+        self.policies = issuer_map(issuers, lambda i: IssuerSenderPolicy(i.sender_constraint, dpop_settings(i)))
         self.services = services if services is not None else ProofServices.in_memory()
         self._offers: dict[tuple[str, str | None], Challenges] = {}  # bounded: routes x configured issuers
 
     def challenges(self, route: Route, issuer: str | None = None) -> Challenges:
         """What a 401 on ``route`` offers: for the token's issuer, or every issuer the route takes."""
-        key = (route.name, issuer if issuer in self.policies else None)
+        key = (route.name, self.policies.entry(issuer) if issuer is not None else None)
         offer = self._offers.get(key)
         if offer is None:
             offer = self._offers[key] = self._offer(route, key[1])

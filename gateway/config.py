@@ -8,6 +8,7 @@ change the structure of the document.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import ipaddress
 import os
@@ -30,8 +31,14 @@ from pydantic import (
     model_validator,
 )
 
+from .config_errors import data_loc, describe, key_path, plain_message, yaml_syntax_problem
+from .path_patterns import compile_glob, compile_regex
+from .ratelimit import RateLimitConfig, RateLimitingConfig, compile_limits
 from .rules import RULE_NAME, Rule, compile_rule
 from .stepup import StepUpPolicy
+from .tokens.issuer_pattern import TENANT_NAME, check_template, templated
+from .tracing import check_export_headers, check_trace_url_template
+from .traffic import check_protocol_prefix
 
 if TYPE_CHECKING:
     from .tokens.certificates import TLSSettings
@@ -146,6 +153,15 @@ class IntrospectionConfig(_Model):
 def _not_any_issuer(value: str) -> str:
     if value == "*":  # "*" names every issuer in revocation entries
         raise ValueError("'*' is reserved for revocation entries that cover every issuer")
+    if templated(value):
+        check_template(value)  # ValueError: reported on the issuer key
+    return value
+
+
+def _tenant_name(value: str) -> str:
+    if not TENANT_NAME.fullmatch(value):
+        raise ValueError(f"tenant {value[:80]!r} must be 1-128 letters, digits, '.', '_', '~' or '-', starting with a "
+                         "letter or digit")
     return value
 
 
@@ -182,11 +198,59 @@ class IssuerConfig(_Model):
     max_token_lifetime: Duration = 86400.0
     sender_constraint: SenderConstraint = "optional"
     dpop: IssuerDPoPConfig = IssuerDPoPConfig()
+    # a templated issuer ({tenant} in issuer; docs/issuers.md): the tenants trusted, and/or the claim naming it
+    tenants: list[Annotated[str, AfterValidator(_tenant_name)]] | None = Field(default=None, min_length=1)
+    tenant_claim: str | None = Field(default=None, min_length=1)
+    max_tenants: int = Field(default=1000, ge=1)  # tenants whose keys are kept at once (least recently used go)
 
     @model_validator(mode="after")
     def _introspection_configured(self) -> IssuerConfig:
         if self.validation == "introspection" and self.introspection is None:
             raise ValueError("validation: introspection needs an introspection: section")
+        return self
+
+    @model_validator(mode="after")
+    def _tenants_with_template(self) -> IssuerConfig:
+        if not templated(self.issuer):
+            if self.tenants is not None or self.tenant_claim is not None:
+                raise ValueError("tenants and tenant_claim need a templated issuer (with {tenant} in issuer)")
+            if self.jwks_uri is not None and "{tenant}" in self.jwks_uri:
+                raise ValueError("jwks_uri may name {tenant} only for a templated issuer")
+            return self
+        if self.tenants is None and self.tenant_claim is None:
+            raise ValueError("a templated issuer needs tenants (the allow-list) or tenant_claim (the claim naming "
+                             "the tenant), or both: which tenants to trust must be said")
+        if self.validation != "jwt" or self.introspection is not None:
+            raise ValueError("a templated issuer validates JWTs with each tenant's keys: introspection is not "
+                             "supported")
+        return self
+
+    @property
+    def templated(self) -> bool:
+        return templated(self.issuer)
+
+
+def _verify_on(value: bool) -> bool:
+    if value is not True:
+        raise ValueError("certificate verification cannot be turned off: give the upstream's CA bundle in ca_file "
+                         "(or its self-signed certificate), and server_name when it names another host")
+    return value
+
+
+class UpstreamTLSConfig(_Model):
+    """TLS to an https:// upstream (gateway/upstream_tls.py): always verified."""
+
+    ca_file: str | None = Field(default=None, min_length=1)  # PEM bundle; none: the system's trust store
+    certificate: str | None = Field(default=None, min_length=1)  # client certificate (PEM, chain after it): mTLS
+    key: str | None = Field(default=None, min_length=1)  # its private key (PEM, unencrypted)
+    server_name: str | None = Field(default=None, min_length=1)  # SNI, and the name the certificate must carry
+    minimum_version: Annotated[Literal["1.2", "1.3"], BeforeValidator(str)] = "1.2"
+    verify: Annotated[bool, AfterValidator(_verify_on)] = True
+
+    @model_validator(mode="after")
+    def _pair(self) -> UpstreamTLSConfig:
+        if (self.certificate is None) != (self.key is None):
+            raise ValueError("a client certificate needs both certificate and key")
         return self
 
 
@@ -197,6 +261,13 @@ class UpstreamConfig(_Model):
     max_connections: int = Field(default=256, ge=1)
     preserve_host: bool = False
     forward_authorization: bool = True
+    tls: UpstreamTLSConfig | None = None  # for an https:// url; without it: verified against the system's CAs
+
+    @model_validator(mode="after")
+    def _tls_for_https(self) -> UpstreamConfig:
+        if self.tls is not None and not self.url.startswith("https://"):
+            raise ValueError("tls: applies to an https:// url only")
+        return self
 
 
 # Request headers that upstream frameworks and authenticating proxies trust for the user, the
@@ -283,6 +354,88 @@ def _acr_values(values: list[str]) -> list[str]:
     return values
 
 
+# what a claim header may not be called: hop-by-hop, Host, Authorization, what the gateway sets or
+# strips itself (the identity headers are checked against their configured names when the file loads)
+_CLAIM_HEADER_RESERVED = frozenset(
+    {"proxy-connection", "dpop", "dpop-nonce", "set-cookie", "x-original-uri", "x-original-url",
+     "x-original-method", "x-forwarded-uri", "x-forwarded-method"}
+)
+
+
+def _claim_header(value: Any) -> str:
+    name = str(value)
+    if not _HEADER_NAME.match(name):
+        raise ValueError(f"{name[:80]!r} is not a valid header name")
+    key = name.lower().replace("_", "-")
+    if key in _RESERVED_HEADERS or key in _CLAIM_HEADER_RESERVED:
+        raise ValueError(f"{name} is hop-by-hop, Host, Authorization or set by the gateway itself: it cannot carry "
+                         "a claim")
+    return name
+
+
+def _claim_name(value: str) -> str:
+    if not value or len(value) > 256 or not value.isprintable():
+        raise ValueError("a claim name is 1-256 printable characters (a.b reads claim b inside claim a)")
+    return value
+
+
+def _separator(value: str) -> str:
+    if not 1 <= len(value) <= 8 or not value.isascii() or not value.isprintable():
+        raise ValueError("claim_header_separator is 1-8 printable ASCII characters, e.g. ',' or ', '")
+    return value
+
+
+ClaimHeaderName = Annotated[str, BeforeValidator(_claim_header)]
+ClaimName = Annotated[str, AfterValidator(_claim_name)]
+ClaimHeaders = dict[ClaimHeaderName, ClaimName]  # upstream header -> claim (docs/routes.md)
+ClaimSeparator = Annotated[str, AfterValidator(_separator)]
+_COOKIE_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")  # RFC 6265 cookie-name: an RFC 9110 token
+
+
+def _cookie_name(value: str) -> str:
+    if not _COOKIE_NAME.match(value):
+        raise ValueError(f"{value[:80]!r} is not a cookie name (an RFC 6265 token)")
+    return value
+
+
+def _token_header(value: Any) -> str:
+    name = str(value)
+    if not _HEADER_NAME.match(name):
+        raise ValueError(f"{name[:80]!r} is not a valid header name")
+    key = name.lower().replace("_", "-")
+    if key == "authorization":
+        raise ValueError("Authorization is where tokens come from anyway: leave token_source out")
+    if key in _RESERVED_HEADERS or key in _CLAIM_HEADER_RESERVED:
+        raise ValueError(f"{name} is set or read by the gateway itself and cannot carry the token (use cookie: for "
+                         "a cookie)")
+    return name
+
+
+class TokenSourceConfig(_Model):
+    """Where a route also takes its access token from, besides Authorization: one cookie or one header."""
+
+    cookie: Annotated[str | None, AfterValidator(_cookie_name)] = None
+    header: Annotated[str | None, BeforeValidator(_token_header)] = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TokenSourceConfig:
+        if (self.cookie is None) == (self.header is None):
+            raise ValueError("token_source names exactly one of cookie or header")
+        return self
+
+
+def _path_regex(value: str | None) -> str | None:
+    if value is not None:
+        compile_regex(value)  # PatternError (a ValueError): reported on this key's line
+    return value
+
+
+def _path_glob(value: str | None) -> str | None:
+    if value is not None:
+        compile_glob(value)
+    return value
+
+
 class RouteConfig(_Model):
     """One route of the policy: where it matches and what a token needs to pass."""
 
@@ -305,14 +458,36 @@ class RouteConfig(_Model):
     rules: list[RuleConfig] = []  # CEL, evaluated after the scopes; all must be true
     acr_values: Annotated[list[str], AfterValidator(_acr_values)] = []  # RFC 9470 step-up: acr one of these
     max_age: Duration | None = None  # RFC 9470 step-up: auth_time at most this long ago
+    path_regex: Annotated[str | None, AfterValidator(_path_regex)] = None  # RE2, the whole normalised path
+    path_glob: Annotated[str | None, AfterValidator(_path_glob)] = None  # *, ? and ** segments
+    claim_headers: ClaimHeaders | None = None  # replaces the top-level claim_headers for this route
+    claim_header_separator: ClaimSeparator | None = None  # joins array claims; default: the top-level one
+    token_source: TokenSourceConfig | None = None  # a cookie or header that may carry the token instead
+    rate_limits: list[RateLimitConfig] = []  # docs/traffic-control.md
+    websocket: bool = False  # proxy Upgrade: websocket requests; other routes refuse them (400)
+    # the token may come as one Sec-WebSocket-Protocol value: <prefix><base64url(token)>
+    websocket_token_protocol_prefix: Annotated[str | None, AfterValidator(check_protocol_prefix)] = None
+
+    @model_validator(mode="after")
+    def _websocket_token(self) -> RouteConfig:
+        if self.websocket_token_protocol_prefix is not None and not self.websocket:
+            raise ValueError("websocket_token_protocol_prefix needs websocket: true")
+        if self.websocket_token_protocol_prefix is not None and self.auth == "none":
+            raise ValueError("a route with auth: none reads no token, so no websocket_token_protocol_prefix")
+        return self
 
     @model_validator(mode="after")
     def _one_path(self) -> RouteConfig:
-        if (self.path is None) == (self.path_prefix is None):
-            raise ValueError("a route needs exactly one of path or path_prefix")
+        kinds = [self.path, self.path_prefix, self.path_regex, self.path_glob]
+        if sum(kind is not None for kind in kinds) != 1:
+            raise ValueError("a route needs exactly one of path, path_prefix, path_regex or path_glob")
         pattern = self.path if self.path is not None else self.path_prefix
-        if not pattern or not pattern.startswith("/"):
+        if pattern is not None and not pattern.startswith("/"):
             raise ValueError("path and path_prefix must start with /")
+        if self.path_regex is not None and self.case_insensitive:
+            raise ValueError("case_insensitive does not apply to path_regex: write (?i) at its start instead")
+        if self.auth == "none" and self.token_source is not None:
+            raise ValueError("a route with auth: none reads no token, so no token_source")
         if self.auth == "none" and (self.scopes or self.any_scopes):
             raise ValueError("a route with auth: none cannot require scopes")
         if self.auth == "none" and (self.rules or self.acr_values or self.max_age is not None
@@ -460,6 +635,30 @@ class DPoPConfig(_Model):
     nonce_period: Duration = Field(default=60.0, gt=0)  # a nonce is accepted for one to two periods
 
 
+class LongConnectionsConfig(_Model):
+    """WebSockets and streamed answers (server-sent events) that stay open: docs/traffic-control.md."""
+
+    close_code: Literal[4401, 1008] = 4401  # sent when the token expires or is revoked
+    max_message_size: Size = 4 * 2**20  # per WebSocket message, both directions; 0: unlimited
+    close_timeout: Duration = Field(default=5.0, gt=0)  # how long a close handshake may take at each end
+    compress: bool = True  # permessage-deflate with the client when it offers it
+
+
+class TracingConfig(_Model):
+    """OpenTelemetry traces (docs/tracing.md). Unset keys fall back to the standard OTEL_* variables."""
+
+    enabled: bool = False  # off: nothing is imported and no request does any tracing work
+    endpoint: HttpUrl | None = None  # OTLP receiver; http/protobuf adds /v1/traces to a URL without a path
+    protocol: Literal["http/protobuf", "grpc"] | None = None  # else OTEL_EXPORTER_OTLP_PROTOCOL, http/protobuf
+    sample_ratio: float | None = Field(default=None, ge=0, le=1)  # of new traces; a trusted caller's choice wins
+    service_name: str | None = Field(default=None, min_length=1)  # else OTEL_SERVICE_NAME, else tokengate
+    headers: Annotated[dict[str, str], BeforeValidator(check_export_headers)] = {}  # sent with every export
+    trust_incoming: bool = False  # continue any caller's traceparent, not only trusted_proxies'
+    include_subject: bool = False  # put the token's sub on the decision span (enduser.id)
+    # the trace viewer: the incident report links each call's trace (Tempo, Jaeger: .../trace/{trace_id})
+    trace_url_template: Annotated[str, AfterValidator(check_trace_url_template)] | None = None
+
+
 class IdentityHeaders(_Model):
     subject: IdentityHeaderName = "X-Auth-Subject"
     client_id: IdentityHeaderName = "X-Auth-Client-Id"
@@ -493,6 +692,9 @@ class GatewayConfig(_Model):
     realm: str = "tokengate"
     verified_token_cache_size: int = Field(default=100_000, ge=0)
     identity_headers: IdentityHeaders = IdentityHeaders()
+    # claims sent upstream as headers on every route without its own claim_headers (docs/routes.md)
+    claim_headers: ClaimHeaders = {}
+    claim_header_separator: ClaimSeparator = ","
     strip_request_headers: list[StripHeaderName] = list(DEFAULT_STRIP_REQUEST_HEADERS)
     issuers: list[IssuerConfig] = []
     upstreams: dict[str, UpstreamConfig] = Field(min_length=1)
@@ -505,9 +707,18 @@ class GatewayConfig(_Model):
     tls: TLSConfig | None = None
     client_certificates: ClientCertificatesConfig | None = None
     dpop: DPoPConfig = DPoPConfig()
+    rate_limiting: RateLimitingConfig = RateLimitingConfig()
+    long_connections: LongConnectionsConfig = LongConnectionsConfig()
+    tracing: TracingConfig = TracingConfig()
 
     def issuer(self, name: str) -> IssuerConfig | None:
-        return next((i for i in self.issuers if i.issuer == name), None)
+        """The entry of issuer ``name``: its own, else the templated one it is a trusted tenant of."""
+        found = next((i for i in self.issuers if i.issuer == name), None)
+        if found is None and any(i.templated for i in self.issuers):
+            from .tokens.issuer_pattern import issuer_map
+
+            found = issuer_map(self.issuers, lambda i: i).get(name) if not templated(name) else None
+        return found
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -525,20 +736,34 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class _Loader(yaml.SafeLoader):
-    """A safe loader that substitutes ``${VAR}`` in strings and refuses duplicate keys."""
+    """A safe loader that substitutes ``${VAR}`` in strings and refuses duplicate keys.
+
+    Both are collected, not raised: every unset variable and duplicate key of the file is
+    reported at once, with the schema's problems on the other lines.
+    """
 
     source = "<config>"
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.problems: list[str] = []
+        self.unset_lines: set[int] = set()  # lines whose value lacks a variable: their schema errors follow from it
 
 
 def _construct_str(loader: _Loader, node: yaml.ScalarNode) -> str:
     text = str(loader.construct_scalar(node))
 
     def replace(match: re.Match[str]) -> str:
-        value = os.environ.get(match.group(1), match.group(2))
+        name, default = match.group(1), match.group(2)
+        value = os.environ.get(name)
+        if not value and default is not None:  # as in the shell: ${VAR:-default} when unset or empty
+            return default
         if value is None:
-            raise ConfigError(
-                [f"{loader.source}:{node.start_mark.line + 1}: environment variable {match.group(1)} is not set"]
-            )
+            line = node.start_mark.line + 1
+            loader.unset_lines.add(line)
+            loader.problems.append(f"{loader.source}:{line}: environment variable {name} is not set "
+                                   f"(set it, or give a default: ${{{name}:-value}})")
+            return match.group(0)  # left as written: a stand-in that fails no check an empty value would
         return value
 
     return _ENV_REF.sub(replace, text)
@@ -548,8 +773,11 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node)
+        if not isinstance(key, str | int | float | bool | None):  # a list as a key: PyYAML refuses it next
+            continue
         if key in seen:
-            raise ConfigError([f"{loader.source}:{key_node.start_mark.line + 1}: {key}: duplicate key"])
+            loader.problems.append(f"{loader.source}:{key_node.start_mark.line + 1}: {key}: duplicate key "
+                                   "(each key may appear once in a section)")
         seen.add(key)
     return dict(loader.construct_mapping(node, deep=True))
 
@@ -577,44 +805,32 @@ def _line_of(root: yaml.Node | None, loc: Sequence[str | int]) -> int:
     return line
 
 
-def _key_path(loc: Sequence[str | int]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(top level)"
+_key_path = key_path
 
 
 def _validation_problems(source: str, root: yaml.Node | None, error: ValidationError) -> list[str]:
     problems = []
     for item in error.errors():
-        # pydantic adds the name of a union member or a validator to loc: keep only data keys
-        loc = [p for p in item["loc"] if isinstance(p, int) or not str(p).startswith(("function-", "lax-"))]
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = "unknown key"
-        problems.append(f"{source}:{_line_of(root, loc)}: {_key_path(loc)}: {message}")
-    return problems
+        loc = data_loc(item)  # pydantic adds union members and validators to loc: only data keys stay
+        message = plain_message(GatewayConfig, item, root)
+        problems.append(f"{source}:{_line_of(root, loc)}: {key_path(loc)}: {message}")
+    return list(dict.fromkeys(problems))  # the members of a union (IPv4/IPv6 network) fail alike: said once
 
 
-def _cross_reference_problems(source: str, root: yaml.Node | None, config: GatewayConfig) -> list[str]:
+def _cross_reference_problems(
+    source: str, root: yaml.Node | None, config: GatewayConfig | None, data: dict[Any, Any]
+) -> list[str]:
+    """Problems between keys. The names (upstreams, issuers, routes) are checked on the document
+    itself, so they are reported with the schema's problems; the rest needs a valid ``config``."""
     problems: list[str] = []
 
     def problem(loc: list[str | int], message: str) -> None:
-        problems.append(f"{source}:{_line_of(root, loc)}: {_key_path(loc)}: {message}")
+        problems.append(f"{source}:{_line_of(root, loc)}: {key_path(loc)}: {message}")
 
-    names: set[str] = set()
-    known_issuers = {i.issuer for i in config.issuers}
+    _check_names(data, problem)
+    if config is None:
+        return problems
     for index, route in enumerate(config.routes):
-        if route.upstream not in config.upstreams:
-            problem(["routes", index, "upstream"], f"unknown upstream {route.upstream!r}")
-        if route.name in names:
-            problem(["routes", index, "name"], f"duplicate route name {route.name!r}")
-        names.add(route.name)
-        for issuer in route.issuers or []:
-            if issuer not in known_issuers:
-                problem(["routes", index, "issuers"], f"unknown issuer {issuer!r}")
-        if route.auth == "bearer" and not config.issuers:
-            problem(["routes", index, "auth"], "route needs a token but no issuers are configured")
         _check_rule_names(index, route, problem)
     _check_decision_sources(config, problem)
     _check_tls(config.tls, problem)
@@ -622,15 +838,74 @@ def _cross_reference_problems(source: str, root: yaml.Node | None, config: Gatew
     _check_admin_audiences(config, problem)
     _check_redis_urls(config, problem)
     _check_sender_inputs(config, problem)
-    issuers: set[str] = set()
-    for index, issuer_config in enumerate(config.issuers):
-        if issuer_config.issuer in issuers:
-            problem(["issuers", index, "issuer"], f"duplicate issuer {issuer_config.issuer!r}")
-        issuers.add(issuer_config.issuer)
+    _check_rate_limits(config, problem)
+    _check_policy_conveniences(config, problem)
     return problems
 
 
 Problem = Callable[[list[str | int], str], None]
+
+
+def _items(data: dict[Any, Any], key: str) -> list[tuple[int, dict[Any, Any]]]:
+    """The sections of a list in the document (a malformed list or item is the schema's to report)."""
+    value = data.get(key)
+    return [(i, item) for i, item in enumerate(value) if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _check_names(data: dict[Any, Any], problem: Problem) -> None:
+    """Routes name known upstreams and issuers; route names and issuers are unique. Read from
+    the document, so a name that is not text (the schema's to report) is passed over."""
+    upstreams = data.get("upstreams")
+    known_upstreams = {str(name) for name in upstreams} if isinstance(upstreams, dict) else None
+    issuers = [(index, issuer.get("issuer")) for index, issuer in _items(data, "issuers")]
+    known_issuers = {name for _, name in issuers if isinstance(name, str)}
+    names: set[str] = set()
+    for index, route in _items(data, "routes"):
+        upstream = route.get("upstream")
+        if known_upstreams is not None and isinstance(upstream, str) and upstream not in known_upstreams:
+            problem(["routes", index, "upstream"], _unknown_name("upstream", upstream, known_upstreams))
+        name = route.get("name")
+        if isinstance(name, str) and name in names:
+            problem(["routes", index, "name"], f"duplicate route name {name!r}")
+        names.add(name if isinstance(name, str) else "")
+        route_issuers = route.get("issuers")
+        for issuer in route_issuers if isinstance(route_issuers, list) else []:
+            if isinstance(issuer, str) and issuer not in known_issuers and not _tenant_issuer(issuer, data):
+                problem(["routes", index, "issuers"], _unknown_name("issuer", issuer, known_issuers))
+        if route.get("auth", "bearer") == "bearer" and data.get("issuers", []) == []:
+            problem(["routes", index, "auth"], "route needs a token but no issuers are configured")
+    seen: set[str] = set()
+    for index, name in issuers:
+        if isinstance(name, str) and name in seen:
+            problem(["issuers", index, "issuer"], f"duplicate issuer {name!r}")
+        seen.add(name if isinstance(name, str) else "")
+
+
+def _tenant_issuer(issuer: str, data: dict[Any, Any]) -> bool:
+    """Whether a route's ``issuers`` entry is a tenant a templated issuer trusts (docs/issuers.md)."""
+    from .policy_checks import tenant_of_document
+
+    return tenant_of_document(issuer, [item for _, item in _items(data, "issuers")])
+
+
+def _check_policy_conveniences(config: GatewayConfig, problem: Problem) -> None:
+    """Claim and token-source header names, templated issuers, upstream TLS files (gateway/policy_checks.py)."""
+    from .policy_checks import check_all
+
+    check_all(config, problem)
+
+
+def _unknown_name(kind: str, name: str, known: set[str]) -> str:
+    """``unknown upstream 'order'; did you mean orders?`` (or the names there are)."""
+    names = sorted(known)
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    if close:
+        return f"unknown {kind} {name!r}; did you mean {close[0]}?"
+    if not names:
+        return f"unknown {kind} {name!r}: no {kind}s are configured"
+    if len(names) == 1:
+        return f"unknown {kind} {name!r} (the only {kind} is {names[0]})"
+    return f"unknown {kind} {name!r} (the {kind}s are {', '.join(names[:10])}{', ...' if len(names) > 10 else ''})"
 
 
 def _check_rule_names(index: int, route: RouteConfig, problem: Problem) -> None:
@@ -681,7 +956,8 @@ def _check_redis_urls(config: GatewayConfig, problem: Problem) -> None:
     from redis import connection
 
     parse_url = cast(Callable[[str], object], connection.parse_url)  # redis-py leaves it unannotated
-    urls: list[tuple[list[str | int], str | None]] = [(["revocation", "redis_url"], config.revocation.redis_url)]
+    urls: list[tuple[list[str | int], str | None]] = [(["revocation", "redis_url"], config.revocation.redis_url),
+                                                     (["rate_limiting", "redis_url"], config.rate_limiting.redis_url)]
     urls += [(["issuers", index, "introspection", "redis_url"], issuer.introspection.redis_url)
              for index, issuer in enumerate(config.issuers) if issuer.introspection is not None]
     for loc, url in urls:
@@ -691,6 +967,19 @@ def _check_redis_urls(config: GatewayConfig, problem: Problem) -> None:
             parse_url(url)
         except ValueError as exc:
             problem(loc, str(exc))
+
+
+def _check_rate_limits(config: GatewayConfig, problem: Problem) -> None:
+    """An override naming a route or a limit that does not exist would never apply: a typo, refused."""
+    routes = {route.name for route in config.routes}
+    limits = {limit.name for limit in compile_limits(config.rate_limiting.default_limits, "*")}
+    for route in config.routes:
+        limits |= {limit.name for limit in compile_limits(route.rate_limits, route.name)}
+    for index, override in enumerate(config.rate_limiting.overrides):
+        for route_name in sorted(set(override.routes or ()) - routes):
+            problem(["rate_limiting", "overrides", index, "routes"], f"unknown route {route_name!r}")
+        for limit_name in sorted(set(override.limits or ()) - limits):
+            problem(["rate_limiting", "overrides", index, "limits"], f"no limit is named {limit_name!r}")
 
 
 def _check_admin_audiences(config: GatewayConfig, problem: Problem) -> None:
@@ -735,35 +1024,62 @@ def _check_decision_sources(config: GatewayConfig, problem: Problem) -> None:
 
 
 def parse_config(text: str, source: str = "<config>") -> GatewayConfig:
-    """Parse and validate configuration text; raise ConfigError naming file, line and key."""
-    loader = _Loader(text)
+    """Parse and validate configuration text; raise ConfigError naming file, line and key.
+
+    Every problem of the file is reported at once, in the order of its lines: unset
+    variables, duplicate keys, the schema's errors and the names that refer to nothing.
+    A YAML syntax error stops the reading, so it is reported alone, on the line to fix.
+    """
+    try:
+        loader = _Loader(text)  # reads the whole text: a character YAML refuses is found here
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1
+        raise ConfigError([f"{source}:{line}: YAML syntax error: the control character U+{exc.character:04X} is not "
+                           'allowed (write it as an escape in a double-quoted value, e.g. "\\x01")']) from None
     loader.source = source
     try:
         root = loader.get_single_node()
         data = loader.construct_document(root) if root is not None else None
     except yaml.MarkedYAMLError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark else 1
-        raise ConfigError([f"{source}:{line}: YAML syntax error: {exc.problem}"]) from None
+        raise ConfigError([yaml_syntax_problem(source, exc)]) from None
     finally:
         loader.dispose()
+    if data is None:
+        raise ConfigError([f"{source}:1: the configuration is empty (it needs at least upstreams and routes)"])
     if not isinstance(data, dict):
-        raise ConfigError([f"{source}:1: the configuration must be a YAML mapping"])
+        raise ConfigError([f"{source}:1: the configuration must be a YAML mapping (key: value lines), "
+                           f"not {describe(data)}"])
+    found: list[str] = []
+    config: GatewayConfig | None = None
     try:
         config = GatewayConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_validation_problems(source, root, exc)) from None
-    problems = _cross_reference_problems(source, root, config)
+        found = _validation_problems(source, root, exc)
+    found += _cross_reference_problems(source, root, config, data)
+    # a value left empty by an unset variable fails other checks too: that follows, it is not news
+    problems = loader.problems + [p for p in found if _line(source, p) not in loader.unset_lines]
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(sorted(problems, key=lambda p: _line(source, p)))
+    assert config is not None  # no problem: validated
     return config
+
+
+def _line(source: str, problem: str) -> int:
+    """The line a ``source:line: ...`` problem names (0 when it names none)."""
+    number = problem[len(source) + 1:].partition(":")[0]
+    return int(number) if number.isdigit() else 0
 
 
 def load_config(path: str | Path) -> GatewayConfig:
     """Read, parse and validate a configuration file."""
+    if os.path.isdir(path):
+        raise ConfigError([f"{path}: is a directory, not a configuration file"])
     try:
         text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file"]) from None
     except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
     except UnicodeDecodeError as exc:
         line = exc.object[: exc.start].count(b"\n") + 1
         raise ConfigError([f"{path}:{line}: the file is not valid UTF-8"]) from None

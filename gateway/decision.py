@@ -1,9 +1,11 @@
-"""The one decision path: normalise -> route -> token -> revocation -> binding -> scopes -> rules -> step-up.
+"""The one decision path: normalise -> route -> ip limits -> token -> revocation -> binding -> scopes
+-> rules -> step-up -> identity limits.
 
 The proxy, the forward-auth decision endpoint and the aiohttp middleware all call
 ``Decider.decide``; none of them holds policy logic of its own. The sender-constraint
 check (DPoP proofs, certificate-bound tokens) lives in binding.py, the route's scope,
-claims-rule and step-up checks in policy.py.
+claims-rule and step-up checks in policy.py, rate limits and the WebSocket token in traffic.py,
+a route's token cookie or header in token_source.py, the claims sent upstream in claim_headers.py.
 """
 
 from __future__ import annotations
@@ -13,14 +15,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
+from multidict import CIMultiDictProxy
+
 from .binding import BEARER_ONLY, Challenges, Presented, PresentedCertificate, ProofServices, SenderCheck
+from .claim_headers import NO_CLAIM_HEADERS, ClaimHeaderPolicy, UnsafeClaim
 from .config import IssuerConfig
 from .policy import check_claims, check_issuer, missing_scopes
+from .ratelimit import LocalLimiter, RateLimitingConfig, Verdict
 from .reasons import Reason
 from .revocation.store import RevocationStore
 from .routing import BadTarget, Route, RouteTable, Target, normalise_target, valid_host
+from .token_source import source_token
+from .tokens.issuer_pattern import issuer_map
 from .tokens.token import TokenError, ValidatedToken, fingerprint
 from .tokens.validator import TokenValidator
+from .traffic import RateLimits, refusal_detail, websocket_token
 
 # RFC 6750 section 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *")
@@ -42,6 +51,10 @@ class RequestFacts:
     scheme: str = "http"  # the scheme the client used (a proof's htu): ours, or a trusted proxy's word
     authority: str = ""  # the host[:port] the client addressed, when a trusted proxy names it; "" means ``host``
     client_certificate: PresentedCertificate = None  # from our TLS, or a trusted ingress's header
+    client_ip: str = ""  # after trusted_proxies: what ip rate limits count by
+    websocket: bool = False  # Upgrade: websocket was asked for
+    protocols: tuple[str, ...] = ()  # the Sec-WebSocket-Protocol lines of an upgrade (a token may be in one)
+    headers: CIMultiDictProxy[str] | None = None  # all of them: a route's token_source reads its cookie or header
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +79,8 @@ class Decision:
     scheme: str = ""  # the Authorization scheme the token came with: bearer | dpop ("" no token)
     challenges: Challenges = BEARER_ONLY  # the schemes a 401 offers (responses.py)
     dpop_nonce: str | None = None  # sent as DPoP-Nonce, on denials and allowed requests alike
+    rate_limit: Verdict | None = None  # the rate limits' answer: RateLimit headers (and Retry-After on a 429)
+    claim_headers: tuple[tuple[str, str], ...] = ()  # claims for the upstream (claim_headers.py), when allowed
 
     @property
     def allowed(self) -> bool:
@@ -73,7 +88,17 @@ class Decision:
 
 
 def presented_token(facts: RequestFacts, target: Target, route: Route) -> Presented | Reason:
-    """The access token and its scheme: ``DPoP`` (RFC 9449 section 7.1) or ``Bearer`` (RFC 6750)."""
+    """The access token and its scheme: ``DPoP`` (RFC 9449 section 7.1) or ``Bearer`` (RFC 6750),
+    or on a WebSocket upgrade a ``Sec-WebSocket-Protocol`` value (traffic.py), where the route allows it,
+    or the route's ``token_source`` cookie or header (token_source.py)."""
+    if route.token_cookie is not None or route.token_header is not None:
+        elsewhere = _source_token(facts, target, route)
+        if elsewhere is not None:
+            return elsewhere
+    if facts.protocols and facts.websocket:
+        carried = _protocol_token(facts, target, route)
+        if carried is not None:
+            return carried
     value = facts.authorization[0] if len(facts.authorization) == 1 else ""
     if value[:1] in _D and value[:5].lower() == "dpop ":
         match = _DPOP.fullmatch(value)
@@ -82,6 +107,27 @@ def presented_token(facts: RequestFacts, target: Target, route: Route) -> Presen
         return Presented("dpop", match.group(1))
     raw = bearer_token(facts, target, route)
     return raw if isinstance(raw, Reason) else Presented("bearer", raw)
+
+
+def _protocol_token(facts: RequestFacts, target: Target, route: Route) -> Presented | Reason | None:
+    prefix = route.config.websocket_token_protocol_prefix if route.config is not None else None
+    token = websocket_token(facts.protocols, prefix) if prefix else None
+    if token is None:
+        return None
+    if isinstance(token, Reason) or facts.authorization or (target.query and _query_tokens(target.query)):
+        return Reason.MALFORMED_AUTHORIZATION  # one token, one way of sending it
+    return Presented("bearer", token)
+
+
+def _source_token(facts: RequestFacts, target: Target, route: Route) -> Presented | Reason | None:
+    """The token in the route's cookie or header, as a bearer token; refused when it also comes another way."""
+    token = source_token(facts.headers, route.token_cookie, route.token_header)
+    if token is None or isinstance(token, Reason):
+        return token
+    if facts.authorization or (target.query and _query_tokens(target.query)) or (
+            facts.protocols and facts.websocket and _protocol_token(facts, target, route) is not None):
+        return Reason.AMBIGUOUS_TOKEN
+    return Presented("bearer", token)
 
 
 def bearer_token(facts: RequestFacts, target: Target, route: Route) -> str | Reason:
@@ -156,13 +202,18 @@ class Decider:
     def __init__(
         self, routes: RouteTable, validator: TokenValidator, revocation: RevocationStore,
         issuers: Iterable[IssuerConfig] = (), proofs: ProofServices | None = None,
+        limits: RateLimits | None = None, claim_headers: ClaimHeaderPolicy = NO_CLAIM_HEADERS,
     ) -> None:
         self.routes = routes
+        self.limits = limits if limits is not None else RateLimits(RateLimitingConfig(), (), LocalLimiter())
         self.validator = validator
         self.revocation = revocation
         issuers = list(issuers)
         self.senders = SenderCheck(issuers, proofs)
-        self.leeways = {i.issuer: i.leeway for i in issuers}  # step-up's auth_time tolerance
+        # by issuer, a tenant of a templated issuer finding its template's (tokens/issuer_pattern.py)
+        self.issuers = issuer_map(issuers, lambda i: i)
+        self.leeways = issuer_map(issuers, lambda i: i.leeway)  # step-up's auth_time tolerance
+        self.claim_headers = claim_headers
 
     async def decide(self, facts: RequestFacts) -> Decision:
         if facts.version not in _HTTP_1:
@@ -180,6 +231,20 @@ class Decider:
             reason = Reason.METHOD_NOT_ALLOWED if match.allowed_methods else Reason.NO_ROUTE
             return Decision(reason, target, allowed_methods=match.allowed_methods)
         route = match.route
+        if facts.websocket and (route.config is None or not route.config.websocket):
+            return Decision(Reason.WEBSOCKET_NOT_ALLOWED, target, route)
+        plan = self.limits.plan(route.name)
+        if plan is None:  # no limits: no round trip
+            return await self._decide_route(facts, target, route)
+        early = await self.limits.before_auth(plan, facts.client_ip)  # before any signature is checked
+        if not early.allowed:
+            return Decision(early.reason or Reason.RATE_LIMITED, target, route, rate_limit=early,
+                            detail=refusal_detail(early))
+        decision = await self._decide_route(facts, target, route)
+        return await self.limits.after_auth(plan, decision, facts.client_ip, early)
+
+    async def _decide_route(self, facts: RequestFacts, target: Target, route: Route) -> Decision:
+        """Token, validation and authorisation on a matched route."""
         if not route.auth_required:
             return Decision(Reason.PUBLIC_ROUTE, target, route)
         presented = presented_token(facts, target, route)
@@ -209,7 +274,7 @@ class Decider:
         """
         offer = self.senders.challenges(route, token.issuer)
         nonce = self.senders.nonce() if offer.nonce else None
-        refused = check_issuer(route, token) or self.revocation.check(token)
+        refused = check_issuer(route, token, self.issuers) or self.revocation.check(token)
         if refused is not None:
             return Decision(refused, target, route, token, token.fingerprint, scheme=presented.scheme,
                             challenges=offer, dpop_nonce=nonce)
@@ -222,10 +287,16 @@ class Decider:
         if reason is None and route.checks_claims:
             claims = check_claims(route, token, facts.method, target.path, self.leeways.get(token.issuer, 0.0))
             reason = claims.reason if claims is not None else None
+        upstream_claims: tuple[tuple[str, str], ...] = ()
+        if reason is None:
+            try:
+                upstream_claims = self.claim_headers.values(route.name, token)
+            except UnsafeClaim:  # never forwarded with a value the upstream would read otherwise
+                reason = Reason.INVALID_CLAIM
         return Decision(
             reason or Reason.ALLOWED, target, route, token, token.fingerprint, missing,
             binding=bound.binding, key_thumbprint=bound.key_thumbprint,
             failed_rule=claims.rule if claims is not None else None,
             detail=claims.cause if claims is not None else bound.detail,
-            scheme=presented.scheme, challenges=offer, dpop_nonce=nonce,
+            scheme=presented.scheme, challenges=offer, dpop_nonce=nonce, claim_headers=upstream_claims,
         )

@@ -43,8 +43,10 @@ from dataclasses import dataclass
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from . import tracing
 from .audit.record import Exchange
 from .binding import forwarded_certificate, forwarded_scheme
+from .claim_headers import claim_header_names, decision_headers
 from .config import ConfigError, GatewayConfig
 from .decision import Decision, RequestFacts
 from .proxy import IPNetwork, UnsafeIdentity, client_address, forwarded_for, identity_values, is_trusted
@@ -52,6 +54,7 @@ from .reasons import Reason
 from .responses import allowed_headers, denial_response
 from .runtime import Gateway, request_id
 from .server import EXTRA_LISTENERS, Server
+from .traffic import asks_websocket
 
 log = logging.getLogger("gateway.forward_auth")
 
@@ -169,15 +172,24 @@ def original_request(
 
 
 def check_facts(
-    original: OriginalRequest, headers: CIMultiDictProxy[str], config: GatewayConfig, peer: str
+    original: OriginalRequest, headers: CIMultiDictProxy[str], config: GatewayConfig, peer: str,
+    client_ip: str = "",
 ) -> RequestFacts:
-    """The original request's facts; a forwarded client certificate only when the ingress is trusted."""
+    """The original request's facts; a forwarded client certificate only when the ingress is trusted.
+
+    An ``Upgrade: websocket`` the ingress passes on is believed (a route without ``websocket: true``
+    refuses it), and so is the token in ``Sec-WebSocket-Protocol``; ``client_ip`` is what ``ip``
+    rate limits count by."""
     trusted = is_trusted(peer, config.trusted_proxies)
+    websocket = asks_websocket(headers)
     return RequestFacts(
         method=original.method, raw_target=original.target, host=original.host,
         authorization=tuple(headers.getall("Authorization", ())), dpop=tuple(headers.getall("DPoP", ())),
         scheme=original.scheme,
         client_certificate=forwarded_certificate(headers, config.client_certificates, trusted),
+        client_ip=client_ip or peer, websocket=websocket,
+        protocols=tuple(headers.getall("Sec-WebSocket-Protocol", ())) if websocket else (),
+        headers=headers,  # the original request's, as the ingress passes them: a route's token_source
     )
 
 
@@ -204,6 +216,7 @@ def allow_headers(decision: Decision, config: GatewayConfig, request_id_value: s
     ``X-Auth-Subject`` through. Raises UnsafeIdentity when a token value cannot be a header.
     """
     headers = dict(identity_values(decision.token, config.identity_headers))
+    headers.update(decision_headers(claim_header_names(config), decision.claim_headers))  # claim_headers, likewise
     headers.update({"Cache-Control": "no-store", "X-Request-Id": request_id_value})
     headers.update(allowed_headers(decision))  # DPoP-Nonce: for the ingress to pass to the client
     return headers
@@ -240,7 +253,7 @@ class DecisionHandler:
             decision = Decision(Reason.BAD_PATH)
         else:
             exchange.method, exchange.host, exchange.raw_path = original.method, original.host, original.target
-            facts = check_facts(original, headers, config, peer)
+            facts = check_facts(original, headers, config, peer, exchange.client_ip)
             pipeline.in_flight += 1  # a reload retires this pipeline only when its requests are done
             try:
                 decision = await pipeline.decider.decide(facts)
@@ -276,7 +289,8 @@ class DecisionHandler:
 
 def decision_app(gateway: Gateway) -> web.Server:
     """The low-level server of the decision port (every path is a check, none is routed)."""
-    return web.Server(DecisionHandler(gateway), access_log=None, handler_cancellation=False)
+    handler = tracing.server_handler(DecisionHandler(gateway), gateway, "decision")
+    return web.Server(handler, access_log=None, handler_cancellation=False)
 
 
 async def open_decision_listener(server: Server) -> None:

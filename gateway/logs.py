@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,6 +12,10 @@ import orjson
 from aiohttp.http_exceptions import BadHttpMessage
 
 _STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "taskName"}
+
+# fields of the request being served (trace_id, span_id) for every line written within it; set by
+# tracing.start while tracing is on, None otherwise
+CONTEXT_FIELDS: Callable[[], dict[str, str]] | None = None
 
 
 class JsonFormatter(logging.Formatter):
@@ -29,6 +34,8 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
             **self.fields,
         }
+        if CONTEXT_FIELDS is not None:
+            entry.update(CONTEXT_FIELDS())
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value

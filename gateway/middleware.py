@@ -36,10 +36,11 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from multidict import CIMultiDict
 
+from . import tracing
 from .audit.record import Exchange
 from .config import GatewayConfig, load_config
 from .decision import Decision
-from .proxy import HeaderStrip, UnsafeIdentity, header_key, identity_values, strip_rule
+from .proxy import HeaderStrip, UnsafeIdentity, drop_cookies, header_key, identity_values, strip_rule
 from .reasons import Reason
 from .responses import allowed_headers, denial_response
 from .runtime import Gateway
@@ -72,6 +73,8 @@ def setup_tokengate(app: web.Application, config: GatewayConfig | str | os.PathL
         gateway = Gateway(load_config(path), path)
     app[TOKENGATE_KEY] = gateway
     app.middlewares.insert(0, tokengate_middleware)
+    if gateway.config.tracing.enabled:  # the request's span, around the policy and the handler
+        app.middlewares.insert(0, tracing_middleware)
     app.cleanup_ctx.append(_lifecycle(gateway))
     return gateway
 
@@ -98,7 +101,7 @@ async def tokengate_middleware(request: web.Request, handler: Handler) -> web.St
         return _deny(gateway, exchange, Decision(Reason.SHUTTING_DOWN))
     pipeline.in_flight += 1  # the pipeline outlives a swap until its decisions are done
     try:
-        decision = await pipeline.decider.decide(facts_of(request, pipeline.config))
+        decision = await pipeline.decider.decide(facts_of(request, pipeline.config, exchange.client_ip))
     finally:
         pipeline.in_flight -= 1
     if not decision.allowed:
@@ -110,7 +113,7 @@ async def tokengate_middleware(request: web.Request, handler: Handler) -> web.St
         return _deny(gateway, exchange, replace(decision, reason=Reason.BAD_PATH))
     try:
         strip = strip_rule(decision.route.config if decision.route is not None else None, config)
-        handler_request = _with_identity(request, decision.token, config, strip)
+        handler_request = _with_identity(request, decision.token, config, strip, decision.claim_headers)
     except UnsafeIdentity:  # never for a token built from claims: they are refused when validated
         return _deny(gateway, exchange, replace(decision, reason=Reason.INVALID_CLAIM, token=None))
     try:
@@ -137,6 +140,15 @@ async def tokengate_middleware(request: web.Request, handler: Handler) -> web.St
     return response
 
 
+@web.middleware
+async def tracing_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The request's span (docs/tracing.md); only installed when the configuration enables tracing."""
+    active = tracing.ACTIVE
+    if active is None:  # OTEL_SDK_DISABLED, or another gateway of this process owns tracing... and stopped
+        return await handler(request)
+    return await active.serve(request, request.config_dict[TOKENGATE_KEY], "middleware", handler(request))
+
+
 def _deny(gateway: Gateway, exchange: Exchange, decision: Decision) -> web.Response:
     response = denial_response(decision, gateway.config.realm, exchange.request_id)
     exchange.status = response.status
@@ -146,13 +158,15 @@ def _deny(gateway: Gateway, exchange: Exchange, decision: Decision) -> web.Respo
 
 
 def _with_identity(
-    request: web.Request, token: ValidatedToken | None, config: GatewayConfig, strip: HeaderStrip
+    request: web.Request, token: ValidatedToken | None, config: GatewayConfig, strip: HeaderStrip,
+    claims: tuple[tuple[str, str], ...] = (),
 ) -> web.Request:
     """The request the handler sees: the token attached, identity headers set by us, never by the client.
 
     The same rules as in proxy mode: whatever the client sent as ``X-Auth-Subject`` (or the
-    configured names) or under a ``strip_request_headers`` name is dropped, and the values of
-    the validated token are set instead. Raises UnsafeIdentity when they cannot be header values.
+    configured names), under a ``strip_request_headers`` or claim header name, or in the route's
+    ``token_source`` header or cookie is dropped, and the values of the validated token (identity
+    and ``claims``) are set instead. Raises UnsafeIdentity when they cannot be header values.
     """
     identity = config.identity_headers
     values = identity_values(token, identity) if token is not None else None
@@ -164,13 +178,17 @@ def _with_identity(
         key = header_key(name)
         return key in names or key.startswith(strip.prefixes)
 
-    if token is None and not any(dropped(name) for name in request.headers):
+    cookies = bool(strip.cookies) and "Cookie" in request.headers
+    if token is None and not cookies and not any(dropped(name) for name in request.headers):
         return request
     headers: CIMultiDict[str] = CIMultiDict(
         (name, value) for name, value in request.headers.items() if not dropped(name)
     )
     if values is not None:
         headers.extend(values)
+    headers.extend(claims)
+    if cookies:
+        drop_cookies(headers, strip.cookies)
     clone = request.clone(headers=headers)
     assert isinstance(clone, web.Request)
     return clone

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
 
 from . import metrics
 from .reasons import Reason
 from .routing import Route
 from .rules import check_rules, path_parameters
 from .stepup import check_step_up
+from .tokens.issuer_pattern import IssuerMap
 from .tokens.token import ValidatedToken
 
 
@@ -24,11 +27,17 @@ def missing_scopes(route: Route, token: ValidatedToken) -> frozenset[str]:
     return missing
 
 
-def check_issuer(route: Route, token: ValidatedToken) -> Reason | None:
-    """A route may restrict which issuers' tokens it accepts."""
-    if route.issuers is not None and token.issuer not in route.issuers:
-        return Reason.UNKNOWN_ISSUER
-    return None
+def check_issuer(route: Route, token: ValidatedToken, issuers: IssuerMap[Any] | None = None) -> Reason | None:
+    """A route may restrict which issuers' tokens it accepts.
+
+    ``issuers`` tells the ``issuers[]`` entry the token's issuer falls under: for a tenant of a
+    templated issuer, the template (docs/issuers.md). A route naming the template takes every
+    tenant the template trusts; one naming a concrete tenant issuer takes that tenant only.
+    """
+    if route.issuers is None or token.issuer in route.issuers:
+        return None
+    entry = issuers.entry(token.issuer) if issuers is not None else None
+    return None if entry is not None and entry in route.issuers else Reason.UNKNOWN_ISSUER
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +52,7 @@ class ClaimsRefusal:
 def check_claims(route: Route, token: ValidatedToken, method: str, path: str, leeway: float) -> ClaimsRefusal | None:
     """The route's CEL rules (403 ``rule_failed``), then its step-up policy (401, RFC 9470)."""
     if route.rules:
-        params = path_parameters(route.parameter_names, path) if route.parameter_names else {}
+        params = _parameters(route, path)
         failure = check_rules(route.rules, token.claims, params, method, path)
         if failure is not None:
             _count_rule_denial(route.name, failure.rule)
@@ -53,6 +62,21 @@ def check_claims(route: Route, token: ValidatedToken, method: str, path: str, le
         if challenge is not None:
             return ClaimsRefusal(Reason.INSUFFICIENT_USER_AUTHENTICATION, cause=challenge.shortfall.value)
     return None
+
+
+def _parameters(route: Route, path: str) -> dict[str, str]:
+    """What a rule reads as ``path``: the ``{name}`` segments of ``path``, the named groups of ``path_regex``."""
+    if route.parameter_names:
+        return path_parameters(route.parameter_names, path)
+    if route.pattern is None or route.pattern.kind != "path_regex":
+        return {}
+    out: dict[str, str] = {}
+    for name, raw in route.pattern.groups(path).items():
+        try:
+            out[name] = unquote(raw, errors="strict")  # as path_parameters decodes a segment
+        except UnicodeDecodeError:
+            continue  # left out: a rule reading it errors and denies
+    return out
 
 
 _RULE_DENIALS: dict[tuple[str, str], metrics.PendingCount] = {}  # by route and rule: both from the configuration

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -21,16 +21,20 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from .audit.record import Exchange
+from .claim_headers import claim_header_names
 from .config import (
     DEFAULT_STRIP_REQUEST_HEADERS,
     STRIP_DEFAULTS,
+    ConfigError,
     GatewayConfig,
     IdentityHeaders,
     RouteConfig,
     UpstreamConfig,
 )
 from .reasons import Reason
+from .token_source import without_cookie
 from .tokens.token import ValidatedToken, header_safe, scope_token
+from .upstream_tls import TLSFileProblem, report_failure, server_name, upstream_context
 
 HOP_BY_HOP = frozenset(
     h.lower()
@@ -52,6 +56,10 @@ CLIENT_ADDRESS_HEADERS = frozenset(
 )
 _CHUNK = 64 * 1024
 _SMALL_BODY = 64 * 1024
+# streamed answers that stay open (server-sent events, NDJSON feeds): relayed by ``live`` when given,
+# so that they end with their token (websocket.serve_stream)
+LIVE_STREAM_TYPES = frozenset({"text/event-stream", "application/x-ndjson"})
+LiveRelay = Callable[[web.BaseRequest, aiohttp.ClientResponse, list[tuple[str, str]]], Awaitable[web.StreamResponse]]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -135,6 +143,7 @@ class HeaderStrip:
 
     names: frozenset[str]
     prefixes: tuple[str, ...]  # from "Name-*" entries
+    cookies: frozenset[str] = frozenset()  # a token_source cookie: removed from Cookie, the others kept
 
 
 def compile_strip(names: Sequence[str]) -> HeaderStrip:
@@ -150,25 +159,34 @@ def compile_strip(names: Sequence[str]) -> HeaderStrip:
 def strip_rule(route: RouteConfig | None, config: GatewayConfig) -> HeaderStrip:
     """The route's ``strip_request_headers``, else the top-level list; compiled once per list.
 
-    The ``client_certificates.header`` is always added: a certificate the gateway read (or
-    ignored, from an untrusted peer) must not reach an upstream that would believe it.
+    Always added: the ``client_certificates.header`` (a certificate the gateway read, or ignored
+    from an untrusted peer, must not reach an upstream that would believe it), every configured
+    claim header name (only the gateway's values reach the upstream), and the route's
+    ``token_source`` header or cookie (the token stays at the gateway, as with a query token).
     """
     names = route.strip_request_headers if route is not None and route.strip_request_headers is not None else None
     if names is None:
         names = config.strip_request_headers
     certificate = config.client_certificates.header if config.client_certificates is not None else None
-    key = (id(names), certificate)
+    source = route.token_source if route is not None else None
+    added = (certificate, claim_header_names(config), source.header if source else None,
+             source.cookie if source else None)
+    key = (id(names), added)
     entry = _STRIP_RULES.get(key)
     if entry is None or entry[0] is not names:  # the list itself is kept, so its id is never reused meanwhile
         if len(_STRIP_RULES) >= 1024:
             _STRIP_RULES.clear()
-        compiled = compile_strip([*names, certificate] if certificate else names)
+        extra = [name for name in (certificate, *added[1], added[2]) if name]
+        compiled = compile_strip([*names, *extra])
+        if added[3]:
+            compiled = HeaderStrip(compiled.names, compiled.prefixes, frozenset({added[3]}))
         entry = _STRIP_RULES[key] = (names, compiled)
     return entry[1]
 
 
-# by id of the configured list and the certificate header (bounded)
-_STRIP_RULES: dict[tuple[int, str | None], tuple[Sequence[str], HeaderStrip]] = {}
+_Added = tuple[str | None, tuple[str, ...], str | None, str | None]
+# by id of the configured list and what is added to it (bounded)
+_STRIP_RULES: dict[tuple[int, _Added], tuple[Sequence[str], HeaderStrip]] = {}
 NO_STRIP = HeaderStrip(frozenset(), ())
 
 
@@ -215,8 +233,12 @@ class ForwardContext:
 def upstream_headers(
     incoming: CIMultiDictProxy[str], context: ForwardContext, upstream: Upstream,
     token: ValidatedToken | None, identity: IdentityHeaders, strip: HeaderStrip = NO_STRIP,
+    claims: Sequence[tuple[str, str]] = (),
 ) -> CIMultiDict[str]:
-    """Headers for the upstream request; UnsafeIdentity when the token's values cannot be headers."""
+    """Headers for the upstream request; UnsafeIdentity when the token's values cannot be headers.
+
+    ``claims`` are the route's claim headers (``Decision.claim_headers``), set after every client
+    header of those names was dropped (``strip``)."""
     identity_headers = identity_values(token, identity) if token is not None else None  # may raise: do it first
     forward_authorization = upstream.config.forward_authorization
     key = (identity.subject, identity.client_id, identity.scopes, forward_authorization, context.peer_trusted, strip)
@@ -247,7 +269,20 @@ def upstream_headers(
     headers["Host"] = context.host if upstream.config.preserve_host else upstream.host_header
     if identity_headers is not None:
         headers.extend(identity_headers)
+    if claims:
+        headers.extend(claims)
+    if strip.cookies and "Cookie" in headers:
+        drop_cookies(headers, strip.cookies)
     return headers
+
+
+def drop_cookies(headers: CIMultiDict[str], names: frozenset[str]) -> None:
+    """Remove the cookies ``names`` from every ``Cookie`` line (a line left empty goes too)."""
+    lines = [without_cookie(line, names) for line in headers.getall("Cookie")]
+    del headers["Cookie"]
+    for line in lines:
+        if line:
+            headers.add("Cookie", line)
 
 
 class _HeaderFilter:
@@ -304,12 +339,17 @@ class Upstream:
         if self.base.port is not None and not self.base.is_default_port():
             self.host_header += f":{self.base.port}"
         self._base_path = self.base.raw_path.rstrip("/")
+        self.server_name = server_name(config)  # SNI and certificate name instead of the URL's host (https)
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
+        try:
+            tls = upstream_context(self.config)  # https: verified, with ca_file and a client certificate if set
+        except TLSFileProblem as exc:  # the loader checked the files: one went missing since
+            raise ConfigError([f"upstreams.{self.name}.tls.{exc.key}: {exc}"]) from None
         connector = aiohttp.TCPConnector(
             limit=self.config.max_connections, limit_per_host=self.config.max_connections,
-            keepalive_timeout=30, enable_cleanup_closed=False,
+            keepalive_timeout=30, enable_cleanup_closed=False, ssl=tls if tls is not None else True,
         )
         self.session = aiohttp.ClientSession(
             connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
@@ -359,10 +399,12 @@ def has_body(request: web.BaseRequest) -> bool:
 async def forward(
     request: web.BaseRequest, target: str, upstream: Upstream, headers: CIMultiDict[str],
     exchange: Exchange, body_limit: int, own_headers: Sequence[tuple[str, str]] = (),
+    live: LiveRelay | None = None,
 ) -> web.StreamResponse:
     """Send the request upstream and stream the answer back to the client.
 
-    ``own_headers`` are the gateway's (``DPoP-Nonce``): they replace the upstream's of the same name.
+    ``own_headers`` are the gateway's (``DPoP-Nonce``, RateLimit): they replace the upstream's of the
+    same name. ``live`` relays an answer of ``LIVE_STREAM_TYPES`` instead (it is not buffered either).
     """
     assert upstream.session is not None
     data = _body(request, exchange, body_limit) if has_body(request) else None
@@ -370,26 +412,29 @@ async def forward(
     try:
         upstream_response = await upstream.session.request(
             request.method, upstream.url(target), headers=headers, data=data, allow_redirects=False,
-            compress=None, chunked=None,
+            compress=None, chunked=None, server_hostname=upstream.server_name,
         )
     except BodyTooLarge:
         raise
     except (TimeoutError, aiohttp.ServerTimeoutError):
         raise UpstreamFailure(Reason.UPSTREAM_TIMEOUT) from None
+    except aiohttp.ClientSSLError as exc:  # an unverifiable certificate, a refused client certificate
+        report_failure(upstream.name, exc)
+        raise UpstreamFailure(Reason.UPSTREAM_UNAVAILABLE) from None
     except aiohttp.ClientError:
         if exchange.bytes_in > body_limit:  # aiohttp wraps the BodyTooLarge of _body in a ClientConnectionError
             raise BodyTooLarge from None
         raise UpstreamFailure(Reason.UPSTREAM_UNAVAILABLE) from None
     exchange.upstream_ms = (time.monotonic() - started) * 1000
     try:
-        return await _relay(request, upstream_response, exchange, own_headers)
+        return await _relay(request, upstream_response, exchange, own_headers, live)
     finally:
         upstream_response.release()
 
 
 async def _relay(
     request: web.BaseRequest, upstream_response: aiohttp.ClientResponse, exchange: Exchange,
-    own_headers: Sequence[tuple[str, str]] = (),
+    own_headers: Sequence[tuple[str, str]] = (), live: LiveRelay | None = None,
 ) -> web.StreamResponse:
     # a list: web.Response copies it into its own CIMultiDict, no need to build one first
     dropped = hop_by_hop(upstream_response.headers)
@@ -410,6 +455,8 @@ async def _relay(
         if request.method != "HEAD":
             response.body = body
         return response
+    if live is not None and upstream_response.content_type in LIVE_STREAM_TYPES:
+        return await live(request, upstream_response, headers)
     stream = web.StreamResponse(status=upstream_response.status, reason=upstream_response.reason, headers=headers)
     try:
         await stream.prepare(request)

@@ -48,6 +48,11 @@ class Reason(str, Enum):
     TOKEN_IN_QUERY = (
         "token_not_in_header", 400, "invalid_request", "bearer tokens are accepted in the Authorization header only",
     )
+    # a route's token_source (a cookie or a custom header; docs/routes.md)
+    AMBIGUOUS_TOKEN = ("ambiguous_token", 400, "invalid_request", "the access token must be sent once, one way")
+    MALFORMED_TOKEN = (
+        "malformed_token", 400, "invalid_request", "the token cookie or header does not hold one access token",
+    )
 
     # token validity (all RFC 6750 invalid_token)
     INVALID_TOKEN = ("invalid_token", 401, "invalid_token", "the access token is invalid")
@@ -113,11 +118,21 @@ class Reason(str, Enum):
         "dpop_replay_unavailable", 503, "temporarily_unavailable", "DPoP replay protection is unavailable",
     )
     SHUTTING_DOWN = ("shutting_down", 503, "temporarily_unavailable", "the gateway is shutting down")
+    # a live connection (websocket.py) opened under a configuration that a reload replaced
+    CONFIG_RELOADED = ("config_reloaded", 503, "temporarily_unavailable", "the gateway's configuration changed")
 
     # traffic control (gateway/ratelimit.py): 429 with Retry-After and the RateLimit headers
     RATE_LIMITED = ("rate_limited", 429, "too_many_requests", "a rate limit of this API was exceeded")
     RATE_LIMIT_UNAVAILABLE = (
         "rate_limit_unavailable", 503, "temporarily_unavailable", "rate limiting is unavailable",
+    )
+
+    # WebSocket upgrades (gateway/traffic.py, gateway/websocket.py)
+    WEBSOCKET_NOT_ALLOWED = (
+        "websocket_not_allowed", 400, "invalid_request", "this route does not accept WebSocket upgrades",
+    )
+    BAD_WEBSOCKET_HANDSHAKE = (
+        "bad_websocket_handshake", 400, "invalid_request", "the WebSocket upgrade request is malformed",
     )
 
     # upstream

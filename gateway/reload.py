@@ -31,7 +31,8 @@ KEYS_WAIT = 5.0
 
 # What only a restart can change: sockets (and the proxy listener's TLS), processes, and what
 # Gateway builds once and keeps across reloads (the audit writer, the revocation store, the live
-# Detector, the DPoP replay cache and nonce secret). Every other key is read from the swapped-in
+# Detector, the DPoP replay cache and nonce secret, the rate limit counters with their overrides and
+# defaults, the live-connection registry). Every other key is read from the swapped-in
 # pipeline's configuration (``gateway.config``) on each request or poll, and so follows a reload:
 # routes (with their rules, step-up and sender_constraint), issuers (with theirs and dpop),
 # upstreams, realm, max_body_size, trusted_proxies, client_certificates, identity_headers,
@@ -39,7 +40,7 @@ KEYS_WAIT = 5.0
 # log_level (docs/operations.md).
 RESTART_ONLY = (
     "listen", "admin_listen", "decision_listen", "workers", "shutdown_grace", "audit", "revocation", "detection",
-    "tls", "dpop",
+    "tls", "dpop", "rate_limiting", "long_connections", "tracing",
 )
 
 
@@ -201,7 +202,7 @@ class Reloader:
 
     async def _apply(self, config: GatewayConfig) -> None:
         gateway = self.gateway
-        pipeline = await build_pipeline(config, gateway.revocation, gateway.proofs)
+        pipeline = await build_pipeline(config, gateway.revocation, gateway.proofs, gateway.limiter)
         running = gateway.pipeline
         # never trade a pipeline that verifies tokens for one that cannot (the issuer is down right now)
         if running is not None and running.validator.ready and not await _keys_loaded(pipeline, self.keys_wait):

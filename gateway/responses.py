@@ -84,12 +84,21 @@ def denial_headers(decision: Decision, realm: str) -> CIMultiDict[str]:
         headers["Allow"] = ", ".join(sorted(decision.allowed_methods))
     if decision.reason.status == 503:
         headers["Retry-After"] = "5"
+    if decision.rate_limit is not None:
+        # RateLimit-Policy / RateLimit, and on a refusal the limiter's Retry-After: for
+        # rate_limit_unavailable, when Redis will be asked again (retry_interval), not the 5 s above
+        for name, value in decision.rate_limit.headers():
+            headers[name] = value
     return headers
 
 
 def allowed_headers(decision: Decision) -> list[tuple[str, str]]:
-    """Headers an allowed request's response carries from the gateway: the current DPoP nonce."""
-    return [("DPoP-Nonce", decision.dpop_nonce)] if decision.dpop_nonce is not None else []
+    """Headers an allowed request's response carries from the gateway: the current DPoP nonce and
+    the RateLimit fields (with ``rate_limiting.headers``)."""
+    own = [("DPoP-Nonce", decision.dpop_nonce)] if decision.dpop_nonce is not None else []
+    if decision.rate_limit is not None:
+        own += decision.rate_limit.headers()
+    return own
 
 
 def denial_body(reason: Reason, request_id: str, detail: str = "") -> bytes:

@@ -10,6 +10,10 @@ parameters (``/admin;x`` is ``/admin`` to a servlet container), trailing dots an
 The route table therefore also matches the path as such an upstream would see it, and a
 request whose two readings land on different routes is refused rather than guessed
 (``RouteMatch.refused``, answered 400 ``bad_path``).
+
+A route matches by ``path`` (exact, or ``{param}`` segments), ``path_prefix`` (at a segment
+boundary), ``path_regex`` or ``path_glob`` (RE2 programs compiled at load: path_patterns.py);
+every kind sees the same normalised path, never the query.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote, unquote_to_bytes
 
 from .config import HTTP_METHODS, RouteConfig, compiled_rule
+from .path_patterns import PathPattern, compile_glob, compile_regex
 from .rules import Rule, path_parameter_names
 from .stepup import StepUpPolicy
 
@@ -234,12 +239,15 @@ class Route:
     exact: str | None = None
     prefix: str | None = None
     segments: tuple[str | None, ...] | None = None  # None marks a {param} segment
+    pattern: PathPattern | None = None  # path_regex / path_glob (RE2: linear in the path)
     config: RouteConfig | None = field(default=None, compare=False, repr=False)
     sender_constraint: str | None = None  # overrides the token issuer's (binding.py)
     rules: tuple[Rule, ...] = ()  # compiled CEL claims rules, in order
     step_up: StepUpPolicy = NO_STEP_UP  # RFC 9470 acr_values / max_age
     parameter_names: tuple[str | None, ...] = ()  # per segment of ``path``: the {name}, for the rules' ``path``
     checks_claims: bool = False  # rules or step-up to evaluate (one flag read on the hot path)
+    token_cookie: str | None = None  # token_source: the cookie that may carry the token
+    token_header: str | None = None  # token_source: the header that may carry the token
 
     def matches_path(self, path: str, parts: list[str]) -> bool:
         """``path`` and ``parts`` are folded already when the route is case-insensitive."""
@@ -247,6 +255,8 @@ class Route:
             return path == self.exact
         if self.prefix is not None:
             return path.startswith(self.prefix) or path + "/" == self.prefix
+        if self.pattern is not None:
+            return self.pattern.matches(path)
         assert self.segments is not None
         return len(parts) == len(self.segments) and all(
             want is None or want == got for want, got in zip(self.segments, parts, strict=True)
@@ -278,7 +288,14 @@ def compile_route(config: RouteConfig) -> Route:
         step_up=StepUpPolicy.of(config.acr_values, config.max_age),
         checks_claims=bool(config.rules or config.acr_values or config.max_age is not None),
         parameter_names=path_parameter_names(config.path) if config.path is not None and config.rules else (),
+        token_cookie=config.token_source.cookie if config.token_source is not None else None,
+        token_header=config.token_source.header if config.token_source is not None else None,
     )
+    if config.path_regex is not None:  # case_insensitive is refused with it: (?i) says it in the expression
+        return Route(pattern=compile_regex(config.path_regex), **common)  # type: ignore[arg-type]
+    if config.path_glob is not None:
+        folding = fold if config.case_insensitive else None
+        return Route(pattern=compile_glob(config.path_glob, folding), **common)  # type: ignore[arg-type]
     pattern = fold if config.case_insensitive else str
     if config.path_prefix is not None:
         prefix = config.path_prefix if config.path_prefix.endswith("/") else config.path_prefix + "/"

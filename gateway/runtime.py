@@ -19,18 +19,22 @@ from typing import Any
 
 import aiohttp
 
-from . import metrics
+from . import metrics, tracing
 from .audit.record import Exchange, audit_record
 from .audit.writer import AuditWriter
 from .binding import ProofServices
+from .claim_headers import ClaimHeaderPolicy
 from .config import HTTP_METHODS, GatewayConfig
 from .decision import Decider, Decision
 from .proxy import Upstreams
+from .ratelimit import Limiter, build_limiter
 from .revocation.entries import Entry, Kind
 from .revocation.store import RevocationStore, build_store
 from .routing import RouteTable
 from .tokens.cache import ExpiringCache
 from .tokens.validator import TokenValidator
+from .traffic import RateLimits
+from .websocket import LiveConnections
 
 log = logging.getLogger("gateway")
 
@@ -45,6 +49,9 @@ _UPSTREAM_METRICS: dict[str, metrics.PendingHistogram | metrics.DirectHistogram]
 _ROUTE_METRICS: dict[str, metrics.PendingHistogram | metrics.DirectHistogram] = {}
 METRICS_FOLD_INTERVAL = 1.0  # seconds between folds of the pending metrics (metrics.fold)
 RETIRE_MIN_DELAY = 2.0  # seconds a replaced pipeline stays open even when no proxied request uses it
+# seconds between two checks of every live connection against the revocation list: closes what a
+# notification did not (a replica that resynced after losing Redis gets entries without one)
+LIVE_RECHECK_INTERVAL = 5.0
 
 Detector = Any  # audit/detection.py provides it; kept loose to avoid an import cycle
 
@@ -84,11 +91,13 @@ class Pipeline:
 
 
 async def build_pipeline(
-    config: GatewayConfig, revocation: RevocationStore, proofs: ProofServices | None = None
+    config: GatewayConfig, revocation: RevocationStore, proofs: ProofServices | None = None,
+    limiter: Limiter | None = None,
 ) -> Pipeline:
     """Build and start the parts of one configuration (JWKS loads, introspection clients).
 
-    ``proofs`` (the DPoP replay cache and nonces) outlives pipelines; None: in memory, for this one.
+    ``proofs`` (the DPoP replay cache and nonces) and ``limiter`` (the rate limit counters)
+    outlive pipelines; None: in memory, for this one.
     """
     session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
     routes = RouteTable(config.routes)
@@ -96,7 +105,10 @@ async def build_pipeline(
     validator.revoked = revocation.list.fingerprint_revoked  # no introspection call for a token known revoked
     _add_introspectors(config, validator, session)
     upstreams = Upstreams(config)
-    decider = Decider(routes, validator, revocation, config.issuers, proofs)
+    limits = RateLimits(config.rate_limiting, config.routes, limiter or build_limiter(config.rate_limiting))
+    decider_type = Decider if tracing.ACTIVE is None else tracing.ACTIVE.decider_type  # in a span while tracing
+    decider = decider_type(routes, validator, revocation, config.issuers, proofs, limits,
+                           claim_headers=ClaimHeaderPolicy.from_config(config))
     pipeline = Pipeline(config, routes, validator, decider, upstreams, session)
     await upstreams.start()
     await validator.start()
@@ -122,6 +134,11 @@ class Gateway:
         self.revocation = build_store(config.revocation)
         self.proofs = ProofServices.from_config(config)  # like the revocation list: kept across reloads
         self.audit = AuditWriter(config.audit)
+        # like the revocation list: kept across reloads (rate_limiting and long_connections are restart only)
+        self.limiter = build_limiter(config.rate_limiting)
+        self.live = LiveConnections(
+            close_code=config.long_connections.close_code, family_claim=config.revocation.family_claim,
+        )
         self.pipeline: Pipeline | None = None
         self.detector: Detector | None = None
         self.draining = False
@@ -129,7 +146,9 @@ class Gateway:
         self._pending_purges: list[Entry] = []
         self._purger: asyncio.Task[None] | None = None
         self._folder: asyncio.Task[None] | None = None
+        self._rechecker: asyncio.Task[None] | None = None
         self.revocation.on_revoke(self._drop_cached)
+        self.revocation.on_revoke(self.live.revoked)  # every replica hears every revocation: its sockets close
         from .audit.detection import Detector as LiveDetector
         from .audit.detection import detection_enabled
 
@@ -141,15 +160,17 @@ class Gateway:
         return self.pipeline.config if self.pipeline is not None else self.initial_config
 
     async def start(self) -> None:
+        tracing.start(self.initial_config.tracing, self)  # first: the first JWKS fetches are traced too
         await self.audit.start()
         await self.revocation.start()
-        self.pipeline = await build_pipeline(self.initial_config, self.revocation, self.proofs)
+        self.pipeline = await build_pipeline(self.initial_config, self.revocation, self.proofs, self.limiter)
         if self.detector is not None:
             await self.detector.start()
         self._folder = asyncio.create_task(self._fold_metrics(), name="metrics-fold")
+        self._rechecker = asyncio.create_task(self._recheck_live(), name="live-recheck")
 
     async def stop(self) -> None:
-        tasks = [*self._retiring, *(t for t in (self._purger, self._folder) if t is not None)]
+        tasks = [*self._retiring, *(t for t in (self._purger, self._folder, self._rechecker) if t is not None)]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -160,13 +181,21 @@ class Gateway:
             await self.pipeline.stop()
         await self.revocation.stop()
         await self.proofs.aclose()
+        await self.limiter.close()
         await self.audit.stop()
+        await tracing.stop(self)
 
     @staticmethod
     async def _fold_metrics() -> None:
         while True:
             await asyncio.sleep(METRICS_FOLD_INTERVAL)
             metrics.fold()
+
+    async def _recheck_live(self) -> None:
+        while True:
+            await asyncio.sleep(LIVE_RECHECK_INTERVAL)
+            if len(self.live):
+                self.live.recheck(self.revocation.list.check)
 
     def swap(self, pipeline: Pipeline) -> None:
         """Put ``pipeline`` in service at once; the replaced one closes when its requests are done."""
@@ -176,15 +205,20 @@ class Gateway:
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
 
-    @staticmethod
-    async def _retire(pipeline: Pipeline, grace: float) -> None:
+    async def _retire(self, pipeline: Pipeline, grace: float) -> None:
         # requests of other modes (decision endpoint) do not count themselves: give them a moment
         deadline = time.monotonic() + max(grace, RETIRE_MIN_DELAY)
+        live = self.live
         try:
             await asyncio.sleep(RETIRE_MIN_DELAY)
-            # a plain counter keeps the request path cheap; polling it here is precise enough
-            while pipeline.in_flight and time.monotonic() < deadline:  # noqa: ASYNC110
+            # a plain counter keeps the request path cheap; polling it here is precise enough. Its
+            # WebSockets and streams count too but never end by themselves: not waited for
+            while pipeline.in_flight > live.count(pipeline) and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
+            # decided under the old configuration, proxied through its pools: closed (1012, the client
+            # may reconnect at once and is decided under the new one)
+            if live.cut_group(pipeline):
+                await live.wait_group_closed(pipeline, pipeline.config.long_connections.close_timeout + 1.0)
         finally:
             await pipeline.stop()
 
@@ -232,6 +266,8 @@ class Gateway:
     def record(self, exchange: Exchange, decision: Decision) -> None:
         """Write the audit record and count the metrics of one finished request."""
         duration = time.monotonic() - exchange.started_mono
+        if tracing.ACTIVE is not None:
+            tracing.ACTIVE.note(exchange)  # the record carries its request's trace_id and span_id
         suspicious = self.detector.observe(exchange, decision) if self.detector is not None else None
         self.audit.write(
             audit_record(exchange, decision, duration * 1000, self.revocation.list.family_claim, suspicious)
@@ -253,7 +289,8 @@ class Gateway:
                 duration_of_route,
             )
         pending[0].count += 1
-        pending[1].observe(duration)
+        if exchange.connection is None:  # a WebSocket's lifetime is no request latency
+            pending[1].observe(duration)
         if exchange.upstream_ms is not None and decision.route is not None:
             upstream = decision.route.upstream
             histogram = _UPSTREAM_METRICS.get(upstream)

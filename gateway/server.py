@@ -1,8 +1,9 @@
 """The aiohttp applications (proxy, admin) and their lifecycle.
 
 Follow one request: ``ProxyHandler.__call__`` builds the facts, ``Decider.decide``
-(decision.py) applies the policy, ``proxy.forward`` streams it to the upstream, and
-``Gateway.record`` (runtime.py) writes the audit record and the metrics.
+(decision.py) applies the policy, ``proxy.forward`` streams it to the upstream (or
+``websocket.serve_websocket`` proxies an upgrade), and ``Gateway.record`` (runtime.py) writes
+the audit record and the metrics: for a WebSocket or a server-sent event stream, when it closes.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from functools import partial
 
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict
 
-from . import metrics
+from . import metrics, tracing
 from .audit.record import Exchange
 from .binding import forwarded_authority, presented_certificate, request_scheme
 from .config import Address, ConfigError, GatewayConfig, tls_settings
@@ -30,6 +33,7 @@ from .proxy import (
     ForwardContext,
     StreamAborted,
     UnsafeIdentity,
+    Upstream,
     UpstreamFailure,
     client_address,
     forward,
@@ -43,6 +47,8 @@ from .reload import Reloader
 from .responses import allowed_headers, denial_response
 from .runtime import Gateway, Pipeline, request_id
 from .tokens.certificates import server_ssl_context
+from .traffic import ProtocolTokenError, asks_websocket
+from .websocket import HandshakeError, WebSocketSettings, serve_stream, serve_websocket
 
 log = logging.getLogger("gateway.server")
 
@@ -61,17 +67,24 @@ def new_exchange(request: web.BaseRequest, config: GatewayConfig, mode: str) -> 
     return exchange, peer
 
 
-def facts_of(request: web.BaseRequest, config: GatewayConfig) -> RequestFacts:
+def facts_of(request: web.BaseRequest, config: GatewayConfig, client_ip: str | None = None) -> RequestFacts:
     """The request as the decision sees it; what the client used and presented, believed from
-    a trusted proxy only (``X-Forwarded-Proto``/``-Host``, the forwarded client certificate)."""
+    a trusted proxy only (``X-Forwarded-Proto``/``-Host``, the forwarded client certificate).
+    ``client_ip``: the exchange's (after ``trusted_proxies``), else worked out here."""
     headers = request.headers
-    trusted = is_trusted(request.remote or "", config.trusted_proxies)
+    peer = request.remote or ""
+    trusted = is_trusted(peer, config.trusted_proxies)
+    websocket = "Upgrade" in headers and asks_websocket(headers)
     return RequestFacts(
         method=request.method, raw_target=request.raw_path, host=headers.get("Host", ""),
         authorization=tuple(headers.getall("Authorization", ())), version=request.version,
         dpop=tuple(headers.getall("DPoP", ())), scheme=request_scheme(request, trusted),
         authority=forwarded_authority(headers, trusted),
         client_certificate=presented_certificate(request, config, trusted),
+        client_ip=client_address(peer, forwarded_for(headers), config.trusted_proxies) if client_ip is None
+        else client_ip,
+        websocket=websocket, protocols=tuple(headers.getall("Sec-WebSocket-Protocol", ())) if websocket else (),
+        headers=headers,
     )
 
 
@@ -103,7 +116,7 @@ class ProxyHandler:
         gateway = self.gateway
         config = pipeline.config
         exchange, peer = new_exchange(request, config, "proxy")
-        decision = await pipeline.decider.decide(facts_of(request, config))
+        decision = await pipeline.decider.decide(facts_of(request, config, exchange.client_ip))
         if decision.allowed:
             decision, response = await self._forward(request, pipeline, decision, exchange, peer)
         else:
@@ -129,16 +142,28 @@ class ProxyHandler:
         )
         try:
             headers = build_upstream_headers(request.headers, context, upstream, decision.token,
-                                             config.identity_headers, strip_rule(decision.route.config, config))
+                                             config.identity_headers, strip_rule(decision.route.config, config),
+                                             decision.claim_headers)
         except UnsafeIdentity:  # never for a token built from claims: they are refused when validated
             return self._deny(replace(decision, token=None), Reason.INVALID_CLAIM, exchange, config)
+        route = decision.route.config
+        if route is not None and route.websocket:
+            if asks_websocket(request.headers):  # the decision refused it on other routes
+                return await self._websocket(request, pipeline, decision, exchange, upstream, headers)
+            if route.websocket_token_protocol_prefix:  # meaningless without an upgrade, and may hold a token
+                headers.popall("Sec-WebSocket-Protocol", None)
         if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
             # the policy passed: now ask for the body (a denied request is answered without reading it)
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             request.writer.output_size = 0
+        live = partial(serve_stream, registry=self.gateway.live, route=decision.route.name, token=decision.token,
+                       exchange=exchange, group=pipeline)
+        call = forward(request, decision.target.forward, upstream, headers, exchange, limit, allowed_headers(decision),
+                       live)
+        if tracing.ACTIVE is not None:  # a client span: its traceparent goes into ``headers`` before they are sent
+            call = tracing.ACTIVE.upstream_call(call, headers, request.method, upstream)
         try:
-            return decision, await forward(request, decision.target.forward, upstream, headers, exchange, limit,
-                                           allowed_headers(decision))
+            return decision, await call
         except UpstreamFailure as failure:
             return self._deny(decision, failure.reason, exchange, config)
         except StreamAborted as aborted:
@@ -147,6 +172,33 @@ class ProxyHandler:
             if exchange.bytes_in > limit or isinstance(exc, BodyTooLarge):
                 return self._deny(decision, Reason.BODY_TOO_LARGE, exchange, config)
             return self._deny(decision, Reason.UPSTREAM_UNAVAILABLE, exchange, config)
+
+    async def _websocket(
+        self, request: web.BaseRequest, pipeline: Pipeline, decision: Decision, exchange: Exchange,
+        upstream: Upstream, headers: CIMultiDict[str],
+    ) -> tuple[Decision, web.StreamResponse]:
+        """An authorised upgrade: the upstream's handshake first, then frames both ways until one side
+        closes or the token dies (revoked, expired) or the gateway shuts down."""
+        assert decision.route is not None and decision.target is not None and decision.route.config is not None
+        assert upstream.session is not None
+        config = pipeline.config
+        settings = WebSocketSettings(config.long_connections.max_message_size, config.long_connections.close_timeout,
+                                     config.long_connections.compress)
+        call = serve_websocket(
+            request, upstream.session, upstream.url(decision.target.forward), headers=headers,
+            registry=self.gateway.live, route=decision.route.name, token=decision.token, exchange=exchange,
+            prefix=decision.route.config.websocket_token_protocol_prefix, settings=settings,
+            response_headers=[*allowed_headers(decision), ("X-Request-Id", exchange.request_id)], group=pipeline,
+        )
+        if tracing.ACTIVE is not None:  # the handshake carries the client span's traceparent, as forward does
+            call = tracing.ACTIVE.upstream_call(call, headers, request.method, upstream)
+        try:
+            response = await call
+        except (HandshakeError, ProtocolTokenError):
+            return self._deny(decision, Reason.BAD_WEBSOCKET_HANDSHAKE, exchange, config)
+        except UpstreamFailure as failure:
+            return self._deny(decision, failure.reason, exchange, config)
+        return decision, response
 
     @staticmethod
     def _deny(
@@ -215,7 +267,8 @@ class Server:
         await gateway.start()
         config = gateway.config
         self._proxy = ProxyHandler(gateway)
-        proxy = web.Server(self._proxy, access_log=None, handler_cancellation=False)
+        proxy = web.Server(tracing.server_handler(self._proxy, gateway, "proxy"), access_log=None,
+                           handler_cancellation=False)
         # stop() waits up to the grace period itself; aiohttp's own wait is only the last resort
         proxy_runner = web.ServerRunner(proxy, shutdown_timeout=_LAST_RESORT, handle_signals=False)
         await self._listen("proxy", proxy_runner, config.listen, tls)
@@ -249,7 +302,10 @@ class Server:
     async def stop(self) -> None:
         """Fail readiness at once, stop accepting, let in-flight requests finish, then close.
 
-        The admin port answers until the public ones are done: /readyz says 503 meanwhile.
+        WebSockets and event streams would never finish by themselves: once the other requests
+        are done (or the grace period is over), they are closed with 1001 (going away), counted
+        as closes with reason ``shutting_down``. The admin port answers until the public ones
+        are done: /readyz says 503 meanwhile.
         """
         self.gateway.draining = True
         public = [runner for runner in self.runners if runner is not self._admin]
@@ -259,6 +315,7 @@ class Server:
         # aiohttp's shutdown stops reading from busy connections, which would stall a request
         # whose body is still streaming in: let the proxied requests finish first
         await self._proxied_requests_done(self.gateway.config.shutdown_grace)
+        await self._close_long_connections()
         for result in await asyncio.gather(*(runner.cleanup() for runner in public), return_exceptions=True):
             if isinstance(result, Exception):
                 log.error("listener did not close cleanly", extra={"error": repr(result)})
@@ -272,10 +329,23 @@ class Server:
         if proxy is None:
             return
         deadline = time.monotonic() + grace
-        while proxy.in_flight and time.monotonic() < deadline:  # noqa: ASYNC110 - a plain counter, polled
+        live = self.gateway.live
+        # long connections count as in flight too, but never end by themselves: only the others are waited for
+        while proxy.in_flight > len(live) and time.monotonic() < deadline:  # noqa: ASYNC110 - plain counters
             await asyncio.sleep(0.05)
-        if proxy.in_flight:
-            log.warning("requests still running after the grace period are cut", extra={"requests": proxy.in_flight})
+        if proxy.in_flight > len(live):
+            log.warning("requests still running after the grace period are cut",
+                        extra={"requests": proxy.in_flight - len(live)})
+
+    async def _close_long_connections(self) -> None:
+        live = self.gateway.live
+        if not len(live):
+            return
+        closed = live.cut_all()
+        log.info("long connections closed for shutdown", extra={"connections": closed})
+        timeout = self.gateway.config.long_connections.close_timeout + 1.0  # each close handshake is bounded
+        if not await live.wait_closed(timeout):
+            log.warning("long connections still open after their close", extra={"connections": len(live)})
 
 
 def proxy_ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:

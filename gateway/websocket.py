@@ -25,13 +25,10 @@ the response. Shutdown closes all with 1001 (going away).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import hashlib
 import itertools
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,20 +36,30 @@ from typing import Any, Literal
 
 import aiohttp
 from aiohttp import WSMsgType, web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 from yarl import URL
 
 from . import metrics
-from .proxy import UpstreamFailure
+from .audit.record import Exchange
+from .proxy import StreamAborted, UpstreamFailure
 from .reasons import Reason
 from .revocation.entries import REASON_OF_KIND, Entry, Kind, Match, RevocationList
 from .tokens.token import FINGERPRINT_PREFIX, ValidatedToken
+from .traffic import (  # noqa: F401 - the protocol-token helpers are part of this module's interface too
+    ProtocolTokenError,
+    asks_websocket,
+    check_protocol_prefix,
+    encode_protocol_token,
+    offered_protocols,
+    protocol_token,
+)
 
 log = logging.getLogger("gateway.websocket")
 
 UNAUTHORIZED_CLOSE = 4401  # the 4000-4999 private range, mirroring HTTP 401 (as graphql-ws uses it)
 POLICY_VIOLATION = 1008
 GOING_AWAY = 1001
+SERVICE_RESTART = 1012  # RFC 6455 registry: the server is restarting, a client may reconnect
 BAD_GATEWAY = 1014  # RFC 6455 registry: a gateway got an invalid response from the upstream
 MESSAGE_TOO_BIG = 1009
 NORMAL = 1000
@@ -61,64 +68,17 @@ HANDSHAKE_HEADERS = frozenset({
     "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol",
     "sec-websocket-accept", "upgrade", "connection",
 })
-_TCHAR = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token: what a subprotocol value is
 _REASON_BYTES = 123  # RFC 6455 5.5: a control frame's payload is at most 125 bytes, 2 of them the code
 
 ConnectionKind = Literal["websocket", "stream"]
 
 
-# --- the token in Sec-WebSocket-Protocol ---------------------------------------------------
-
-
-class ProtocolTokenError(ValueError):
-    """The Sec-WebSocket-Protocol token is malformed or ambiguous (answer 400, like a bad Authorization)."""
-
-
-def offered_protocols(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> list[str]:
-    """The subprotocols the client offered, in order, over every Sec-WebSocket-Protocol line."""
-    return [p.strip() for line in headers.getall("Sec-WebSocket-Protocol", ()) for p in line.split(",") if p.strip()]
-
-
-def check_protocol_prefix(prefix: str) -> str:
-    """A usable prefix: a non-empty RFC 9110 token (config validation)."""
-    if not isinstance(prefix, str) or not _TCHAR.match(prefix) or len(prefix) > 128:
-        raise ValueError("a token protocol prefix is 1-128 token characters, like base64url.bearer.")
-    return prefix
-
-
-def encode_protocol_token(token: str, prefix: str) -> str:
-    """The protocol value a client offers for ``token`` (base64url without padding, after ``prefix``)."""
-    return prefix + base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
-
-
-def protocol_token(headers: CIMultiDictProxy[str] | CIMultiDict[str], prefix: str) -> tuple[str | None, list[str]]:
-    """(the token, the other offered protocols); (None, all offered) when none carries a token.
-
-    ProtocolTokenError when more than one value carries a token (which one counts would be a
-    guess), the encoding is not unpadded base64url, or the token is not printable ASCII.
-    """
-    offered = offered_protocols(headers)
-    carrying = [p for p in offered if p.startswith(prefix)]
-    if not carrying:
-        return None, offered
-    if len(carrying) > 1:
-        raise ProtocolTokenError("more than one Sec-WebSocket-Protocol value carries a token")
-    encoded = carrying[0][len(prefix):]
-    if not encoded or not re.fullmatch(r"[A-Za-z0-9_-]+", encoded) or len(encoded) % 4 == 1:
-        raise ProtocolTokenError("the Sec-WebSocket-Protocol token is not base64url")
-    try:
-        raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
-        token = raw.decode("ascii")
-    except (binascii.Error, UnicodeDecodeError):
-        raise ProtocolTokenError("the Sec-WebSocket-Protocol token is not base64url ASCII") from None
-    if not token or not token.isprintable() or " " in token:
-        raise ProtocolTokenError("the Sec-WebSocket-Protocol token holds characters a token cannot have")
-    return token, [p for p in offered if p != carrying[0]]
+# --- the token in Sec-WebSocket-Protocol (read on the decision path: traffic.py) --------------
 
 
 def is_websocket_upgrade(request: web.BaseRequest) -> bool:
-    """Whether the request asks for a WebSocket (``Upgrade: websocket``, any case)."""
-    return any(v.strip().lower() == "websocket" for v in request.headers.get("Upgrade", "").split(","))
+    """Whether the request asks for a WebSocket (``Upgrade: websocket`` and ``Connection: upgrade``)."""
+    return asks_websocket(request.headers)
 
 
 # --- live connections ----------------------------------------------------------------------
@@ -133,17 +93,19 @@ class LiveConnection:
 
     __slots__ = (
         "_cut", "_keys", "_registry", "_task", "_timer", "bytes_in", "bytes_out", "close_code", "closed_by",
-        "cut_code", "cut_message", "cut_reason", "id", "kind", "messages_in", "messages_out", "opened_at", "route",
-        "started", "token", "upstream_close_code",
+        "cut_code", "cut_message", "cut_reason", "group", "id", "kind", "messages_in", "messages_out", "opened_at",
+        "route", "started", "token", "upstream_close_code",
     )
 
     _ids = itertools.count(1)
 
     def __init__(
-        self, route: str = "", kind: ConnectionKind = "websocket", token: ValidatedToken | None = None
+        self, route: str = "", kind: ConnectionKind = "websocket", token: ValidatedToken | None = None,
+        group: object = None,
     ) -> None:
         self.id = next(self._ids)
         self.route, self.kind, self.token = route, kind, token
+        self.group = group  # what it was opened under (the proxy's pipeline): cut together on a reload
         self.started, self.opened_at = time.monotonic(), time.time()
         self.bytes_in = self.bytes_out = self.messages_in = self.messages_out = 0
         self.cut_reason: Reason | None = None
@@ -244,10 +206,12 @@ class LiveConnections:
     def __len__(self) -> int:
         return len(self._all)
 
-    def open(self, route: str, kind: ConnectionKind, token: ValidatedToken | None) -> LiveConnection:
+    def open(
+        self, route: str, kind: ConnectionKind, token: ValidatedToken | None, group: object = None
+    ) -> LiveConnection:
         """Register a connection (use as a context manager: it is finished on exit). With a token
-        that has an ``exp``, it is cut at ``exp + expiry_grace``."""
-        connection = LiveConnection(route, kind, token)
+        that has an ``exp``, it is cut at ``exp + expiry_grace``. ``group``: see ``cut_group``."""
+        connection = LiveConnection(route, kind, token, group)
         connection._registry = self
         self._all.add(connection)
         self._empty.clear()
@@ -313,6 +277,16 @@ class LiveConnections:
             (c for c in self._all if c.token is not None and predicate(c.token)), reason, code, message,
         )
 
+    def recheck(self, check: Callable[[ValidatedToken], Reason | None]) -> int:
+        """Cut every connection whose token ``check`` (the revocation list's) now refuses: the
+        safety net for entries that arrived without a notification (a resync after an outage)."""
+        refused: dict[Reason, list[LiveConnection]] = {}
+        for connection in list(self._all):
+            reason = check(connection.token) if connection.token is not None else None
+            if reason is not None:
+                refused.setdefault(reason, []).append(connection)
+        return sum(self._cut_all_of(group, reason, None, "token revoked") for reason, group in refused.items())
+
     def cut_issuer(self, issuer: str, reason: Reason = Reason.UNKNOWN_ISSUER) -> int:
         return self._cut_all_of(self._index.get(("iss", issuer), ()), reason, None, "issuer no longer trusted")
 
@@ -322,6 +296,27 @@ class LiveConnections:
     ) -> int:
         """Cut everything (graceful shutdown, after the drain period): WebSockets get ``code``."""
         return self._cut_all_of(self._all, reason, code, message)
+
+    def count(self, group: object) -> int:
+        """How many connections of ``group`` are open."""
+        return sum(1 for c in self._all if c.group is group)
+
+    def cut_group(
+        self, group: object, reason: Reason = Reason.CONFIG_RELOADED, code: int = SERVICE_RESTART,
+        message: str = "the configuration changed",
+    ) -> int:
+        """Cut the connections opened under ``group`` (a replaced pipeline: decided under a
+        configuration no longer in force, and proxied through its upstream pools)."""
+        return self._cut_all_of([c for c in self._all if c.group is group], reason, code, message)
+
+    async def wait_group_closed(self, group: object, timeout: float) -> bool:
+        """Wait until no connection of ``group`` is open; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self.count(group):  # a reload's rare wait, polled
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
 
     async def wait_closed(self, timeout: float) -> bool:
         """Wait until every connection has finished; False on timeout."""
@@ -428,19 +423,22 @@ def _upstream_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
 
 
 async def proxy_websocket(
-    request: web.Request, session: aiohttp.ClientSession, url: URL | str, *, headers: Mapping[str, str],
+    request: web.BaseRequest, session: aiohttp.ClientSession, url: URL | str, *, headers: Mapping[str, str],
     protocols: Sequence[str] = (), live: LiveConnection | None = None, settings: WebSocketSettings = DEFAULT_SETTINGS,
+    response_headers: Sequence[tuple[str, str]] = (),
 ) -> web.WebSocketResponse:
     """Proxy an authorised WebSocket request to ``url`` (ws:// or wss://) until either side closes
     or ``live`` is cut. Returns the (closed) response for the handler to return.
 
     ``headers``: the upstream request headers (as ``proxy.upstream_headers`` builds them; the
     handshake headers in it are dropped). ``protocols``: the offered subprotocols to forward,
-    without any token-carrying one. Raises HandshakeError before anything is sent when the request
-    is no valid upgrade, UpstreamFailure (UpstreamRefused with the status) when the upstream
-    handshake fails; nothing has been answered to the client then.
+    without any token-carrying one. ``response_headers``: the gateway's own, for the 101 answer.
+    Raises HandshakeError before anything is sent when the request is no valid upgrade,
+    UpstreamFailure (UpstreamRefused with the status) when the upstream handshake fails;
+    nothing has been answered to the client then.
     """
-    if not web.WebSocketResponse().can_prepare(request).ok:
+    # the offered protocols in the check too: without an overlap aiohttp logs every value offered
+    if not web.WebSocketResponse(protocols=tuple(protocols)).can_prepare(request).ok:
         raise HandshakeError("not a valid WebSocket upgrade request")
     live = live if live is not None else LiveConnection(kind="websocket")
     upstream = await _connect(session, url, headers, protocols, settings)
@@ -448,6 +446,7 @@ async def proxy_websocket(
         protocols=(upstream.protocol,) if upstream.protocol else (), autoclose=False, autoping=False,
         max_msg_size=settings.max_message_size, timeout=settings.close_timeout, compress=settings.compress,
     )
+    client.headers.extend(response_headers)
     try:
         await client.prepare(request)
     except BaseException:
@@ -571,15 +570,25 @@ async def relay_stream(
 ) -> web.StreamResponse:
     """Stream an upstream answer (say ``text/event-stream``) to the client without buffering, ended
     cleanly when ``live`` is cut. ``headers`` are the response headers to send (the caller filters
-    the upstream's); the caller still releases ``upstream_response``."""
+    the upstream's); the caller still releases ``upstream_response``.
+
+    Raises StreamAborted (the head is out) when the client goes away (``client_disconnected``) or
+    the upstream fails mid-stream (``upstream_unavailable``: the client's connection is then cut,
+    the only honest signal left).
+    """
     stream = web.StreamResponse(status=upstream_response.status, reason=upstream_response.reason, headers=list(headers))
     await stream.prepare(request)
     try:
         was_cut = await pump_stream(stream, upstream_response.content.iter_any(), live)
-    except (ConnectionError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
-        live.closed_by = "client" if request.transport is None or request.transport.is_closing() else "upstream"
+    except (ConnectionError, TimeoutError, aiohttp.ClientError) as exc:
         upstream_response.close()
-        raise
+        if isinstance(exc, ConnectionError) and not isinstance(exc, aiohttp.ClientError):
+            live.closed_by = "client"  # our write to the client failed
+            raise StreamAborted(Reason.CLIENT_DISCONNECTED, stream) from None
+        live.closed_by = "upstream"
+        if request.transport is not None:
+            request.transport.close()
+        raise StreamAborted(Reason.UPSTREAM_UNAVAILABLE, stream) from None
     if was_cut:
         live.closed_by = "gateway"
         upstream_response.close()  # a half-read answer cannot go back into the pool
@@ -588,3 +597,65 @@ async def relay_stream(
     with contextlib.suppress(ConnectionError):
         await stream.write_eof()
     return stream
+
+
+# --- the proxy's side: one live connection per request, and its audit record ------------------
+
+
+def record_connection(exchange: Exchange, live: LiveConnection) -> None:
+    """Put how the connection went into the request's audit record (written when it has closed):
+    message bytes each way (``bytes_in``/``bytes_out``) and a ``connection`` object."""
+    exchange.bytes_in, exchange.bytes_out = live.bytes_in, live.bytes_out
+    summary: dict[str, Any] = {
+        "kind": live.kind, "closed_by": live.closed_by or "unknown", "reason": live.end_reason,
+        "messages_in": live.messages_in, "messages_out": live.messages_out,
+    }
+    if live.kind == "websocket":
+        summary["close_code"] = live.close_code
+        summary["upstream_close_code"] = live.upstream_close_code
+    exchange.connection = summary
+
+
+async def serve_websocket(
+    request: web.BaseRequest, session: aiohttp.ClientSession, url: URL, *, headers: Mapping[str, str],
+    registry: LiveConnections, route: str, token: ValidatedToken | None, exchange: Exchange,
+    prefix: str | None = None, settings: WebSocketSettings = DEFAULT_SETTINGS,
+    response_headers: Sequence[tuple[str, str]] = (), group: object = None,
+) -> web.WebSocketResponse:
+    """An authorised upgrade, proxied to ``url`` and registered until it closes.
+
+    The offered subprotocols go upstream without the token-carrying one (the decision path read
+    it). Raises HandshakeError, ProtocolTokenError or UpstreamFailure before anything is answered.
+    """
+    protocols = protocol_token(request.headers, prefix)[1] if prefix else offered_protocols(request.headers)
+    with registry.open(route, "websocket", token, group) as live:
+        response = await proxy_websocket(
+            _without_token(request, protocols), session, url, headers=headers, protocols=protocols, live=live,
+            settings=settings, response_headers=response_headers,
+        )
+        record_connection(exchange, live)
+        return response
+
+
+def _without_token(request: web.BaseRequest, protocols: list[str]) -> web.BaseRequest:
+    """The request as the client handshake is answered from: its Sec-WebSocket-Protocol without the
+    token-carrying value, which aiohttp would otherwise log (a warning naming every value offered)
+    when the upstream chose none of them."""
+    if offered_protocols(request.headers) == protocols:
+        return request
+    headers = CIMultiDict((n, v) for n, v in request.headers.items() if n.lower() != "sec-websocket-protocol")
+    if protocols:
+        headers["Sec-WebSocket-Protocol"] = ", ".join(protocols)
+    return request.clone(headers=headers)
+
+
+async def serve_stream(
+    request: web.BaseRequest, upstream_response: aiohttp.ClientResponse, headers: list[tuple[str, str]], *,
+    registry: LiveConnections, route: str, token: ValidatedToken | None, exchange: Exchange, group: object = None,
+) -> web.StreamResponse:
+    """A streamed answer (proxy.LIVE_STREAM_TYPES) relayed as it comes and registered until it ends."""
+    with registry.open(route, "stream", token, group) as live:
+        try:
+            return await relay_stream(request, upstream_response, live, headers)
+        finally:
+            record_connection(exchange, live)

@@ -76,8 +76,10 @@ def issue(
     server: bool = False,
     not_before: dt.datetime | None = None,
     not_after: dt.datetime | None = None,
+    names: tuple[str, ...] | None = None,
 ) -> Issued:
-    """A leaf signed by ``ca``: a client certificate, or a server one for 127.0.0.1 / localhost."""
+    """A leaf signed by ``ca``: a client certificate, or a server one for 127.0.0.1 / localhost
+    (or for the DNS ``names`` given, and no address)."""
     key = ec.generate_private_key(ec.SECP256R1())
     usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
     builder = (
@@ -93,8 +95,9 @@ def issue(
         )
     )
     if server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
-            critical=False,
+        alternatives: list[x509.GeneralName] = (
+            [x509.DNSName(name) for name in names] if names is not None
+            else [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
         )
+        builder = builder.add_extension(x509.SubjectAlternativeName(alternatives), critical=False)
     return Issued(builder.sign(ca.key, hashes.SHA256()), key)

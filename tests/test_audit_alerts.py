@@ -32,7 +32,7 @@ def tool(name: str) -> str:
 
 def render_rules(*sets: str) -> dict[str, Any]:
     """The chart's PrometheusRule as a Prometheus rule file (its ``groups``)."""
-    args = [tool("helm"), "template", "gw", str(ROOT / "helm"), "--namespace", "ci",
+    args = [tool("helm"), "template", "gw", str(ROOT / "charts" / "tokengate"), "--namespace", "ci",
             "--api-versions", "monitoring.coreos.com/v1", "--set", "prometheusRule.enabled=true"]
     for value in sets:
         args += ["--set", value]

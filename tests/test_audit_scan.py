@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import json
 import os
+import select as io_select
 import subprocess
 import sys
 from dataclasses import replace
@@ -350,6 +351,8 @@ def envelopes(records: list[dict[str, Any]]) -> dict[str, bytes]:
         "es _source.message": b"".join(orjson.dumps({"_source": {"@timestamp": "x", "message": line}}) + b"\n"
                                        for line in raw),
         "json array": json.dumps(records, indent=1).encode(),
+        "es _search pages appended": b"".join(
+            json.dumps({"hits": {"hits": hits[i:i + 50]}}, indent=2).encode() + b"\n" for i in range(0, len(hits), 50)),
     }
 
 
@@ -377,6 +380,16 @@ def test_a_search_response_on_stdin_is_read_whole(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], input=data, capture_output=True, check=True,
                           cwd=Path(__file__).parent.parent)
     assert json.loads(done.stdout) == [r for r in records if r["sub"] == "user-3"]
+
+
+def test_a_document_larger_than_a_line_may_be_is_read(tmp_path):
+    records = audit_only(trail(30000))
+    path = tmp_path / "search.json"
+    hits = [{"_index": "logs-gw", "_source": r} for r in records]
+    path.write_bytes(json.dumps({"took": 3, "hits": {"hits": hits}}, indent=2).encode())
+    assert path.stat().st_size > MAX_LINE
+    expected = [r for r in records if r["jti"] == STOLEN]
+    assert found([str(path)], Query(jti=STOLEN)) == expected and expected
 
 
 def test_explicit_field_path(tmp_path):
@@ -605,3 +618,60 @@ def test_a_worker_that_dies_ends_the_scan_with_a_clear_error(tmp_path):
     plan = ScanPlan(match=dies_on_it, needles=Needles.of(["kills-the-worker"]))
     with pytest.raises(ScanError, match="a scanning process died"):
         list(scan([path], plan, workers=2, piece_bytes=4096))
+
+
+def test_a_file_truncated_under_the_scan_ends_the_read_with_a_warning(tmp_path, monkeypatch):
+    """logrotate's copytruncate empties the live file while it is read: what was read stands,
+    the scan says so, and nothing crashes (a memory map would die of SIGBUS here)."""
+    from gateway.forensics import scan as engine
+
+    monkeypatch.setattr(engine, "BLOCK", 64 * 1024)
+    records = trail(3000)
+    records[10]["jti"] = "truncates-the-file"
+    path = write(tmp_path / "audit.jsonl", records)
+
+    def truncating(record: dict[str, Any]) -> bool:
+        if record.get("jti") == "truncates-the-file":
+            os.truncate(path, 0)
+        return record.get("sub") == "user-3"
+
+    plan = ScanPlan(match=truncating, needles=Needles((( b"user-3", b"truncates-the-file"),)))
+    warnings: list[str] = []
+    got = list(scan([str(path)], plan, workers=1, warn=warnings.append))
+    expected = [r for r in records if r.get("sub") == "user-3"]
+    assert got and got == expected[: len(got)] and len(got) < len(expected)
+    assert any("shrank while it was read" in w for w in warnings)
+
+
+def test_a_reader_that_stops_early_leaves_no_worker_behind(tmp_path):
+    import multiprocessing
+
+    records = trail(20000)
+    path = str(write(tmp_path / "audit.jsonl", records))
+    records_found = scan([path], ScanPlan.for_query(Query(sub="user-3")), workers=2, piece_bytes=64 * 1024)
+    assert next(records_found)["sub"] == "user-3"
+    records_found.close()  # what `gateway audit ... | head -1` does
+    assert multiprocessing.active_children() == []
+
+
+def test_records_from_a_pipe_are_passed_on_before_it_ends(tmp_path):
+    """``kubectl logs -f | gateway audit --jti J``: a match is printed while the pipe stays open."""
+    script = SCRIPT_HEAD + (
+        "for record in scan(['-'], ScanPlan.for_query(Query(jti=sys.argv[1]))):\n"
+        "    print(record['request_id'], flush=True)\n")
+    child = subprocess.Popen([sys.executable, "-c", script, STOLEN], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             cwd=Path(__file__).parent.parent)
+    try:
+        assert child.stdin is not None and child.stdout is not None
+        child.stdin.write(lines([rec(7, T0, STOLEN, "fam-3", "user-3"), rec(8, T0, "other", "fam-1", "user-1")]))
+        child.stdin.flush()
+        readable, _, _ = io_select.select([child.stdout], [], [], 20)
+        assert readable, "nothing printed while the pipe was open"
+        assert child.stdout.readline().strip() == b"%024x" % 7
+        child.stdin.write(lines([rec(9, T0, STOLEN, "fam-3", "user-3")]))
+        child.stdin.close()
+        assert child.stdout.read().split() == [b"%024x" % 9]
+        assert child.wait(timeout=30) == 0
+    finally:
+        child.kill()
+        child.wait()

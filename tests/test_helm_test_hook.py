@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def rendered_test_pod(*sets: str) -> dict[str, Any]:
-    args = [tool("helm"), "template", "gw", str(ROOT / "helm"), "--namespace", "ci"]
+    args = [tool("helm"), "template", "gw", str(ROOT / "charts" / "tokengate"), "--namespace", "ci"]
     for value in sets:
         args += ["--set", value]
     out = subprocess.run(args, capture_output=True, text=True, timeout=120, check=True).stdout

@@ -54,7 +54,7 @@ async def test_incident_tells_the_whole_story(make_gateway, issuer, http, tmp_pa
     # first and last use
     assert f"first use: {calls_of_a[0]['ts']} from {HOME_IP}" in out
     assert f"last use:  {calls_of_a[-1]['ts']} from {AWAY_IP}" in out
-    assert "calls: 7 (5 allowed, 2 denied) from 2 client IP(s)" in out
+    assert "calls: 7 (5 allowed, 2 denied) from 2 client IPs" in out
     # every call is listed, with its request id's time and both IPs
     calls = section(out, "Calls (7)").splitlines()[2:]
     assert len(calls) == 7
@@ -121,7 +121,7 @@ async def test_incident_by_token_subject_and_family(make_gateway, issuer, http, 
     tokens = section(out, "Tokens of this subject (2)")
     assert t.a.jti in tokens and t.b.jti in tokens
     code, out, _ = run("incident", path, "--family", "family-bob-1")
-    assert code == 0 and "calls: 2 (1 allowed, 1 denied) from 1 client IP(s)" in out
+    assert code == 0 and "calls: 2 (1 allowed, 1 denied) from 1 client IP" in out
     assert "Scope-escalation attempts (1)" in out
     code, out, _ = run("incident", path, "--jti", "no-such-token")
     assert code == 1 and "No audit records" in out
@@ -142,7 +142,7 @@ async def test_incident_reads_gzip_from_stdin(make_gateway, issuer, http, tmp_pa
     )
     out = proc.stdout.decode()
     assert proc.returncode == 0, proc.stderr
-    assert "calls: 7 (5 allowed, 2 denied) from 2 client IP(s)" in out
+    assert "calls: 7 (5 allowed, 2 denied) from 2 client IPs" in out
     assert t.b.jti in section(out, "Other tokens of the same family or subject")  # the second pass read the spool
     assert html_number((tmp_path / "r.html").read_text(), "calls-total") == 7
 

@@ -7,7 +7,7 @@ and ``for:`` of seconds). The gateway is driven into each condition at once (its
 down, its revocation Redis killed and a revocation arriving late, audit records dropped, invalid
 tokens, a dead upstream, an introspection outage, a rejected reload, a token used from two
 addresses, a burst of insufficient_scope), every alert must fire; then everything is put right
-and every alert must resolve. Finally every PromQL expression of helm/dashboards/tokengate.json
+and every alert must resolve. Finally every PromQL expression of charts/tokengate/dashboards/tokengate.json
 is evaluated on that Prometheus: no error, and data.
 
 Everything listens on 127.0.0.1. Needs helm (ci/k8s-checks.sh installs it) and prometheus
@@ -47,7 +47,7 @@ from tests.test_audit_alerts import TOOLS
 
 ROOT = Path(__file__).resolve().parent.parent
 VALUES = ROOT / "tests" / "live-alerts-values.yaml"
-DASHBOARD = ROOT / "helm" / "dashboards" / "tokengate.json"
+DASHBOARD = ROOT / "charts" / "tokengate" / "dashboards" / "tokengate.json"
 SELECTOR = {"namespace": "ci", "job": "gw-tokengate"}  # what the chart selects for release gw in namespace ci
 # the alerts driven here; TokengateTargetDown and TokengateAuditWriterStalled need minutes by design
 DRIVEN = {
@@ -70,9 +70,9 @@ def binary(name: str, hint: str) -> str:
 
 def rendered_rules(helm: str) -> dict[str, Any]:
     """The PrometheusRule of the chart, rendered with the test values, as a Prometheus rule file."""
-    out = subprocess.run([helm, "template", "gw", str(ROOT / "helm"), "--namespace", "ci", "--api-versions",
-                          "monitoring.coreos.com/v1", "-f", str(VALUES)], capture_output=True, text=True,
-                         timeout=120, check=True).stdout
+    out = subprocess.run([helm, "template", "gw", str(ROOT / "charts" / "tokengate"), "--namespace", "ci",
+                          "--api-versions", "monitoring.coreos.com/v1", "-f", str(VALUES)], capture_output=True,
+                         text=True, timeout=120, check=True).stdout
     (rule,) = [d for d in yaml.safe_load_all(out) if d and d.get("kind") == "PrometheusRule"]
     return {"groups": rule["spec"]["groups"]}
 

@@ -34,14 +34,18 @@ from gateway.ratelimit import (
     RateLimitConfig,
     RateLimitingConfig,
     RedisLimiter,
+    RespAddress,
+    RespError,
     Verdict,
     bind,
     build_limiter,
     combine,
     compile_limits,
     compile_overrides,
+    encode_command,
     ip_key,
     parse_rate,
+    parse_reply,
     ratelimit_headers,
     route_plan,
     select_limits,
@@ -560,3 +564,133 @@ async def test_no_limits_cost_no_round_trip(silent_port: int) -> None:
         assert verdict.allowed and not verdict.degraded and time.monotonic() - started < 0.05
     finally:
         await limiter.close()
+
+
+# --- the lean RESP connection ---------------------------------------------------------------------
+
+
+def test_plain_urls_take_the_lean_connection_and_others_redis_py() -> None:
+    assert RespAddress.of("redis://127.0.0.1:6380/2") == RespAddress("127.0.0.1", 6380, None, 2)
+    assert RespAddress.of("redis://user:pw@cache:1/0") == RespAddress("cache", 1, None, 0, "user", "pw")
+    assert RespAddress.of("unix:///run/redis.sock?db=3") == RespAddress(path="/run/redis.sock", db=3)
+    for url in ("rediss://cache:6380/0", "redis://cache/0?socket_timeout=3", "rediss://cache/0?ssl_cert_reqs=none"):
+        assert RespAddress.of(url) is None
+
+
+def test_replies_parse_whole_or_wait_for_more_bytes() -> None:
+    reply = b"*5\r\n:1\r\n:0\r\n:-7\r\n$3\r\nab\n\r\n$-1\r\n+OK\r\n-NOSCRIPT gone\r\n"
+    value, end = parse_reply(bytearray(reply))
+    assert value == [1, 0, -7, b"ab\n", None] and reply[end:] == b"+OK\r\n-NOSCRIPT gone\r\n"
+    error, _ = parse_reply(bytearray(b"-NOSCRIPT gone\r\n"))
+    assert isinstance(error, RespError) and str(error) == "NOSCRIPT gone"
+    for cut in range(1, len(reply) - 27):  # any prefix of the array is incomplete, never a wrong value
+        with pytest.raises(Exception) as incomplete:
+            parse_reply(bytearray(reply[:cut]))
+        assert type(incomplete.value).__name__ == "_Incomplete"
+    for garbage in (b"?what\r\n", b":12x\r\n", b"*x\r\n"):
+        with pytest.raises(ValueError):
+            parse_reply(bytearray(garbage))
+    assert encode_command(b"EVALSHA", "k", 3) == b"*3\r\n$7\r\nEVALSHA\r\n$1\r\nk\r\n$1\r\n3\r\n"
+
+
+async def test_replies_split_anywhere_resolve_their_calls_in_order() -> None:
+    received: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while b"".join(received).count(b"PING") < 3:
+            received.append(await reader.read(65536))
+        for byte in b":1\r\n*2\r\n:2\r\n$2\r\nhi\r\n-ERR no\r\n":  # one byte per write
+            writer.write(bytes([byte]))
+            await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        address = RespAddress("127.0.0.1", server.sockets[0].getsockname()[1])
+        connection = await address.open(timeout=2.0)
+        calls = [connection.call(encode_command(b"PING", n)) for n in range(3)]
+        assert await asyncio.gather(*calls[:2]) == [1, [2, b"hi"]]
+        assert isinstance(await calls[2], RespError)
+        await asyncio.sleep(0.3)  # the server closed: the connection knows
+        assert connection.lost
+        with pytest.raises(ConnectionError):
+            connection.call(encode_command(b"PING"))
+    finally:
+        server.close()
+    assert len(received) == 1  # queued in one turn of the event loop: sent in one write
+
+
+async def test_a_reply_nobody_asked_for_closes_the_connection() -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(b":1\r\n:2\r\n")  # two replies to one command
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        connection = await RespAddress("127.0.0.1", server.sockets[0].getsockname()[1]).open(timeout=2.0)
+        first = connection.call(encode_command(b"PING"))
+        assert await first == 1
+        await asyncio.sleep(0.1)
+        assert connection.lost
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def password_redis(tmp_path: Any) -> Iterator[tuple[int, str]]:
+    """A redis-server with a password, also listening on a unix socket."""
+    port, socket_path = free_port(), str(tmp_path / "redis.sock")
+    process = subprocess.Popen(
+        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--requirepass", "s3cret-pw", "--unixsocket", socket_path, "--unixsocketperm", "700"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while not __import__("os").path.exists(socket_path):
+        assert time.monotonic() < deadline, "redis-server did not start"
+        time.sleep(0.02)
+    yield port, socket_path
+    process.kill()
+    process.wait()
+
+
+async def test_the_lean_connection_authenticates_and_selects_its_database(password_redis: tuple[int, str]) -> None:
+    port, socket_path = password_redis
+    hits = bind([limit(rate="2/m")], token(), "127.0.0.1")
+    for url in (f"redis://:s3cret-pw@127.0.0.1:{port}/3", f"unix://:s3cret-pw@{socket_path}?db=3"):
+        limiter = RedisLimiter(url, key_prefix=f"{uuid.uuid4().hex}:", timeout=1.0)
+        try:
+            verdicts = [await limiter.check("search", hits) for _ in range(3)]
+            assert [v.allowed for v in verdicts] == [True, True, False] and not any(v.degraded for v in verdicts)
+        finally:
+            await limiter.close()
+    db3 = Redis.from_url(f"redis://:s3cret-pw@127.0.0.1:{port}/3")
+    db0 = Redis.from_url(f"redis://:s3cret-pw@127.0.0.1:{port}/0")
+    try:
+        assert len(await db3.keys("*")) == 2 and await db0.keys("*") == []
+    finally:
+        await db3.aclose()
+        await db0.aclose()
+    wrong = RedisLimiter(f"redis://:wrong@127.0.0.1:{port}/0", timeout=1.0)
+    try:
+        verdict = await wrong.check("search", hits)
+        assert verdict.degraded and verdict.allowed  # refused credentials: Redis is unavailable, the policy answers
+    finally:
+        await wrong.close()
+
+
+async def test_a_redis_py_client_still_works(redis_url: str, prefix: str, redis: Redis) -> None:
+    client = Redis.from_url(redis_url)
+    limiter = RedisLimiter(client=client, key_prefix=prefix, timeout=1.0)
+    hits = bind([limit(rate="2/m")], token(), "127.0.0.1")
+    try:
+        assert [(await limiter.check("search", hits)).allowed for _ in range(3)] == [True, True, False]
+        await redis.script_flush()
+        other = bind([limit(rate="2/m")], token(subject="zed"), "127.0.0.1")
+        assert (await limiter.check("search", other)).allowed
+    finally:
+        await limiter.close()
+        await client.aclose()

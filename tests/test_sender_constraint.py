@@ -512,7 +512,8 @@ def test_sender_constraint_and_dpop_keys_are_validated() -> None:
         return MINIMAL_CONFIG.replace("    audiences: [api]\n", f"    audiences: [api]\n    {line}\n")
 
     bad_constraint = issuer_with("sender_constraint: always")
-    assert "gw.yaml:4: issuers[0].sender_constraint: Input should be" in _config_problem(bad_constraint)
+    assert ("gw.yaml:4: issuers[0].sender_constraint: must be one of none, optional, dpop, mtls, any, not the text "
+            "'always'") in _config_problem(bad_constraint)
     bad_alg = issuer_with("dpop: {algorithms: [HS256]}")
     assert "gw.yaml:4: issuers[0].dpop.algorithms[0]" in _config_problem(bad_alg)
     route = MINIMAL_CONFIG + "    sender_constraint: dpop-ish\n"

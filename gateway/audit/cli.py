@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import click
 
+from ..progress import scanning
 from .query import Query, select, write_records
+from .table import write_table
 
 if TYPE_CHECKING:  # the incident modules are imported when the command runs
     from ..config import GatewayConfig
@@ -27,6 +30,16 @@ def _warn(message: str) -> None:
     click.echo(message, err=True)
 
 
+def _terminal_width(out: IO[str]) -> int | None:
+    """The terminal's width when ``out`` is one (COLUMNS first, as shutil reads it); None when piped."""
+    try:
+        if not out.isatty():
+            return None
+    except (AttributeError, ValueError):
+        return None
+    return shutil.get_terminal_size().columns
+
+
 @click.command("audit")
 @_FILES
 @click.option("--jti", help="token id (jti claim)")
@@ -37,18 +50,27 @@ def _warn(message: str) -> None:
 @click.option("--family", help="token family (sid claim)")
 @click.option("--ip", help="client IP address, or a network in CIDR form")
 @click.option("--route", help="route name")
-@click.option("--decision", type=click.Choice(["allow", "deny"]))
+@click.option("--decision", type=click.Choice(["allow", "deny"]), help="what the gateway decided")
 @click.option("--reason", help="decision reason, e.g. insufficient_scope")
 @click.option("--binding", type=click.Choice(["none", "dpop", "mtls"]),
               help="how the token was bound on the request (sender constraint proven)")
 @click.option("--key-thumbprint", help="the DPoP key's jkt or the client certificate's x5t#S256")
+@click.option("--trace-id", help="W3C trace id (32 hex digits): the calls of one trace (docs/tracing.md)")
 @click.option("--since", help="RFC 3339 time or relative (2h, 30m, 7d)")
 @click.option("--until", help="RFC 3339 time or relative (2h, 30m, 7d)")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True,
+              help="a table to read (fitted to the terminal), JSON lines, or CSV for a spreadsheet")
 def audit_command(files: tuple[str, ...], fmt: str, **filters: str | None) -> None:
-    """Search audit records (plain or gzip JSON lines; FILE - or none reads stdin).
+    """Search audit records by token, subject, client, address, route, decision or time.
 
-    Filters combine with AND. A raw --token is hashed locally and never printed.
+    Reads plain or gzip JSON lines from FILEs (- or none: standard input) and prints the
+    matching records: a table fitted to the terminal (every column when piped), JSON lines
+    or CSV; how many matched goes to stderr. Filters combine with AND. A raw --token is
+    hashed here and never printed. On a terminal, a long search shows its progress on stderr.
+
+    \b
+        gateway audit audit.jsonl audit.jsonl.1.gz --sub alice --since 2h
+        gateway audit audit.jsonl --reason insufficient_scope --format csv > escalations.csv
     """
     try:
         query = Query.build(**{k: v for k, v in filters.items() if v is not None})
@@ -57,7 +79,13 @@ def audit_command(files: tuple[str, ...], fmt: str, **filters: str | None) -> No
     _stdin_hint(files)
     out = sys.stdout
     try:
-        count = write_records(select(list(files), query, _warn), fmt, out)
+        with scanning(list(files)) as progress:  # a bar on a terminal's stderr, lifted for each line printed
+            records = select(list(files), query, progress.say(_warn))
+            shown = progress.lines(out)
+            # a table is fitted to the terminal; piped, every column has its full width
+            count = write_table(records, shown, _terminal_width(out)) if fmt == "table" else \
+                write_records(records, fmt, shown)
+            shown.flush()
         out.flush()
     except BrokenPipeError:  # `gateway audit ... | head`
         sys.stderr.close()
@@ -75,32 +103,47 @@ def audit_command(files: tuple[str, ...], fmt: str, **filters: str | None) -> No
 @click.option("--sub", help="a subject: every token issued to it")
 @click.option("--family", help="a token family (sid claim)")
 @click.option("--key-thumbprint", help="a DPoP key (jkt) or client certificate (x5t#S256): every token used with it")
+@click.option("--trace-id", help="a W3C trace id (32 hex digits): every token seen in that trace")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, writable=True),
               help="also write a self-contained HTML report here")
+@click.option("--trace-url-template", envvar="GATEWAY_TRACE_URL_TEMPLATE",
+              help="link each call of the HTML report to its trace, e.g. https://tempo.example/trace/{trace_id}"
+                   " (default: tracing.trace_url_template of --config)")
 @click.option("--revoke", is_flag=True, help="revoke the token and its family (needs --config)")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True),
-              help="gateway YAML: where the revocation list and the audit sink are")
+              help="gateway YAML: where the revocation list and the audit sink are, and the trace URL template")
 @click.option("--reason", help="why (with --revoke; recorded in the audit trail)")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="the report on standard output: text to read, or one JSON document for tools")
 def incident_command(
     files: tuple[str, ...], jti: str | None, fingerprint: str | None, token: str | None, sub: str | None,
     family: str | None, key_thumbprint: str | None, html_path: str | None, revoke: bool, config_path: str | None,
-    reason: str | None,
+    reason: str | None, fmt: str, trace_id: str | None = None, trace_url_template: str | None = None,
 ) -> None:
     """The whole story of one token, subject, family or key; optionally cut it off (--revoke).
 
-    Reads plain or gzip JSON lines from FILEs, or stdin:
+    Reads plain or gzip JSON lines from FILEs, or stdin, and prints the report: where and
+    when it was used, from which addresses and agents, what was refused and why, the other
+    tokens of its family or subject, responder actions. --format json prints the same as one
+    JSON document; --html also writes a self-contained page (its name goes to stderr).
+    --revoke --config FILE then revokes the token and its family and records who did it.
+    Exit status 1 when no record of the target is found. On a terminal, reading a large
+    input shows its progress on stderr.
 
     \b
+        gateway incident audit.jsonl* --jti J --html report.html
         kubectl logs -l app=gateway | gateway incident --jti J
     """
     from .incident import collect
 
-    target = _incident_target(jti, fingerprint, token, sub, family, key_thumbprint)
+    target = _incident_target(jti, fingerprint, token, sub, family, key_thumbprint, trace_id)
     config = _revocation_config(revoke, config_path, reason)
+    links = _trace_url_template(trace_url_template, config)
     _stdin_hint(files)
-    incident = collect(list(files), target, _warn)
-    _report(incident, html_path)
-    if config is None:
+    with scanning(list(files)) as progress:  # a bar on a terminal's stderr while the inputs are read
+        incident = collect(list(files), target, progress.say(_warn))
+    _report(incident, html_path, fmt, links)
+    if config is None or not revoke:
         if not incident.calls:
             sys.exit(1)
         return
@@ -109,22 +152,22 @@ def incident_command(
 
 def _incident_target(
     jti: str | None, fingerprint: str | None, token: str | None, sub: str | None, family: str | None,
-    key_thumbprint: str | None,
+    key_thumbprint: str | None, trace_id: str | None = None,
 ) -> Target:
     from .incident import Target
 
     try:
-        return Target.from_options(jti, fingerprint, token, sub, family, key_thumbprint)
+        return Target.from_options(jti, fingerprint, token, sub, family, key_thumbprint, trace_id)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
 
 
 def _revocation_config(revoke: bool, config_path: str | None, reason: str | None) -> GatewayConfig | None:
-    """The configuration naming the revocation list and the audit sink: with --revoke only."""
+    """The configuration naming the revocation list and the audit sink (and the trace URL template)."""
     if revoke and not config_path:
         raise click.UsageError("--revoke needs --config FILE (where the revocation list is)")
-    if (config_path or reason) and not revoke:
-        raise click.UsageError("--config and --reason go with --revoke")
+    if reason and not revoke:
+        raise click.UsageError("--reason goes with --revoke")
     if not config_path:
         return None
     from ..cli import load_or_exit
@@ -132,17 +175,31 @@ def _revocation_config(revoke: bool, config_path: str | None, reason: str | None
     return load_or_exit(config_path)
 
 
-def _report(incident: Incident, html_path: str | None) -> None:
-    """The text report on standard output, and the HTML report when asked for."""
-    from .incident import render_text
+def _trace_url_template(given: str | None, config: GatewayConfig | None) -> str | None:
+    """The trace viewer's URL template: --trace-url-template (checked as the YAML key is), else the config's."""
+    if given is None:
+        return config.tracing.trace_url_template if config is not None else None
+    from ..tracing import check_trace_url_template
 
-    sys.stdout.write(render_text(incident))
+    try:
+        return check_trace_url_template(given)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--trace-url-template") from None
+
+
+def _report(incident: Incident, html_path: str | None, fmt: str = "text", trace_links: str | None = None) -> None:
+    """The text or JSON report on standard output, and the HTML report when asked for (the notice
+    of it on stderr: standard output holds the report alone, ready for a pipe)."""
+    from .incident import render_text
+    from .report_json import render_json
+
+    sys.stdout.write(render_json(incident) if fmt == "json" else render_text(incident))
     sys.stdout.flush()
     if html_path:
         from .report_html import render_html
 
-        Path(html_path).write_text(render_html(incident), encoding="utf-8")
-        click.echo(f"\nHTML report written to {html_path}")
+        Path(html_path).write_text(render_html(incident, trace_url_template=trace_links), encoding="utf-8")
+        click.echo(f"HTML report written to {html_path}", err=True)
 
 
 def _revoke(incident: Incident, config: GatewayConfig, text: str) -> None:

@@ -49,10 +49,10 @@ MAX_BINDINGS = 8  # distinct binding values kept per token or key (a record may 
 _CALL_FIELDS = (
     "ts", "request_id", "client_ip", "method", "path", "route", "status", "decision", "reason", "user_agent",
     "scopes", "required_scopes", "missing_scopes", "jti", "token_fingerprint", "suspicious", "binding",
-    "key_thumbprint", "rule", "detail",
+    "key_thumbprint", "rule", "detail", "trace_id", "span_id",
 )
 _KINDS = {"jti": "token jti", "fingerprint": "token fingerprint", "sub": "subject", "family": "family (sid)",
-          "key": "key thumbprint"}
+          "key": "key thumbprint", "trace": "trace"}
 
 
 # --- what is investigated --------------------------------------------------------------------
@@ -62,7 +62,7 @@ _KINDS = {"jti": "token jti", "fingerprint": "token fingerprint", "sub": "subjec
 class Target:
     """What the incident is about. ``value`` never holds a raw token: --token becomes a fingerprint."""
 
-    kind: str  # jti | fingerprint | sub | family | key
+    kind: str  # jti | fingerprint | sub | family | key | trace
     value: str
     from_token: bool = False
 
@@ -70,11 +70,13 @@ class Target:
     def from_options(
         cls, jti: str | None = None, fingerprint: str | None = None, token: str | None = None,
         sub: str | None = None, family: str | None = None, key_thumbprint: str | None = None,
+        trace_id: str | None = None,
     ) -> Target:
         given = [(k, v) for k, v in (("jti", jti), ("fingerprint", fingerprint), ("token", token), ("sub", sub),
-                                     ("family", family), ("key", key_thumbprint)) if v]
+                                     ("family", family), ("key", key_thumbprint), ("trace", trace_id)) if v]
         if len(given) != 1:
-            raise ValueError("give exactly one of --jti, --fingerprint, --token, --sub, --family, --key-thumbprint")
+            raise ValueError("give exactly one of --jti, --fingerprint, --token, --sub, --family, --key-thumbprint,"
+                             " --trace-id")
         kind, value = given[0]
         if kind == "token":
             return cls("fingerprint", Query.build(token=value).fingerprint or "", from_token=True)
@@ -82,6 +84,8 @@ class Target:
             return cls("fingerprint", Query(fingerprint=value).fingerprint or "")
         if kind == "key":
             return cls("key", Query(key_thumbprint=value).key_thumbprint or "")
+        if kind == "trace":
+            return cls("trace", Query(trace_id=value).trace_id or "")
         return cls(kind, value)
 
     def query(self) -> Query:
@@ -93,6 +97,8 @@ class Target:
             return Query(sub=self.value)
         if self.kind == "key":
             return Query(key_thumbprint=self.value)
+        if self.kind == "trace":
+            return Query(trace_id=self.value)
         return Query(family=self.value)
 
     def describe(self) -> str:
@@ -483,7 +489,7 @@ def _report_lines(incident: Incident) -> list[str]:
         f"  first use: {first.get('ts')} from {first.get('client_ip')} ({first.get('method')} {first.get('path')})",
         f"  last use:  {last.get('ts')} from {last.get('client_ip')} ({last.get('method')} {last.get('path')})",
         f"  calls: {incident.calls} ({incident.allowed} allowed, {incident.denied} denied)"
-        f" from {len(incident.ips)} client IP(s)",
+        f" from {len(incident.ips)} client IP{'' if len(incident.ips) == 1 else 's'}",
     ]
     if incident.suspicious:
         lines.append(f"  flagged by live detection: {counts_text(incident.suspicious)}")
@@ -563,7 +569,8 @@ def reason_text(call: Record) -> str:
 
 def tokens_title(target: Target) -> str:
     """The heading over the tokens of a subject, family or key target."""
-    what = {"sub": "of this subject", "family": "of this family", "key": "used with this key"}[target.kind]
+    what = {"sub": "of this subject", "family": "of this family", "key": "used with this key",
+            "trace": "seen in this trace"}[target.kind]
     return f"Tokens {what}"
 
 
@@ -650,7 +657,8 @@ class RevokeError(Exception):
 def plan_revocation(incident: Incident, config: GatewayConfig, reason: str, now: float | None = None) -> list[Entry]:
     """The entries that cut the target off: the token (jti, else fingerprint) and its families;
     for a subject, every token issued to it until now plus its families; for a family, the family;
-    for a key, every token the records show used with it (by jti, else fingerprint) and their families.
+    for a key or a trace, every token the records show used with it or in it (by jti, else fingerprint) and
+    their families.
 
     Each entry lives as the revocation schema says (``factory_for``): the issuer's
     ``max_token_lifetime`` plus the expiry margin; the longest lifetime configured when the
@@ -682,9 +690,9 @@ def plan_revocation(incident: Incident, config: GatewayConfig, reason: str, now:
                                   f" revoke by; give all {FINGERPRINT_PREFIX} hex digits or the jti")
         elif target.kind == "sub":
             entries.append(factory.subject(target.value, issuer=issuer, before=now, reason=note, now=now))
-        elif target.kind == "key":
+        elif target.kind in ("key", "trace"):
             if not incident.tokens:
-                raise RevokeError("no audit record shows a token used with this key: nothing to revoke")
+                raise RevokeError(f"no audit record shows a token {tokens_title(target)[7:]}: nothing to revoke")
             entries += _token_entries(list(incident.tokens.values()), factory, note, now)
         for sid, family_issuer in _families(incident):
             entries.append(factory.family(sid, issuer=family_issuer, reason=note, now=now))

@@ -108,6 +108,7 @@ class Query:
     reason: str | None = None
     binding: str | None = None  # none | dpop | mtls: how the token was bound on the request
     key_thumbprint: str | None = None  # the DPoP key's jkt or the client certificate's x5t#S256
+    trace_id: str | None = None  # W3C trace id (32 hex digits) of the request, while tracing was on
     since: str | None = None  # canonical ts text
     until: str | None = None
     _network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = field(default=None, repr=False)
@@ -124,6 +125,10 @@ class Query:
             self.key_thumbprint = self.key_thumbprint.strip()
             if not _THUMBPRINT.fullmatch(self.key_thumbprint):
                 raise ValueError("a key thumbprint is base64url (a DPoP jkt or a certificate's x5t#S256)")
+        if self.trace_id is not None:
+            self.trace_id = self.trace_id.strip().lower()
+            if not re.fullmatch(r"[0-9a-f]{32}", self.trace_id):
+                raise ValueError("a trace id is 32 hex digits (W3C trace context)")
         if self.ip is not None and "/" in self.ip:
             try:
                 self._network = ipaddress.ip_network(self.ip, strict=False)
@@ -148,7 +153,7 @@ class Query:
     def literals(self) -> list[bytes]:
         """Values that must appear verbatim in a matching line (JSON leaves them unescaped)."""
         values = [self.jti, self.fingerprint, self.sub, self.client, self.family, self.route, self.reason,
-                  self.key_thumbprint]
+                  self.key_thumbprint, self.trace_id]
         if self._network is None:
             values.append(self.ip)
         return [v.encode() for v in values if v and _verbatim_in_json(v)]
@@ -178,6 +183,8 @@ class Query:
         if self.binding is not None and get("binding") != self.binding:
             return False
         if self.key_thumbprint is not None and get("key_thumbprint") != self.key_thumbprint:
+            return False
+        if self.trace_id is not None and get("trace_id") != self.trace_id:
             return False
         if self.since is not None or self.until is not None:
             ts = _canonical_ts(get("ts"))
@@ -349,6 +356,7 @@ CSV_FIELDS = (
     "reason", "sub", "client_id", "iss", "jti", "sid", "token_fingerprint", "scopes", "required_scopes",
     "missing_scopes", "user_agent", "duration_ms", "upstream_ms", "bytes_in", "bytes_out", "suspicious",
     "binding", "key_thumbprint", "rule",  # last: spreadsheets made from older exports keep their columns
+    "trace_id", "span_id",
 )
 
 _TABLE = (  # (header, field, width)

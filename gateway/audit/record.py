@@ -138,6 +138,10 @@ class Exchange:
     upstream_ms: float | None = None
     bytes_in: int = 0
     bytes_out: int = 0
+    # a WebSocket or long stream (websocket.py): how it ended; the record is written when it closes
+    connection: dict[str, Any] | None = None
+    trace_id: str | None = None  # the request's trace and server span, while tracing is on (tracing/)
+    span_id: str | None = None
 
 
 def audit_record(
@@ -187,6 +191,11 @@ def audit_record(
         record["rule"] = text("rule", decision.failed_rule)
     if decision.detail:  # a fixed sentence of the gateway's: which proof check failed, the rule's cause...
         record["detail"] = text("detail", decision.detail)
+    if exchange.connection is not None:
+        record["connection"] = exchange.connection
+    if exchange.trace_id is not None:  # W3C hex ids the gateway made itself: nothing to escape
+        record["trace_id"] = exchange.trace_id
+        record["span_id"] = exchange.span_id
     if suspicious:
         record["suspicious"] = suspicious
     if altered.escaped:

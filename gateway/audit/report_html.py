@@ -5,7 +5,9 @@ Every value from the audit trail (paths, user agents, even reasons and decisions
 attacker-influenced. The page is rendered by Jinja2 with autoescaping on for every
 expression (``templates/report.html.j2``); the template puts values only in element
 text and in double-quoted attributes, never in a URL, a script or a style, and classes
-are chosen from fixed words, never copied from a record. Characters a reader cannot see
+are chosen from fixed words, never copied from a record; the one URL, a call's trace link, is
+the operator's ``trace_url_template`` filled with a trace id proven to be 32 hex digits
+(``tracing.trace_link``), URL-escaped and then attribute-escaped. Characters a reader cannot see
 (control characters, bidi overrides) are shown escaped (``query.visible``). A Content
 Security Policy forbids scripts and remote loads should anything slip through. Counts
 carry ids / data attributes so that tools (and the tests) can read them.
@@ -25,6 +27,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
+from ..tracing import trace_link
 from .incident import (
     Incident,
     TokenSeen,
@@ -155,11 +158,13 @@ def _token_row(incident: Incident, token: TokenSeen, mark: bool) -> dict[str, An
     }
 
 
-def _calls(incident: Incident) -> list[dict[str, Any]]:
+def _calls(incident: Incident, trace_url_template: str | None = None) -> list[dict[str, Any]]:
     rows = []
     for call in sorted(incident.listed, key=lambda c: c["ts"]):
         rows.append({**call, "row_class": row_class(call), "reason_text": reason_text(call),
-                     "key_short": _short(call["key_thumbprint"])})
+                     "key_short": _short(call["key_thumbprint"]), "trace_short": _short(call["trace_id"]),
+                     # only a well-formed trace id becomes a link (the record may say anything)
+                     "trace_url": trace_link(trace_url_template, call["trace_id"], call["span_id"])})
     return rows
 
 
@@ -214,9 +219,10 @@ def _summary(incident: Incident) -> dict[str, Any]:
     }
 
 
-def render_html(incident: Incident, generated: float | None = None) -> str:
-    """The whole report document."""
+def render_html(incident: Incident, generated: float | None = None, trace_url_template: str | None = None) -> str:
+    """The whole report document; with ``trace_url_template``, each call links its trace."""
     statuses = incident.statuses()
+    calls = _calls(incident, trace_url_template)
     when = generated if generated is not None else datetime.now(UTC).timestamp()
     return _ENV.get_template("report.html.j2").render(
         incident=incident,
@@ -233,7 +239,8 @@ def render_html(incident: Incident, generated: float | None = None) -> str:
         escalations=list(_escalations(incident)),
         token_sections=_token_sections(incident),
         keys=_keys(incident),
-        calls=_calls(incident),
+        calls=calls,
+        trace_column=any(c["trace_id"] for c in calls),
         actions=[{**a, "revoked_text": revoked_text(a)} for a in incident.actions],
         generated=rfc3339(when),
     )

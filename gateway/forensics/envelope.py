@@ -12,7 +12,8 @@ what a log shipper or a log store put around it:
   per line (``{"_index": ..., "_source": {...}}``), the record as an object under
   ``_source`` or as text in ``_source.message``;
 - any JSON object holding the record under a field (``--field a.b``), as an object or as
-  a JSON string.
+  a JSON string;
+- several JSON values one after another (``_search`` pages appended to one file).
 
 ``Envelope.auto()`` recognises these by shape; ``Envelope.at("a.b")`` takes the record
 from that path only; ``Envelope.none()`` reads the gateway's own lines only (what
@@ -22,6 +23,7 @@ value inside a real record cannot pass for another record.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +37,7 @@ _OBJECT_FIELDS = ("_source", "json", "jsonPayload", "record", "audit", "data", "
 _TEXT_FIELDS = ("log", "message", "line", "msg", "textPayload", "body", "_raw")
 _MAX_DEPTH = 4  # envelopes nest (a hit, its _source, its message): deeper is not a wrapper anyone makes
 _MAX_PREFIX_TRIES = 4  # objects tried along a line: ``ts {labels} {record}`` needs two
+_MAX_VALUES = 100_000  # JSON values read from one line or document that holds several
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,8 @@ class Envelope:
         value = _first_object(line, tries=_MAX_PREFIX_TRIES, arrays=True)
         if value is None:
             return []
+        if self.mode == "auto" and _is_record(value):  # the gateway's own line: the common case
+            return [value]
         return list(self.unwrap(value))
 
     def unwrap(self, value: Any) -> Iterator[Record]:
@@ -101,10 +106,35 @@ def _first_object(line: bytes, tries: int, arrays: bool = False) -> Any:
     while start != -1 and tries > 0:
         try:
             return orjson.loads(line[start:] if start else line)
-        except orjson.JSONDecodeError:
+        except orjson.JSONDecodeError as exc:
+            if arrays and "unexpected content after document" in str(exc):
+                return _sequence(line[start:])
             tries -= 1
             start = line.find(b"{", start + 1)
     return None
+
+
+def _sequence(data: bytes) -> list[Any]:
+    """JSON values one after another (``_search`` pages concatenated, ``{...}{...}``), as far
+    as they decode."""
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        return []
+    decoder = json.JSONDecoder()
+    values: list[Any] = []
+    end = 0
+    while end < len(text) and len(values) < _MAX_VALUES:
+        while end < len(text) and text[end] in " \t\r\n":
+            end += 1
+        if end == len(text):
+            break
+        try:
+            value, end = decoder.raw_decode(text, end)
+        except (ValueError, RecursionError):
+            break
+        values.append(value)
+    return values
 
 
 def _auto(value: Any, depth: int) -> Iterator[Record]:

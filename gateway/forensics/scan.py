@@ -5,8 +5,8 @@ Given inputs (files, directories, globs, ``-``; plain, rotated and gzip mixed, s
 hold, the time window, the envelope, the fields an incident expands by), it returns the
 matching records in input order:
 
-- only lines holding the needles are decoded (``needles``: searched a block at a time on
-  a memory map with StringZilla or ``bytes.find``; the filter's other needles are checked on
+- only lines holding the needles are decoded (``needles``: searched a block at a time
+  with StringZilla or ``bytes.find``; the filter's other needles are checked on
   the line before decoding it);
 - a large plain file is cut into pieces at line boundaries and the pieces, and the files,
   are scanned by a process pool on every core; a gzip file is one piece, inflated as a
@@ -28,18 +28,19 @@ pieces: the target records, and every other record whose expansion field holds a
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
-import mmap
+import gc
 import multiprocessing
 import os
+import signal
 import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection, wait
 from typing import IO, Any
 
 import orjson
@@ -209,6 +210,7 @@ class _Scan:
         self.key_needles: list[bytes] = []
         self.keys_unsearchable = False  # a key with no needle: every line must be decoded
         self.board_offset = 0
+        self.line_max = archive.MAX_LINE  # a whole document is one "line" of up to DOCUMENT_MAX
         self.decode_all = not plan.needles.groups and not self.rescan
         if piece.keys is not None:
             self._know(piece.keys, 0)
@@ -243,10 +245,16 @@ class _Scan:
 
     def block(self, buf: Any, s: int, e: int, base: int) -> None:
         finder = Finder(buf)
+        # a block decodes thousands of dicts, which cannot form cycles: the cyclic collector
+        # would only walk them again and again (half the time of a query decoding every line)
+        collecting = gc.isenabled()
+        gc.disable()
         try:
             self._block(buf, finder, s, e, base)
         finally:
             finder.close()
+            if collecting:
+                gc.enable()
 
     def _block(self, buf: Any, finder: Finder, s: int, e: int, base: int) -> None:
         self._poll(base + s)
@@ -295,13 +303,13 @@ class _Scan:
         for start in starts:
             end = buf.find(b"\n", start, e)
             end = e if end == -1 else end
-            if end - start <= archive.MAX_LINE:
+            if end - start <= self.line_max:
                 found[start] = self._records(buf[start:end])
 
     def _decode_every_line(self, buf: Any, s: int, e: int, found: dict[int, list[Record]]) -> None:
         offset = s
         for line in buf[s:e].split(b"\n"):
-            if line and offset not in found and len(line) <= archive.MAX_LINE:
+            if line and offset not in found and len(line) <= self.line_max:
                 records = self._records(line)
                 if records:
                     found[offset] = records
@@ -368,41 +376,71 @@ def _corrupt(name: str, exc: Exception) -> str:
 
 
 def _plain(scan: _Scan) -> None:
-    """A plain file's piece, searched through a memory map (nothing copied but the lines decoded)."""
+    """A plain file's piece, read a block of whole lines at a time with ``pread`` (one copy,
+    as fast as a memory map here, and a file truncated under the scan, as logrotate's
+    ``copytruncate`` does, ends the read instead of killing the process with SIGBUS)."""
     piece = scan.piece
-    with open(piece.path, "rb") as file:
-        size = os.fstat(file.fileno()).st_size
-        if size == 0:
+    with open(piece.path, "rb", buffering=0) as file:
+        fd = file.fileno()
+        size = os.fstat(fd).st_size
+        if piece.document:
+            _document(scan, os.pread(fd, DOCUMENT_MAX + 1, 0))
             return
-        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as view:
-            if piece.document:
-                _document(scan, view[: DOCUMENT_MAX + 1])
+        bound = size if piece.end < 0 else min(piece.end, size)
+        start = _line_start(fd, piece.start, bound)  # no line starting in the piece: nothing to read
+        end = _line_start(fd, bound, size) if start < bound else start
+        if piece.upto is not None:
+            end = min(end, piece.upto)
+        scan.result.begin = start
+        buffer = bytearray(BLOCK)  # read into again and again: a fresh 8 MiB per block costs page faults
+        while start < end:
+            count = os.preadv(fd, [memoryview(buffer)[: min(BLOCK, end - start)]], start)
+            if not count:
+                scan.result.warnings.append(f"warning: {piece.path}: the file shrank while it was read"
+                                            " (rotated by copytruncate?); read what was there")
                 return
-            start = _line_start(view, piece.start, size)
-            end = _line_start(view, size if piece.end < 0 else piece.end, size)
-            if piece.upto is not None:
-                end = min(end, piece.upto)
-            scan.result.begin = start
-            while start < end:
-                stop = min(end, start + BLOCK)
-                if stop < end:
-                    stop = _line_start(view, stop, end)
-                scan.block(view, start, stop, 0)
-                start = stop
+            stop = buffer.rfind(b"\n", 0, count) + 1 if start + count < end else count
+            if stop == 0:  # one line longer than a block: read it whole, or pass over it
+                start = _long_line(scan, fd, start, end)
+                continue
+            scan.block(buffer, 0, stop, start)
+            start += stop
 
 
-def _line_start(view: Any, offset: int, limit: int) -> int:
+def _long_line(scan: _Scan, fd: int, start: int, end: int) -> int:
+    """Scan the line at ``start`` (longer than a block) when it is not too long to keep; the
+    offset after it."""
+    after = _line_start(fd, start + 1, end)
+    if after - start <= archive.MAX_LINE:
+        data = os.pread(fd, after - start, start)
+        scan.block(data, 0, len(data), start)
+    return after
+
+
+def _line_start(fd: int, offset: int, limit: int) -> int:
     """The first line start at or after ``offset`` (``limit`` when there is none before it)."""
     if offset <= 0:
         return 0
-    if offset >= limit:
-        return limit
-    newline = view.find(b"\n", offset - 1, limit)
-    return limit if newline == -1 else newline + 1
+    at = offset - 1
+    while at < limit:
+        data = os.pread(fd, min(SNIFF, limit - at), at)
+        if not data:
+            return limit
+        newline = data.find(b"\n")
+        if newline != -1:
+            return min(limit, at + newline + 1)
+        at += len(data)
+    return limit
 
 
 def _stream(scan: _Scan, chunks: Iterator[bytes]) -> None:
     """A stream (gzip, stdin), a block of lines at a time; a whole JSON document at once."""
+    for _ in _steps(scan, chunks):
+        pass
+
+
+def _steps(scan: _Scan, chunks: Iterator[bytes]) -> Iterator[None]:
+    """``_stream``, pausing after each block (what is found so far can be passed on)."""
     upto, document = scan.piece.upto, scan.piece.document
     blocks = archive.line_blocks(chunks)
     for offset, data in blocks:
@@ -415,6 +453,7 @@ def _stream(scan: _Scan, chunks: Iterator[bytes]) -> None:
             return
         end = len(data) if upto is None or offset + len(data) <= upto else upto - offset
         scan.block(data, 0, end, offset)
+        yield
 
 
 def _gather(first: bytes, blocks: Iterator[tuple[int, bytes]]) -> bytes:
@@ -436,6 +475,7 @@ def _document(scan: _Scan, data: bytes) -> None:
             f"warning: {scan.piece.path}: a JSON document over {DOCUMENT_MAX >> 20} MiB: not read")
         return
     flat = data.replace(b"\n", b" ").replace(b"\r", b" ")  # newlines between tokens are only spaces
+    scan.line_max = DOCUMENT_MAX
     scan.block(flat, 0, len(flat), 0)
 
 
@@ -457,17 +497,23 @@ def _is_document(head: bytes) -> bool:
 
 # --- worker processes ------------------------------------------------------------------------
 
-_WORKER: tuple[ScanPlan, _Board] | None = None
-
-
-def _init_worker(plan: ScanPlan, board: _Board) -> None:
-    global _WORKER
-    _WORKER = (plan, board)
-
-
-def _run_in_worker(piece: _Piece) -> _Result:
-    assert _WORKER is not None
-    return _run(_WORKER[0], _WORKER[1], piece)
+def _worker(conn: Connection, plan: ScanPlan, board: _Board) -> None:
+    """A worker process: pieces in, results out, until told to stop or the parent is gone."""
+    # Ctrl-C is the parent's to handle (it stops the workers); a worker would only print a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        index, piece = task
+        result = _run(plan, board, piece)
+        try:
+            conn.send((index, result))
+        except OSError:  # the parent is gone (killed): nobody to answer
+            return
 
 
 def cpu_count() -> int:
@@ -488,38 +534,97 @@ class ScanError(Exception):
     """The scan could not finish (a worker process died: killed, out of memory)."""
 
 
+class _Pool:
+    """Worker processes, each fed one piece at a time through its own pipe. Small and exact
+    where a stock pool is not: a worker that dies is seen at once (its sentinel) and ends
+    the scan with ``ScanError``; stopping early ends every worker, none is started behind
+    our back."""
+
+    def __init__(self, context: Any, count: int, plan: ScanPlan, board: _Board) -> None:
+        self.workers: list[tuple[Any, Connection]] = []
+        for _ in range(count):
+            parent, child = context.Pipe()
+            process = context.Process(target=_worker, args=(child, plan, board), daemon=True)
+            process.start()
+            child.close()
+            self.workers.append((process, parent))
+
+    def map(self, pieces: Sequence[_Piece]) -> Iterator[_Result]:
+        """The pieces' results, in their order, as soon as each and those before it are done."""
+        tasks = iter(enumerate(pieces))
+        busy: dict[Connection, int] = {}
+        done: dict[int, _Result] = {}
+        for _, conn in self.workers:
+            self._feed(conn, tasks, busy)
+        for index in range(len(pieces)):
+            while index not in done:
+                self._collect(busy, done, tasks)
+            yield done.pop(index)
+
+    def _feed(self, conn: Connection, tasks: Iterator[tuple[int, _Piece]], busy: dict[Connection, int]) -> None:
+        task = next(tasks, None)
+        if task is not None:
+            conn.send(task)
+            busy[conn] = task[0]
+
+    def _collect(self, busy: dict[Connection, int], done: dict[int, _Result],
+                 tasks: Iterator[tuple[int, _Piece]]) -> None:
+        sentinels = {process.sentinel: process for process, _ in self.workers}
+        ready = wait([*busy, *sentinels])
+        for item in ready:
+            if isinstance(item, Connection):
+                try:
+                    index, result = item.recv()
+                except (EOFError, OSError):
+                    raise _died() from None
+                del busy[item]
+                done[index] = result
+                self._feed(item, tasks, busy)
+        if any(item in sentinels for item in ready):
+            raise _died()
+
+    def close(self, finished: bool) -> None:
+        """Let the workers go (asked to stop, or ended at once when stopping early)."""
+        for process, conn in self.workers:
+            if finished:
+                with contextlib.suppress(OSError):
+                    conn.send(None)
+            else:
+                process.terminate()
+        for process, conn in self.workers:
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+            conn.close()
+
+
+def _died() -> ScanError:
+    return ScanError("a scanning process died (killed, or out of memory): nothing after it was read;"
+                     " run again with one worker to scan in this process")
+
+
 class _Runner:
-    """Runs pieces in this process or in a pool of processes; results come in piece order.
-    A worker that dies ends the scan with ``ScanError`` (a pool that waited for it would
-    hang)."""
+    """Runs pieces in this process or in a pool of processes; results come in piece order."""
 
     def __init__(self, plan: ScanPlan, workers: int) -> None:
         self.plan = plan
-        self.pool: ProcessPoolExecutor | None = None
+        self.pool: _Pool | None = None
         if workers > 1:
             context = _context()
             self.board = _Board(context)
-            self.pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                            initargs=(plan, self.board))
+            self.pool = _Pool(context, workers, plan, self.board)
         else:
             self.board = _Board()
 
     def map(self, pieces: Sequence[_Piece]) -> Iterator[_Result]:
         if self.pool is None:
             return (_run(self.plan, self.board, piece) for piece in pieces)
-        return _survive(self.pool.map(_run_in_worker, pieces))
+        return self.pool.map(pieces)
 
     def close(self, finished: bool) -> None:
-        if self.pool is not None:  # stopped early (``| head``, Ctrl-C): what has not started never does
-            self.pool.shutdown(wait=finished, cancel_futures=not finished)
-
-
-def _survive(results: Iterator[_Result]) -> Iterator[_Result]:
-    try:
-        yield from results
-    except BrokenProcessPool:
-        raise ScanError("a scanning process died (killed, or out of memory): nothing after it was read;"
-                        " run again with one worker to scan in this process") from None
+        if self.pool is not None:
+            self.pool.close(finished)
 
 
 # --- the scan --------------------------------------------------------------------------------
@@ -589,7 +694,7 @@ def scan(
         results = runner.map(pieces)
         counts = Counter(piece.input for piece in pieces)
         for item in inputs:
-            for result in _input_results(item, runner, results, counts, None, warn, stats):
+            for result in _input_results(item, runner, results, counts, None, warn, stats, live=True):
                 for _, record in result.targets:
                     yield record
         finished = True
@@ -663,13 +768,19 @@ def _rescans(results: Sequence[_Result], keys: set[Key], spools: dict[int, str])
 
 def _input_results(
     item: Input, runner: _Runner, results: Iterator[_Result], counts: Counter[int], spool: IO[bytes] | None,
-    warn: Warn, stats: ScanStats,
+    warn: Warn, stats: ScanStats, live: bool = False,
 ) -> Iterator[_Result]:
-    """The results of one input: its pieces' from the runner, or a stream's read here."""
+    """The results of one input: its pieces' from the runner, or a stream's read here (with
+    ``live``, its matches block by block: ``kubectl logs -f | gateway audit`` prints as they come)."""
     if item.stream:
-        result = _read_stream(runner, item, spool)
-        _account(result, warn, stats)
-        yield result
+        state: _Scan | None = None
+        for state in _read_stream(runner, item, spool):
+            if live and state.result.targets:
+                yield _Result(state.piece, targets=state.result.targets)
+                state.result.targets = []
+        assert state is not None
+        _account(state.result, warn, stats)
+        yield state.result
         return
     for _ in range(counts[item.index]):
         result = next(results)
@@ -686,19 +797,22 @@ def _account(result: _Result, warn: Warn, stats: ScanStats) -> None:
         stats.rescanned += result.bytes
 
 
-def _read_stream(runner: _Runner, item: Input, spool: IO[bytes] | None) -> _Result:
-    """Standard input or a pipe, read in this process (copied to ``spool`` when given)."""
+def _read_stream(runner: _Runner, item: Input, spool: IO[bytes] | None) -> Iterator[_Scan]:
+    """Standard input or a pipe, read in this process (copied to ``spool`` when given): the
+    scan's state after each block, and once more at the end."""
     scan_ = _Scan(runner.plan, runner.board, _Piece(item.index, item.name, document=None))
     try:
         reader = archive.open_stream(item, spool)
     except OSError as exc:
         scan_.result.warnings.append(f"warning: {item.name}: cannot read: {exc.strerror}")
-        return scan_.result
+        yield scan_
+        return
     try:
-        _stream(scan_, archive.chunks(reader))
+        for _ in _steps(scan_, archive.chunks(reader)):
+            yield scan_
     except Corrupt as exc:
         scan_.result.warnings.append(_corrupt(item.name, exc))
     finally:
         if item.name != "-":
             reader.close()
-    return scan_.result
+    yield scan_

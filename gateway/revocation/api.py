@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from ..config import GatewayConfig, RevocationConfig
+from ..tokens.issuer_pattern import issuer_map
 from .entries import Entry
 from .schema import DEFAULT_PREFIX, STREAM_MAXLEN, EntryFactory, Schema, write_entry, write_entry_sync
 
@@ -31,10 +32,11 @@ Result = TypeVar("Result")
 
 def factory_for(config: GatewayConfig) -> EntryFactory:
     """The TTL policy of a gateway configuration: each issuer's max_token_lifetime, else default_ttl."""
+    lifetimes = issuer_map(config.issuers, lambda issuer: issuer.max_token_lifetime)
     return EntryFactory(
         default_ttl=config.revocation.default_ttl,
-        lifetimes={issuer.issuer: issuer.max_token_lifetime for issuer in config.issuers},
-        issuers=tuple(issuer.issuer for issuer in config.issuers),
+        # a tenant of a templated issuer has its template's lifetime, and entries name the tenant's issuer
+        lifetimes=lifetimes, issuers=tuple(issuer.issuer for issuer in config.issuers), accepts=lifetimes.covers,
         introspected=frozenset(issuer.issuer for issuer in config.issuers if issuer.introspection is not None),
     )
 

@@ -36,7 +36,7 @@ def _fail(message: str, status: int) -> None:
 
 
 @click.command("revoke")
-@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="gateway YAML")
+@click.option("--config", "config_path", required=True, metavar="FILE", help="gateway YAML")  # missing or a dir: exit 1
 @click.option("--jti", help="revoke one token by its jti claim")
 @click.option("--token", help="revoke one raw token (hashed locally; '-' reads it from stdin)")
 @click.option("--fingerprint", help="revoke one token by its SHA-256 fingerprint (64 or 32 hex digits)")

@@ -36,7 +36,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -256,6 +256,12 @@ class EntryFactory:
     default_issuer: str | None = None
     # issuers whose tokens may be opaque (they have an introspection section): see ``jti``
     introspected: frozenset[str] = frozenset()
+    # which issuers an entry may name when templated issuers are configured: the exact ones and the
+    # concrete tenant issuers (never a template as written); None: ``issuers`` exactly
+    accepts: Callable[[str], bool] | None = None
+
+    def configured(self, issuer: str) -> bool:
+        return self.accepts(issuer) if self.accepts is not None else issuer in self.issuers
 
     def lifetime(self, issuer: str | None) -> float:
         """The issuer's max token lifetime; without an issuer, the longest of any."""
@@ -269,7 +275,7 @@ class EntryFactory:
         if given is not None:
             if not isinstance(given, str) or not given:
                 raise ValueError("issuer must be a non-empty string ('*' for every issuer)")
-            if self.issuers and given != ANY_ISSUER and given not in self.issuers:
+            if self.issuers and given != ANY_ISSUER and not self.configured(given):
                 raise ValueError(f"issuer {given[:200]!r} is not configured (configured: {', '.join(self.issuers)};"
                                  " '*' for every issuer)")
             return given
@@ -277,7 +283,7 @@ class EntryFactory:
             return self.default_issuer
         if target not in ISSUER_SCOPED:
             return ANY_ISSUER
-        if len(self.issuers) == 1:
+        if len(self.issuers) == 1 and self.configured(self.issuers[0]):  # not a template: name the tenant
             return self.issuers[0]
         raise IssuerNeeded(self.issuers)
 

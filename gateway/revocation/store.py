@@ -18,7 +18,7 @@ from ..reasons import Reason
 from ..tokens.token import ValidatedToken
 from .entries import Entry, RevocationList
 
-Listener = Callable[[Entry], None]
+Listener = Callable[[Entry], object]  # what it returns is ignored
 
 
 class RevocationStore:

@@ -47,7 +47,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
-from .. import metrics
+from .. import metrics, tracing
 from ..config import IntrospectionConfig, IssuerConfig
 from ..reasons import Reason
 from .cache import ExpiringCache
@@ -405,12 +405,16 @@ class Introspector:
         data, headers = await self._request(raw)
         started = time.monotonic()
         try:
-            async with self._session.post(
-                endpoint, data=data, headers=headers, allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
-            ) as resp:
-                status, content_type = resp.status, resp.content_type
-                body = await _read_limited(resp)
+            with tracing.http_call("POST", endpoint, issuer=self.issuer) as call:
+                if call.headers:  # the client span's traceparent, while tracing
+                    headers = {**headers, **call.headers}
+                async with self._session.post(
+                    endpoint, data=data, headers=headers, allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
+                ) as resp:
+                    call.status(resp.status)
+                    status, content_type = resp.status, resp.content_type
+                    body = await _read_limited(resp)
         except TimeoutError:
             raise self._failed("timeout", f"no answer within {self.settings.timeout:g}s") from None
         except aiohttp.ClientConnectionError as exc:
@@ -541,7 +545,8 @@ class Introspector:
         if self._redis is None:
             return None
         try:
-            value = await self._redis.get(self._shared_prefix + key)
+            with tracing.redis_call("GET", self._redis):
+                value = await self._redis.get(self._shared_prefix + key)
         except Exception as exc:  # any Redis trouble means: ask the server
             metrics.TOKEN_CACHE.labels("introspection_shared", "error").inc()
             self._log_failure("redis", logging.WARNING, f"shared cache unavailable: {type(exc).__name__}")
@@ -563,9 +568,10 @@ class Introspector:
         if self._redis is None or ttl_ms <= 0:
             return
         try:
-            await self._redis.set(
-                self._shared_prefix + key, orjson.dumps({"answer": answer, "until": until}), px=ttl_ms
-            )
+            with tracing.redis_call("SET", self._redis):
+                await self._redis.set(
+                    self._shared_prefix + key, orjson.dumps({"answer": answer, "until": until}), px=ttl_ms
+                )
         except Exception as exc:  # the shared cache is an optimisation only
             metrics.TOKEN_CACHE.labels("introspection_shared", "error").inc()
             self._log_failure("redis", logging.WARNING, f"shared cache unavailable: {type(exc).__name__}")

@@ -34,7 +34,7 @@ import aiohttp
 import jwt
 import orjson
 
-from .. import metrics
+from .. import metrics, tracing
 from ..config import IssuerConfig
 from ..reasons import Reason
 from .token import TokenError
@@ -62,10 +62,13 @@ def discovery_urls(issuer: str) -> list[str]:
 
 
 async def fetch_json(session: aiohttp.ClientSession, url: str, timeout: float) -> Any:
-    async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False) as resp:
-        if resp.status != 200:
-            raise DiscoveryError(f"{url} answered {resp.status}")
-        return await resp.json(content_type=None)
+    with tracing.http_call("GET", url) as call:  # a JWKS or metadata fetch: a client span while tracing
+        async with session.get(url, headers=call.headers, timeout=aiohttp.ClientTimeout(total=timeout),
+                               allow_redirects=False) as resp:
+            call.status(resp.status)
+            if resp.status != 200:
+                raise DiscoveryError(f"{url} answered {resp.status}")
+            return await resp.json(content_type=None)
 
 
 async def discover(session: aiohttp.ClientSession, issuer: str, timeout: float) -> dict[str, Any]:
@@ -157,9 +160,11 @@ class IssuerKeys:
 
     def __init__(
         self, config: IssuerConfig, session: aiohttp.ClientSession,
-        on_withdrawn: Callable[[str], None] | None = None,
+        on_withdrawn: Callable[[str], None] | None = None, label: str | None = None,
     ) -> None:
         self.config = config
+        # the metric label: a tenant of a templated issuer counts under its template (bounded label values)
+        self.label = label or config.issuer
         self._session = session
         self._on_withdrawn = on_withdrawn  # told when a refresh drops or replaces a key (e.g. a compromised one)
         self._keys: dict[str, VerificationKey] = {}
@@ -218,14 +223,14 @@ class IssuerKeys:
             if not keys:
                 raise DiscoveryError("the JWKS holds no usable signing key")
         except (aiohttp.ClientError, TimeoutError, ValueError, DiscoveryError) as exc:
-            metrics.JWKS_REFRESH.labels(issuer, "error").inc()
+            metrics.JWKS_REFRESH.labels(self.label, "error").inc()
             log.warning("jwks refresh failed", extra={"issuer": issuer, "error": str(exc) or type(exc).__name__})
             return
         # gone, or other key material under the same kid: what it verified must be verified again
         withdrawn = {kid for kid, key in self._keys.items() if keys.get(kid) != key}
         self._keys = keys
         self._succeeded = started
-        metrics.JWKS_REFRESH.labels(issuer, "ok").inc()
+        metrics.JWKS_REFRESH.labels(self.label, "ok").inc()
         if withdrawn and self._on_withdrawn is not None:
             log.warning("jwks keys withdrawn", extra={"issuer": issuer, "kids": sorted(withdrawn)})
             self._on_withdrawn(issuer)

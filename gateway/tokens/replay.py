@@ -30,6 +30,8 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any, Final, Protocol
 
+from .. import tracing
+
 log = logging.getLogger("gateway.dpop")
 
 DEFAULT_PREFIX: Final = "gateway:dpop:jti:"
@@ -141,8 +143,10 @@ class RedisReplayCache:
         if local is Seen.REPLAYED:
             return Seen.REPLAYED  # replayed against this very process: no need to ask Redis
         try:
-            async with asyncio.timeout(self.timeout):
-                created = await self.client.set(self.prefix + key, b"1", nx=True, px=max(1, math.ceil(ttl * 1000)))
+            with tracing.redis_call("SET", self.client):  # a client span while tracing
+                async with asyncio.timeout(self.timeout):
+                    created = await self.client.set(self.prefix + key, b"1", nx=True,
+                                                    px=max(1, math.ceil(ttl * 1000)))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # redis errors, OSError, timeouts: all mean "cannot tell"

@@ -2,7 +2,8 @@
 
 Routing of a token to an issuer:
 1. a JWT goes to the issuer named by its (unverified) ``iss``; that issuer verifies it
-   with its own keys, or introspects it when it says ``validation: introspection``;
+   with its own keys, or introspects it when it says ``validation: introspection``; an ``iss``
+   that is a trusted tenant of a templated issuer is verified with that tenant's keys (tenants.py);
 2. any other token goes to introspection: first the issuer whose ``token_prefix``
    starts the token, otherwise the issuers that introspect, in configured order,
    until one answers ``active: true``.
@@ -33,6 +34,7 @@ from ..reasons import Reason
 from .cache import ExpiringCache
 from .jwks import IssuerKeys
 from .jwt import JwtValidator
+from .tenants import TemplatedIssuer
 from .token import TokenError, ValidatedToken, cache_key, fingerprint
 
 
@@ -77,8 +79,11 @@ class TokenValidator:
 
     def __init__(self, config: GatewayConfig, session: aiohttp.ClientSession) -> None:
         self.keys = {
-            i.issuer: IssuerKeys(i, session, self._forget_issuer) for i in config.issuers if i.validation == "jwt"
+            i.issuer: IssuerKeys(i, session, self._forget_issuer)
+            for i in config.issuers if i.validation == "jwt" and not i.templated
         }
+        # templated issuers ({tenant}): each tenant's keys apart, fetched on its first token (tenants.py)
+        self.templates = [TemplatedIssuer(i, session, self._forget_issuer) for i in config.issuers if i.templated]
         self.jwt = {name: JwtValidator(keys.config, keys) for name, keys in self.keys.items()}
         self.introspectors: dict[str, IntrospectionClient] = {}
         self.cache: ExpiringCache[ValidatedToken] = ExpiringCache(
@@ -118,6 +123,8 @@ class TokenValidator:
     async def stop(self) -> None:
         for keys in self.keys.values():
             await keys.stop()
+        for template in self.templates:
+            await template.stop()
         for introspector in self.introspectors.values():
             await introspector.stop()
 
@@ -149,6 +156,10 @@ class TokenValidator:
                 return await self._verify(issuer, raw, header, fp)
             if issuer in self.introspectors:  # validation: introspection
                 return await self._introspect(self.introspectors[issuer], raw, fp)
+            for template in self.templates:
+                tenant = template.tenant_of(issuer)
+                if tenant is not None:
+                    return await self._verify_tenant(template, issuer, tenant, raw, header, payload, fp)
         metrics.TOKEN_VALIDATIONS.labels("unknown", Reason.UNKNOWN_ISSUER.value).inc()
         raise TokenError(Reason.UNKNOWN_ISSUER, "the token names no trusted issuer")
 
@@ -159,6 +170,17 @@ class TokenValidator:
             metrics.TOKEN_VALIDATIONS.labels(issuer, exc.reason.value).inc()
             raise
         metrics.TOKEN_VALIDATIONS.labels(issuer, "valid").inc()
+        return token
+
+    async def _verify_tenant(self, template: TemplatedIssuer, issuer: str, tenant: str, raw: str,
+                             header: dict[str, Any], payload: dict[str, Any], fp: str) -> ValidatedToken:
+        label = template.config.issuer  # the template: one label value however many tenants
+        try:
+            token = await template.validate(issuer, tenant, raw, header, payload, fp)
+        except TokenError as exc:
+            metrics.TOKEN_VALIDATIONS.labels(label, exc.reason.value).inc()
+            raise
+        metrics.TOKEN_VALIDATIONS.labels(label, "valid").inc()
         return token
 
     async def _introspect_opaque(self, raw: str, fp: str) -> ValidatedToken:

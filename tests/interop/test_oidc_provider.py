@@ -18,7 +18,9 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 import aiohttp
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
+from gateway.tokens.dpop import ProofRequest, key_thumbprint, sign_proof
 from gateway.tokens.token import fingerprint
 from tests.conftest import RunningGateway, bearer
 from tests.helpers import metric
@@ -265,6 +267,50 @@ async def test_an_admin_token_for_the_admin_audience_revokes_and_is_no_api_token
                          data={"token": victim}) as resp:
         assert resp.status == 401
     assert await reasons(gw) == ["wrong_audience", "revoked_token"]
+
+
+# --- DPoP-bound tokens (RFC 9449) ------------------------------------------------------------------
+
+
+async def test_a_dpop_bound_token_from_the_provider_needs_its_proof_at_the_gateway(
+    interop_gateway: InteropGateway, oidc_provider: Provider, http: aiohttp.ClientSession, upstream: Any,
+) -> None:
+    """oidc-provider binds a client-credentials token to the key of the DPoP proof sent to its token
+    endpoint (cnf.jkt); the gateway accepts it with a fresh proof of that key, and refuses it as a
+    bearer token, without a proof, with another key's proof or with a proof used before."""
+    gw = await interop_gateway()
+    key, other = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    token_proof = sign_proof(key, ProofRequest(method="POST", url=oidc_provider.token_endpoint))
+    async with http.post(oidc_provider.token_endpoint, headers={**basic(CLIENT, CLIENT_SECRET), "DPoP": token_proof},
+                         data={"grant_type": "client_credentials", "resource": RS, "scope": "orders:read"}) as resp:
+        body = await resp.json()
+        assert resp.status == 200, body
+    assert body["token_type"] == "DPoP"
+    token = body["access_token"]
+    assert jwt.decode(token, options={"verify_signature": False})["cnf"] == {"jkt": key_thumbprint(key)}
+    url = gw.url + "/orders"
+
+    def proof(signer: Any = key) -> str:
+        return sign_proof(signer, ProofRequest(method="GET", url=url, access_token=token))
+
+    accepted = proof()
+    async with http.get(url, headers={"Authorization": f"DPoP {token}", "DPoP": accepted}) as resp:
+        assert resp.status == 200, await resp.text()
+    assert upstream.requests[-1]["headers"]["X-Auth-Subject"] == CLIENT
+    async with http.get(url, headers=bearer(token)) as resp:  # the bound token alone, as a bearer token
+        assert resp.status == 401
+    async with http.get(url, headers={"Authorization": f"DPoP {token}"}) as resp:  # the scheme, no proof
+        assert resp.status == 401
+        challenge = [v for v in resp.headers.getall("WWW-Authenticate") if v.startswith("DPoP ")]
+        assert len(challenge) == 1 and 'error="invalid_dpop_proof"' in challenge[0]
+    async with http.get(url, headers={"Authorization": f"DPoP {token}", "DPoP": proof(other)}) as resp:
+        assert resp.status == 401
+    async with http.get(url, headers={"Authorization": f"DPoP {token}", "DPoP": accepted}) as resp:  # replayed
+        assert resp.status == 401
+    records = await gw.audit_records()
+    assert [r["reason"] for r in records] == [
+        "allowed", "unproven_binding", "invalid_dpop_proof", "dpop_key_mismatch", "dpop_replayed"]
+    assert (records[0]["binding"], records[0]["key_thumbprint"]) == ("dpop", key_thumbprint(key))
 
 
 # --- the documentation quotes the tested hook -------------------------------------------------------

@@ -35,6 +35,8 @@ server.listen(0, '127.0.0.1', () => {
       clientCredentials: { enabled: true },
       introspection: { enabled: true },
       revocation: { enabled: true },
+      // RFC 9449: a token request with a DPoP proof gets a token bound to the proof's key (cnf.jkt)
+      dPoP: { enabled: true },
       devInteractions: { enabled: false },
       resourceIndicators: {
         enabled: true,
