@@ -24,11 +24,11 @@ import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
 import orjson
 
+from ..forensics.times import canonical_ts, parse_time, ts_text
 from ..tokens.token import FINGERPRINT_PREFIX, fingerprint
 
 BLOCK = 2**20  # bytes read at a time when scanning for a literal
@@ -46,48 +46,8 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-# --- times -----------------------------------------------------------------------------------
+# --- times: one set of rules, shared with the scanning engine (gateway/forensics/times.py) ---
 
-_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
-_RELATIVE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_time(value: str, now: datetime | None = None) -> datetime:
-    """An RFC 3339 time (``2024-05-01T12:00:00Z``, a date alone means midnight UTC) or a
-    relative one meaning "that long ago" (``90s``, ``30m``, ``2h``, ``7d``, ``1w``)."""
-    match = _RELATIVE.match(value)
-    if match:
-        now = now or datetime.now(UTC)
-        return now - timedelta(seconds=float(match.group(1)) * _RELATIVE_UNITS[match.group(2)])
-    text = value.strip()
-    if text[-1:] in ("z", "Z"):
-        text = text[:-1] + "+00:00"
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(
-            f"{value!r} is not an RFC 3339 time (2024-05-01T12:00:00Z) or a relative one (2h, 30m, 7d)"
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
-
-
-def ts_text(moment: datetime) -> str:
-    """The form audit records use for ``ts`` (UTC, milliseconds, ``Z``): comparable as text."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _canonical_ts(ts: Any) -> str | None:
-    """``ts`` in the canonical form; records from this gateway already are."""
-    if not isinstance(ts, str):
-        return None
-    if len(ts) == 24 and ts[-1] == "Z" and ts[10] == "T":
-        return ts
-    try:
-        return ts_text(parse_time(ts))
-    except ValueError:
-        return None
 
 
 # --- the filter ------------------------------------------------------------------------------
@@ -187,7 +147,7 @@ class Query:
         if self.trace_id is not None and get("trace_id") != self.trace_id:
             return False
         if self.since is not None or self.until is not None:
-            ts = _canonical_ts(get("ts"))
+            ts = canonical_ts(get("ts"))
             if ts is None:
                 return False
             if self.since is not None and ts < self.since:
