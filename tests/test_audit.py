@@ -22,7 +22,7 @@ from tests.helpers import free_port, metric, raw_request
 
 FIELDS = {
     "ts", "request_id", "client_ip", "method", "host", "path", "route", "upstream", "status", "decision", "reason",
-    "sub", "client_id", "iss", "jti", "sid", "token_fingerprint", "scopes", "required_scopes", "user_agent",
+    "sub", "client_id", "iss", "jti", "family", "sid", "token_fingerprint", "scopes", "required_scopes", "user_agent",
     "duration_ms", "upstream_ms", "bytes_in", "bytes_out",
 }
 
@@ -57,7 +57,7 @@ async def test_allowed_request_record(gw, issuer):  # type: ignore[no-untyped-de
     assert (record["route"], record["upstream"]) == ("list-orders", "orders")
     assert (record["status"], record["decision"], record["reason"]) == (200, "allow", "allowed")
     assert (record["sub"], record["client_id"], record["iss"]) == ("alice", "web", issuer.issuer)
-    assert (record["jti"], record["sid"]) == ("jti-1", "session-1")
+    assert (record["jti"], record["family"], record["sid"]) == ("jti-1", "session-1", "session-1")
     assert record["token_fingerprint"] == fingerprint(token)[:32]
     assert record["scopes"] == ["orders:read", "profile"]
     assert record["required_scopes"] == ["orders:read"]

@@ -119,7 +119,7 @@ async def test_every_text_field_is_capped(gw, issuer):  # type: ignore[no-untype
     assert len(claims["scopes"]) == SCOPES_LIMIT and all(len(s) <= SCOPE_LIMIT for s in claims["scopes"])
     assert claims["scopes"][0] == "a:" + "x" * (SCOPE_LIMIT - 2)
     assert "escaped" not in claims  # a claim with a lone surrogate never validates: only headers need it
-    assert set(claims["truncated"]) == {"jti", "sid", "scopes"}
+    assert set(claims["truncated"]) == {"jti", "family", "sid", "scopes"}
     assert max(len(line) for line in gw.audit_path.read_bytes().splitlines()) < 40_000
 
 
@@ -274,5 +274,5 @@ def test_an_escaped_or_cut_value_is_never_taken_for_the_tokens_identity(tmp_path
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     incident = collect([str(path)], Target("fingerprint", fp))
     (token,) = incident.tokens.values()
-    assert (token.jti, token.sid, token.sub, token.fingerprint) == (None, None, "alice", fp)
+    assert (token.jti, token.family, token.sub, token.fingerprint) == (None, None, "alice", fp)
     assert incident.families == [] and incident.calls == 2

@@ -93,6 +93,7 @@ async def test_second_network_is_flagged_counted_reported_and_cut_off(make_gatew
     notice = webhook.notices[0]
     assert notice["type"] == "suspicious_token_use" and notice["reasons"] == ["new_network"]
     assert notice["family"] == "family-det-1" and notice["sub"] == "alice"
+    assert (notice["family_kind"], notice["family_claim"]) == ("sid", "sid")
     assert notice["client_ip"] == AWAY_IP and notice["first_network"] == "198.51.100.0/24"
     assert notice["jti"] == token.jti and notice["token_fingerprint"] == token.fingerprint
     assert notice["actions"] == ["revoke_family"]

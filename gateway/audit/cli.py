@@ -47,7 +47,7 @@ def _terminal_width(out: IO[str]) -> int | None:
 @click.option("--token", help="a raw token: hashed here and searched by fingerprint; never printed")
 @click.option("--sub", help="subject (sub claim)")
 @click.option("--client", help="client id")
-@click.option("--family", help="token family (sid claim)")
+@click.option("--family", help="token family (the revocation.family_claim claim, sid by default)")
 @click.option("--ip", help="client IP address, or a network in CIDR form")
 @click.option("--route", help="route name")
 @click.option("--decision", type=click.Choice(["allow", "deny"]), help="what the gateway decided")
@@ -101,7 +101,7 @@ def audit_command(files: tuple[str, ...], fmt: str, **filters: str | None) -> No
 @click.option("--fingerprint", help="token fingerprint (hex SHA-256 of the token, or a prefix of it)")
 @click.option("--token", help="a raw token: hashed here; never printed")
 @click.option("--sub", help="a subject: every token issued to it")
-@click.option("--family", help="a token family (sid claim)")
+@click.option("--family", help="a token family (the revocation.family_claim claim, sid by default)")
 @click.option("--key-thumbprint", help="a DPoP key (jkt) or client certificate (x5t#S256): every token used with it")
 @click.option("--trace-id", help="a W3C trace id (32 hex digits): every token seen in that trace")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, writable=True),

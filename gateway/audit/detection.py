@@ -253,7 +253,7 @@ class Detector:
         else:
             families.move_to_end(key)
         state.last_seen = now
-        state.context = _context(exchange, decision, family)
+        state.context = _context(exchange, decision, family, self.family_claim)
         reasons = self._check(state, ip, network, now, decision.reason is Reason.INSUFFICIENT_SCOPE)
         proof_failure = self._proof_failure_of(exchange, decision)
         if proof_failure is not None and self._count_proof_failure(state, proof_failure[0], now):
@@ -415,6 +415,7 @@ class Detector:
             "gateway": self._host,
             "family": context.get("family"),
             "family_kind": context.get("family_kind"),
+            "family_claim": context.get("family_claim"),
             "sub": context.get("sub"),
             "client_id": context.get("client_id"),
             "iss": context.get("iss"),
@@ -532,11 +533,16 @@ class Detector:
         return appeared
 
 
-def _context(exchange: Exchange, decision: Decision, family: tuple[str, Kind, str]) -> dict[str, Any]:
+def _context(
+    exchange: Exchange, decision: Decision, family: tuple[str, Kind, str], family_claim: str
+) -> dict[str, Any]:
     token = decision.token
     assert token is not None
     return {
+        # family_kind: "sid" when the family claim was found (whatever it is called: family_claim says),
+        # else "jti" or "fp" (the token stands for its own family)
         "family": family[2], "family_kind": "sid" if family[1] is Kind.FAMILY else family[0].split(":", 1)[0],
+        "family_claim": family_claim if family[1] is Kind.FAMILY else None,
         "revoke_kind": family[1].value, "revoke_value": family[2], "expires_at": token.expires_at,
         "sub": token.subject, "client_id": token.client_id, "iss": token.issuer, "jti": token.jti,
         "token_fingerprint": token.fingerprint[:FINGERPRINT_PREFIX], "request_id": exchange.request_id,

@@ -37,7 +37,7 @@ from ..revocation.api import Revoker, factory_for
 from ..revocation.entries import Entry
 from ..revocation.schema import EntryFactory, IssuerNeeded
 from ..tokens.token import FINGERPRINT_PREFIX
-from .query import Query, Record, Warn, _stderr, _verbatim_in_json, iter_records, visible
+from .query import Query, Record, Warn, _stderr, _verbatim_in_json, family_of, iter_records, visible
 from .record import PROOF_FAILURE_REASONS, rfc3339
 
 MAX_LISTED = 10_000  # calls listed one by one (all are counted)
@@ -51,7 +51,7 @@ _CALL_FIELDS = (
     "scopes", "required_scopes", "missing_scopes", "jti", "token_fingerprint", "suspicious", "binding",
     "key_thumbprint", "rule", "detail", "trace_id", "span_id",
 )
-_KINDS = {"jti": "token jti", "fingerprint": "token fingerprint", "sub": "subject", "family": "family (sid)",
+_KINDS = {"jti": "token jti", "fingerprint": "token fingerprint", "sub": "subject", "family": "token family",
           "key": "key thumbprint", "trace": "trace"}
 
 
@@ -142,7 +142,7 @@ class TokenSeen(Seen):
 
     jti: str | None = None
     fingerprint: str | None = None
-    sid: str | None = None
+    family: str | None = None
     sub: str | None = None
     client_id: str | None = None
     iss: str | None = None
@@ -154,8 +154,9 @@ class TokenSeen(Seen):
     def note(self, record: Record) -> None:
         # a value the gateway had to escape or cut is not the token's: never revoke by it
         altered = set(_texts(record.get("escaped"))) | set(_texts(record.get("truncated")))
-        for name, key in (("jti", "jti"), ("fingerprint", "token_fingerprint"), ("sid", "sid"), ("sub", "sub"),
-                          ("client_id", "client_id"), ("iss", "iss")):
+        family_key = "family" if "family" in record else "sid"  # records older than "family" hold "sid"
+        for name, key in (("jti", "jti"), ("fingerprint", "token_fingerprint"), ("family", family_key),
+                          ("sub", "sub"), ("client_id", "client_id"), ("iss", "iss")):
             if getattr(self, name) is None and isinstance(record.get(key), str) and key not in altered:
                 setattr(self, name, record[key])
         ip = record.get("client_ip")
@@ -314,7 +315,7 @@ class Incident:
 
     @property
     def families(self) -> list[str]:
-        return sorted({t.sid for t in self.tokens.values() if t.sid})
+        return sorted({t.family for t in self.tokens.values() if t.family})
 
     @property
     def subjects(self) -> list[str]:
@@ -435,19 +436,19 @@ def _once(names: list[str], name: str) -> list[str]:
 
 
 def _collect_related(incident: Incident, names: Sequence[str], query: Query, warn: Warn) -> None:
-    sids, subs = set(incident.families), set(incident.subjects)
+    families, subs = set(incident.families), set(incident.subjects)
     if incident.target.kind == "family":
-        sids = set()  # the family's own tokens are the target already
-    if not sids and not subs:
+        families = set()  # the family's own tokens are the target already
+    if not families and not subs:
         return
-    values = sids | subs
+    values = families | subs
     needles = [v.encode() for v in values if _verbatim_in_json(v)]
     if len(needles) != len(values):
         needles = []  # a value JSON would escape: parse every line instead
     for record in iter_records(names, needles, warn):
         if query.matches(record):
             continue
-        if record.get("sid") in sids or record.get("sub") in subs:
+        if family_of(record) in families or record.get("sub") in subs:
             incident.add_related(record)
 
 
@@ -484,7 +485,7 @@ def _report_lines(incident: Incident) -> list[str]:
         return lines
     first, last = incident.first or {}, incident.last or {}
     lines += [
-        f"  subjects: {', '.join(incident.subjects) or '-'}   families (sid): {', '.join(incident.families) or '-'}"
+        f"  subjects: {', '.join(incident.subjects) or '-'}   families: {', '.join(incident.families) or '-'}"
         f"   issuers: {', '.join(incident.issuers) or '-'}",
         f"  first use: {first.get('ts')} from {first.get('client_ip')} ({first.get('method')} {first.get('path')})",
         f"  last use:  {last.get('ts')} from {last.get('client_ip')} ({last.get('method')} {last.get('path')})",
@@ -629,9 +630,9 @@ def _token_rows(incident: Incident, tokens: list[TokenSeen], mark: bool = False)
     if not tokens:
         return []
     return _table(
-        ["", "JTI", "FINGERPRINT", "SID", "SUB", "CLIENT", "FIRST SEEN", "LAST SEEN", "CALLS", "DENIED", "IPS",
+        ["", "JTI", "FINGERPRINT", "FAMILY", "SUB", "CLIENT", "FIRST SEEN", "LAST SEEN", "CALLS", "DENIED", "IPS",
          "BINDING", "PROOF FAILURES"],
-        [["*" if mark and incident.overlaps(t) else "", t.jti, t.fingerprint, t.sid, t.sub, t.client_id, t.first,
+        [["*" if mark and incident.overlaps(t) else "", t.jti, t.fingerprint, t.family, t.sub, t.client_id, t.first,
           t.last, t.calls, t.denied, " ".join(sorted(t.ips)) + (" ..." if t.more_ips else ""),
           " ".join(sorted(t.bindings)), t.proof_failures] for t in tokens],
     )
@@ -694,8 +695,8 @@ def plan_revocation(incident: Incident, config: GatewayConfig, reason: str, now:
             if not incident.tokens:
                 raise RevokeError(f"no audit record shows a token {tokens_title(target)[7:]}: nothing to revoke")
             entries += _token_entries(list(incident.tokens.values()), factory, note, now)
-        for sid, family_issuer in _families(incident):
-            entries.append(factory.family(sid, issuer=family_issuer, reason=note, now=now))
+        for family, family_issuer in _families(incident):
+            entries.append(factory.family(family, issuer=family_issuer, reason=note, now=now))
     except IssuerNeeded as exc:
         raise RevokeError(f"the audit records do not name the issuer of these tokens, and {len(exc.issuers)} issuers"
                           " are configured: revoke with `gateway revoke --issuer ISSUER` (or --issuer '*')") from None
@@ -719,16 +720,16 @@ def _token_entries(tokens: Sequence[TokenSeen], factory: EntryFactory, note: str
 
 
 def _families(incident: Incident) -> list[tuple[str, str | None]]:
-    """(sid, issuer) of every family to revoke: a sid belongs to the issuer of the tokens carrying it."""
+    """(family, issuer) of every family to revoke: a family belongs to the issuer of the tokens carrying it."""
     target = incident.target
     tokens = list(incident.tokens.values())
-    sids = [target.value] if target.kind == "family" else incident.families
+    families = [target.value] if target.kind == "family" else incident.families
     pairs: list[tuple[str, str | None]] = []
-    for sid in sids:
-        seen = sorted({t.iss for t in tokens if t.sid == sid and t.iss})
+    for family in families:
+        seen = sorted({t.iss for t in tokens if t.family == family and t.iss})
         if not seen:
-            pairs.append((sid, None))  # None: the only configured issuer, if there is just one
-        pairs.extend((sid, iss) for iss in seen)
+            pairs.append((family, None))  # None: the only configured issuer, if there is just one
+        pairs.extend((family, iss) for iss in seen)
     return pairs
 
 
@@ -764,7 +765,8 @@ def action_record(incident: Incident, entries: Sequence[Entry], reason: str, ope
         "client_id": single.client_id if single else None,
         "iss": single.iss if single else None,
         "jti": target.value if target.kind == "jti" else (single.jti if single else None),
-        "sid": target.value if target.kind == "family" else (single.sid if single else None),
+        "family": (family := target.value if target.kind == "family" else (single.family if single else None)),
+        "sid": family,  # the older name of "family", kept for a release
         "token_fingerprint": target.value if target.kind == "fingerprint" else (single.fingerprint if single else None),
     }
 

@@ -36,6 +36,11 @@ MAX_LINE = 16 * 2**20  # a "line" longer than this without a newline is garbage:
 GZIP_MAGIC = b"\x1f\x8b"
 
 Record = dict[str, Any]
+
+
+def family_of(record: Record) -> Any:
+    """The token family of an audit record: ``family``, or ``sid`` in records written before it existed."""
+    return record["family"] if "family" in record else record.get("sid")
 Warn = Callable[[str], None]
 BINDINGS = ("none", "dpop", "mtls")  # Decision.binding: what a request proved its token is bound to
 # RFC 7638 / RFC 8705 thumbprints are unpadded base64url of a SHA-256 (43 characters); tolerate padding
@@ -130,7 +135,7 @@ class Query:
             return False
         if self.client is not None and get("client_id") != self.client:
             return False
-        if self.family is not None and get("sid") != self.family:
+        if self.family is not None and family_of(record) != self.family:
             return False
         if self.ip is not None and not self._ip_matches(get("client_ip")):
             return False
@@ -316,7 +321,7 @@ CSV_FIELDS = (
     "reason", "sub", "client_id", "iss", "jti", "sid", "token_fingerprint", "scopes", "required_scopes",
     "missing_scopes", "user_agent", "duration_ms", "upstream_ms", "bytes_in", "bytes_out", "suspicious",
     "binding", "key_thumbprint", "rule",  # last: spreadsheets made from older exports keep their columns
-    "trace_id", "span_id",
+    "trace_id", "span_id", "family",
 )
 
 _TABLE = (  # (header, field, width)
@@ -386,7 +391,7 @@ def write_records(records: Iterable[Record], fmt: str, out: IO[str]) -> int:
     elif fmt == "csv":
         out.write(csv_row(CSV_FIELDS))
         for record in records:
-            out.write(csv_row(csv_safe(cell(record.get(k))) for k in CSV_FIELDS))
+            out.write(csv_row(csv_safe(cell(_field(record, k))) for k in CSV_FIELDS))
             count += 1
     else:
         out.write(table_header() + "\n")
@@ -394,6 +399,10 @@ def write_records(records: Iterable[Record], fmt: str, out: IO[str]) -> int:
             out.write(table_row(record) + "\n")
             count += 1
     return count
+
+
+def _field(record: Record, name: str) -> Any:
+    return family_of(record) if name == "family" else record.get(name)
 
 
 def csv_row(fields: Iterable[str]) -> str:

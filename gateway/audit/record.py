@@ -29,7 +29,7 @@ from ..tokens.token import short_fingerprint
 # the longest text (in characters, after escaping) each field keeps; docs/incident-response.md lists them
 LIMITS: dict[str, int] = {
     "request_id": 128, "client_ip": 64, "method": 32, "host": 256, "path": 2048, "route": 256, "upstream": 256,
-    "sub": 256, "client_id": 256, "iss": 512, "jti": 256, "sid": 256, "user_agent": 512,
+    "sub": 256, "client_id": 256, "iss": 512, "jti": 256, "family": 256, "sid": 256, "user_agent": 512,
     "binding": 16, "key_thumbprint": 128, "rule": 256, "detail": 256,
 }
 SCOPE_LIMIT = 256  # characters of one scope in scopes, required_scopes, missing_scopes
@@ -173,6 +173,9 @@ def audit_record(
         "client_id": text("client_id", token.client_id) if token else None,
         "iss": text("iss", token.issuer) if token else None,
         "jti": text("jti", token.jti) if token else None,
+        # the refresh-token family / session, read from revocation.family_claim whatever its name;
+        # "sid" repeats it for readers of older records and goes in a later release (CHANGELOG)
+        "family": text("family", family) if isinstance(family, str) else None,
         "sid": text("sid", family) if isinstance(family, str) else None,
         "token_fingerprint": short_fingerprint(decision.token_fingerprint) if decision.token_fingerprint else None,
         # how the token was bound on this request (none | dpop | mtls), for requests that carried one
@@ -203,3 +206,4 @@ def audit_record(
     if altered.truncated:
         record["truncated"] = altered.truncated
     return record
+

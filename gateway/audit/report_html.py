@@ -151,7 +151,7 @@ def row_class(call: dict[str, Any]) -> str:
 def _token_row(incident: Incident, token: TokenSeen, mark: bool) -> dict[str, Any]:
     return {
         "during": "yes" if mark and incident.overlaps(token) else "", "jti": token.jti,
-        "fingerprint": token.fingerprint, "sid": token.sid, "sub": token.sub, "client_id": token.client_id,
+        "fingerprint": token.fingerprint, "family": token.family, "sub": token.sub, "client_id": token.client_id,
         "first": token.first, "last": token.last, "calls": token.calls, "denied": token.denied,
         "ips": " ".join(sorted(token.ips)) + (" ..." if token.more_ips else ""),
         "binding": " ".join(sorted(token.bindings)), "proof_failures": token.proof_failures,

@@ -73,6 +73,7 @@ def _seen(seen: Seen) -> dict[str, Any]:
 
 
 def _token(token: TokenSeen) -> dict[str, Any]:
-    return {"jti": token.jti, "fingerprint": token.fingerprint, "sid": token.sid, "sub": token.sub,
+    return {"jti": token.jti, "fingerprint": token.fingerprint, "family": token.family,
+            "sid": token.family, "sub": token.sub,  # "sid": the older name of "family", kept for a release
             "client_id": token.client_id, "iss": token.iss, "ips": sorted(token.ips), "more_ips": token.more_ips,
             "bindings": sorted(token.bindings), "proof_failures": token.proof_failures, **_seen(token)}
