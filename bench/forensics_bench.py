@@ -1,26 +1,25 @@
-"""The scanning engine (gateway/forensics) against ``grep -F`` and ``zcat | grep -F``, ratios in one run.
+"""``gateway audit`` / ``gateway incident`` against ``grep -F`` and ``zcat | grep -F``, ratios in one run.
 
     .venv/bin/python bench/forensics_bench.py            # 1M-record file, 10M-record gzip archive
     .venv/bin/python bench/forensics_bench.py --quick    # 200k records, a 200k-record archive
 
 Makes (once, under bench/results/) the log with make_audit_log.py and an archive of it: the
 records cut into hourly gzip files named like a rotated log (``audit-2024-05-01T07.jsonl.gz``),
-copied into ``--copies`` replica directories. Then times, each command in a fresh process,
-best of ``--repeat``, wall clock and peak RSS:
+copied into ``--copies`` replica directories. Then times the commands as a responder runs
+them, each in a fresh process, best of ``--repeat``: wall clock, output lines, peak RSS of
+the command's own process (its scanning workers hold one block each):
 
-- one file: ``grep -F <jti>``, the engine's ``scan`` (jti filter) in one process and on
-  every core (and the same for the shorter needle of a subject), and its ``collect``
-  (the incident: the token, its family and its subject);
-  ``gateway audit`` and ``gateway incident --html`` as they are, for comparison;
-- the archive: ``zcat * | grep -F <jti>`` and the engine, sequential and parallel, with
-  each gzip inflater installed (zlib always; python-isal and zlib-ng when importable);
-- the archive with ``--since`` covering the last hours: files skipped by name.
+- one file: ``grep -F <jti>`` (the baseline), ``gateway audit --jti`` on every core and in one
+  process, ``gateway audit --sub`` against ``grep -F <sub>``, and ``gateway incident --jti
+  --html`` (the token, its family and its subject's other tokens, in one scan);
+- the archive (directories of gzip files): ``zcat * | grep -F <jti>`` (the baseline) and
+  ``gateway audit <dirs> --jti`` with each gzip inflater installed (zlib always; python-isal
+  and zlib-ng when importable; ``GATEWAY_GZIP_BACKEND`` picks one), ``gateway incident``, and
+  ``--since`` covering the last hours (files skipped by their names).
 
-The engine runs as ``python bench/forensics_bench.py --child ...``: it imports only
-gateway.forensics (what ``gateway audit`` costs once the CLI stops importing the whole
-gateway to start); the child's filter is ``jti == J``, as ``Query(jti=J)`` decides. Stops
-starting new cases once ``--budget`` seconds have passed. Other work on the machine
-skews every number: run it on a quiet machine and read the ratios, not the seconds.
+Targets (issue 17): audit <= 2x grep, incident <= 3x grep, archive < 4x zcat | grep. Stops
+starting new cases once ``--budget`` seconds have passed. Other work on the machine skews
+every number: run it on a quiet machine and read the ratios, not the seconds.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import importlib.util
-import json
 import os
 import re
 import shutil
@@ -42,59 +40,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-# --- the child: one scan, printed as JSON lines -------------------------------------------------
-
-
-class FieldIs:
-    """``record[field] == value`` (and ``ts >= since``): what ``Query(jti=J, since=S)`` decides."""
-
-    def __init__(self, name: str, value: str, since: str | None) -> None:
-        self.name, self.value, self.since = name, value, since
-
-    def __call__(self, record: dict[str, Any]) -> bool:
-        if record.get(self.name) != self.value:
-            return False
-        ts = record.get("ts")
-        return self.since is None or (isinstance(ts, str) and ts >= self.since)
-
-
-def child(args: argparse.Namespace) -> None:
-    from gateway.forensics.scan import Needles, ScanPlan, ScanStats, collect, scan
-    from gateway.forensics.times import parse_time, ts_text
-
-    since = ts_text(parse_time(args.since)) if args.since else None
-    plan = ScanPlan(match=FieldIs(args.by, args.jti, since), needles=Needles.of([args.jti]), since=since,
-                    expand=("sid", "sub") if args.mode == "incident" else ())
-    stats = ScanStats()
-    workers = None if args.workers == 0 else args.workers
-    out = sys.stdout.buffer
-    import orjson
-
-    if args.mode == "incident":
-        found = collect(args.files, plan, workers=workers, stats=stats)
-        records = found.records + found.related
-    else:
-        records = list(scan(args.files, plan, workers=workers, stats=stats))
-    for record in records:
-        out.write(orjson.dumps(record) + b"\n")
-    out.flush()
-    print(json.dumps({"workers": stats.workers, "skipped": len(stats.skipped), "inflate": stats.backend,
-                      "search": stats.search,
-                      "rescanned MiB": stats.rescanned >> 20, "decoded": stats.decoded,
-                      "peak MiB": _peak_mib()}), file=sys.stderr)
-
-
-def _peak_mib() -> int:
-    """The most memory this process held (VmHWM: since its exec, unlike ru_maxrss), in MiB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) // 1024
-    except OSError:
-        pass
-    return 0
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -142,21 +87,23 @@ def ensure_archive(results: Path, log: Path, copies: int) -> list[Path]:
 # --- timing -----------------------------------------------------------------------------------
 
 
-def run(command: Sequence[str], shell: bool = False, env: dict[str, str] | None = None) -> tuple[float, int, str]:
-    """(seconds, output lines, stderr) of one command in a fresh process."""
+def run(command: Sequence[str], shell: bool = False,
+        env: dict[str, str] | None = None) -> tuple[float, int, str, int]:
+    """(seconds, output lines, stderr, peak RSS in MiB) of one command in a fresh process."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.monotonic()
         proc = subprocess.Popen(command if not shell else command[0], shell=shell, stdout=out, stderr=err,
                                 stdin=subprocess.DEVNULL, env=env)
-        code = proc.wait()
+        _, status, usage = os.wait4(proc.pid, 0)
         elapsed = time.monotonic() - started
+        proc.returncode = code = os.waitstatus_to_exitcode(status)
         err.seek(0)
         text = err.read().decode(errors="replace")
         if code not in (0, 1):
             raise SystemExit(f"{command} failed ({code}): {text}")
         out.seek(0)
         lines = sum(block.count(b"\n") for block in iter(lambda: out.read(2**20), b""))
-        return elapsed, lines, text
+        return elapsed, lines, text, usage.ru_maxrss // 1024
 
 
 def warm(path: str) -> None:
@@ -178,24 +125,23 @@ class Bench:
         if self.over():
             print(f"{name:<58} skipped: --budget spent", flush=True)
             return float("nan")
-        best: tuple[float, int, str] | None = None
+        best: tuple[float, int, str, int] | None = None
         for _ in range(self.repeat):
             result = run(command, shell, env)
             if best is None or result[0] < best[0]:
                 best = result
         assert best is not None
-        seconds, lines, err = best
+        seconds, lines, err, peak = best
         ratio = f"{seconds / baseline:5.2f}x" if baseline else "  base"
-        print(f"{name:<58} {seconds:7.3f} s {ratio}  {lines:6d} lines  {_note(err)}", flush=True)
+        print(f"{name:<58} {seconds:7.3f} s {ratio}  {lines:6d} lines  {peak:5d} MiB  {_note(err)}", flush=True)
         return seconds
 
 
 def _note(stderr: str) -> str:
-    for line in reversed(stderr.strip().splitlines()):
-        if line.startswith("{"):
-            info = json.loads(line)
-            return ", ".join(f"{k} {v}" for k, v in info.items() if v not in (0, None))
-    return ""
+    """What the command said last on stderr (``N records matched``, files skipped)."""
+    said = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    skipped = next((line for line in said if line.startswith("skipped")), "")
+    return "; ".join(filter(None, [skipped.rstrip(":"), said[-1] if said else ""]))
 
 
 def backends() -> list[str]:
@@ -214,24 +160,17 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, help="runs per case, best kept (default 2; --quick 1)")
     parser.add_argument("--budget", type=float, default=900.0, help="seconds after which no case starts")
     parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
-    parser.add_argument("--child", choices=["scan", "incident"], dest="mode", help=argparse.SUPPRESS)
-    parser.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--jti", help=argparse.SUPPRESS)
-    parser.add_argument("--by", default="jti", help=argparse.SUPPRESS)
-    parser.add_argument("--since", help=argparse.SUPPRESS)
-    parser.add_argument("files", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.mode:
-        child(args)
-        return
     records = args.records or (200_000 if args.quick else 1_000_000)
     copies = args.copies or (1 if args.quick else 10)
     bench = Bench(args.repeat or (1 if args.quick else 2), args.budget)
     results = Path(args.results)
     log = ensure_log(results, records)
     replicas = ensure_archive(results, log, copies)
-    jti = Path(f"{log}.needles").read_text().split()[0]
-    engine = [sys.executable, str(Path(__file__).resolve()), "--jti", jti]
+    needles = Path(f"{log}.needles").read_text().split()
+    jti, sub = needles[0], needles[2]
+    gateway = [sys.executable, "-m", "gateway"]
+    report = str(Path(tempfile.gettempdir()) / "forensics-bench-report.html")
     load = os.getloadavg()
     print(f"{os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; inflaters: "
           f"{', '.join(backends())}")
@@ -240,24 +179,16 @@ def main() -> None:
     print(f"\none file: {log} ({records} records, {size:.0f} MiB, page cache warm), jti {jti}")
     warm(str(log))
     grep = bench.time("grep -F jti", ["grep", "-F", jti, str(log)])
-    bench.time("python startup + import gateway.forensics", [sys.executable, "-c", "import gateway.forensics.scan"],
+    bench.time("python startup + gateway --help", [*gateway, "--help"], grep)
+    bench.time("gateway audit --jti (target <= 2x)", [*gateway, "audit", str(log), "--jti", jti, "--format", "json"],
                grep)
-    bench.time("engine scan --jti, one process", [*engine, "--child", "scan", "--workers", "1", str(log)], grep)
-    bench.time("engine scan --jti, all cores", [*engine, "--child", "scan", str(log)], grep)
-    bench.time("engine incident (token+family+subject), one process",
-               [*engine, "--child", "incident", "--workers", "1", str(log)], grep)
-    bench.time("engine incident (token+family+subject), all cores", [*engine, "--child", "incident", str(log)], grep)
-    sub = Path(f"{log}.needles").read_text().split()[2]
+    bench.time("gateway audit --jti --workers 1", [*gateway, "audit", str(log), "--jti", jti, "--format", "json",
+                                                   "--workers", "1"], grep)
     grep_sub = bench.time("grep -F sub (a shorter needle)", ["grep", "-F", sub, str(log)])
-    by_sub = [sys.executable, str(Path(__file__).resolve()), "--jti", sub, "--by", "sub", "--child", "scan"]
-    bench.time("engine scan --sub, one process", [*by_sub, "--workers", "1", str(log)], grep_sub)
-    bench.time("engine scan --sub, all cores", [*by_sub, str(log)], grep_sub)
-    gateway = [sys.executable, "-m", "gateway"]
-    bench.time("today: gateway audit --jti --format json", [*gateway, "audit", str(log), "--jti", jti, "--format",
-                                                          "json"], grep)
-    report = Path(tempfile.gettempdir()) / "forensics-bench-report.html"
-    bench.time("today: gateway incident --jti --html", [*gateway, "incident", str(log), "--jti", jti, "--html",
-                                                       str(report)], grep)
+    bench.time("gateway audit --sub (target <= 2x)", [*gateway, "audit", str(log), "--sub", sub, "--format", "json"],
+               grep_sub)
+    bench.time("gateway incident --jti --html (target <= 3x)",
+               [*gateway, "incident", str(log), "--jti", jti, "--html", report], grep)
 
     files = sorted(str(p) for replica in replicas for p in replica.glob("*.jsonl.gz"))
     packed = sum(os.path.getsize(f) for f in files) / 2**20
@@ -265,21 +196,19 @@ def main() -> None:
           f" {packed:.0f} MiB gzip)")
     for path in files:
         warm(path)
-    quoted = " ".join(files)
-    zcat = bench.time("zcat | grep -F jti", [f"zcat {quoted} | grep -F {jti}"], shell=True)
+    zcat = bench.time("zcat | grep -F jti", [f"zcat {' '.join(files)} | grep -F {jti}"], shell=True)
     dirs = [str(r) for r in replicas]
+    audit_dirs = [*gateway, "audit", *dirs, "--jti", jti, "--format", "json"]
     for backend in backends():
         env = {**os.environ, "GATEWAY_GZIP_BACKEND": backend}
-        bench.time(f"engine scan --jti, one process ({backend})",
-                   [*engine, "--child", "scan", "--workers", "1", *dirs], zcat, env=env)
-        bench.time(f"engine scan --jti, all cores ({backend})", [*engine, "--child", "scan", *dirs], zcat, env=env)
-    installed = backends()
-    best = next(b for b in ("isal", "zlib-ng", "zlib") if b in installed)
-    env = {**os.environ, "GATEWAY_GZIP_BACKEND": best}
-    bench.time(f"engine incident, all cores ({best})", [*engine, "--child", "incident", *dirs], zcat, env=env)
+        bench.time(f"gateway audit <dirs> --jti, one process ({backend})", [*audit_dirs, "--workers", "1"], zcat,
+                   env=env)
+        bench.time(f"gateway audit <dirs> --jti ({backend}; target < 4x)", audit_dirs, zcat, env=env)
+    bench.time("gateway incident <dirs> --jti --html", [*gateway, "incident", *dirs, "--jti", jti, "--html", report],
+               zcat)
     since = "2024-05-01T22:00:00Z"
-    bench.time(f"engine scan --jti --since {since[11:16]} (skips by name)",
-               [*engine, "--child", "scan", "--since", since, *dirs], zcat, env=env)
+    bench.time(f"gateway audit <dirs> --jti --since {since[11:16]} (skips by name)",
+               [*audit_dirs, "--since", since], zcat)
 
 
 if __name__ == "__main__":

@@ -23,9 +23,11 @@ import yaml
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.audit.incident import RevokeError, Target, collect, plan_revocation, render_text
+from gateway.audit.fields import PROOF_FAILURES
+from gateway.audit.incident import Target, collect, render_text
+from gateway.audit.incident_revoke import RevokeError, plan_revocation
 from gateway.audit.query import visible
-from gateway.audit.record import LIMITS, PROOF_FAILURES, Exchange, audit_record
+from gateway.audit.record import LIMITS, Exchange, audit_record
 from gateway.audit.report_html import render_html
 from gateway.cli import main
 from gateway.config import parse_config

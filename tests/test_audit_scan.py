@@ -18,8 +18,8 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.audit.query import MAX_LINE, Query, iter_records, select
-from gateway.forensics.archive import gunzip, line_blocks, name_time
+from gateway.audit.query import Query
+from gateway.forensics.archive import MAX_LINE, gunzip, line_blocks, name_time
 from gateway.forensics.envelope import Envelope
 from gateway.forensics.scan import (
     Collected,
@@ -32,6 +32,7 @@ from gateway.forensics.scan import (
     value_needles,
 )
 from tests.audit_traffic import TRUSTED, drive
+from tests.reference_reader import iter_records, reference_select
 
 SCRIPT_HEAD = ("import json, sys\nfrom gateway.audit.query import Query\n"
                "from gateway.forensics.scan import ScanPlan, ScanStats, collect, scan\n")
@@ -122,7 +123,7 @@ async def test_same_records_as_gateway_audit_on_a_real_gateways_trail(make_gatew
     path = str(gw.audit_path)
     for query in (Query(jti=t.a.jti), Query(sub=t.a.sub), Query(family=t.a.sid), Query(fingerprint=t.a.fingerprint),
                   Query(ip="203.0.113.0/24"), Query(decision="deny"), Query(reason="insufficient_scope")):
-        expected = list(select([path], query))
+        expected = reference_select([path], query)
         assert expected
         for workers in (1, 2):
             assert found([path], query, workers, piece_bytes=512) == expected
@@ -136,7 +137,7 @@ def test_scan_equals_select_for_every_kind_of_filter(tmp_path):
                Query(decision="deny"),
                Query.build(since=ts(T0 + timedelta(seconds=100)), until=ts(T0 + timedelta(seconds=200)))]
     for query in queries:
-        expected = list(select([path], query))
+        expected = reference_select([path], query)
         assert expected
         assert found([path], query, 1) == expected
         assert found([path], query, 2, piece_bytes=8192) == expected
@@ -265,7 +266,7 @@ def test_gzip_named_outside_the_window_is_not_decompressed(tmp_path):
     warnings: list[str] = []
     stats = ScanStats()
     records = found([str(old), str(current)], query, warn=warnings, stats=stats)
-    assert records == list(select([str(current)], query)) and records
+    assert records == reference_select([str(current)], query) and records
     assert warnings == []  # had the corrupt body been read, it would have said so
     assert [name for name, _ in stats.skipped] == [str(old)]
     # the same file inside the window is read, and its corruption reported
@@ -287,7 +288,7 @@ def test_rotated_series_is_skipped_after_until_by_the_previous_rotation(tmp_path
     warnings: list[str] = []
     stats = ScanStats()
     records = found(hours, query, warn=warnings, stats=stats, plan={"slack": 600})
-    assert records == list(select(hours[:2], query)) and records
+    assert records == reference_select(hours[:2], query) and records
     assert warnings == []
     assert [name for name, _ in stats.skipped] == hours[2:]
 
@@ -304,7 +305,7 @@ def test_plain_files_are_skipped_by_their_first_and_last_records(tmp_path):
     records = found(names, query, stats=stats)
     assert [name for name, _ in stats.skipped] == [str(early)]
     assert stats.bytes == late.stat().st_size + mixed.stat().st_size
-    assert records == list(select(names, query))
+    assert records == reference_select(names, query)
     assert records == found(names, query, plan={"skip": False})
 
 
@@ -545,11 +546,10 @@ def test_reading_the_same_answers_as_iter_records_on_every_line(tmp_path):
     assert found([path], query, plan={"needles": Needles()}) == [r for r in iter_records([path]) if query.matches(r)]
 
 
-def test_the_engine_reads_times_and_limits_as_gateway_audit_does():
+def test_gateway_audit_reads_times_with_the_engines_rules():
     from gateway.audit import query
-    from gateway.forensics import archive, times
+    from gateway.forensics import times
 
-    assert (archive.MAX_LINE, archive.GZIP_MAGIC) == (query.MAX_LINE, query.GZIP_MAGIC)
     # one set of time rules: gateway audit reads times with the engine's own functions
     shared = (times.parse_time, times.ts_text, times.canonical_ts)
     assert (query.parse_time, query.ts_text, query.canonical_ts) == shared
@@ -678,3 +678,90 @@ def test_records_from_a_pipe_are_passed_on_before_it_ends(tmp_path):
     finally:
         child.kill()
         child.wait()
+
+
+# --- the commands: gateway audit / gateway incident over archives -----------------------------
+
+
+def cli(*args: str, input: bytes | None = None) -> tuple[int, str, str]:
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    result = CliRunner().invoke(main, list(args), input=input, catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line]
+
+
+def test_audit_reads_directories_globs_and_gzip_and_warns_of_missing_names(tmp_path):
+    records = trail(1200)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    write(logs / "audit.jsonl.1.gz", records[:600], gz=True)
+    write(logs / "audit.jsonl", records[600:])
+    write(tmp_path / "other-1.jsonl", records[:100])
+    query = Query(jti=STOLEN)
+    expected = reference_select([str(logs / "audit.jsonl"), str(logs / "audit.jsonl.1.gz"),
+                                 str(tmp_path / "other-1.jsonl")], query)
+    assert expected
+    for workers in ("1", "2"):
+        code, out, err = cli("audit", str(logs), str(tmp_path / "other-*.jsonl"), str(tmp_path / "gone.jsonl"),
+                             "--jti", STOLEN, "--format", "json", "--workers", workers)
+        assert code == 0 and json_lines(out) == expected
+        assert "gone.jsonl: cannot read" in err and f"{len(expected)} records matched" in err
+
+
+def test_audit_names_the_files_it_skipped_for_the_time_window(tmp_path):
+    old = tmp_path / "audit-2026-12-01T08.jsonl.gz"
+    old.write_bytes(corrupt_gzip())  # read, it would warn of its corruption
+    current = write(tmp_path / "audit-2026-12-05T08.jsonl.gz", trail(100), gz=True)
+    code, out, err = cli("audit", str(old), str(current), "--jti", STOLEN, "--since", "2026-12-05T00:00:00Z",
+                         "--format", "json")
+    assert code == 0 and json_lines(out) == reference_select([str(current)], Query.build(
+        jti=STOLEN, since="2026-12-05T00:00:00Z"))
+    assert "skipped 1 file outside the time window" in err and old.name in err and "corrupt" not in err
+
+
+def test_audit_and_incident_unwrap_log_store_exports_from_stdin(tmp_path):
+    records = audit_only(trail(300))
+    expected = [r for r in records if r["sub"] == "user-3"]
+    for name in ("kubectl --prefix", "loki jsonl", "es _search pretty"):
+        data = envelopes(records)[name]
+        code, out, _ = cli("audit", "-", "--sub", "user-3", "--format", "json", input=data)
+        assert (code, json_lines(out)) == (0, expected), name
+        code, out, _ = cli("incident", "-", "--jti", STOLEN, "--format", "json", input=data)
+        report = json.loads(out)
+        assert code == 0 and report["summary"]["calls"] == sum(r["jti"] == STOLEN for r in records), name
+    # the gateway's own lines only: an envelope is not looked into
+    code, out, _ = cli("audit", "-", "--sub", "user-3", "--no-unwrap", "--format", "json",
+                       input=envelopes(records)["loki jsonl"])
+    assert (code, out) == (0, "")
+
+
+def test_audit_field_names_where_the_record_sits(tmp_path):
+    records = audit_only(trail(100))
+    path = tmp_path / "export.jsonl"
+    path.write_bytes(b"".join(orjson.dumps({"event": {"audit_record": r}}) + b"\n" for r in records))
+    code, out, _ = cli("audit", str(path), "--sub", "user-3", "--field", "event.audit_record", "--format", "json")
+    assert (code, json_lines(out)) == (0, [r for r in records if r["sub"] == "user-3"])
+    code, _, err = cli("audit", str(path), "--field", "event..x")
+    assert code == 2 and "--field" in err and "Traceback" not in err
+    code, _, err = cli("audit", str(path), "--field", "a", "--no-unwrap")
+    assert code == 2 and "not both" in err
+
+
+def test_incident_is_the_same_with_one_worker_or_many(tmp_path):
+    records = trail(3000, stolen_from=1000)
+    names = [str(write(tmp_path / "a.jsonl", records[:1500])), str(write(tmp_path / "b.jsonl.gz", records[1500:],
+                                                                          gz=True))]
+    answers = []
+    for workers in ("1", "2"):
+        code, out, _ = cli("incident", *names, "--jti", STOLEN, "--format", "json", "--workers", workers)
+        assert code == 0
+        answers.append(json.loads(out))
+    assert answers[0] == answers[1]
+    targets, related = reference(audit_only(records), Query(jti=STOLEN), ("sid", "sub"))
+    assert answers[0]["summary"]["calls"] == len(targets) and related

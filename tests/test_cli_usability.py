@@ -194,7 +194,10 @@ def test_version_names_the_gateway_python_aiohttp_and_openssl() -> None:
 
 
 def _commands() -> dict[str, click.Command]:
-    return dict(main.commands)
+    """Every command, the lazily loaded ones included."""
+    ctx = click.Context(main)
+    commands = {name: main.get_command(ctx, name) for name in main.list_commands(ctx)}
+    return {name: command for name, command in commands.items() if command is not None}
 
 
 @pytest.mark.parametrize("width", [60, 80, 200])
@@ -208,7 +211,8 @@ def test_help_lists_every_command_with_its_whole_summary(width: int) -> None:
         assert summary.endswith(".") and f"{name} {summary}" in listed, (name, listed)
 
 
-@pytest.mark.parametrize("name", sorted(n for n in main.commands if n != "dpop-request"))  # argparse's own help
+# dpop-request: argparse's own help
+@pytest.mark.parametrize("name", sorted(n for n in main.list_commands(click.Context(main)) if n != "dpop-request"))
 def test_every_command_describes_itself_and_every_option(name: str) -> None:
     command = _commands()[name]
     result = CliRunner().invoke(main, [name, "--help"], terminal_width=100)
@@ -499,3 +503,14 @@ def test_the_benchmark_generator_describes_every_flag_with_its_default() -> None
                 "--start": "2024-05-01T00:00:00Z", "--gzip": "plain JSON lines"}
     for flag, text in options.items():
         assert len(text) > 20 and "default: " + defaults[flag] in text, (flag, text)
+
+
+def test_the_offline_commands_start_without_the_request_path() -> None:
+    """``gateway audit`` / ``incident`` / ``--help`` start fast: they load neither the
+    configuration models nor aiohttp unless a command needs them."""
+    code = ("import sys\nfrom gateway.cli import main\nsys.argv = ['gateway', 'audit', '--help']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('gateway.config', 'aiohttp', 'gateway.decision') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert set(_commands()) >= {"audit", "incident", "revoke", "serve", "check-config", "demo"}

@@ -14,15 +14,13 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from gateway.audit.incident import (
+from gateway.audit.incident import Target, collect, render_text
+from gateway.audit.incident_revoke import (
     RevokeError,
-    Target,
     action_record,
     apply_revocation,
-    collect,
     operator_name,
     plan_revocation,
-    render_text,
 )
 from gateway.audit.report_html import render_html
 from gateway.cli import main

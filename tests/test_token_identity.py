@@ -28,7 +28,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from gateway.audit.incident import Target, apply_revocation, collect, plan_revocation
+from gateway.audit.incident import Target, collect
+from gateway.audit.incident_revoke import apply_revocation, plan_revocation
 from gateway.audit.query import Query, select
 from gateway.cli import main as cli_main
 from gateway.demo import DemoIssuer, SigningKey

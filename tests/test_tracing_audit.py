@@ -74,8 +74,8 @@ def test_audit_filters_by_trace_id(tmp_path: Path) -> None:
     assert [r["ts"] for r in lines] == ["2026-01-01T00:00:00.000Z"]
     csv = run("audit", str(trail), "--trace-id", TRACE, "--format", "csv").stdout.splitlines()
     header = csv[0].split(",")
-    assert header[-2:] == ["trace_id", "span_id"]
-    assert csv[1].split(",")[-2:] == [TRACE, SPAN]
+    assert header[-3:] == ["trace_id", "span_id", "family"]  # new columns go last: older sheets keep theirs
+    assert csv[1].split(",")[-3:-1] == [TRACE, SPAN]
 
 
 @pytest.mark.parametrize("bad", ["xyz", TRACE[:-1], TRACE + "00", '"; drop'])

@@ -2,23 +2,73 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
+from ..forensics.envelope import Envelope
+from ..forensics.scan import ScanError, ScanPlan, ScanStats, scan
 from ..progress import scanning
-from .query import Query, select, write_records
+from .query import Query, write_records
 from .table import write_table
 
 if TYPE_CHECKING:  # the incident modules are imported when the command runs
     from ..config import GatewayConfig
     from .incident import Incident, Target
 
-_FILES = click.argument("files", nargs=-1, type=click.Path(dir_okay=False, allow_dash=True, exists=True))
+# files, directories (read whole, hidden files left out), globs quoted for the engine to expand
+# (``'audit/*.gz'``: past the shell's argument limit), ``-`` for standard input; a name that
+# matches nothing is a warning, not the end of the search
+_FILES = click.argument("files", nargs=-1, type=click.Path(allow_dash=True))
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _scan_options(command: F) -> F:
+    """--field, --no-unwrap and --workers, shared by ``audit`` and ``incident``."""
+    for option in reversed((
+        click.option("--field", "field_path", metavar="A.B",
+                     help="where the audit record sits in each line's JSON (a log store's envelope),"
+                          " e.g. _source.log; default: found by itself"),
+        click.option("--no-unwrap", is_flag=True, help="read the lines as audit records only: no envelope search"),
+        click.option("--workers", type=click.IntRange(min=1),
+                     help="processes to scan with (default: every core for a large input, one for a small one)"),
+    )):
+        command = option(command)
+    return command
+
+
+def _envelope(field_path: str | None, no_unwrap: bool) -> Envelope:
+    if field_path and no_unwrap:
+        raise click.UsageError("give --field or --no-unwrap, not both")
+    if no_unwrap:
+        return Envelope.none()
+    if not field_path:
+        return Envelope.auto()
+    try:
+        return Envelope.at(field_path)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--field") from None
+
+
+def _scan_failed(exc: ScanError) -> NoReturn:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(2)
+
+
+def _say_skipped(stats: ScanStats) -> None:
+    """Name the files left unread because they lie outside --since/--until (on stderr)."""
+    if not stats.skipped:
+        return
+    count = len(stats.skipped)
+    click.echo(f"skipped {count} file{'s' if count != 1 else ''} outside the time window:", err=True)
+    for name, why in stats.skipped[:20]:
+        click.echo(f"  {click.format_filename(name)}: {why}", err=True)
+    if count > 20:
+        click.echo(f"  ... and {count - 20} more", err=True)
 
 
 def _stdin_hint(files: tuple[str, ...]) -> None:
@@ -60,27 +110,35 @@ def _terminal_width(out: IO[str]) -> int | None:
 @click.option("--until", help="RFC 3339 time or relative (2h, 30m, 7d)")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True,
               help="a table to read (fitted to the terminal), JSON lines, or CSV for a spreadsheet")
-def audit_command(files: tuple[str, ...], fmt: str, **filters: str | None) -> None:
+@_scan_options
+def audit_command(
+    files: tuple[str, ...], fmt: str, field_path: str | None, no_unwrap: bool, workers: int | None,
+    **filters: str | None,
+) -> None:
     """Search audit records by token, subject, client, address, route, decision or time.
 
-    Reads plain or gzip JSON lines from FILEs (- or none: standard input) and prints the
-    matching records: a table fitted to the terminal (every column when piped), JSON lines
-    or CSV; how many matched goes to stderr. Filters combine with AND. A raw --token is
-    hashed here and never printed. On a terminal, a long search shows its progress on stderr.
+    Reads plain or gzip JSON lines from FILEs, directories or quoted globs (- or none:
+    standard input), on every core, and prints the matching records: a table fitted to the
+    terminal (every column when piped), JSON lines or CSV; how many matched goes to stderr.
+    Filters combine with AND. A raw --token is hashed here and never printed. Records inside
+    a log store's envelope (Loki, Elasticsearch, kubectl --prefix) are found by themselves.
+    Files outside --since/--until are skipped unread where their names or first and last
+    records tell. On a terminal, a long search shows its progress on stderr.
 
     \b
-        gateway audit audit.jsonl audit.jsonl.1.gz --sub alice --since 2h
-        gateway audit audit.jsonl --reason insufficient_scope --format csv > escalations.csv
+        gateway audit /var/log/gateway/ --sub alice --since 2h
+        gateway audit 'archive/*.jsonl.gz' --reason insufficient_scope --format csv > escalations.csv
     """
     try:
         query = Query.build(**{k: v for k, v in filters.items() if v is not None})
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    plan = ScanPlan.for_query(query, envelope=_envelope(field_path, no_unwrap))
     _stdin_hint(files)
-    out = sys.stdout
+    out, stats = sys.stdout, ScanStats()
     try:
         with scanning(list(files)) as progress:  # a bar on a terminal's stderr, lifted for each line printed
-            records = select(list(files), query, progress.say(_warn))
+            records = scan(list(files), plan, workers=workers, warn=progress.say(_warn), stats=stats)
             shown = progress.lines(out)
             # a table is fitted to the terminal; piped, every column has its full width
             count = write_table(records, shown, _terminal_width(out)) if fmt == "table" else \
@@ -92,6 +150,9 @@ def audit_command(files: tuple[str, ...], fmt: str, **filters: str | None) -> No
         sys.exit(0)
     except KeyboardInterrupt:
         sys.exit(130)
+    except ScanError as exc:
+        _scan_failed(exc)
+    _say_skipped(stats)
     click.echo(f"{count} record{'s' if count != 1 else ''} matched", err=True)
 
 
@@ -115,14 +176,17 @@ def audit_command(files: tuple[str, ...], fmt: str, **filters: str | None) -> No
 @click.option("--reason", help="why (with --revoke; recorded in the audit trail)")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="the report on standard output: text to read, or one JSON document for tools")
+@_scan_options
 def incident_command(
     files: tuple[str, ...], jti: str | None, fingerprint: str | None, token: str | None, sub: str | None,
     family: str | None, key_thumbprint: str | None, html_path: str | None, revoke: bool, config_path: str | None,
     reason: str | None, fmt: str, trace_id: str | None = None, trace_url_template: str | None = None,
+    field_path: str | None = None, no_unwrap: bool = False, workers: int | None = None,
 ) -> None:
     """The whole story of one token, subject, family or key; optionally cut it off (--revoke).
 
-    Reads plain or gzip JSON lines from FILEs, or stdin, and prints the report: where and
+    Reads plain or gzip JSON lines from FILEs, directories, quoted globs or stdin, in one
+    scan on every core (envelopes of log stores unwrapped), and prints the report: where and
     when it was used, from which addresses and agents, what was refused and why, the other
     tokens of its family or subject, responder actions. --format json prints the same as one
     JSON document; --html also writes a self-contained page (its name goes to stderr).
@@ -139,9 +203,16 @@ def incident_command(
     target = _incident_target(jti, fingerprint, token, sub, family, key_thumbprint, trace_id)
     config = _revocation_config(revoke, config_path, reason)
     links = _trace_url_template(trace_url_template, config)
+    envelope = _envelope(field_path, no_unwrap)
     _stdin_hint(files)
-    with scanning(list(files)) as progress:  # a bar on a terminal's stderr while the inputs are read
-        incident = collect(list(files), target, progress.say(_warn))
+    stats = ScanStats()
+    try:
+        with scanning(list(files)) as progress:  # a bar on a terminal's stderr while the inputs are read
+            incident = collect(list(files), target, progress.say(_warn), workers=workers, envelope=envelope,
+                               stats=stats)
+    except ScanError as exc:
+        _scan_failed(exc)
+    _say_skipped(stats)
     _report(incident, html_path, fmt, links)
     if config is None or not revoke:
         if not incident.calls:
@@ -204,8 +275,8 @@ def _report(incident: Incident, html_path: str | None, fmt: str = "text", trace_
 
 def _revoke(incident: Incident, config: GatewayConfig, text: str) -> None:
     """Revoke what the incident found through the shared list, record the action, and say what was done."""
-    from .incident import RevokeError, action_record, operator_name, plan_revocation, shared_store
-    from .incident import revoke as revoke_entries
+    from .incident_revoke import RevokeError, action_record, operator_name, plan_revocation, shared_store
+    from .incident_revoke import revoke as revoke_entries
 
     try:
         entries = plan_revocation(incident, config, text)
@@ -220,6 +291,8 @@ def _revoke(incident: Incident, config: GatewayConfig, text: str) -> None:
         click.echo(f"error: cannot revoke: {exc}", err=True)
         sys.exit(1)
     try:
+        import asyncio
+
         asyncio.run(revoke_entries(config, store, entries, record))
     except Exception as exc:  # the store's own errors (redis, network): say so, revoke nothing more
         click.echo(f"error: revocation failed, nothing may have been revoked: {exc}", err=True)
@@ -235,6 +308,6 @@ def _revoke(incident: Incident, config: GatewayConfig, text: str) -> None:
 
 
 def record_time(timestamp: float) -> str:
-    from .record import rfc3339
+    from .fields import rfc3339
 
     return rfc3339(timestamp)

@@ -50,7 +50,8 @@ from ..revocation.entries import ANY_ISSUER, Entry, Kind
 from ..revocation.schema import MAX_LIFETIME
 from ..revocation.store import RevocationStore
 from ..tokens.token import FINGERPRINT_PREFIX
-from .record import PROOF_FAILURES, Exchange, rfc3339
+from .fields import PROOF_FAILURES, rfc3339
+from .record import Exchange
 
 log = logging.getLogger("gateway.detection")
 

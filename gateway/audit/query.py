@@ -1,27 +1,17 @@
-"""Streaming queries over audit records: the engine of ``gateway audit`` and ``gateway incident``.
+"""The audit query: what ``gateway audit`` and ``gateway incident`` look for, and how records are printed.
 
-Input is JSON lines, plain or gzip (told apart by the magic bytes, not the name), from
-several files (rotated ones included) or from standard input, so that
-``kubectl logs -l app=gateway | gateway audit --jti J`` works. Lines that are not audit
-records (the gateway's own log lines, ``"type": "log"``, or anything else) are skipped,
-and a prefix before the JSON object (``kubectl logs --timestamps`` / ``--prefix``) is
-ignored.
-
-Nothing is held in memory but the block being scanned: when a filter names a value that
-must appear literally in the line (a jti, a fingerprint, a subject...), blocks of input
-are searched for it with ``bytes.find`` and only the lines around a hit are parsed, which
-is what makes a ``--jti`` query over a million records take about as long as reading the
-file.
+A ``Query`` is the filter (token, subject, client, family, address, route, decision,
+reason, binding, key, trace, time window); ``select`` streams the matching records of
+files, directories, globs or standard input through the forensics engine
+(``gateway.forensics``: byte-level prefilter, every core, gzip, envelopes, skipped
+files outside the window). The writers turn records into JSON lines, CSV or a table.
 """
 
 from __future__ import annotations
 
-import gzip
-import io
 import ipaddress
 import re
 import sys
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -30,10 +20,6 @@ import orjson
 
 from ..forensics.times import canonical_ts, parse_time, ts_text
 from ..tokens.token import FINGERPRINT_PREFIX, fingerprint
-
-BLOCK = 2**20  # bytes read at a time when scanning for a literal
-MAX_LINE = 16 * 2**20  # a "line" longer than this without a newline is garbage: dropped
-GZIP_MAGIC = b"\x1f\x8b"
 
 Record = dict[str, Any]
 
@@ -115,14 +101,6 @@ class Query:
             **filters,
         )
 
-    def literals(self) -> list[bytes]:
-        """Values that must appear verbatim in a matching line (JSON leaves them unescaped)."""
-        values = [self.jti, self.fingerprint, self.sub, self.client, self.family, self.route, self.reason,
-                  self.key_thumbprint, self.trace_id]
-        if self._network is None:
-            values.append(self.ip)
-        return [v.encode() for v in values if v and _verbatim_in_json(v)]
-
     def matches(self, record: Record) -> bool:
         get = record.get
         if self.jti is not None and get("jti") != self.jti:
@@ -184,134 +162,12 @@ def _verbatim_in_json(value: str) -> bool:
     return value.isascii() and value.isprintable() and '"' not in value and "\\" not in value
 
 
-# --- reading ---------------------------------------------------------------------------------
+def select(names: Sequence[str], query: Query, warn: Warn = _stderr, workers: int | None = None) -> Iterator[Record]:
+    """The records of the inputs (files, directories, globs, ``-``) that match ``query``, in
+    input order, streamed: the forensics engine's scan (``gateway.forensics.scan``)."""
+    from ..forensics.scan import ScanPlan, scan
 
-
-class _Tee(io.RawIOBase):
-    """Standard input as a raw stream, copied to a spool file as it is read (for a second pass)."""
-
-    def __init__(self, source: IO[bytes], spool: IO[bytes] | None) -> None:
-        self.source, self.spool = source, spool
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        read1 = getattr(self.source, "read1", self.source.read)
-        data = read1(len(buffer))
-        if data and self.spool is not None:
-            self.spool.write(data)
-        buffer[: len(data)] = data
-        return len(data)
-
-
-def open_input(name: str, spool: IO[bytes] | None = None) -> IO[bytes]:
-    """A binary stream of decompressed bytes: a file (``-`` is stdin), gzip or plain."""
-    raw: io.BufferedReader
-    if name == "-":
-        stdin = sys.stdin.buffer
-        if isinstance(stdin, io.BufferedReader) and spool is None:
-            raw = stdin
-        else:
-            raw = io.BufferedReader(_Tee(stdin, spool), BLOCK)
-    else:
-        raw = open(name, "rb")  # noqa: SIM115 - closed by the caller
-    if raw.peek(2)[:2] == GZIP_MAGIC:
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
-    return raw
-
-
-def _blocks(stream: IO[bytes]) -> Iterator[tuple[bytes, int]]:
-    """(data, end): ``data[:end]`` is whole lines, a block at a time (no copy of the block)."""
-    rest = b""
-    while True:
-        block = stream.read(BLOCK)
-        if not block:
-            break
-        data = rest + block if rest else block
-        end = data.rfind(b"\n") + 1
-        if end == 0:
-            rest = data if len(data) <= MAX_LINE else b""
-            continue
-        rest = data[end:]
-        yield data, end
-    if rest:
-        yield rest + b"\n", len(rest) + 1
-
-
-def _candidate_lines(stream: IO[bytes], needles: Sequence[bytes]) -> Iterator[bytes]:
-    """Lines of ``stream`` holding one of ``needles`` (every line when there are none)."""
-    if not needles:
-        yield from stream
-        return
-    if len(needles) == 1:
-        needle = needles[0]
-
-        def find(data: bytes, start: int, end: int) -> int:
-            return data.find(needle, start, end)
-    else:
-        pattern = re.compile(b"|".join(re.escape(n) for n in sorted(set(needles), key=len, reverse=True)))
-
-        def find(data: bytes, start: int, end: int) -> int:
-            hit = pattern.search(data, start, end)
-            return hit.start() if hit else -1
-
-    for data, limit in _blocks(stream):
-        pos = find(data, 0, limit)
-        while pos != -1:
-            start = data.rfind(b"\n", 0, pos) + 1
-            end = data.index(b"\n", pos)
-            yield data[start:end]
-            pos = find(data, end + 1, limit)
-
-
-def parse_line(line: bytes) -> Record | None:
-    """The audit record on this line, or None (a log line, a prefix-only line, garbage)."""
-    start = line.find(b"{")
-    if start == -1:
-        return None
-    if b'"audit"' not in line:
-        return None
-    try:
-        record = orjson.loads(line[start:] if start else line)
-    except orjson.JSONDecodeError:
-        return None
-    if type(record) is not dict or record.get("type") != "audit":
-        return None
-    return record
-
-
-def iter_records(
-    names: Sequence[str], needles: Sequence[bytes] = (), warn: Warn = _stderr, spool: IO[bytes] | None = None,
-) -> Iterator[Record]:
-    """Every audit record of the inputs (``[]`` or ``-`` is stdin), in input order.
-
-    With ``needles``, only lines containing one of them are parsed (a pre-filter: callers
-    still apply the real filter). ``spool`` receives a copy of stdin as read.
-    """
-    for name in names or ["-"]:
-        try:
-            stream = open_input(name, spool)
-        except OSError as exc:
-            warn(f"warning: {name}: cannot read: {exc.strerror}")
-            continue
-        try:
-            for line in _candidate_lines(stream, needles):
-                record = parse_line(line)
-                if record is not None:
-                    yield record
-        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-            warn(f"warning: {name}: compressed data ends early or is corrupt ({exc}); read what was there")
-        finally:
-            if name != "-":
-                stream.close()
-
-
-def select(names: Sequence[str], query: Query, warn: Warn = _stderr) -> Iterator[Record]:
-    """The records of the inputs that match ``query``, streamed."""
-    for record in iter_records(names, query.literals(), warn):
-        if query.matches(record):
-            yield record
+    return scan(names, ScanPlan.for_query(query), workers=workers, warn=warn)
 
 
 # --- output ----------------------------------------------------------------------------------

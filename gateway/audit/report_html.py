@@ -28,6 +28,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
 from ..tracing import trace_link
+from .fields import rfc3339
 from .incident import (
     Incident,
     TokenSeen,
@@ -37,7 +38,6 @@ from .incident import (
     tokens_title,
 )
 from .query import visible
-from .record import rfc3339
 
 _BUCKETS = (1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440, 2880, 10080)  # minutes
 _MAX_BARS = 240

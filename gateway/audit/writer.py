@@ -31,7 +31,8 @@ import orjson
 
 from .. import metrics
 from ..config import AuditConfig
-from .record import escape_invalid, rfc3339
+from .fields import rfc3339
+from .record import escape_invalid
 
 log = logging.getLogger("gateway.audit")
 
