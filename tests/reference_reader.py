@@ -14,7 +14,7 @@ import re
 import sys
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import orjson
 
@@ -29,33 +29,12 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-class _Tee(io.RawIOBase):
-    """Standard input as a raw stream, copied to a spool file as it is read (for a second pass)."""
-
-    def __init__(self, source: IO[bytes], spool: IO[bytes] | None) -> None:
-        self.source, self.spool = source, spool
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        read1 = getattr(self.source, "read1", self.source.read)
-        data = read1(len(buffer))
-        if data and self.spool is not None:
-            self.spool.write(data)
-        buffer[: len(data)] = data
-        return len(data)
-
-
-def open_input(name: str, spool: IO[bytes] | None = None) -> IO[bytes]:
+def open_input(name: str) -> IO[bytes]:
     """A binary stream of decompressed bytes: a file (``-`` is stdin), gzip or plain."""
     raw: io.BufferedReader
     if name == "-":
         stdin = sys.stdin.buffer
-        if isinstance(stdin, io.BufferedReader) and spool is None:
-            raw = stdin
-        else:
-            raw = io.BufferedReader(_Tee(stdin, spool), BLOCK)
+        raw = stdin if isinstance(stdin, io.BufferedReader) else io.BufferedReader(cast(Any, stdin), BLOCK)
     else:
         raw = open(name, "rb")  # noqa: SIM115 - closed by the caller
     if raw.peek(2)[:2] == GZIP_MAGIC:
@@ -124,16 +103,16 @@ def parse_line(line: bytes) -> Record | None:
 
 
 def iter_records(
-    names: Sequence[str], needles: Sequence[bytes] = (), warn: Warn = _stderr, spool: IO[bytes] | None = None,
+    names: Sequence[str], needles: Sequence[bytes] = (), warn: Warn = _stderr,
 ) -> Iterator[Record]:
     """Every audit record of the inputs (``[]`` or ``-`` is stdin), in input order.
 
     With ``needles``, only lines containing one of them are parsed (a pre-filter: callers
-    still apply the real filter). ``spool`` receives a copy of stdin as read.
+    still apply the real filter).
     """
     for name in names or ["-"]:
         try:
-            stream = open_input(name, spool)
+            stream = open_input(name)
         except OSError as exc:
             warn(f"warning: {name}: cannot read: {exc.strerror}")
             continue
