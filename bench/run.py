@@ -5,16 +5,21 @@ Starts, all on 127.0.0.1 and all in one temporary directory:
   * a DemoIssuer (real RSA/EC keys; discovery, JWKS, introspection) in this process,
   * the gateway as ``gateway serve --config <generated yaml>`` with audit (file sink) and
     metrics on, and a second gateway holding 1,000,000 revocation entries,
+  * the floors (issue 14): bench/floor_proxy.py, a bare aiohttp reverse proxy with as many
+    workers as the gateway, plain and with a verified-token cache + one audit line per request,
   * Apache httpd + mod_auth_openidc as an OAuth 2.0 resource server, when installed,
   * for the DPoP rows, redis-server (the replay cache of a third gateway), when installed,
 then runs wrk at fixed connections and duration, alternating the targets over several
-rounds, and reports medians over rounds and ratios taken within each round.
+rounds, and reports medians over rounds and ratios taken within each round. Last, it times
+the gateway's start-up (process start to /readyz 200) with 1,000,000 revocation entries in a
+local redis-server, against the same start-up with none.
 
 DPoP (RFC 9449) needs a fresh proof per request, which wrk's Lua cannot sign: before each
 DPoP run this script signs enough ES256 proofs (unique jti, iat now) and the wrk script
 sends each one once, read from a file per wrk thread.
 
     .venv/bin/python bench/run.py [--rounds 5] [--duration 3] [--connections 50] ...
+    .venv/bin/python bench/run.py --quick      # under a minute: a few rows, one round (make bench-quick)
 
 This is a script, never a test: the machines are shared and noisy, so read the ratios.
 """
@@ -26,6 +31,7 @@ import asyncio
 import base64
 import contextlib
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -39,7 +45,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,16 +74,29 @@ SCOPE = "orders:read"
 UPSTREAM_BODY = '{"ok":true,"from":"tokengate-bench-upstream","pad":"0123456789abcdef"}\n'
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 REVOKED_JTI = "bench-revoked-jti"
-TENANT_CLAIMS = {"tenant": "acme", "email": "alice@acme.example", "department": "sales"}
+TENANT_CLAIMS: dict[str, Any] = {"tenant": "acme", "email": "alice@acme.example", "department": "sales"}
 CLAIMS_RULES = [  # three typical rules: tenant isolation, an email domain, a claim in a set
     {"name": "same-tenant", "expression": "claims.tenant == path.tenant"},
     {"name": "email-domain", "expression": 'claims.email.endsWith("@acme.example")'},
     {"name": "department", "expression": 'claims.department in ["sales", "support"]'},
 ]
 MOD_AUTH_OPENIDC = "/usr/lib/apache2/modules/mod_auth_openidc.so"
+FLOOR_PROXY = REPO / "bench" / "floor_proxy.py"
+STARTUP_PREFIX = "bench-startup:revoked:"  # the key prefix of the start-up measurement's entries
+READY_STREAK = 16  # /readyz 200 this many times in a row on new connections: every worker is ready
+# --quick: a look in under a minute; explicit flags still win (they are parsed after these defaults)
+QUICK_DEFAULTS: dict[str, Any] = {
+    "rounds": 1, "duration": 2, "warmup": 1, "rotate_warmup": 2, "tokens": 1_000, "cold": False, "revoked": 0,
+    "low_connections": 0, "rows": "direct,none,rs256,rotate,floor,floor-jwt,apache,startup",
+    "startup_revocations": 100_000, "startup_runs": 1, "out": REPO / "bench" / "results" / "quick.md",
+}
 
 
 # --- processes and CPU -----------------------------------------------------------------------
+
+
+def say(*parts: object) -> None:
+    print(*parts, file=sys.stderr, flush=True)
 
 
 def free_port() -> int:
@@ -602,10 +621,6 @@ async def run_bench(bench: Bench) -> None:
 
 async def _run_bench(bench: Bench, issuer: DemoIssuer) -> None:
     args, tmp = bench.args, bench.tmp
-
-    def say(*parts: object) -> None:
-        print(*parts, file=sys.stderr, flush=True)
-
     rows = set(args.rows.split(",")) if args.rows else None
 
     def wanted(key: str) -> bool:
@@ -660,6 +675,7 @@ async def _run_bench(bench: Bench, issuer: DemoIssuer) -> None:
     targets: list[Target] = [
         Target("direct", "1 upstream direct (nginx)", f"http://127.0.0.1:{upstream_port}/orders",
                static_script(scripts / "rs256.lua", rs_token), nginx, args.connections),
+        *await floor_targets(bench, issuer, rs_token, static_script(scripts / "rs256.lua", rs_token), wanted),
         Target("none", "2 gateway, `auth: none` route", f"{gw_base}/open",
                static_script(scripts / "rs256.lua", rs_token), gw, args.connections),
         Target("rs256", "3a gateway, JWT RS256 hot token", f"{gw_base}/orders",
@@ -753,7 +769,7 @@ async def _run_bench(bench: Bench, issuer: DemoIssuer) -> None:
     paced = static_script(scripts / "paced.lua", rs_token, args.low_delay)
     moderate = [
         Target(f"{t.key}@{args.low_connections}", t.label, t.url, paced, t.service, args.low_connections)
-        for t in targets if t.key in ("direct", "none", "rs256", "apache")
+        for t in targets if t.key in ("direct", "floor", "floor-jwt", "none", "rs256", "apache")
     ] if args.low_connections else []
 
     processes = len(process_tree(gw.pid))
@@ -791,13 +807,16 @@ async def _run_bench(bench: Bench, issuer: DemoIssuer) -> None:
                 f"p99 {run.p99_ms:6.2f} ms  cpu {run.cpu_us or 0:6.1f} us/req  errors {run.errors}")
             await asyncio.sleep(args.pause)
 
-    errors = 0
+    error_lines = 0
     for log_file in (tmp / "gateway.log", tmp / "revoked.log"):
         if log_file.exists():
-            errors += sum('"level": "error"' in x or '"level":"error"' in x or "Traceback" in x
+            error_lines += sum('"level": "error"' in x or '"level":"error"' in x or "Traceback" in x
                           for x in log_file.read_text(errors="replace").splitlines())
-    bench.extra["gateway_error_logs"] = errors
+    bench.extra["gateway_error_logs"] = error_lines
     bench.extra["audit_lines"] = sum(1 for _ in (tmp / "gateway-audit.jsonl").open("rb"))
+    floor_logs(bench)
+    if args.startup_revocations and wanted("startup"):
+        await startup_times(bench, issuer)
     bench.extra["targets"] = [(t.key, t.label) for t in targets]
 
 
@@ -988,6 +1007,211 @@ async def profile(gw: Service, tmp: Path, duration: float, bench: Bench) -> None
     bench.extra["profile"] = str(out) if proc.returncode == 0 else f"py-spy failed: {err.decode()[-300:]}"
 
 
+# --- the floors and the start-up time (issue 14) --------------------------------------------
+
+
+async def floor_targets(bench: Bench, issuer: DemoIssuer, token: str, script: Path,
+                        wanted: Callable[[str], bool]) -> list[Target]:
+    """Rows F0/F1: bench/floor_proxy.py, as many workers as the gateway, the same upstream and token."""
+    out: list[Target] = []
+    modes = [("floor", "--plain", "F0 floor: bare aiohttp proxy, no features"),
+             ("floor-jwt", "--jwt-audit", "F1 floor: bare aiohttp proxy + JWT cache + one audit line")]
+    for key, flag, label in modes:
+        if not wanted(key):
+            continue
+        port = free_port()
+        argv = [sys.executable, str(FLOOR_PROXY), flag, "--listen", f"127.0.0.1:{port}",
+                "--upstream", f"http://127.0.0.1:{bench.upstream_port}", "--workers", str(bench.workers)]
+        if flag == "--jwt-audit":
+            argv += ["--jwks", f"{issuer.issuer}/jwks", "--issuer", issuer.issuer, "--audience", AUDIENCE,
+                     "--audit", str(bench.tmp / "floor-audit.jsonl")]
+        floor = start(key, argv, bench.tmp / f"{key}.log")
+        bench.services.append(floor)
+        url = f"http://127.0.0.1:{port}/orders"
+        await wait_http(url, floor)
+        await check(url, token, 200, label)
+        if flag == "--jwt-audit":
+            await check(url, None, 401, f"{label}, without a token")
+            await check(url, token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB"), 401,
+                        f"{label}, a bad signature")
+        out.append(Target(key, label, url, script, floor, bench.args.connections))
+    return out
+
+
+def floor_logs(bench: Bench) -> None:
+    """Error lines in the floors' logs (wrk stops mid-request every run) and F1's audit lines."""
+    lines = [x for key in ("floor", "floor-jwt") if (bench.tmp / f"{key}.log").exists()
+             for x in (bench.tmp / f"{key}.log").read_text(errors="replace").splitlines()]
+    if lines:
+        bench.extra["floor_error_logs"] = sum("Error" in x or "Traceback" in x for x in lines)
+    audit = bench.tmp / "floor-audit.jsonl"
+    if audit.exists():
+        bench.extra["floor_audit_lines"] = sum(1 for _ in audit.open("rb"))
+
+
+def revocation_entries_resp(count: int, issuer: str, expires_in: int = 7 * 86400) -> Iterator[bytes]:
+    """``count`` revocation entries as Redis SET commands (RESP, 10,000 a chunk) under STARTUP_PREFIX: 70% token entries
+    (half jti, half SHA-256 fingerprints), 10% each family, subject and client; the first is REVOKED_JTI.
+
+    Keys and values come from the gateway's own schema (one entry of each shape, the value then
+    swapped in), so a million are ready in about a second.
+    """
+    from gateway.revocation import Entry, Kind, Match, Schema
+
+    schema, now = Schema(STARTUP_PREFIX), time.time()
+    expires, placeholder = now + expires_in, "benchvalue"  # fingerprint keys are lower-cased
+    shapes = {
+        "jti": Entry(Kind.TOKEN, placeholder, expires, issuer, match=Match.JTI, created_at=now),
+        "fingerprint": Entry(Kind.TOKEN, placeholder, expires, issuer, match=Match.FINGERPRINT, created_at=now),
+        "family": Entry(Kind.FAMILY, placeholder, expires, issuer, created_at=now),
+        "subject": Entry(Kind.SUBJECT, placeholder, expires, issuer, not_before=now, created_at=now),
+        "client": Entry(Kind.CLIENT, placeholder, expires, issuer, not_before=now, created_at=now),
+    }
+    templates = {name: (schema.entry_key(e).split(placeholder),
+                        json.dumps(e.to_json(), separators=(",", ":")).split(placeholder))
+                 for name, e in shapes.items()}
+    cycle = ["jti", "fingerprint"] * 3 + ["jti", "family", "subject", "client"]  # 7 tokens in 10
+    ttl = str(expires_in).encode()
+    chunks: list[bytes] = []
+    for i in range(count):
+        shape = cycle[i % 10]
+        value = (REVOKED_JTI if i == 0 else hashlib.sha256(b"bench-%d" % i).hexdigest() if shape == "fingerprint"
+                 else f"bench-{shape}-{i}")
+        (k1, k2), (v1, v2) = templates[shape]
+        key, val = f"{k1}{value}{k2}".encode(), f"{v1}{value}{v2}".encode()
+        chunks.append(b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$2\r\nEX\r\n$%d\r\n%b\r\n"
+                      % (len(key), key, len(val), val, len(ttl), ttl))
+        if len(chunks) == 10_000:
+            yield b"".join(chunks)
+            chunks.clear()
+    yield b"".join(chunks)
+
+
+def fill_redis(port: int, count: int, issuer: str) -> float:
+    """Write ``count`` entries with ``redis-cli --pipe``; seconds taken."""
+    started = time.monotonic()
+    # redis-cli prints only a summary at the end: its stdout cannot fill up while we write
+    proc = subprocess.Popen(["redis-cli", "-h", "127.0.0.1", "-p", str(port), "--pipe"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdin is not None
+    try:
+        for chunk in revocation_entries_resp(count, issuer):
+            proc.stdin.write(chunk)
+        out, _ = proc.communicate(timeout=300)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    if proc.returncode != 0 or b"errors: 0" not in out:
+        raise RuntimeError(f"redis-cli --pipe failed: {out.decode(errors='replace')[-300:]}")
+    return time.monotonic() - started
+
+
+def listening(port: int) -> int:
+    """Sockets in LISTEN on 127.0.0.1:``port`` (one per gateway worker: they bind it once ready)."""
+    wanted = f"0100007F:{port:04X}"
+    with contextlib.suppress(OSError):
+        return sum(1 for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+                   if line.split()[1] == wanted and line.split()[3] == "0A")
+    return 0
+
+
+async def time_to_ready(bench: Bench, issuer: DemoIssuer, name: str, redis_url: str, prefix: str) -> dict[str, float]:
+    """Seconds from starting ``gateway serve`` to its first /readyz 200, and to every worker being ready.
+
+    A worker listens once its start-up is over or has waited 10 s for Redis, ready or not, and
+    answers /readyz for itself: "every worker" is the start of the first run of READY_STREAK
+    answers 200 in a row, each on a new connection (SO_REUSEPORT spreads them over the workers),
+    with as many sockets listening on the admin port as there are workers.
+    """
+    args, workers = bench.args, bench.workers
+    port = free_port()
+    config = gateway_config(bench.tmp, name, port, bench.upstream_port, issuer, workers, False,
+                            {"revocation": {"redis_url": redis_url, "key_prefix": prefix}})
+    url = admin_url(config) + "/readyz"
+    admin_port = int(url.rsplit(":", 1)[1].split("/")[0])
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    started = time.monotonic()
+    gw = start(name, [str(Path(sys.executable).with_name("gateway")), "serve", "--config", str(config)],
+               bench.tmp / f"{name}.log", env=env)
+    first: float | None = None
+    streak, streak_start = 0, 0.0
+    timeout = aiohttp.ClientTimeout(total=2)
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+            while time.monotonic() - started < args.startup_timeout:  # bounded: one poll per 20 ms at most
+                if gw.proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with status {gw.proc.returncode} (log: {name}.log)")
+                status = 0
+                with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                    async with session.get(url, timeout=timeout) as resp:
+                        await resp.read()
+                        status = resp.status
+                now = time.monotonic() - started
+                if status == 200:
+                    first = now if first is None else first
+                if status == 200 and listening(admin_port) >= workers:
+                    streak, streak_start = streak + 1, streak_start if streak else now
+                    if streak >= READY_STREAK:
+                        return {"first": first or now, "all": streak_start}
+                    continue  # the streak is timed from its first answer: no pause within it
+                streak = 0
+                await asyncio.sleep(0.02)
+        raise RuntimeError(f"{name} was not ready after {args.startup_timeout}s")
+    finally:
+        try:
+            if prefix == STARTUP_PREFIX and first is not None and gw.proc.poll() is None:
+                base = f"http://127.0.0.1:{port}/orders"
+                await check(base, issuer.mint(scope=SCOPE, ttl=3600), 200, f"{name}: a token not revoked")
+                await check(base, issuer.mint(scope=SCOPE, jti=REVOKED_JTI), 401, f"{name}: the revoked probe jti")
+        finally:
+            gw.stop()
+
+
+async def startup_times(bench: Bench, issuer: DemoIssuer) -> None:
+    """Start-up with ``--startup-revocations`` entries in Redis, against an empty prefix, alternating."""
+    args = bench.args
+    if shutil.which("redis-cli") is None:
+        bench.notes.append("Start-up time with revocation entries in Redis skipped: redis-server/redis-cli missing.")
+        return
+    started = await start_redis(bench, "redis-startup")
+    if started is None:
+        bench.notes.append("Start-up time with revocation entries in Redis skipped: redis-server is not installed.")
+        return
+    redis, port = started
+    redis_url = f"redis://127.0.0.1:{port}/0"
+    say(f"writing {args.startup_revocations:,} revocation entries into redis-server for the start-up time")
+    fill = await asyncio.to_thread(fill_redis, port, args.startup_revocations, issuer.issuer)
+    runs: dict[str, list[dict[str, float]]] = {"empty": [], "full": []}
+    try:
+        for r in range(args.startup_runs):
+            for label, prefix in (("empty", "bench-startup-empty:revoked:"), ("full", STARTUP_PREFIX)):
+                result = await time_to_ready(bench, issuer, f"startup-{label}-{r}", redis_url, prefix)
+                runs[label].append(result)
+                say(f"start-up {r + 1}/{args.startup_runs} {label:>5}: /readyz 200 after {result['first']:.2f} s, "
+                    f"every worker after {result['all']:.2f} s")
+    finally:
+        redis.stop()
+    bench.extra["startup"] = {
+        "entries": args.startup_revocations, "fill_seconds": fill, "runs": runs,
+        **{f"{label}_{what}": statistics.median(r[what] for r in rs) for label, rs in runs.items() if rs
+           for what in ("first", "all")},
+    }
+
+
+def startup_line(bench: Bench) -> str | None:
+    up = bench.extra.get("startup")
+    if not up or "full_first" not in up:
+        return None
+    entries, target = up["entries"], up["full_all"] <= 2.0  # every worker ready
+    scale = "" if entries == 1_000_000 else " (the target is for 1,000,000 entries)"
+    return (f"Start-up of `gateway serve` (process start to /readyz 200) with {entries:,} revocation entries in "
+            f"Redis: {up['full_first']:.2f} s, every worker ready after {up['full_all']:.2f} s; with an empty list "
+            f"{up['empty_first']:.2f} s / {up['empty_all']:.2f} s, so the entries add "
+            f"{up['full_all'] - up['empty_all']:.2f} s (median of {len(up['runs']['full'])}; written into Redis in "
+            f"{up['fill_seconds']:.1f} s). Target <= 2 s: {'met' if target else 'NOT met'}{scale}.")
+
+
 # --- the report -------------------------------------------------------------------------------
 
 
@@ -1046,8 +1270,9 @@ def report(bench: Bench, command: str, seconds: float) -> str:
         f"{m['wrk']}; {m['nginx']}; {m['apache']}; mod_auth_openidc {m['mod_auth_openidc']}  ",
         f"Command: `{command}` ({seconds:.0f} s)  ",
         f"Load: wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s per row "
-        f"(moderate-load rows: -c{args.low_connections} -d{args.low_duration:g}s, each connection pausing "
-        f"{args.low_delay:g} ms between requests), {args.rounds} rounds, "
+        + (f"(moderate-load rows: -c{args.low_connections} -d{args.low_duration:g}s, each connection pausing "
+           f"{args.low_delay:g} ms between requests)" if args.low_connections else "(no moderate-load rows)")
+        + f", {args.rounds} rounds, "
         f"targets alternating; medians over rounds; ratios taken within each round, then the median.  ",
         f"Gateway: `gateway serve`, {bench.extra.get('gateway_processes', '?')} "
         f"(`workers: {bench.extra.get('workers', '?')}`), uvloop, audit to a file, metrics on, log level warning; "
@@ -1074,13 +1299,18 @@ def report(bench: Bench, command: str, seconds: float) -> str:
             f"| {fmt(median(cpu) if cpu else None, '.1f')} "
             f"| {fmt(median(ratios(bench, key, base_key, 'cpu_us')), '.2f')} | {sum(r.errors for r in runs)} |"
         )
-    if not has("opaque"):
+    if not has("opaque") and (not args.rows or "opaque" in args.rows.split(",")):
         lines.append("| 5 gateway, opaque token, warm introspection cache | n/a | | | | | | |")
     lines.append("")
     lines.append("CPU us/req is utime+stime of the serving processes (the gateway and its children; nginx's for row 1; "
                  "Apache's for row A) per request, i.e. ms per 1,000 requests. Rows 1, 2, 3a, 6 and A send the same "
                  "RS256 token in `Authorization` (row 2 forwards it untouched), so row 2 is the proxy alone on the "
                  "same bytes. Errors are socket errors plus non-2xx answers.")
+    issue14 = floors_section(bench)
+    if issue14:
+        lines += ["", "Against the floors and Apache (issue 14; ratios taken within each round, then the median):",
+                  ""]
+        lines += issue14
     lines += ["", "Targets (issue 8):", ""]
     lines += targets_section(bench)
     constrained = sender_constraint_section(bench)
@@ -1101,11 +1331,71 @@ def report(bench: Bench, command: str, seconds: float) -> str:
     lines.append(f"Error-level lines in the gateway's log over the whole run (wrk stops mid-request every run): "
                  f"{bench.extra.get('gateway_error_logs', 'n/a')}. Audit lines written: "
                  f"{bench.extra.get('audit_lines', 'n/a'):,}.")
+    if "floor_error_logs" in bench.extra:
+        lines.append(f"Floors: error lines in their logs {bench.extra['floor_error_logs']}; audit lines written by F1 "
+                     f"{bench.extra.get('floor_audit_lines', 0):,}.")
     if "profile" in bench.extra:
         lines.append(f"Profile (py-spy, first RS256 run): {bench.extra['profile']}")
     if bench.notes:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in bench.notes]
     return "\n".join(lines) + "\n"
+
+
+def floors_section(bench: Bench) -> list[str]:
+    """The gateway against the bare aiohttp proxies (F0, F1) and Apache, with issue 14's targets."""
+    low, tokens = bench.args.low_connections, bench.args.tokens
+
+    def med(key: str, base: str, attr: str) -> float | None:
+        values = ratios(bench, key, base, attr)
+        return statistics.median(values) if values else None
+
+    def verdict(checks: list[bool | None]) -> str:
+        if not checks or any(c is None for c in checks):
+            return "n/a"
+        return "met" if all(checks) else "NOT met"
+
+    def at_most(value: float | None, limit: float) -> bool | None:
+        return None if value is None else value <= limit
+
+    def at_least(value: float | None, limit: float) -> bool | None:
+        return None if value is None else value >= limit
+
+    out = ["| comparison | throughput | CPU per request | target | |", "|---|---:|---:|---|---|"]
+    Checks = Callable[[float | None, float | None], list[bool | None]] | None
+    compared: list[tuple[str, str, str, str, Checks]] = [  # label, key, base, target, checks of (rps, cpu)
+        ("gateway `auth: none` (2) vs bare proxy (F0)", "none", "floor", "CPU <= 1.05x",
+         lambda rps, cpu: [at_most(cpu, 1.05)]),
+        ("gateway JWT RS256 hot (3a) vs bare proxy + JWT cache + audit line (F1)", "rs256", "floor-jwt",
+         "CPU <= 1.05x", lambda rps, cpu: [at_most(cpu, 1.05)]),
+        ("gateway JWT RS256 hot (3a) vs Apache + mod_auth_openidc (A)", "rs256", "apache",
+         "throughput >= 1.2x, CPU <= 0.8x", lambda rps, cpu: [at_least(rps, 1.2), at_most(cpu, 0.8)]),
+        (f"gateway, {tokens:,} distinct tokens warm (4a) vs one hot token (3a)", "rotate", "rs256",
+         "throughput >= 0.9x", lambda rps, cpu: [at_least(rps, 0.9)]),
+        ("for reference: F1 vs F0 (a JWT cache and an audit line in a bare proxy)", "floor-jwt", "floor", "", None),
+        ("for reference: F1 vs Apache (A)", "floor-jwt", "apache", "", None),
+    ]
+    for label, key, base, target, checks in compared:
+        if key not in bench.runs or base not in bench.runs:
+            continue
+        rps, cpu = med(key, base, "rps"), med(key, base, "cpu_us")
+        out.append(f"| {label} | {fmt(rps, '.2f', 'x')} | {fmt(cpu, '.2f', 'x')} | {target} "
+                   f"| {verdict(checks(rps, cpu)) if checks else ''} |")
+    if len(out) == 2:
+        out = []
+    p99, ap99 = (median([r.p99_ms for r in bench.runs.get(k, [])]) for k in ("rs256", "apache"))
+    if "rs256" in bench.runs and "apache" in bench.runs:
+        out.append(f"| p99 at {bench.args.connections} connections, JWT route (3a) vs Apache (A) | "
+                   f"{fmt(p99, '.2f', ' ms')} vs {fmt(ap99, '.2f', ' ms')} | | below Apache's "
+                   f"| {verdict([p99 < ap99])} |")
+    direct, jwt_low = bench.runs.get(f"direct@{low}", []), bench.runs.get(f"rs256@{low}", [])
+    if direct and jwt_low:
+        added = statistics.median(a.p50_ms - b.p50_ms for a, b in zip(jwt_low, direct, strict=False))
+        out.append(f"| p50 added over nginx direct, JWT route, moderate load ({low} connections) | "
+                   f"{added:.2f} ms | | < 1 ms | {verdict([added < 1])} |")
+    line = startup_line(bench)
+    if line:
+        out += ["", line]
+    return out
 
 
 def sender_constraint_section(bench: Bench) -> list[str]:
@@ -1237,19 +1527,32 @@ def main() -> None:
     parser.add_argument("--revoked", type=int, default=1_000_000, help="revocation entries of row 6 (0: skip)")
     parser.add_argument("--no-apache", dest="apache", action="store_false", help="skip Apache + mod_auth_openidc")
     parser.add_argument("--rows", default="", help="only these rows: direct,none,rs256,es256,rotate,cold,opaque,"
-                        "revoked,apache,dpop,dpop-redis,rules,norules,limited,unlimited (row 2 always runs)")
+                        "revoked,apache,dpop,dpop-redis,rules,norules,limited,unlimited,floor,floor-jwt, and startup "
+                        "(the start-up time with revocation entries in Redis); row 2 always runs")
+    parser.add_argument("--startup-revocations", type=int, default=1_000_000,
+                        help="revocation entries in Redis for the start-up time (0: skip it)")
+    parser.add_argument("--startup-runs", type=int, default=3, help="start-ups timed with and without the entries")
+    parser.add_argument("--startup-timeout", type=float, default=120.0, help="seconds a start-up may take at most")
+    parser.add_argument("--quick", action="store_true",
+                        help="a look in under a minute: " + " ".join(
+                            f"--{k.replace('_', '-')} {v}" for k, v in QUICK_DEFAULTS.items()
+                            if k not in ("cold", "out")) + " --no-cold, written to bench/results/quick.md")
     parser.add_argument("--proofs", type=int, default=30_000,
                         help="DPoP proofs signed before each DPoP run at least (more once a run's rate is known)")
     parser.add_argument("--profile", action="store_true", help="py-spy the gateway during the first RS256 run")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "latest.md")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory (configs, logs)")
+    if "--quick" in sys.argv[1:]:
+        parser.set_defaults(**QUICK_DEFAULTS)
     args = parser.parse_args()
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed: apt-get install -y wrk nginx")
     flags = " ".join(sys.argv[1:])
     if os.environ.get("MAKELEVEL"):
-        command = f'make bench BENCH_ARGS="{flags}"' if flags else "make bench"
+        target = "bench-quick" if args.quick else "bench"
+        flags = " ".join(a for a in sys.argv[1:] if a != "--quick")
+        command = f'make {target} BENCH_ARGS="{flags}"' if flags else f"make {target}"
     else:
         command = " ".join([".venv/bin/python bench/run.py", *sys.argv[1:]])
     started = time.monotonic()
