@@ -714,6 +714,13 @@ def test_audit_reads_directories_globs_and_gzip_and_warns_of_missing_names(tmp_p
         assert "gone.jsonl: cannot read" in err and f"{len(expected)} records matched" in err
 
 
+def test_file_names_in_warnings_are_shown_not_obeyed_by_the_terminal(tmp_path):
+    hostile = str(tmp_path / "audit-\x1b]0;owned\x07\x1b[2J-*.gz")
+    code, _, err = cli("audit", hostile, "--jti", STOLEN)
+    assert code == 0 and "no file matches" in err
+    assert "\x1b" not in err and "\x07" not in err and "\\x1b]0;owned\\x07" in err
+
+
 def test_audit_names_the_files_it_skipped_for_the_time_window(tmp_path):
     old = tmp_path / "audit-2026-12-01T08.jsonl.gz"
     old.write_bytes(corrupt_gzip())  # read, it would warn of its corruption

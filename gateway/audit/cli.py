@@ -11,9 +11,9 @@ from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from ..forensics.envelope import Envelope
-from ..forensics.scan import ScanError, ScanPlan, ScanStats, scan
+from ..forensics.scan import ScanError, ScanStats
 from ..progress import scanning
-from .query import Query, write_records
+from .query import Query, select, visible, write_records
 from .table import write_table
 
 if TYPE_CHECKING:  # the incident modules are imported when the command runs
@@ -66,7 +66,7 @@ def _say_skipped(stats: ScanStats) -> None:
     count = len(stats.skipped)
     click.echo(f"skipped {count} file{'s' if count != 1 else ''} outside the time window:", err=True)
     for name, why in stats.skipped[:20]:
-        click.echo(f"  {click.format_filename(name)}: {why}", err=True)
+        click.echo(f"  {visible(name)}: {visible(why)}", err=True)
     if count > 20:
         click.echo(f"  ... and {count - 20} more", err=True)
 
@@ -77,7 +77,8 @@ def _stdin_hint(files: tuple[str, ...]) -> None:
 
 
 def _warn(message: str) -> None:
-    click.echo(message, err=True)
+    # a warning names files, which an archive may name with terminal escapes: shown, never obeyed
+    click.echo(visible(message), err=True)
 
 
 def _terminal_width(out: IO[str]) -> int | None:
@@ -133,12 +134,13 @@ def audit_command(
         query = Query.build(**{k: v for k, v in filters.items() if v is not None})
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    plan = ScanPlan.for_query(query, envelope=_envelope(field_path, no_unwrap))
+    envelope = _envelope(field_path, no_unwrap)
     _stdin_hint(files)
     out, stats = sys.stdout, ScanStats()
     try:
         with scanning(list(files)) as progress:  # a bar on a terminal's stderr, lifted for each line printed
-            records = scan(list(files), plan, workers=workers, warn=progress.say(_warn), stats=stats)
+            records = select(list(files), query, progress.say(_warn), workers=workers, envelope=envelope,
+                             stats=stats)
             shown = progress.lines(out)
             # a table is fitted to the terminal; piped, every column has its full width
             count = write_table(records, shown, _terminal_width(out)) if fmt == "table" else \

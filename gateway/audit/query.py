@@ -18,6 +18,8 @@ from typing import IO, Any
 
 import orjson
 
+from ..forensics.envelope import Envelope
+from ..forensics.scan import ScanPlan, ScanStats, scan
 from ..forensics.times import canonical_ts, parse_time, ts_text
 from ..tokens.token import FINGERPRINT_PREFIX, fingerprint
 
@@ -158,16 +160,13 @@ def token_fingerprint(raw_token: str) -> str:
     return fingerprint(raw)[:FINGERPRINT_PREFIX]
 
 
-def _verbatim_in_json(value: str) -> bool:
-    return value.isascii() and value.isprintable() and '"' not in value and "\\" not in value
-
-
-def select(names: Sequence[str], query: Query, warn: Warn = _stderr, workers: int | None = None) -> Iterator[Record]:
+def select(
+    names: Sequence[str], query: Query, warn: Warn = _stderr, *, workers: int | None = None,
+    envelope: Envelope | None = None, stats: ScanStats | None = None,
+) -> Iterator[Record]:
     """The records of the inputs (files, directories, globs, ``-``) that match ``query``, in
     input order, streamed: the forensics engine's scan (``gateway.forensics.scan``)."""
-    from ..forensics.scan import ScanPlan, scan
-
-    return scan(names, ScanPlan.for_query(query), workers=workers, warn=warn)
+    return scan(names, ScanPlan.for_query(query, envelope=envelope), workers=workers, warn=warn, stats=stats)
 
 
 # --- output ----------------------------------------------------------------------------------
