@@ -46,7 +46,7 @@ def fill(add: object, entries: int, probe_jti: str) -> None:
 
 def install(entries: int, probe_jti: str, report: str | None) -> None:
     """Make ``build_store`` return stores that already hold ``entries`` entries."""
-    from gateway.revocation import store as store_module
+    from gateway.revocation import store_factory as store_module
 
     original = store_module.build_store
 

@@ -327,17 +327,6 @@ def apache_installed() -> bool:
     return shutil.which("apache2") is not None and Path(MOD_AUTH_OPENIDC).exists()
 
 
-def workers_implemented() -> bool:
-    """Whether ``gateway serve`` honours ``workers:`` (another issue adds it)."""
-    if (REPO / "gateway" / "workers.py").exists():
-        return True
-    return any("workers" in (REPO / "gateway" / name).read_text() for name in ("cli.py", "server.py"))
-
-
-def introspection_implemented() -> bool:
-    return (REPO / "gateway" / "tokens" / "introspection.py").exists()
-
-
 def gateway_config(tmp: Path, name: str, port: int, upstream_port: int, issuer: DemoIssuer, workers: int,
                    introspection: bool, extra: dict[str, Any] | None = None) -> Path:
     issuer_entry: dict[str, Any] = {
@@ -632,14 +621,8 @@ async def _run_bench(bench: Bench, issuer: DemoIssuer) -> None:
     await wait_http(f"http://127.0.0.1:{upstream_port}/", nginx)
 
     workers = args.workers
-    if workers > 1 and not workers_implemented():
-        bench.notes.append(f"`workers: {workers}` is not implemented by `gateway serve` yet: the gateway ran 1 "
-                           "process.")
-        workers = 1
     bench.upstream_port, bench.workers = upstream_port, workers
-    introspection = introspection_implemented()
-    if not introspection:
-        bench.notes.append("Row 5 (opaque tokens) is n/a: `gateway/tokens/introspection.py` does not exist yet.")
+    introspection = True  # row 5; False below when the gateway does not start with an introspection issuer
 
     gateway_bin = str(Path(sys.executable).with_name("gateway"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

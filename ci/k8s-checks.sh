@@ -6,11 +6,11 @@
 #   1. helm lint --strict and helm template, with default values and each ci/values-*.yaml
 #   2. values.schema.json and the templates reject bad values (renders that must fail), and
 #      accept what they must (unknown top-level keys, without a warning)
-#   3. tools/validate_manifests.py: Kubernetes JSON schemas (strict), Prometheus Operator
+#   3. ci/manifests (python -m ci.manifests): Kubernetes JSON schemas (strict), Prometheus Operator
 #      models, the Gateway API HTTPRoute CRD schema, the chart's own rules (hardening, probes,
 #      grace period, config shape, selectors and port names, dashboard); then, with the
 #      project's Python (.venv, or any python3 that imports the gateway package),
-#      values.schema.json against the gateway's config models (gateway/config.py), so the
+#      values.schema.json against the gateway's config models (gateway/config/), so the
 #      two do not drift apart; and the chart README's values table against values.yaml
 #   4. promtool check rules + promtool test rules: the alerts parse and fire on synthetic series
 #   5. gateway check-config on each rendered gateway.yaml (or the package's own config
@@ -182,7 +182,7 @@ count() {
   passed=$((passed + ${cp:-0})); failed=$((failed + ${cf:-1}))
 }
 set +e
-PYTHONPATH=. "$PY" tools/validate_manifests.py --kube-version "$KUBE_VERSION" --dump-configs "$out/configs" \
+PYTHONPATH=. "$PY" -m ci.manifests --kube-version "$KUBE_VERSION" --dump-configs "$out/configs" \
     --dump-rules "$out/rules" --values-schema charts/tokengate/values.schema.json "$out"/render-*.yaml | tee "$out/validate.txt"
 set -e
 count manifests "$out/validate.txt"
@@ -191,13 +191,13 @@ count manifests "$out/validate.txt"
 "$HELM" template gw charts/tokengate/ --namespace ci --kube-version "$KUBE_VERSION" --set httpRoute.enabled=true \
     --set 'httpRoute.parentRefs[0].name=gw' --set-json 'httpRoute.rules=[{"filters":[{"type":"Teleport"}]}]' \
     > "$out/bad-httproute.yaml"
-if PYTHONPATH=. "$PY" tools/validate_manifests.py --kube-version "$KUBE_VERSION" \
+if PYTHONPATH=. "$PY" -m ci.manifests --kube-version "$KUBE_VERSION" \
     --values-schema charts/tokengate/values.schema.json "$out/bad-httproute.yaml" > "$out/err" 2>&1; then
-  fail "validate_manifests refuses an HTTPRoute the Gateway API CRD refuses (it passed)"
+  fail "ci.manifests refuses an HTTPRoute the Gateway API CRD refuses (it passed)"
 elif grep -qE "^FAIL .*HTTPRoute.*'Teleport' is not one of" "$out/err"; then
-  ok "validate_manifests refuses an HTTPRoute the Gateway API CRD refuses"
+  ok "ci.manifests refuses an HTTPRoute the Gateway API CRD refuses"
 else
-  cat "$out/err"; fail "validate_manifests refuses an HTTPRoute the Gateway API CRD refuses (for another reason)"
+  cat "$out/err"; fail "ci.manifests refuses an HTTPRoute the Gateway API CRD refuses (for another reason)"
 fi
 
 # The values schema against the gateway's config models: needs a Python that imports the
@@ -210,7 +210,7 @@ for candidate in .venv/bin/python "$(command -v python3 || true)"; do
 done
 if [ -n "$GATEWAY_PY" ]; then
   set +e
-  PYTHONPATH=. "$GATEWAY_PY" tools/validate_manifests.py --against-models \
+  PYTHONPATH=. "$GATEWAY_PY" -m ci.manifests --against-models \
       --values-schema charts/tokengate/values.schema.json | tee "$out/models.txt"
   set -e
   count values-schema "$out/models.txt"
@@ -379,7 +379,7 @@ fi
 
 # --- 5. the gateway reads the rendered configs ----------------------------------------
 # With the installed gateway when there is one (make deps), else with the package's own
-# config loader (gateway/config.py needs only pydantic and PyYAML, both in the tools venv).
+# config loader (gateway/config/ needs only pydantic and PyYAML, both in the tools venv).
 GATEWAY=$(command -v gateway || true)
 [ -z "$GATEWAY" ] && [ -x .venv/bin/gateway ] && GATEWAY=.venv/bin/gateway
 if [ -n "$GATEWAY" ]; then

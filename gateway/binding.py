@@ -173,14 +173,13 @@ def replay_cache(config: GatewayConfig) -> ReplayCache:
     """``dpop.redis_url``, else the revocation list's Redis, else this process's memory."""
     dpop, revocation = config.dpop, config.revocation
     local = MemoryReplayCache(dpop.max_entries)
-    if dpop.redis_url == "none" or (dpop.redis_url is None and revocation.redis_url is None
-                                    and revocation.sentinel is None):
+    if dpop.redis_url == "none" or (dpop.redis_url is None and not revocation.shared):
         return local
     if dpop.redis_url is not None:
         return RedisReplayCache.from_url(
             dpop.redis_url, prefix=dpop.key_prefix, timeout=dpop.timeout, max_outage=dpop.max_outage, local=local,
         )
-    from .revocation.redis_store import connect  # redis is only imported when it is used
+    from .revocation.redis_client import connect  # redis is only imported when it is used
 
     return RedisReplayCache(
         connect(revocation, role="dpop", retries=0), prefix=dpop.key_prefix, timeout=dpop.timeout,
@@ -319,14 +318,8 @@ def certificate_refusal(claims: Mapping[str, Any], certificate: PresentedCertifi
     return None
 
 
-_PROOF_COUNTS: dict[str, metrics.PendingCount] = {}  # by result: a handful of values
-
-
 def _count_proof(result: str) -> None:
-    pending = _PROOF_COUNTS.get(result)
-    if pending is None:
-        pending = _PROOF_COUNTS[result] = metrics.pending_count(metrics.DPOP_PROOFS, result)
-    pending.count += 1
+    metrics.count(metrics.DPOP_PROOFS, result)
 
 
 # --- what the request presents (proxy, decision port, middleware) ----------------------------

@@ -16,15 +16,17 @@ from typing import TYPE_CHECKING
 
 import click
 
+from .cli_errors import CommandError
+from .launch import load_or_exit, run_async
+
 if TYPE_CHECKING:
-    from .config import GatewayConfig
     from .demo import DemoPorts
 
 # commands whose modules are imported when they run: `gateway audit` starts in a tenth of a
 # second instead of loading the configuration models, aiohttp and the token code it never uses
 LAZY_COMMANDS = {
-    "audit": "gateway.audit.cli:audit_command",
-    "incident": "gateway.audit.cli:incident_command",
+    "audit": "gateway.forensics.cli:audit_command",
+    "incident": "gateway.forensics.cli:incident_command",
     "revoke": "gateway.revocation.cli:revoke",
 }
 
@@ -32,30 +34,6 @@ LAZY_COMMANDS = {
 def plural(count: int, noun: str, nouns: str | None = None) -> str:
     """``1 upstream``, ``2 upstreams`` (``nouns`` for an irregular plural)."""
     return f"{count} {noun if count == 1 else nouns or noun + 's'}"
-
-
-def load_or_exit(path: str) -> GatewayConfig:
-    """The validated config, or every problem on stderr and exit status 1 (a missing file too)."""
-    from .config import ConfigError, load_config
-
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            click.echo(f"error: {problem}", err=True)
-        sys.exit(1)
-
-
-def run_async(main: object) -> None:
-    """Run a coroutine on uvloop when it is installed."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        import asyncio
-
-        asyncio.run(main)  # type: ignore[arg-type]
-        return
-    uvloop.run(main)  # type: ignore[arg-type]
 
 
 def version_text() -> str:
@@ -188,9 +166,7 @@ def serve(config_path: str) -> None:
         # an address in use, a key that no longer loads): one line, never a traceback
         logging.getLogger("gateway").debug("start-up failed", exc_info=True)
         problems = exc.problems if isinstance(exc, ConfigError) else [start_problem(config_path, exc)]
-        for problem in problems:
-            click.echo(f"error: {problem}", err=True)
-        sys.exit(1)
+        raise CommandError(*problems) from None
 
 
 _BIND = re.compile(r"bind on address \('?\[?([^',\]]*)\]?'?, (\d+)")  # asyncio's words for a failed bind

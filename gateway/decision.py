@@ -4,7 +4,7 @@
 The proxy, the forward-auth decision endpoint and the aiohttp middleware all call
 ``Decider.decide``; none of them holds policy logic of its own. The sender-constraint
 check (DPoP proofs, certificate-bound tokens) lives in binding.py, the route's scope,
-claims-rule and step-up checks in policy.py, rate limits and the WebSocket token in traffic.py,
+claims-rule and step-up checks in policy.py, rate limits in ratelimit/hook.py, the WebSocket token in ws_upgrade.py,
 a route's token cookie or header in token_source.py, the claims sent upstream in claim_headers.py.
 """
 
@@ -21,7 +21,7 @@ from .binding import BEARER_ONLY, Challenges, Presented, PresentedCertificate, P
 from .claim_headers import NO_CLAIM_HEADERS, ClaimHeaderPolicy, UnsafeClaim
 from .config import IssuerConfig
 from .policy import check_claims, check_issuer, missing_scopes
-from .ratelimit import LocalLimiter, RateLimitingConfig, Verdict
+from .ratelimit import LocalLimiter, RateLimitingConfig, RateLimits, Verdict, refusal_detail
 from .reasons import Reason
 from .revocation.store import RevocationStore
 from .routing import BadTarget, Route, RouteTable, Target, normalise_target, valid_host
@@ -29,7 +29,7 @@ from .token_source import source_token
 from .tokens.issuer_pattern import issuer_map
 from .tokens.token import TokenError, ValidatedToken, fingerprint
 from .tokens.validator import TokenValidator
-from .traffic import RateLimits, refusal_detail, websocket_token
+from .ws_upgrade import websocket_token
 
 # RFC 6750 section 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *")
@@ -89,7 +89,7 @@ class Decision:
 
 def presented_token(facts: RequestFacts, target: Target, route: Route) -> Presented | Reason:
     """The access token and its scheme: ``DPoP`` (RFC 9449 section 7.1) or ``Bearer`` (RFC 6750),
-    or on a WebSocket upgrade a ``Sec-WebSocket-Protocol`` value (traffic.py), where the route allows it,
+    or on a WebSocket upgrade a ``Sec-WebSocket-Protocol`` value (ws_upgrade.py), where the route allows it,
     or the route's ``token_source`` cookie or header (token_source.py)."""
     if route.token_cookie is not None or route.token_header is not None:
         elsewhere = _source_token(facts, target, route)
@@ -150,7 +150,7 @@ def bearer_token(facts: RequestFacts, target: Target, route: Route) -> str | Rea
         return Reason.MISSING_TOKEN  # another scheme: challenge for a bearer token
     if query_tokens:
         if not route.allow_query_token:
-            return Reason.TOKEN_IN_QUERY
+            return Reason.TOKEN_NOT_IN_HEADER
         if len(query_tokens) > 1:
             return Reason.MALFORMED_AUTHORIZATION  # which one would the upstream read?
         return query_tokens[0] or Reason.MISSING_TOKEN

@@ -36,7 +36,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -49,12 +48,12 @@ from .binding import forwarded_certificate, forwarded_scheme
 from .claim_headers import claim_header_names, decision_headers
 from .config import ConfigError, GatewayConfig
 from .decision import Decision, RequestFacts
+from .facts import new_exchange
 from .proxy import IPNetwork, UnsafeIdentity, client_address, forwarded_for, identity_values, is_trusted
 from .reasons import Reason
 from .responses import allowed_headers, denial_response
-from .runtime import Gateway, request_id
-from .server import EXTRA_LISTENERS, Server
-from .traffic import asks_websocket
+from .runtime import Gateway
+from .ws_upgrade import asks_websocket
 
 log = logging.getLogger("gateway.forward_auth")
 
@@ -237,13 +236,8 @@ class DecisionHandler:
         assert pipeline is not None
         config = pipeline.config
         headers = request.headers
-        peer = request.remote or ""
-        exchange = Exchange(
-            started=time.time(), started_mono=time.monotonic(), request_id=request_id(headers.get("X-Request-Id")),
-            client_ip=decision_client_ip(peer, headers, config.trusted_proxies),
-            method=request.method, host=headers.get("Host", ""), raw_path=request.raw_path,
-            user_agent=headers.get("User-Agent", ""), mode="decision",
-        )
+        client_ip = decision_client_ip(request.remote or "", headers, config.trusted_proxies)
+        exchange, peer = new_exchange(request, config, "decision", client_ip)
         try:
             original = original_request(
                 request.method, request.raw_path, headers, config.decision_path_prefix, config.decision_sources
@@ -293,18 +287,14 @@ def decision_app(gateway: Gateway) -> web.Server:
     return web.Server(handler, access_log=None, handler_cancellation=False)
 
 
-async def open_decision_listener(server: Server) -> None:
-    """``server.EXTRA_LISTENERS`` hook: open the decision port when ``decision_listen`` is set."""
-    config = server.gateway.config
-    if config.decision_listen is None:
-        return
+def decision_runner(gateway: Gateway) -> web.ServerRunner:
+    """The decision port's runner (server.py ``listeners`` opens it when ``decision_listen`` is set)."""
+    config = gateway.config
     if not config.decision_sources:  # parse_config refuses this; a config built in code may not have been parsed
         raise ConfigError(["decision_listen: decision_sources is required with decision_listen (docs/forward-auth.md)"])
-    runner = web.ServerRunner(decision_app(server.gateway), shutdown_timeout=config.shutdown_grace,
-                              handle_signals=False)
-    await server.listen("decision", runner, config.decision_listen)
+    return web.ServerRunner(decision_app(gateway), shutdown_timeout=config.shutdown_grace, handle_signals=False)
+
+
+def decision_listening(config: GatewayConfig) -> None:
+    """Say that the decision port listens."""
     log.info("decision endpoint listening", extra={"decision_listen": str(config.decision_listen)})
-
-
-if open_decision_listener not in EXTRA_LISTENERS:
-    EXTRA_LISTENERS.append(open_decision_listener)

@@ -24,7 +24,7 @@ from bisect import bisect_left
 from collections.abc import Iterable
 from itertools import compress
 from operator import ne
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -37,6 +37,9 @@ from prometheus_client import (
     values,
 )
 from prometheus_client.metrics_core import Metric
+
+if TYPE_CHECKING:
+    from .reasons import Reason
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _LATENCY_BOUNDS = (*_LATENCY_BUCKETS, math.inf)  # the upper bounds of a histogram's buckets, +Inf included
@@ -176,7 +179,51 @@ def pending_histogram(histogram: Histogram, label: str) -> PendingHistogram | Di
     return DirectHistogram(child)
 
 
-# counted through pending_count / pending_histogram (Gateway.record), folded by fold()
+# the pending counts and observations of the request path, made once per label set and kept, as
+# prometheus-client keeps the children themselves (labels() locks and hashes every call)
+_COUNTS_BY_LABELS: dict[tuple[Counter, tuple[str, ...]], PendingCount] = {}
+_HISTOGRAMS_BY_LABEL: dict[tuple[Histogram, str], PendingHistogram | DirectHistogram] = {}
+# count_request's by outcome: route, method, status and reason, without building the label strings
+_OUTCOMES: dict[tuple[str, str, int, Reason], tuple[PendingCount, PendingHistogram | DirectHistogram]] = {}
+
+
+def count(counter: Counter, *labels: str) -> None:
+    """Add one to a folding counter's child ``labels`` (on the request path; folded by ``fold``)."""
+    key = (counter, labels)
+    pending = _COUNTS_BY_LABELS.get(key)
+    if pending is None:
+        pending = _COUNTS_BY_LABELS[key] = pending_count(counter, *labels)
+    pending.count += 1
+
+
+def _histogram_child(histogram: Histogram, label: str) -> PendingHistogram | DirectHistogram:
+    key = (histogram, label)
+    pending = _HISTOGRAMS_BY_LABEL.get(key)
+    if pending is None:
+        pending = _HISTOGRAMS_BY_LABEL[key] = pending_histogram(histogram, label)
+    return pending
+
+
+def observe(histogram: Histogram, label: str, value: float) -> None:
+    """Observe ``value`` in a latency histogram's child ``label`` (on the request path; folded by ``fold``)."""
+    _histogram_child(histogram, label).observe(value)
+
+
+def count_request(route: str, method: str, status: int, reason: Reason, duration: float | None) -> None:
+    """Count one finished request in ``REQUESTS`` and, unless ``duration`` is None, ``REQUEST_DURATION``."""
+    key = (route, method, status, reason)
+    pending = _OUTCOMES.get(key)
+    if pending is None:
+        pending = _OUTCOMES[key] = (
+            pending_count(REQUESTS, route, method, str(status), reason.decision, reason.value),
+            _histogram_child(REQUEST_DURATION, route),
+        )
+    pending[0].count += 1
+    if duration is not None:
+        pending[1].observe(duration)
+
+
+# counted through count_request / observe (Gateway.record), folded by fold()
 REQUESTS = _FoldingCounter(
     "gateway_requests_total", "Requests by route, method, status, decision and reason",
     ["route", "method", "status", "decision", "reason"],
@@ -189,7 +236,7 @@ UPSTREAM_DURATION = _FoldingHistogram(
     "gateway_upstream_duration_seconds", "Time until the upstream answered with its head", ["upstream"],
     buckets=_LATENCY_BUCKETS,
 )
-# counted through pending_count on the decision path (binding.py, policy.py), folded by fold()
+# counted through count on the decision path (binding.py, policy.py), folded by fold()
 DPOP_PROOFS = _FoldingCounter(
     "gateway_dpop_proofs_total", "DPoP proofs checked, by result (valid or the refusal's reason)", ["result"],
 )
@@ -241,7 +288,7 @@ AUDIT_HEARTBEAT = Gauge(
     multiprocess_mode="livemin",
 )
 
-# traffic control: rate limits (ratelimit.py) and long-lived connections (websocket.py)
+# traffic control: rate limits (ratelimit/) and long-lived connections (websocket/)
 RATE_LIMITED = Counter(
     "gateway_rate_limited_total", "Requests refused by a rate limit, by route and limit", ["route", "limit"],
 )

@@ -40,11 +40,11 @@ from . import tracing
 from .audit.record import Exchange
 from .config import GatewayConfig, load_config
 from .decision import Decision
+from .facts import facts_of, new_exchange
 from .proxy import HeaderStrip, UnsafeIdentity, drop_cookies, header_key, identity_values, strip_rule
 from .reasons import Reason
 from .responses import allowed_headers, denial_response
 from .runtime import Gateway
-from .server import facts_of, new_exchange
 from .tokens.token import ValidatedToken
 
 TOKEN_KEY = web.RequestKey("token", ValidatedToken)

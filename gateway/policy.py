@@ -79,16 +79,8 @@ def _parameters(route: Route, path: str) -> dict[str, str]:
     return out
 
 
-_RULE_DENIALS: dict[tuple[str, str], metrics.PendingCount] = {}  # by route and rule: both from the configuration
-
-
 def _count_rule_denial(route: str, rule: str) -> None:
-    pending = _RULE_DENIALS.get((route, rule))
-    if pending is None:
-        if len(_RULE_DENIALS) >= 4096:  # reloads may rename rules: the folded counters keep their counts
-            _RULE_DENIALS.clear()
-        pending = _RULE_DENIALS[(route, rule)] = metrics.pending_count(metrics.RULE_DENIALS, route, rule)
-    pending.count += 1
+    metrics.count(metrics.RULE_DENIALS, route, rule)
 
 
 def required_scopes(route: Route) -> list[str]:

@@ -14,7 +14,7 @@ import os
 import random
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -26,34 +26,27 @@ from .binding import ProofServices
 from .claim_headers import ClaimHeaderPolicy
 from .config import HTTP_METHODS, GatewayConfig
 from .decision import Decider, Decision
+from .detection import Detector, detection_enabled
 from .proxy import Upstreams
-from .ratelimit import Limiter, build_limiter
+from .ratelimit import Limiter, RateLimits, build_limiter
 from .revocation.entries import Entry, Kind
-from .revocation.store import RevocationStore, build_store
+from .revocation.store import RevocationStore
+from .revocation.store_factory import build_store
 from .routing import RouteTable
 from .tokens.cache import ExpiringCache
 from .tokens.validator import TokenValidator
-from .traffic import RateLimits
+from .traced_decision import TracedDecider
 from .websocket import LiveConnections
 
 log = logging.getLogger("gateway")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _METHODS = frozenset(HTTP_METHODS)
-# Gateway.record's pending metrics by outcome: bounded like the label sets themselves. They
-# are counted on the event loop's thread and folded into prometheus-client by metrics.fold()
-_OUTCOME_METRICS: dict[
-    tuple[str, str, int, Any], tuple[metrics.PendingCount, metrics.PendingHistogram | metrics.DirectHistogram]
-] = {}
-_UPSTREAM_METRICS: dict[str, metrics.PendingHistogram | metrics.DirectHistogram] = {}
-_ROUTE_METRICS: dict[str, metrics.PendingHistogram | metrics.DirectHistogram] = {}
 METRICS_FOLD_INTERVAL = 1.0  # seconds between folds of the pending metrics (metrics.fold)
 RETIRE_MIN_DELAY = 2.0  # seconds a replaced pipeline stays open even when no proxied request uses it
 # seconds between two checks of every live connection against the revocation list: closes what a
 # notification did not (a replica that resynced after losing Redis gets entries without one)
 LIVE_RECHECK_INTERVAL = 5.0
-
-Detector = Any  # audit/detection.py provides it; kept loose to avoid an import cycle
 
 
 # request ids: 96 random bits as 24 hex digits, like os.urandom(12).hex() but without a system
@@ -81,7 +74,6 @@ class Pipeline:
     decider: Decider
     upstreams: Upstreams
     session: aiohttp.ClientSession
-    extras: dict[str, Any] = field(default_factory=dict)
     in_flight: int = 0  # proxied requests still using this pipeline (it may have been replaced)
 
     async def stop(self) -> None:
@@ -106,7 +98,7 @@ async def build_pipeline(
     _add_introspectors(config, validator, session)
     upstreams = Upstreams(config)
     limits = RateLimits(config.rate_limiting, config.routes, limiter or build_limiter(config.rate_limiting))
-    decider_type = Decider if tracing.ACTIVE is None else tracing.ACTIVE.decider_type  # in a span while tracing
+    decider_type = Decider if tracing.ACTIVE is None else TracedDecider  # in a span while tracing
     decider = decider_type(routes, validator, revocation, config.issuers, proofs, limits,
                            claim_headers=ClaimHeaderPolicy.from_config(config))
     pipeline = Pipeline(config, routes, validator, decider, upstreams, session)
@@ -149,11 +141,8 @@ class Gateway:
         self._rechecker: asyncio.Task[None] | None = None
         self.revocation.on_revoke(self._drop_cached)
         self.revocation.on_revoke(self.live.revoked)  # every replica hears every revocation: its sockets close
-        from .audit.detection import Detector as LiveDetector
-        from .audit.detection import detection_enabled
-
         if detection_enabled(config):
-            self.detector = LiveDetector(config, self.revocation)
+            self.detector = Detector(config, self.revocation)
 
     @property
     def config(self) -> GatewayConfig:
@@ -273,27 +262,9 @@ class Gateway:
             audit_record(exchange, decision, duration * 1000, self.revocation.list.family_claim, suspicious)
         )
         route = decision.route.name if decision.route is not None else ""
-        # the pending metrics of this outcome, looked up once (labels() locks and hashes every call)
         method = exchange.method if exchange.method in _METHODS else "OTHER"
-        key = (route, method, exchange.status, decision.reason)
-        pending = _OUTCOME_METRICS.get(key)
-        if pending is None:
-            duration_of_route = _ROUTE_METRICS.get(route)
-            if duration_of_route is None:
-                duration_of_route = _ROUTE_METRICS[route] = metrics.pending_histogram(metrics.REQUEST_DURATION, route)
-            pending = _OUTCOME_METRICS[key] = (
-                metrics.pending_count(
-                    metrics.REQUESTS, route, method, str(exchange.status), decision.reason.decision,
-                    decision.reason.value,
-                ),
-                duration_of_route,
-            )
-        pending[0].count += 1
-        if exchange.connection is None:  # a WebSocket's lifetime is no request latency
-            pending[1].observe(duration)
+        # a WebSocket's lifetime is no request latency
+        latency = duration if exchange.connection is None else None
+        metrics.count_request(route, method, exchange.status, decision.reason, latency)
         if exchange.upstream_ms is not None and decision.route is not None:
-            upstream = decision.route.upstream
-            histogram = _UPSTREAM_METRICS.get(upstream)
-            if histogram is None:
-                histogram = _UPSTREAM_METRICS[upstream] = metrics.pending_histogram(metrics.UPSTREAM_DURATION, upstream)
-            histogram.observe(exchange.upstream_ms / 1000)
+            metrics.observe(metrics.UPSTREAM_DURATION, decision.route.upstream, exchange.upstream_ms / 1000)

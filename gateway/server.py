@@ -1,9 +1,7 @@
-"""The aiohttp applications (proxy, admin) and their lifecycle.
+"""The gateway's listeners and their lifecycle: which ports open, start, drain and stop.
 
-Follow one request: ``ProxyHandler.__call__`` builds the facts, ``Decider.decide``
-(decision.py) applies the policy, ``proxy.forward`` streams it to the upstream (or
-``websocket.serve_websocket`` proxies an upgrade), and ``Gateway.record`` (runtime.py) writes
-the audit record and the metrics: for a WebSocket or a server-sent event stream, when it closes.
+Runs at start-up and shutdown; each listener's handler (proxy_handler.py, admin.py,
+forward_auth.py) runs per request. ``listeners`` is the one place that says what opens.
 """
 
 from __future__ import annotations
@@ -15,238 +13,55 @@ import logging
 import signal
 import ssl
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
-import orjson
 from aiohttp import web
-from multidict import CIMultiDict
 
-from . import metrics, tracing
-from .audit.record import Exchange
-from .binding import forwarded_authority, presented_certificate, request_scheme
+from . import tracing
+from .admin import admin_app
 from .config import Address, ConfigError, GatewayConfig, tls_settings
-from .decision import Decision, RequestFacts
-from .proxy import (
-    BodyTooLarge,
-    ForwardContext,
-    StreamAborted,
-    UnsafeIdentity,
-    Upstream,
-    UpstreamFailure,
-    client_address,
-    forward,
-    forwarded_for,
-    is_trusted,
-    strip_rule,
-)
-from .proxy import upstream_headers as build_upstream_headers
-from .reasons import Reason
+from .forward_auth import decision_listening, decision_runner
+from .proxy_handler import ProxyHandler
 from .reload import Reloader
-from .responses import allowed_headers, denial_response
-from .runtime import Gateway, Pipeline, request_id
+from .runtime import Gateway
 from .tokens.certificates import server_ssl_context
-from .traffic import ProtocolTokenError, asks_websocket
-from .websocket import HandshakeError, WebSocketSettings, serve_stream, serve_websocket
 
 log = logging.getLogger("gateway.server")
 
-
-def new_exchange(request: web.BaseRequest, config: GatewayConfig, mode: str) -> tuple[Exchange, str]:
-    """The exchange record of a request, and its direct peer address."""
-    peer = request.remote or ""
-    headers = request.headers
-    exchange = Exchange(
-        started=time.time(), started_mono=time.monotonic(),
-        request_id=request_id(headers.get("X-Request-Id")),
-        client_ip=client_address(peer, forwarded_for(headers), config.trusted_proxies),
-        method=request.method, host=headers.get("Host", ""), raw_path=request.raw_path,
-        user_agent=headers.get("User-Agent", ""), mode=mode,
-    )
-    return exchange, peer
-
-
-def facts_of(request: web.BaseRequest, config: GatewayConfig, client_ip: str | None = None) -> RequestFacts:
-    """The request as the decision sees it; what the client used and presented, believed from
-    a trusted proxy only (``X-Forwarded-Proto``/``-Host``, the forwarded client certificate).
-    ``client_ip``: the exchange's (after ``trusted_proxies``), else worked out here."""
-    headers = request.headers
-    peer = request.remote or ""
-    trusted = is_trusted(peer, config.trusted_proxies)
-    websocket = "Upgrade" in headers and asks_websocket(headers)
-    return RequestFacts(
-        method=request.method, raw_target=request.raw_path, host=headers.get("Host", ""),
-        authorization=tuple(headers.getall("Authorization", ())), version=request.version,
-        dpop=tuple(headers.getall("DPoP", ())), scheme=request_scheme(request, trusted),
-        authority=forwarded_authority(headers, trusted),
-        client_certificate=presented_certificate(request, config, trusted),
-        client_ip=client_address(peer, forwarded_for(headers), config.trusted_proxies) if client_ip is None
-        else client_ip,
-        websocket=websocket, protocols=tuple(headers.getall("Sec-WebSocket-Protocol", ())) if websocket else (),
-        headers=headers,
-    )
-
-
-class ProxyHandler:
-    """The public port: decide, then forward or deny."""
-
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        self.in_flight = 0  # requests between head and the end of the response body (Server.stop waits)
-
-    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        # one pipeline for the whole request, even when a reload swaps in another meanwhile
-        pipeline = self.gateway.pipeline
-        assert pipeline is not None
-        pipeline.in_flight += 1
-        self.in_flight += 1
-        try:
-            response = await self._handle(request, pipeline)
-        finally:
-            pipeline.in_flight -= 1
-            self.in_flight -= 1
-            if not self.in_flight:
-                metrics.idle()  # with several workers, a scrape of any of them counts an idle one in full
-        if self.gateway.draining:
-            response.force_close()  # no further request on a connection of a gateway going away
-        return response
-
-    async def _handle(self, request: web.BaseRequest, pipeline: Pipeline) -> web.StreamResponse:
-        gateway = self.gateway
-        config = pipeline.config
-        exchange, peer = new_exchange(request, config, "proxy")
-        decision = await pipeline.decider.decide(facts_of(request, config, exchange.client_ip))
-        if decision.allowed:
-            decision, response = await self._forward(request, pipeline, decision, exchange, peer)
-        else:
-            response = denial_response(decision, config.realm, exchange.request_id)
-        exchange.status = response.status
-        if exchange.bytes_out == 0 and isinstance(response, web.Response) and response.body is not None:
-            exchange.bytes_out = response.content_length or 0
-        gateway.record(exchange, decision)
-        return response
-
-    async def _forward(
-        self, request: web.BaseRequest, pipeline: Pipeline, decision: Decision, exchange: Exchange, peer: str
-    ) -> tuple[Decision, web.StreamResponse]:
-        assert decision.route is not None and decision.target is not None
-        config = pipeline.config
-        limit = decision.route.max_body_size if decision.route.max_body_size is not None else config.max_body_size
-        if request.content_length is not None and request.content_length > limit:
-            return self._deny(decision, Reason.BODY_TOO_LARGE, exchange, config)
-        upstream = pipeline.upstreams[decision.route.upstream]
-        context = ForwardContext(
-            client_ip=exchange.client_ip, peer=peer, peer_trusted=is_trusted(peer, config.trusted_proxies),
-            scheme="https" if request.secure else "http", host=exchange.host, request_id=exchange.request_id,
-        )
-        try:
-            headers = build_upstream_headers(request.headers, context, upstream, decision.token,
-                                             config.identity_headers, strip_rule(decision.route.config, config),
-                                             decision.claim_headers)
-        except UnsafeIdentity:  # never for a token built from claims: they are refused when validated
-            return self._deny(replace(decision, token=None), Reason.INVALID_CLAIM, exchange, config)
-        route = decision.route.config
-        if route is not None and route.websocket:
-            if asks_websocket(request.headers):  # the decision refused it on other routes
-                return await self._websocket(request, pipeline, decision, exchange, upstream, headers)
-            if route.websocket_token_protocol_prefix:  # meaningless without an upgrade, and may hold a token
-                headers.popall("Sec-WebSocket-Protocol", None)
-        if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
-            # the policy passed: now ask for the body (a denied request is answered without reading it)
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            request.writer.output_size = 0
-        live = partial(serve_stream, registry=self.gateway.live, route=decision.route.name, token=decision.token,
-                       exchange=exchange, group=pipeline)
-        call = forward(request, decision.target.forward, upstream, headers, exchange, limit, allowed_headers(decision),
-                       live)
-        if tracing.ACTIVE is not None:  # a client span: its traceparent goes into ``headers`` before they are sent
-            call = tracing.ACTIVE.upstream_call(call, headers, request.method, upstream)
-        try:
-            return decision, await call
-        except UpstreamFailure as failure:
-            return self._deny(decision, failure.reason, exchange, config)
-        except StreamAborted as aborted:
-            return replace(decision, reason=aborted.reason), aborted.response
-        except (BodyTooLarge, ConnectionError, OSError) as exc:
-            if exchange.bytes_in > limit or isinstance(exc, BodyTooLarge):
-                return self._deny(decision, Reason.BODY_TOO_LARGE, exchange, config)
-            return self._deny(decision, Reason.UPSTREAM_UNAVAILABLE, exchange, config)
-
-    async def _websocket(
-        self, request: web.BaseRequest, pipeline: Pipeline, decision: Decision, exchange: Exchange,
-        upstream: Upstream, headers: CIMultiDict[str],
-    ) -> tuple[Decision, web.StreamResponse]:
-        """An authorised upgrade: the upstream's handshake first, then frames both ways until one side
-        closes or the token dies (revoked, expired) or the gateway shuts down."""
-        assert decision.route is not None and decision.target is not None and decision.route.config is not None
-        assert upstream.session is not None
-        config = pipeline.config
-        settings = WebSocketSettings(config.long_connections.max_message_size, config.long_connections.close_timeout,
-                                     config.long_connections.compress)
-        call = serve_websocket(
-            request, upstream.session, upstream.url(decision.target.forward), headers=headers,
-            registry=self.gateway.live, route=decision.route.name, token=decision.token, exchange=exchange,
-            prefix=decision.route.config.websocket_token_protocol_prefix, settings=settings,
-            response_headers=[*allowed_headers(decision), ("X-Request-Id", exchange.request_id)], group=pipeline,
-        )
-        if tracing.ACTIVE is not None:  # the handshake carries the client span's traceparent, as forward does
-            call = tracing.ACTIVE.upstream_call(call, headers, request.method, upstream)
-        try:
-            response = await call
-        except (HandshakeError, ProtocolTokenError):
-            return self._deny(decision, Reason.BAD_WEBSOCKET_HANDSHAKE, exchange, config)
-        except UpstreamFailure as failure:
-            return self._deny(decision, failure.reason, exchange, config)
-        return decision, response
-
-    @staticmethod
-    def _deny(
-        decision: Decision, reason: Reason, exchange: Exchange, config: GatewayConfig
-    ) -> tuple[Decision, web.StreamResponse]:
-        decision = replace(decision, reason=reason)
-        return decision, denial_response(decision, config.realm, exchange.request_id)
-
-
-# --- admin ---------------------------------------------------------------------------------
-
-
-GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
-
-
-def admin_app(gateway: Gateway) -> web.Application:
-    """/metrics, /healthz and /readyz; kept off the public port."""
-    app = web.Application()
-
-    async def metrics_view(_: web.Request) -> web.Response:
-        body, content_type = metrics.render_latest()
-        return web.Response(body=body, headers={"Content-Type": content_type})
-
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "alive"}, dumps=lambda o: orjson.dumps(o).decode())
-
-    async def readyz(_: web.Request) -> web.Response:
-        # a dead or stuck audit writer means requests would go unrecorded: out of rotation
-        checks = {**gateway.readiness(), "audit_writer": gateway.audit.healthy()}
-        ready = all(checks.values())
-        return web.Response(
-            status=200 if ready else 503, body=orjson.dumps({"ready": ready, **checks}),
-            content_type="application/json",
-        )
-
-    app.router.add_get("/metrics", metrics_view)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app[GATEWAY_KEY] = gateway
-    return app
-
-
-# --- lifecycle -----------------------------------------------------------------------------
-
 _LAST_RESORT = 1.0  # seconds aiohttp still gives a request after the grace period, before cancelling it
 
-AdminHook = Callable[[web.Application, Gateway], None]
-ADMIN_HOOKS: list[AdminHook] = []  # other modules (revocation intake) add admin routes here
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """One port the gateway opens: its name (a key of ``Server.ports``), runner, address and TLS."""
+
+    name: str
+    runner: web.BaseRunner
+    address: Address
+    tls: ssl.SSLContext | None = None
+    opened: Callable[[], None] | None = None  # called once it listens (to log it, say)
+
+
+def listeners(gateway: Gateway, proxy: ProxyHandler, tls: ssl.SSLContext | None) -> list[Listener]:
+    """Every port the configuration asks for, in the order they open: the proxy (``listen``), the
+    admin port (``admin_listen``: admin.py), and the forward-auth decision port when
+    ``decision_listen`` is set (forward_auth.py)."""
+    config = gateway.config
+    handler = web.Server(tracing.server_handler(proxy, gateway, "proxy"), access_log=None,
+                         handler_cancellation=False)
+    # stop() waits up to the grace period itself; aiohttp's own wait is only the last resort
+    opened = [
+        Listener("proxy", web.ServerRunner(handler, shutdown_timeout=_LAST_RESORT, handle_signals=False),
+                 config.listen, tls),
+        Listener("admin", web.AppRunner(admin_app(gateway), access_log=None, shutdown_timeout=1.0),
+                 config.admin_listen),
+    ]
+    if config.decision_listen is not None:
+        opened.append(Listener("decision", decision_runner(gateway), config.decision_listen,
+                               opened=partial(decision_listening, config)))
+    return opened
 
 
 class Server:
@@ -267,37 +82,25 @@ class Server:
         await gateway.start()
         config = gateway.config
         self._proxy = ProxyHandler(gateway)
-        proxy = web.Server(tracing.server_handler(self._proxy, gateway, "proxy"), access_log=None,
-                           handler_cancellation=False)
-        # stop() waits up to the grace period itself; aiohttp's own wait is only the last resort
-        proxy_runner = web.ServerRunner(proxy, shutdown_timeout=_LAST_RESORT, handle_signals=False)
-        await self._listen("proxy", proxy_runner, config.listen, tls)
-        admin = admin_app(gateway)
-        for hook in ADMIN_HOOKS:
-            hook(admin, gateway)
-        await self._listen("admin", web.AppRunner(admin, access_log=None, shutdown_timeout=1.0), config.admin_listen)
-        for extra in EXTRA_LISTENERS:
-            await extra(self)
+        for listener in listeners(gateway, self._proxy, tls):
+            await self._listen(listener)
         log.info(
             "gateway listening",
             extra={"listen": str(config.listen), "admin": str(config.admin_listen), "ports": dict(self.ports)},
         )
 
-    async def _listen(
-        self, name: str, runner: web.BaseRunner, address: Address, ssl_context: ssl.SSLContext | None = None
-    ) -> None:
+    async def _listen(self, listener: Listener) -> None:
+        runner, address = listener.runner, listener.address
         await runner.setup()
         site = web.TCPSite(runner, address.host, address.port, reuse_port=self.reuse_port or None,
-                           ssl_context=ssl_context)
+                           ssl_context=listener.tls)
         await site.start()
         self.runners.append(runner)
-        self.ports[name] = runner.addresses[0][1]
-        if name == "admin":
+        self.ports[listener.name] = runner.addresses[0][1]
+        if listener.name == "admin":
             self._admin = runner
-
-    async def listen(self, name: str, runner: web.BaseRunner, address: Address) -> None:
-        """Start another listener (the forward-auth decision port) with the same lifecycle."""
-        await self._listen(name, runner, address)
+        if listener.opened is not None:
+            listener.opened()
 
     async def stop(self) -> None:
         """Fail readiness at once, stop accepting, let in-flight requests finish, then close.
@@ -359,10 +162,6 @@ def proxy_ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
         raise ConfigError([str(exc)]) from None
 
 
-ExtraListener = Callable[[Server], Awaitable[None]]
-EXTRA_LISTENERS: list[ExtraListener] = []
-
-
 def settle_heap() -> None:
     """Once started: what is alive now (modules, configuration, keys) stays for good.
 
@@ -412,12 +211,3 @@ async def serve(
             await reloader.close()
     log.info("shutting down", extra={"grace_seconds": gateway.config.shutdown_grace})
     await server.stop()
-
-
-# the decision port registers its hook in EXTRA_LISTENERS (it opens only when decision_listen is set)
-from . import forward_auth as _forward_auth  # noqa: E402, F401
-
-# the revocation intake endpoints (RFC 7009, RFC 8935 SET push) register in ADMIN_HOOKS
-from .revocation import intake as _revocation_intake  # noqa: E402
-
-ADMIN_HOOKS.append(_revocation_intake.register)

@@ -56,6 +56,7 @@ class StepUpPolicy:
 
     @property
     def required(self) -> bool:
+        """Whether the route asks anything of the user's authentication."""
         return bool(self.acr_values) or self.max_age is not None
 
 
@@ -69,6 +70,7 @@ class StepUpChallenge:
 
     @property
     def error(self) -> str:
+        """The challenge's ``error`` code (always ``insufficient_user_authentication``)."""
         return ERROR_CODE
 
     def parameters(self) -> list[tuple[str, str]]:

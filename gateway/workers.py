@@ -124,7 +124,7 @@ class Supervisor:
 
     def _warn_about_per_process_state(self) -> None:
         revocation = self.declared.revocation
-        if revocation.redis_url is None and revocation.sentinel is None:
+        if not revocation.shared:
             log.warning(
                 "the revocation list is in memory, one per worker: a revocation reaches only the worker that "
                 "received it; with workers > 1 configure revocation.redis_url or revocation.sentinel"
@@ -273,7 +273,7 @@ def clear_metrics_dir(path: str, keep_pid: int | None = None) -> None:
 
 def worker_main() -> None:
     """``python -m gateway.workers``: one worker process, its spec read from stdin."""
-    from .cli import run_async
+    from .launch import run_async
     from .logs import setup_logging
 
     spec = WorkerSpec(**json.loads(sys.stdin.buffer.read()))

@@ -16,7 +16,7 @@ import jwt
 
 from gateway.demo import DemoIssuer
 from gateway.tokens.token import fingerprint
-from tests.conftest import RunningGateway
+from tests.helpers import RunningGateway
 
 HOME_IP = "198.51.100.7"
 AWAY_IP = "203.0.113.9"

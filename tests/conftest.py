@@ -6,10 +6,8 @@ server, the gateway listens on real sockets, and Redis is a redis-server process
 
 from __future__ import annotations
 
-import json
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +20,10 @@ from gateway.config import parse_config
 from gateway.demo import DemoIssuer, EchoUpstream
 from gateway.runtime import Gateway
 from gateway.server import Server
+from tests.helpers import AUDIENCE, GatewayFactory, RunningGateway, base_config
 
-AUDIENCE = "https://api.example/orders"
-
-redis_proc = factories.redis_proc(port=None, executable=shutil.which("redis-server") or "/usr/bin/redis-server")
+redis_proc = factories.redis_proc(port=None,  # type: ignore[arg-type]  # None: any free port (pytest-redis)
+                                  executable=shutil.which("redis-server") or "/usr/bin/redis-server")
 
 
 @pytest.fixture
@@ -42,64 +40,6 @@ async def upstream() -> AsyncIterator[EchoUpstream]:
     await server.start()
     yield server
     await server.stop()
-
-
-def base_config(issuer: DemoIssuer, upstream: EchoUpstream, audit_path: Path) -> dict[str, Any]:
-    """The example configuration pointed at the test servers, on ephemeral ports."""
-    return {
-        "listen": "127.0.0.1:0",
-        "admin_listen": "127.0.0.1:0",
-        "issuers": [{"issuer": issuer.issuer, "audiences": [AUDIENCE], "algorithms": ["RS256", "ES256"],
-                     "leeway": "5s", "jwks_min_refresh_interval": "1s"}],
-        "upstreams": {"orders": {"url": upstream.url, "timeout": "5s"}},
-        "routes": [
-            {"name": "list-orders", "path": "/orders", "methods": ["GET"], "upstream": "orders",
-             "scopes": ["orders:read"]},
-            {"name": "create-order", "path": "/orders", "methods": ["POST"], "upstream": "orders",
-             "scopes": ["orders:write"]},
-            {"name": "change-order", "path": "/orders/{id}", "methods": ["PUT", "DELETE"], "upstream": "orders",
-             "scopes": ["orders:write"]},
-            {"name": "order-status", "path": "/orders/{id}/status", "methods": ["GET"], "upstream": "orders",
-             "any_scopes": ["orders:read", "orders:admin"]},
-            {"name": "health", "path": "/public/health", "upstream": "orders", "auth": "none"},
-            {"name": "public-files", "path_prefix": "/public/files", "upstream": "orders", "auth": "none"},
-            {"name": "slow", "path_prefix": "/slow", "methods": ["GET"], "upstream": "orders", "auth": "none"},
-            {"name": "download", "path_prefix": "/download", "methods": ["GET"], "upstream": "orders",
-             "scopes": ["orders:read"]},
-        ],
-        "audit": {"sink": "file", "path": str(audit_path), "flush_interval": "20ms"},
-    }
-
-
-@dataclass
-class RunningGateway:
-    server: Server
-    gateway: Gateway
-    audit_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.ports['proxy']}"
-
-    @property
-    def admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.ports['admin']}"
-
-    def port(self, name: str) -> int:
-        return self.server.ports[name]
-
-    async def audit_records(self) -> list[dict[str, Any]]:
-        await self.gateway.audit.flush()
-        if not self.audit_path.exists():
-            return []
-        return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line]
-
-    async def stop(self) -> None:
-        if not self.server.stopped.is_set():
-            await self.server.stop()
-
-
-GatewayFactory = Callable[..., Awaitable[RunningGateway]]
 
 
 @pytest.fixture
@@ -135,7 +75,3 @@ async def gw(make_gateway: GatewayFactory) -> RunningGateway:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(auto_decompress=False) as session:
         yield session
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}

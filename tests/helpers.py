@@ -1,4 +1,4 @@
-"""Test helpers: a raw HTTP/1.1 client, free ports, metric samples.
+"""Test helpers: the base gateway configuration and handle, a raw HTTP/1.1 client, free ports, metric samples.
 
 aiohttp's client (and yarl) normalise URLs before sending them, which would hide exactly
 the ``..``, ``%2e`` and ``%2f`` forms the gateway has to handle; ``raw_request`` writes the
@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from multidict import CIMultiDict
 from prometheus_client import REGISTRY
+
+if TYPE_CHECKING:
+    from gateway.demo import DemoIssuer
+    from gateway.runtime import Gateway, Pipeline
+    from gateway.server import Server
 
 # the smallest valid configuration: one issuer, one upstream, one route
 MINIMAL_CONFIG = """\
@@ -117,3 +126,89 @@ async def raw_request(
         payload = _dechunk(payload)
     response.body = payload
     return response
+
+
+AUDIENCE = "https://api.example/orders"
+
+
+class HasUrl(Protocol):
+    """What ``base_config`` needs of an upstream: its URL (an ``EchoUpstream`` or an ``UpstreamAddress``)."""
+
+    @property
+    def url(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class UpstreamAddress:
+    """An upstream known only by its URL, for configurations that never proxy to it (middleware mode)."""
+
+    url: str
+
+
+def base_config(issuer: DemoIssuer, upstream: HasUrl, audit_path: Path) -> dict[str, Any]:
+    """The example configuration pointed at the test servers, on ephemeral ports."""
+    return {
+        "listen": "127.0.0.1:0",
+        "admin_listen": "127.0.0.1:0",
+        "issuers": [{"issuer": issuer.issuer, "audiences": [AUDIENCE], "algorithms": ["RS256", "ES256"],
+                     "leeway": "5s", "jwks_min_refresh_interval": "1s"}],
+        "upstreams": {"orders": {"url": upstream.url, "timeout": "5s"}},
+        "routes": [
+            {"name": "list-orders", "path": "/orders", "methods": ["GET"], "upstream": "orders",
+             "scopes": ["orders:read"]},
+            {"name": "create-order", "path": "/orders", "methods": ["POST"], "upstream": "orders",
+             "scopes": ["orders:write"]},
+            {"name": "change-order", "path": "/orders/{id}", "methods": ["PUT", "DELETE"], "upstream": "orders",
+             "scopes": ["orders:write"]},
+            {"name": "order-status", "path": "/orders/{id}/status", "methods": ["GET"], "upstream": "orders",
+             "any_scopes": ["orders:read", "orders:admin"]},
+            {"name": "health", "path": "/public/health", "upstream": "orders", "auth": "none"},
+            {"name": "public-files", "path_prefix": "/public/files", "upstream": "orders", "auth": "none"},
+            {"name": "slow", "path_prefix": "/slow", "methods": ["GET"], "upstream": "orders", "auth": "none"},
+            {"name": "download", "path_prefix": "/download", "methods": ["GET"], "upstream": "orders",
+             "scopes": ["orders:read"]},
+        ],
+        "audit": {"sink": "file", "path": str(audit_path), "flush_interval": "20ms"},
+    }
+
+
+@dataclass
+class RunningGateway:
+    server: Server
+    gateway: Gateway
+    audit_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.ports['proxy']}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.ports['admin']}"
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The gateway's current pipeline; set once the server has started."""
+        pipeline = self.gateway.pipeline
+        assert pipeline is not None, "the gateway has not started"
+        return pipeline
+
+    def port(self, name: str) -> int:
+        return self.server.ports[name]
+
+    async def audit_records(self) -> list[dict[str, Any]]:
+        await self.gateway.audit.flush()
+        if not self.audit_path.exists():
+            return []
+        return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line]
+
+    async def stop(self) -> None:
+        if not self.server.stopped.is_set():
+            await self.server.stop()
+
+
+GatewayFactory = Callable[..., Awaitable[RunningGateway]]
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

@@ -75,7 +75,7 @@ class Received:
     def spans(self) -> list[Span]:
         with self.lock:
             requests = list(self.requests)
-        out = []
+        out: list[Any] = []
         for request in requests:
             for resource_spans in request.resource_spans:
                 resource = {a.key: value_of(a.value) for a in resource_spans.resource.attributes}
@@ -126,7 +126,7 @@ class HttpReceiver(Received):
             await self._runner.cleanup()
 
 
-class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self, received: Received) -> None:
         self.received = received
 
@@ -142,7 +142,8 @@ class GrpcReceiver(Received):
     def __init__(self) -> None:
         super().__init__()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(self), self.server)
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            _TraceService(self), self.server)
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.url = f"http://127.0.0.1:{self.port}"
 

@@ -1,4 +1,4 @@
-"""Issue 2, point 9: one audit record per request, its fields, no raw token anywhere, counts under load."""
+"""One audit record per request, its fields, no raw token anywhere, counts under load."""
 
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ import os
 import random
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
 import pytest
 
+from gateway.demo import DemoIssuer
 from gateway.logs import JsonFormatter
-from gateway.tokens.token import fingerprint  # the token's identity (issue 11, item 13)
-from tests.conftest import bearer
-from tests.helpers import free_port, metric, raw_request
+from gateway.tokens.token import fingerprint  # the token's identity
+from tests.helpers import GatewayFactory, RunningGateway, bearer, free_port, metric, raw_request
 
 FIELDS = {
     "ts", "request_id", "client_ip", "method", "host", "path", "route", "upstream", "status", "decision", "reason",
@@ -34,7 +34,7 @@ async def send(gw: Any, method: str, path: str, headers: dict[str, str] | None =
         return resp.status, await resp.read()
 
 
-async def test_allowed_request_record(gw, issuer):  # type: ignore[no-untyped-def]
+async def test_allowed_request_record(gw: RunningGateway, issuer: DemoIssuer) -> None:
     token = issuer.mint(sub="alice", scope="orders:read profile", sid="session-1", jti="jti-1", client_id="web")
     status, _ = await send(gw, "POST", "/orders", {**bearer(issuer.mint(scope="orders:write"))}, data=b"12345")
     assert status == 200
@@ -47,7 +47,7 @@ async def test_allowed_request_record(gw, issuer):  # type: ignore[no-untyped-de
     record = records[1]
     assert set(record) >= FIELDS
     ts = datetime.fromisoformat(record["ts"].replace("Z", "+00:00"))
-    assert record["ts"].endswith("Z") and ts.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
+    assert record["ts"].endswith("Z") and ts.utcoffset() == timedelta(0)
     assert abs((datetime.now(UTC) - ts).total_seconds()) < 30
     assert record["request_id"] == "rid-1"
     assert record["client_ip"] == "127.0.0.1"
@@ -67,7 +67,7 @@ async def test_allowed_request_record(gw, issuer):  # type: ignore[no-untyped-de
     assert record["bytes_out"] > 100  # the echo upstream's JSON
 
 
-async def test_generated_request_id_matches_the_response(gw):  # type: ignore[no-untyped-def]
+async def test_generated_request_id_matches_the_response(gw: RunningGateway) -> None:
     async with aiohttp.ClientSession() as session, session.get(gw.url + "/orders") as resp:
         request_id = resp.headers["X-Request-Id"]
     records = await gw.audit_records()
@@ -95,9 +95,10 @@ def test_made_request_ids_are_96_random_bits_and_incoming_ones_pass_through() ->
         ("GET", "/public/health", None, 200, "public_route", "health"),
     ],
 )
-async def test_denials_are_recorded_with_the_shared_reason(  # type: ignore[no-untyped-def]
-    gw, issuer, method, path, scope, status, reason, route
-):
+async def test_denials_are_recorded_with_the_shared_reason(
+    gw: RunningGateway, issuer: DemoIssuer, method: str, path: str, scope: str | None, status: int, reason: str,
+    route: str,
+) -> None:
     before = metric("gateway_requests_total", route=route, method=method, status=str(status),
                     decision="allow" if status == 200 else "deny", reason=reason)
     headers = bearer(issuer.mint(scope=scope)) if scope else {}
@@ -114,7 +115,9 @@ async def test_denials_are_recorded_with_the_shared_reason(  # type: ignore[no-u
     assert after == before + 1  # ... and the metric label
 
 
-async def test_insufficient_scope_record(gw, issuer):  # type: ignore[no-untyped-def]
+async def test_insufficient_scope_record(
+    gw: RunningGateway, issuer: DemoIssuer
+) -> None:
     token = issuer.mint(sub="bob", scope="profile")
     await send(gw, "GET", "/orders/7/status", bearer(token))
     record = (await gw.audit_records())[-1]
@@ -124,7 +127,9 @@ async def test_insufficient_scope_record(gw, issuer):  # type: ignore[no-untyped
     assert record["upstream_ms"] is None
 
 
-async def test_invalid_token_record_has_a_fingerprint_but_no_identity(gw, issuer):  # type: ignore[no-untyped-def]
+async def test_invalid_token_record_has_a_fingerprint_but_no_identity(
+    gw: RunningGateway, issuer: DemoIssuer
+) -> None:
     token = issuer.mint(sub="mallory", ttl=-3600)
     await send(gw, "GET", "/orders", bearer(token))
     record = (await gw.audit_records())[-1]
@@ -133,14 +138,18 @@ async def test_invalid_token_record_has_a_fingerprint_but_no_identity(gw, issuer
     assert record["sub"] is None and record["scopes"] == []
 
 
-async def test_upstream_failure_is_recorded(make_gateway, issuer):  # type: ignore[no-untyped-def]
+async def test_upstream_failure_is_recorded(
+    make_gateway: GatewayFactory, issuer: DemoIssuer
+) -> None:
     gw = await make_gateway(upstreams={"orders": {"url": f"http://127.0.0.1:{free_port()}"}})
     await send(gw, "GET", "/orders", bearer(issuer.mint()))
     record = (await gw.audit_records())[-1]
     assert (record["status"], record["reason"], record["upstream"]) == (502, "upstream_unavailable", "orders")
 
 
-async def test_no_raw_token_in_the_audit_trail_or_the_log(gw, issuer, caplog):  # type: ignore[no-untyped-def]
+async def test_no_raw_token_in_the_audit_trail_or_the_log(
+    gw: RunningGateway, issuer: DemoIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     tokens = {
         "valid": issuer.mint(),
@@ -172,7 +181,9 @@ async def test_no_raw_token_in_the_audit_trail_or_the_log(gw, issuer, caplog):  
                 assert part not in caplog.text
 
 
-async def test_record_count_equals_request_count_under_load(gw, issuer):  # type: ignore[no-untyped-def]
+async def test_record_count_equals_request_count_under_load(
+    gw: RunningGateway, issuer: DemoIssuer
+) -> None:
     good, poor = issuer.mint(), issuer.mint(scope="profile")
     plans = [
         ("/orders", bearer(good)), ("/orders", bearer(poor)), ("/orders", {}), ("/public/health", {}),
@@ -203,7 +214,9 @@ async def test_record_count_equals_request_count_under_load(gw, issuer):  # type
     assert len(gw.audit_path.read_bytes().splitlines()) == 500  # whole lines, none torn
 
 
-async def test_stdout_sink(make_gateway, capfd):  # type: ignore[no-untyped-def]
+async def test_stdout_sink(
+    make_gateway: GatewayFactory, capfd: pytest.CaptureFixture[str]
+) -> None:
     gw = await make_gateway(audit={"sink": "stdout", "flush_interval": "10ms"})
     await send(gw, "GET", "/public/health", {"X-Request-Id": "to-stdout"})
     await gw.gateway.audit.flush()
@@ -211,7 +224,7 @@ async def test_stdout_sink(make_gateway, capfd):  # type: ignore[no-untyped-def]
     assert [r["request_id"] for r in lines if r.get("type") == "audit"] == ["to-stdout"]
 
 
-async def test_audit_sink_none_writes_nothing(make_gateway):  # type: ignore[no-untyped-def]
+async def test_audit_sink_none_writes_nothing(make_gateway: GatewayFactory) -> None:
     gw = await make_gateway(audit={"sink": "none"})
     await send(gw, "GET", "/public/health")
     assert await gw.audit_records() == []
@@ -246,7 +259,9 @@ def stalled_pipe(tmp_path: Any) -> StalledPipe:
     return StalledPipe(tmp_path / "audit.fifo")
 
 
-async def test_a_stalled_audit_sink_does_not_block_requests(make_gateway, stalled_pipe):  # type: ignore[no-untyped-def]
+async def test_a_stalled_audit_sink_does_not_block_requests(
+    make_gateway: GatewayFactory, stalled_pipe: StalledPipe
+) -> None:
     """The audit trail goes to a pipe nobody reads for a while: requests are still answered at once."""
     gw = await make_gateway(audit={"sink": "file", "path": str(stalled_pipe.path), "flush_interval": "5ms"})
     try:
@@ -266,7 +281,9 @@ async def test_a_stalled_audit_sink_does_not_block_requests(make_gateway, stalle
     assert [json.loads(line)["request_id"] for line in lines] == [f"r{i}" for i in range(400)]
 
 
-async def test_a_stalled_sink_drops_and_counts_past_max_pending(make_gateway, stalled_pipe):  # type: ignore[no-untyped-def]
+async def test_a_stalled_sink_drops_and_counts_past_max_pending(
+    make_gateway: GatewayFactory, stalled_pipe: StalledPipe
+) -> None:
     """Memory stays bounded while nobody reads the audit pipe; the loss is counted, not hidden."""
     gw = await make_gateway(
         audit={"sink": "file", "path": str(stalled_pipe.path), "flush_interval": "5ms", "max_pending": 50}

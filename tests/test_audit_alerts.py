@@ -1,4 +1,4 @@
-"""Issue 11, item 12: the chart's alerts on the audit writer fire with Prometheus's own evaluator.
+"""The chart's alerts on the audit writer fire with Prometheus's own evaluator.
 
 The chart is rendered with the real Helm, its PrometheusRule turned into a rule file, and
 ``promtool test rules`` replays synthetic series: a pod whose writer heartbeat stops is

@@ -1,4 +1,4 @@
-"""Issue 12, incident response: the audit trail says how each token was bound, and the tools use it.
+"""The audit trail says how each token was bound, and the tools use it.
 
 Records are built from real Decisions (real DPoP keys, real client certificates) by the same
 ``audit_record`` the gateway calls, written as JSON lines and read back by ``gateway audit`` and
@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 import yaml
@@ -24,20 +25,22 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.audit.fields import PROOF_FAILURES
-from gateway.audit.incident import Target, collect, render_text
-from gateway.audit.incident_revoke import RevokeError, plan_revocation
-from gateway.audit.query import visible
 from gateway.audit.record import LIMITS, Exchange, audit_record
-from gateway.audit.report_html import render_html
 from gateway.cli import main
 from gateway.config import parse_config
 from gateway.decision import Decision
+from gateway.demo import DemoIssuer
+from gateway.forensics.incident import Target, collect, render_text
+from gateway.forensics.query import visible
+from gateway.forensics.reports.html import render_html
+from gateway.forensics.revoke import RevokeError, plan_revocation
 from gateway.reasons import Reason
 from gateway.revocation.entries import Kind
 from gateway.tokens.certificates import thumbprint
 from gateway.tokens.dpop import ProofRequest, confirmation, key_thumbprint, sign_proof
 from gateway.tokens.token import ValidatedToken, fingerprint
 from tests.certs import issue, make_ca
+from tests.helpers import GatewayFactory
 from tests.test_audit_output import ATTRIBUTES, CLASSES, ELEMENTS, FREE_ATTRIBUTES, HOSTILE, inventory
 
 ISSUER = "https://as.example"
@@ -278,7 +281,7 @@ def test_incident_by_key_thumbprint_tells_every_token_used_with_it_and_revokes_t
     text = result.stdout
     assert text.startswith(f"Incident report for key thumbprint {THIEF_KEY}")
     tokens = section(text, "Tokens used with this key (2)")
-    assert bound.jti in tokens and "jti-second" in tokens
+    assert bound.jti is not None and bound.jti in tokens and "jti-second" in tokens
     assert "proof failures: 3 (dpop_key_mismatch x3)" in text
 
     config = parse_config(yaml.safe_dump({
@@ -353,7 +356,9 @@ def test_hostile_binding_values_are_shown_escaped_on_the_terminal(tmp_path: Path
 # --- end to end: DPoP requests through a real gateway -----------------------------------------
 
 
-async def test_a_dpop_request_through_the_gateway_records_its_binding_and_key(make_gateway, issuer, http):
+async def test_a_dpop_request_through_the_gateway_records_its_binding_and_key(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     """The holder's DPoP requests are written with binding dpop and its jkt; the thief's replays of the
     same token (no proof, a proof of its own key) with binding none, the thief's key, and the reason;
     the incident report counts them as proof failures."""

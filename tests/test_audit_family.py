@@ -11,10 +11,10 @@ from typing import Any
 import aiohttp
 from click.testing import CliRunner
 
-from gateway.audit.incident import Target, collect
 from gateway.cli import main
 from gateway.demo import DemoIssuer
-from tests.conftest import GatewayFactory, bearer
+from gateway.forensics.incident import Target, collect
+from tests.helpers import GatewayFactory, bearer
 
 
 async def test_the_family_is_read_from_the_configured_claim(make_gateway: GatewayFactory, issuer: DemoIssuer) -> None:

@@ -1,4 +1,4 @@
-"""Issue 11, item 9: what responders open shows audit values and never obeys them.
+"""What responders open shows audit values and never obeys them.
 
 Every value of an audit record can be chosen by an attacker (a path, a user agent, a
 crafted record in a log). The HTML report escapes them in every context (Jinja2,
@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 
-from gateway.audit.incident import Target, collect, render_text
-from gateway.audit.query import CSV_FIELDS, csv_safe, visible
-from gateway.audit.report_html import render_html
+from gateway.forensics.incident import Target, collect, render_text
+from gateway.forensics.query import CSV_FIELDS, csv_safe, visible
+from gateway.forensics.reports.html import render_html
 
 ROOT = Path(__file__).resolve().parent.parent
 # markup for every HTML context, a template expression, a terminal escape sequence, a

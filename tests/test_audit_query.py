@@ -11,19 +11,26 @@ import sys
 import tracemalloc
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from click.testing import CliRunner
 
-from gateway.audit.query import Query, parse_time, select
 from gateway.cli import main
+from gateway.demo import DemoIssuer
+from gateway.forensics.query import Query, select
 from gateway.forensics.scan import BLOCK
+from gateway.forensics.times import parse_time
 from tests.audit_traffic import AWAY_IP, HOME_IP, TRUSTED, Traffic, assert_no_raw_token, drive
+from tests.helpers import GatewayFactory
 
 
 @pytest.fixture
-async def traffic(make_gateway, issuer, http) -> tuple[Traffic, Path]:
+async def traffic(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> tuple[Traffic, Path]:
     gw = await make_gateway(**TRUSTED)
     result = await drive(gw, issuer, http)
     return result, gw.audit_path
@@ -34,11 +41,11 @@ def run(*args: str, input: bytes | None = None) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-def jsonl(stdout: str) -> list[dict]:
+def jsonl(stdout: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stdout.splitlines() if line]
 
 
-async def test_by_jti_finds_every_call_of_the_token_from_both_ips(traffic):
+async def test_by_jti_finds_every_call_of_the_token_from_both_ips(traffic: tuple[Traffic, Path]) -> None:
     t, path = traffic
     code, out, err = run("audit", str(path), "--jti", t.a.jti, "--format", "json")
     assert code == 0
@@ -49,7 +56,7 @@ async def test_by_jti_finds_every_call_of_the_token_from_both_ips(traffic):
     assert "7 records matched" in err
 
 
-async def test_token_is_hashed_locally_and_never_printed(traffic):
+async def test_token_is_hashed_locally_and_never_printed(traffic: tuple[Traffic, Path]) -> None:
     t, path = traffic
     for fmt in ("table", "json", "csv"):
         code, out, err = run("audit", str(path), "--token", t.a.raw, "--format", fmt)
@@ -60,7 +67,7 @@ async def test_token_is_hashed_locally_and_never_printed(traffic):
     assert len(jsonl(run("audit", str(path), "--token", f"Bearer {t.a.raw}", "--format", "json")[1])) == 7
 
 
-async def test_fingerprint_prefix_and_full_fingerprint(traffic):
+async def test_fingerprint_prefix_and_full_fingerprint(traffic: tuple[Traffic, Path]) -> None:
     t, path = traffic
     from gateway.tokens.token import fingerprint
 
@@ -72,7 +79,7 @@ async def test_fingerprint_prefix_and_full_fingerprint(traffic):
     assert code == 2 and "hex" in err
 
 
-async def test_filters_combine_with_and(traffic):
+async def test_filters_combine_with_and(traffic: tuple[Traffic, Path]) -> None:
     t, path = traffic
 
     def count(*flags: str) -> int:
@@ -96,7 +103,7 @@ async def test_filters_combine_with_and(traffic):
     assert count("--since", future) == 0
 
 
-async def test_table_and_csv_output(traffic):
+async def test_table_and_csv_output(traffic: tuple[Traffic, Path]) -> None:
     t, path = traffic
     _, out, _ = run("audit", str(path), "--jti", t.a.jti)
     lines = out.splitlines()
@@ -110,7 +117,7 @@ async def test_table_and_csv_output(traffic):
     assert all(r["scopes"] == "orders:read" for r in denied)
 
 
-async def test_gzip_rotated_files_and_foreign_lines(traffic, tmp_path):
+async def test_gzip_rotated_files_and_foreign_lines(traffic: tuple[Traffic, Path], tmp_path: Path) -> None:
     t, path = traffic
     lines = path.read_bytes().splitlines(keepends=True)
     old = tmp_path / "audit.jsonl.2.gz"
@@ -135,7 +142,7 @@ async def test_gzip_rotated_files_and_foreign_lines(traffic, tmp_path):
     assert len(records) == 3
 
 
-async def test_truncated_gzip_is_read_as_far_as_it_goes(traffic, tmp_path):
+async def test_truncated_gzip_is_read_as_far_as_it_goes(traffic: tuple[Traffic, Path], tmp_path: Path) -> None:
     _, path = traffic
     data = gzip.compress(path.read_bytes())
     cut = tmp_path / "cut.gz"
@@ -146,7 +153,7 @@ async def test_truncated_gzip_is_read_as_far_as_it_goes(traffic, tmp_path):
     assert 0 < len(jsonl(out)) <= 10
 
 
-async def test_stdin_plain_and_gzip(traffic):
+async def test_stdin_plain_and_gzip(traffic: tuple[Traffic, Path]) -> None:
     t, path = traffic
     data = path.read_bytes()
     for payload in (data, gzip.compress(data)):
@@ -156,7 +163,7 @@ async def test_stdin_plain_and_gzip(traffic):
         assert code == 0 and len(jsonl(out)) == 2
 
 
-async def test_real_pipe_into_the_command(traffic):
+async def test_real_pipe_into_the_command(traffic: tuple[Traffic, Path]) -> None:
     """``kubectl logs ... | gateway audit --jti J``: a real process reading a real pipe."""
     t, path = traffic
     proc = subprocess.run(
@@ -175,7 +182,7 @@ async def test_real_pipe_into_the_command(traffic):
     assert_no_raw_token(proc.stdout.decode() + proc.stderr.decode(), t.a)
 
 
-def test_times():
+def test_times() -> None:
     now = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
     assert parse_time("2h", now) == datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
     assert parse_time("30m", now) == datetime(2024, 5, 1, 11, 30, tzinfo=UTC)
@@ -189,7 +196,7 @@ def test_times():
     assert code == 2 and "RFC 3339" in err
 
 
-def test_memory_stays_flat_while_streaming(tmp_path):
+def test_memory_stays_flat_while_streaming(tmp_path: Path) -> None:
     """Reading 40,000 records holds one block of the engine (``scan.BLOCK``), not the file:
     peak allocations are that block and a little, whatever the file's size."""
     base = {

@@ -1,4 +1,4 @@
-"""Issue 11, item 12: the audit trail survives any input.
+"""The audit trail survives any input.
 
 A request whose headers carry bytes that are not UTF-8 used to make the writer's
 serialisation raise: the flush task died silently and nothing was written again. Every
@@ -22,8 +22,8 @@ import pytest
 from gateway.audit.record import LIMITS, SCOPE_LIMIT, SCOPES_LIMIT
 from gateway.audit.writer import AuditWriter
 from gateway.config import AuditConfig
-from tests.conftest import bearer
-from tests.helpers import metric
+from gateway.demo import DemoIssuer
+from tests.helpers import GatewayFactory, RunningGateway, bearer, metric
 from tests.test_audit import StalledPipe
 
 # a User-Agent that is not UTF-8 at all, a Host with a broken sequence (0xC3 then "(")
@@ -68,7 +68,9 @@ def check_hostile_record(record: dict[str, Any]) -> None:
     assert {"user_agent", "host"} <= set(record["escaped"])
 
 
-async def test_hostile_header_bytes_then_n_requests_give_n_plus_1_records(gw, issuer):  # type: ignore[no-untyped-def]
+async def test_hostile_header_bytes_then_n_requests_give_n_plus_1_records(
+    gw: RunningGateway, issuer: DemoIssuer
+) -> None:
     unserialisable = metric("gateway_audit_records_unserialisable_total")
     answer = await send_raw(gw.url, HOSTILE_HEAD)
     assert answer.startswith(b"HTTP/1.1 4")  # refused, unauthenticated
@@ -85,7 +87,9 @@ async def test_hostile_header_bytes_then_n_requests_give_n_plus_1_records(gw, is
     assert status == 200 and body["audit_writer"] is True
 
 
-async def test_hostile_header_bytes_then_graceful_stop_writes_every_record(gw, issuer):  # type: ignore[no-untyped-def]
+async def test_hostile_header_bytes_then_graceful_stop_writes_every_record(
+    gw: RunningGateway, issuer: DemoIssuer
+) -> None:
     await send_raw(gw.url, HOSTILE_HEAD)
     n = 10
     await authenticated_requests(gw, issuer.mint(), n)
@@ -95,7 +99,9 @@ async def test_hostile_header_bytes_then_graceful_stop_writes_every_record(gw, i
     check_hostile_record(records[0])
 
 
-async def test_every_text_field_is_capped(gw, issuer):  # type: ignore[no-untyped-def]
+async def test_every_text_field_is_capped(
+    gw: RunningGateway, issuer: DemoIssuer
+) -> None:
     long_path = "/orders/" + "p" * 6000
     head = (f"GET {long_path} HTTP/1.1\r\nHost: {'h' * 3000}.example\r\nUser-Agent: {'u' * 7000}\r\n"
             "X-Request-Id: long-fields\r\nConnection: close\r\n\r\n").encode()
@@ -130,12 +136,14 @@ def writer_config(path: Path, **overrides: Any) -> AuditConfig:
     return AuditConfig(sink="file", path=str(path), flush_interval=0.01, **overrides)
 
 
-async def test_a_record_that_cannot_be_serialised_is_replaced_counted_and_logged(tmp_path, caplog):  # type: ignore[no-untyped-def]
+async def test_a_record_that_cannot_be_serialised_is_replaced_counted_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.ERROR, logger="gateway.audit")
     before = metric("gateway_audit_records_unserialisable_total")
     writer = AuditWriter(writer_config(tmp_path / "audit.jsonl"))
     await writer.start()
-    bad = [
+    bad: list[dict[str, Any]] = [
         {"type": "audit", "request_id": "bad-surrogate", "reason": "missing_token", "status": 401,
          "user_agent": "\udcff"},  # what aiohttp makes of a 0xFF byte, written without the recording's care
         {"type": "audit", "request_id": "bad-set", "reason": "allowed", "scopes": {"a", "b"}},
@@ -174,7 +182,9 @@ class FailingOnce(AuditWriter):
         super()._write_all(fd, data)
 
 
-async def test_the_flush_loop_survives_an_unexpected_exception(tmp_path, caplog):  # type: ignore[no-untyped-def]
+async def test_the_flush_loop_survives_an_unexpected_exception(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.ERROR, logger="gateway.audit")
     writer = FailingOnce(writer_config(tmp_path / "audit.jsonl"))
     await writer.start()
@@ -194,17 +204,20 @@ async def test_the_flush_loop_survives_an_unexpected_exception(tmp_path, caplog)
     assert [r["request_id"] for r in lines_of(tmp_path / "audit.jsonl")] == ["after"]
 
 
-async def test_a_dead_writer_turns_readyz_unready(gw):  # type: ignore[no-untyped-def]
+async def test_a_dead_writer_turns_readyz_unready(gw: RunningGateway) -> None:
     assert (await readyz(gw))[0] == 200
     assert metric("gateway_audit_writer_heartbeat_timestamp_seconds") > time.time() - 60
     task = gw.gateway.audit._task
+    assert task is not None
     task.cancel()  # however it died
     await asyncio.sleep(0)
     status, body = await readyz(gw)
     assert status == 503 and body["audit_writer"] is False and body["accepting"] is True
 
 
-async def test_a_stuck_sink_turns_readyz_unready_until_it_drains(make_gateway, tmp_path):  # type: ignore[no-untyped-def]
+async def test_a_stuck_sink_turns_readyz_unready_until_it_drains(
+    make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
     pipe = StalledPipe(tmp_path / "audit.fifo")
     gw = await make_gateway(audit={"sink": "file", "path": str(pipe.path), "flush_interval": "5ms",
                                    "stall_timeout": "300ms"})
@@ -229,7 +242,9 @@ async def test_a_stuck_sink_turns_readyz_unready_until_it_drains(make_gateway, t
     assert [json.loads(line)["request_id"] for line in pipe.finish()] == [f"s{i}" for i in range(300)]
 
 
-async def test_stop_gives_up_on_a_sink_that_stays_blocked(tmp_path, caplog):  # type: ignore[no-untyped-def]
+async def test_stop_gives_up_on_a_sink_that_stays_blocked(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.ERROR, logger="gateway.audit")
     pipe = StalledPipe(tmp_path / "audit.fifo")
     writer = AuditWriter(AuditConfig(sink="file", path=str(pipe.path), flush_interval=0.005, stall_timeout=0.3))
@@ -261,7 +276,7 @@ def test_escaping_makes_any_text_serialisable(value: str) -> None:
 def test_an_escaped_or_cut_value_is_never_taken_for_the_tokens_identity(tmp_path: Path) -> None:
     """``gateway incident --revoke`` revokes by what the incident learned of the token: a jti or sid
     the gateway had to cut or escape is not the token's, so the fingerprint is used instead."""
-    from gateway.audit.incident import Target, collect
+    from gateway.forensics.incident import Target, collect
 
     fp = "0c26045c21b9e7d9e6b64018779de6ba"
     base = {"type": "audit", "ts": "2026-03-01T09:00:00.000Z", "decision": "allow", "sub": "alice",

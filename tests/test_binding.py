@@ -1,11 +1,11 @@
-"""Issue 11 item 3 / issue 12: sender-constrained tokens presented as plain bearer tokens.
+"""Sender-constrained tokens presented as plain bearer tokens.
 
 A token whose claims (a JWT's payload or an RFC 7662 introspection answer) carry ``cnf`` is
 bound to a key: ``jkt`` to a DPoP key (RFC 9449 section 6), ``x5t#S256`` to a TLS client
 certificate (RFC 8705 section 3). Presented without proof of that key it must be refused
-(401 ``invalid_token``, reason ``unproven_binding``), in every mode; before issue 11 it was
-accepted as a bearer token. Since issue 12 the gateway verifies the proofs: a bound token WITH
-its proof passes (tests at the end; tests/test_sender_constraint.py and tests/test_mtls.py in depth),
+(401 ``invalid_token``, reason ``unproven_binding``), in every mode, never accepted as a bearer
+token. A bound token WITH its proof passes (tests at the end; tests/test_sender_constraint.py and
+tests/test_mtls.py in depth),
 and a ``cnf`` the gateway cannot check (``jwk``, ``kid``, empty, not an object) is still refused.
 """
 
@@ -26,8 +26,7 @@ from gateway.tokens.certificates import thumbprint
 from gateway.tokens.dpop import ProofRequest, confirmation, sign_proof
 from gateway.tokens.token import fingerprint
 from tests.certs import issue, make_ca
-from tests.conftest import GatewayFactory, RunningGateway, base_config, bearer
-from tests.helpers import metric, raw_request
+from tests.helpers import GatewayFactory, RunningGateway, base_config, bearer, metric, raw_request
 from tests.test_middleware import UNUSED_UPSTREAM, orders_app
 from tests.test_mtls import pem_urlencoded
 
@@ -55,7 +54,7 @@ def _assert_unproven(status: int, body: bytes, headers: Any) -> None:
 @pytest.mark.parametrize("cnf", [b[1] for b in BINDINGS], ids=IDS)
 async def test_bound_jwt_is_refused_by_the_proxy(
     gw: RunningGateway, issuer: DemoIssuer, upstream: EchoUpstream, cnf: Any
-):
+) -> None:
     before = metric("gateway_requests_total", route="list-orders", method="GET", status="401",
                     decision="deny", reason="unproven_binding")
     token = issuer.mint(cnf=cnf)
@@ -71,7 +70,7 @@ async def test_bound_jwt_is_refused_by_the_proxy(
                   decision="deny", reason="unproven_binding") == before + 2
 
 
-async def test_unbound_tokens_still_pass(gw: RunningGateway, issuer: DemoIssuer, upstream: EchoUpstream):
+async def test_unbound_tokens_still_pass(gw: RunningGateway, issuer: DemoIssuer, upstream: EchoUpstream) -> None:
     response = await raw_request(gw.url, "/orders", headers=bearer(issuer.mint(cnf_hint="not cnf")))
     assert response.status == 200
     assert len(upstream.requests) == 1
@@ -86,7 +85,7 @@ def _introspecting(issuer: DemoIssuer) -> dict[str, Any]:
 @pytest.mark.parametrize("token_type", [None, "Bearer"])
 async def test_bound_introspection_answer_is_refused(
     make_gateway: GatewayFactory, issuer: DemoIssuer, upstream: EchoUpstream, token_type: str | None
-):
+) -> None:
     """RFC 8705 section 3.2 / RFC 9449 section 8: the introspection answer carries ``cnf``."""
     gw = await make_gateway(issuers=[_introspecting(issuer)])
     for name, cnf in BINDINGS:
@@ -104,7 +103,7 @@ async def test_bound_introspection_answer_is_refused(
 
 async def test_introspected_jwt_with_cnf_is_refused(
     make_gateway: GatewayFactory, issuer: DemoIssuer, upstream: EchoUpstream
-):
+) -> None:
     """``validation: introspection`` for a JWT-shaped token: the answer's cnf counts."""
     gw = await make_gateway(issuers=[{**_introspecting(issuer), "validation": "introspection"}])
     token = issuer.mint()
@@ -115,7 +114,7 @@ async def test_introspected_jwt_with_cnf_is_refused(
     assert upstream.requests == []
 
 
-async def test_decision_endpoint_refuses_bound_tokens(make_gateway: GatewayFactory, issuer: DemoIssuer):
+async def test_decision_endpoint_refuses_bound_tokens(make_gateway: GatewayFactory, issuer: DemoIssuer) -> None:
     gw = await make_gateway(decision_listen="127.0.0.1:0", decision_sources=["traefik"])
     url = f"http://127.0.0.1:{gw.port('decision')}"
     for name, cnf in BINDINGS:
@@ -128,10 +127,10 @@ async def test_decision_endpoint_refuses_bound_tokens(make_gateway: GatewayFacto
         assert (record["mode"], record["reason"]) == ("decision", "unproven_binding")
 
 
-async def test_middleware_refuses_bound_tokens(aiohttp_client: Any, issuer: DemoIssuer, tmp_path: Path):
+async def test_middleware_refuses_bound_tokens(aiohttp_client: Any, issuer: DemoIssuer, tmp_path: Path) -> None:
     seen: list[dict[str, Any]] = []
     audit_path = tmp_path / "audit.jsonl"
-    data = base_config(issuer, UNUSED_UPSTREAM, audit_path)  # type: ignore[arg-type]
+    data = base_config(issuer, UNUSED_UPSTREAM, audit_path)
     client = await aiohttp_client(orders_app(parse_config(yaml.safe_dump(data)), seen))
     for name, cnf in BINDINGS:
         resp = await client.get("/orders", headers=bearer(issuer.mint(cnf=cnf)))
@@ -143,7 +142,7 @@ async def test_middleware_refuses_bound_tokens(aiohttp_client: Any, issuer: Demo
     assert reasons == {"unproven_binding"}
 
 
-# --- with the proof, a bound token passes (issue 12) -------------------------------------------
+# --- with the proof, a bound token passes -------------------------------------------
 
 
 async def test_bound_tokens_with_their_proof_pass(

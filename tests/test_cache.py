@@ -207,7 +207,7 @@ def test_never_more_entries_than_maxsize(maxsize: int) -> None:
     assert keys(c) == [f"k{i}" for i in range(20 - maxsize, 20)]
 
 
-# --- a second name shared by several keys (issue 11 item 13) ----------------------------------------
+# --- a second name shared by several keys ----------------------------------------
 # the verified-token cache keys a token by the hash of its exact bytes and files it under its
 # fingerprint too, which twins of one signed token share
 

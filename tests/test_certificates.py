@@ -246,7 +246,7 @@ def test_random_mutations_never_raise(pki: PKI) -> None:
                 text[min(pos, len(text) - 1)] = rng.choice(alphabet)
         value = "".join(text)
         for fmt in ("xfcc", "pem-urlencoded"):
-            result = parse_forwarded_certificate([value], fmt)  # type: ignore[arg-type]
+            result = parse_forwarded_certificate([value], fmt)
             assert isinstance(result, ClientCertificate | CertificateRejected)
 
 
@@ -498,7 +498,7 @@ async def test_resumed_tls_sessions_still_carry_the_client_certificate(
                 data = b""
                 while chunk := tls.recv(4096):
                     data += chunk
-                seen.append((tls.session_reused, data.split(b"\r\n\r\n", 1)[1].decode()))
+                seen.append((bool(tls.session_reused), data.split(b"\r\n\r\n", 1)[1].decode()))
                 session = tls.session
         return seen
 

@@ -4,20 +4,19 @@ Helm is the binary ci/k8s-checks.sh installs (~/.cache/k8s-tools/helm) or any on
 it these tests are skipped. ci/k8s-checks.sh additionally validates the renders of
 ci/values-*.yaml against the Kubernetes schemas; here each value's effect is pinned down.
 Also tested: the values-table generator (tools/chart_values_doc.py) and the comparison of the
-values schema with the gateway's config models (tools/validate_manifests.py --against-models).
+values schema with the gateway's config models (python -m ci.manifests --against-models).
 """
 
 from __future__ import annotations
 
 import copy
-import importlib.util
+import importlib
 import json
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import yaml
@@ -351,15 +350,6 @@ def test_new_gateway_keys_render_into_the_config() -> None:
 # --- the README's values table and the schema against the models ---------------------------------
 
 
-def load_tool(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def values_doc(chart: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(ROOT / "tools" / "chart_values_doc.py"), "--chart", str(chart), *args],
                           capture_output=True, text=True, timeout=60)
@@ -392,7 +382,7 @@ def test_the_values_table_generator_notices_a_stale_table_and_undocumented_keys(
 
 
 def test_values_schema_matches_the_gateway_config_models() -> None:
-    validate = load_tool("validate_manifests")
+    validate = importlib.import_module("ci.manifests")
     schema = json.loads((CHART / "values.schema.json").read_text())
     rep = validate.Report()
     validate.check_schema_against_models(rep, str(CHART / "values.schema.json"))

@@ -50,7 +50,8 @@ def line_of(path: Path, key: str, after: str = "") -> int:
 
 @pytest.fixture
 def keys(tmp_path: Path) -> dict[str, Path]:
-    files = {"rsa": rsa.generate_private_key(65537, 2048), "p256": ec.generate_private_key(ec.SECP256R1()),
+    files: dict[str, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey] = {
+        "rsa": rsa.generate_private_key(65537, 2048), "p256": ec.generate_private_key(ec.SECP256R1()),
              "p384": ec.generate_private_key(ec.SECP384R1())}
     paths = {}
     for name, key in files.items():

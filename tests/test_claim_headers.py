@@ -1,4 +1,4 @@
-"""Issue 18, policy conveniences: ``claim_headers`` send claims upstream as headers.
+"""``claim_headers`` send claims upstream as headers.
 
 Real issuer (signed tokens), real echo upstream, real gateway sockets; the decision port is asked
 as Traefik asks, the middleware runs inside a real aiohttp application. Hostile claim values are
@@ -21,8 +21,7 @@ from gateway.claim_headers import ClaimMapping, UnsafeClaim, lookup, render
 from gateway.config import ConfigError, parse_config
 from gateway.demo import DemoIssuer, EchoUpstream
 from gateway.middleware import TOKEN_KEY, setup_tokengate
-from tests.conftest import AUDIENCE, GatewayFactory, RunningGateway, bearer
-from tests.helpers import MINIMAL_CONFIG
+from tests.helpers import AUDIENCE, MINIMAL_CONFIG, GatewayFactory, RunningGateway, bearer
 from tests.test_forward_auth import traefik_headers
 from tests.test_middleware import UNUSED_UPSTREAM
 
@@ -49,7 +48,7 @@ async def echo(http: aiohttp.ClientSession, url: str, **headers: str) -> tuple[i
 
 async def test_claims_reach_the_upstream_as_headers(
     claims_gw: RunningGateway, issuer: DemoIssuer, upstream: EchoUpstream, http: aiohttp.ClientSession
-):
+) -> None:
     token = issuer.mint(tenant="acme", groups=["admins", "ops"], level=3, email_verified=True)
     status, seen = await echo(http, f"{claims_gw.url}/orders", **bearer(token))
     assert status == 200
@@ -62,7 +61,7 @@ async def test_claims_reach_the_upstream_as_headers(
 
 async def test_client_copies_are_dropped_on_every_route(
     claims_gw: RunningGateway, issuer: DemoIssuer, http: aiohttp.ClientSession
-):
+) -> None:
     forged = {"X-Tenant": "evil", "X_Groups": "admins", "x-report-tenant": "evil", "X-Roles": "root"}
     # the token has no tenant: the client's copy must not survive in its place
     status, seen = await echo(http, f"{claims_gw.url}/orders", **bearer(issuer.mint()), **forged)
@@ -78,7 +77,7 @@ async def test_client_copies_are_dropped_on_every_route(
 
 async def test_route_mapping_replaces_the_default_with_its_separator(
     claims_gw: RunningGateway, issuer: DemoIssuer, http: aiohttp.ClientSession
-):
+) -> None:
     token = issuer.mint(tenant="acme", groups=["a"], realm_access={"roles": ["viewer", "editor"]})
     status, seen = await echo(http, f"{claims_gw.url}/reports/q1", **bearer(token))
     assert status == 200
@@ -109,7 +108,7 @@ HOSTILE_CLAIMS: list[tuple[str, Any]] = [
 async def test_unsafe_claim_values_are_refused_never_forwarded(
     claims_gw: RunningGateway, issuer: DemoIssuer, upstream: EchoUpstream, http: aiohttp.ClientSession,
     claim: str, value: Any,
-):
+) -> None:
     token = issuer.mint(**{claim: value})
     async with http.get(f"{claims_gw.url}/orders", headers=bearer(token)) as resp:
         assert resp.status == 401
@@ -123,7 +122,7 @@ async def test_unsafe_claim_values_are_refused_never_forwarded(
 
 async def test_absent_null_or_empty_claims_send_no_header(
     claims_gw: RunningGateway, issuer: DemoIssuer, http: aiohttp.ClientSession
-):
+) -> None:
     token = issuer.mint(tenant=None, groups=[], level=0, email_verified=False)
     status, seen = await echo(http, f"{claims_gw.url}/orders", **bearer(token))
     assert status == 200
@@ -137,7 +136,7 @@ async def test_absent_null_or_empty_claims_send_no_header(
 
 async def test_decision_port_returns_claim_headers_for_the_ingress(
     make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
-):
+) -> None:
     gw = await make_gateway(routes=ROUTES, claim_headers=CLAIM_HEADERS, decision_listen="127.0.0.1:0",
                             decision_sources=["traefik"], trusted_proxies=["127.0.0.1/32"])
     url = f"http://127.0.0.1:{gw.port('decision')}/"
@@ -163,7 +162,7 @@ async def test_decision_port_returns_claim_headers_for_the_ingress(
 
 async def test_middleware_handler_sees_the_gateways_values_only(
     aiohttp_client: Any, issuer: DemoIssuer, tmp_path: Path
-):
+) -> None:
     data = yaml.safe_load(MINIMAL_CONFIG)
     data["issuers"] = [{"issuer": issuer.issuer, "audiences": [AUDIENCE]}]
     data["upstreams"] = {"svc": {"url": UNUSED_UPSTREAM.url}}
@@ -201,7 +200,7 @@ async def test_middleware_handler_sees_the_gateways_values_only(
 # --- the values, unit by unit --------------------------------------------------------------
 
 
-def test_render_and_lookup():
+def test_render_and_lookup() -> None:
     assert render("acme", ",") == "acme"
     assert render(["a", "b", 3, True], ", ") == "a, b, 3, true"
     assert render(1.5, ",") == "1.5" and render(False, ",") == "false"
@@ -236,14 +235,14 @@ def problems_of(text: str) -> list[str]:
 @pytest.mark.parametrize("name", ["Host", "Authorization", "Connection", "Transfer-Encoding", "Keep-Alive", "TE",
                                   "Upgrade", "Cookie", "X-Forwarded-For", "X-Request-Id", "Proxy-Authorization",
                                   "DPoP", "bad name", "X-Tenant\r\nX"])
-def test_reserved_or_invalid_claim_header_names_are_refused(name: str):
+def test_reserved_or_invalid_claim_header_names_are_refused(name: str) -> None:
     text = MINIMAL_CONFIG + f"claim_headers:\n  {json.dumps(name)}: tenant\n"
     [problem] = problems_of(text)
     assert problem.startswith(f"gw.yaml:12: claim_headers.{name}: ")
     assert "cannot carry a claim" in problem or "is not a valid header name" in problem
 
 
-def test_identity_and_duplicate_claim_header_names_are_refused():
+def test_identity_and_duplicate_claim_header_names_are_refused() -> None:
     text = MINIMAL_CONFIG.replace("    upstream: svc\n", "    upstream: svc\n    claim_headers:\n"
                                   "      X_Auth_Subject: tenant\n      X-Tenant: tenant\n      x_tenant: org\n")
     problems = problems_of(text)
@@ -253,7 +252,7 @@ def test_identity_and_duplicate_claim_header_names_are_refused():
 
 
 @pytest.mark.parametrize("separator", ["", "\t", "\n", "\u00e9", "123456789"])
-def test_bad_separators_are_refused(separator: str):
+def test_bad_separators_are_refused(separator: str) -> None:
     text = MINIMAL_CONFIG + f"claim_header_separator: {json.dumps(separator)}\n"
     [problem] = problems_of(text)
     assert problem.startswith("gw.yaml:11: claim_header_separator: claim_header_separator is 1-8 printable ASCII")

@@ -19,8 +19,7 @@ from gateway.demo import DemoIssuer, EchoUpstream
 from gateway.reload import Reloader
 from gateway.runtime import Gateway
 from gateway.server import Server
-from tests.conftest import GatewayFactory, base_config, bearer
-from tests.helpers import MINIMAL_CONFIG, metric, raw_request
+from tests.helpers import MINIMAL_CONFIG, GatewayFactory, base_config, bearer, metric, raw_request
 from tests.test_middleware import middleware_config, orders_app
 from tests.test_sender_constraint import capture
 
@@ -106,7 +105,7 @@ async def test_step_up_challenges_with_acr_values_and_max_age(
     gw = await make_gateway(routes=routes(issuer))
     seen = capture(gw)
     now = int(time.time())
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({}, "acr_missing"),
         ({"acr": "urn:example:pwd", "auth_time": now}, "acr_not_accepted"),
         ({"acr": "urn:example:mfa"}, "auth_time_missing"),

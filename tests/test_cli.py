@@ -18,8 +18,8 @@ import yaml
 from click.testing import CliRunner
 
 from gateway.cli import main
-from tests.conftest import base_config, bearer
-from tests.helpers import MINIMAL_CONFIG, free_port
+from gateway.demo import DemoIssuer, EchoUpstream
+from tests.helpers import MINIMAL_CONFIG, base_config, bearer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "gateway.example.yaml"
@@ -87,7 +87,9 @@ def test_python_dash_m_gateway_and_the_console_script(tmp_path: Path) -> None:
     assert [ep.value for ep in scripts] == ["gateway.cli:main"]
 
 
-async def test_serve_process_never_logs_a_token(issuer, upstream, tmp_path):  # type: ignore[no-untyped-def]
+async def test_serve_process_never_logs_a_token(
+    issuer: DemoIssuer, upstream: EchoUpstream, tmp_path: Path
+) -> None:
     """A real `gateway serve` at log_level debug, fed valid, invalid and query tokens."""
     proxy_port, admin_port = free_port(), free_port()
     data = base_config(issuer, upstream, tmp_path / "audit.jsonl")

@@ -39,10 +39,10 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from gateway.audit.query import table_header, table_row
 from gateway.cli import _summary, demo_ports, main, version_text
 from gateway.demo import DemoPorts
-from gateway.progress import Progress, bytes_read
+from gateway.forensics.progress import Progress, bytes_read
+from gateway.forensics.query import table_header, table_row
 from tests.helpers import MINIMAL_CONFIG
 
 ROOT = Path(__file__).resolve().parent.parent

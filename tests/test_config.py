@@ -1,4 +1,4 @@
-"""The configuration contract: the issue's YAML loads as written, defaults, durations, ${ENV}, and
+"""The configuration contract: the documented YAML loads as written, defaults, durations, ${ENV}, and
 errors that name the file, the line and the key."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from tests.helpers import MINIMAL_CONFIG
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# the configuration shape of issue 2, verbatim
+# the documented configuration shape, verbatim (a contract: users' files look like this)
 CONTRACT = """\
 listen: 127.0.0.1:8080
 admin_listen: 127.0.0.1:9090        # /metrics, /healthz, /readyz; never on the public port

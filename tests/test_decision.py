@@ -20,11 +20,11 @@ from gateway.decision import _BEARER, Decider, Decision, RequestFacts, _plain_be
 from gateway.demo import DemoIssuer
 from gateway.reasons import Reason
 from gateway.revocation.entries import Entry, Kind
-from gateway.revocation.store import MemoryStore
+from gateway.revocation.memory_store import MemoryStore
 from gateway.routing import Route, RouteTable, compile_route, normalise_target
 from gateway.tokens.token import fingerprint
 from gateway.tokens.validator import TokenValidator
-from tests.conftest import AUDIENCE
+from tests.helpers import AUDIENCE
 
 HEADER_ROUTE = compile_route(RouteConfig(name="h", path="/r", upstream="u"))
 QUERY_ROUTE = compile_route(RouteConfig(name="q", path="/r", upstream="u", allow_query_token=True))
@@ -127,7 +127,7 @@ def test_no_token_at_all() -> None:
 
 
 def test_a_query_token_only_where_the_route_allows_it() -> None:
-    assert token_of(target="/r?access_token=abc") is Reason.TOKEN_IN_QUERY
+    assert token_of(target="/r?access_token=abc") is Reason.TOKEN_NOT_IN_HEADER
     assert token_of(target="/r?x=1&access_token=abc", route=QUERY_ROUTE) == "abc"
 
 

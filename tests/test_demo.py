@@ -26,6 +26,7 @@ import jwt
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import ec
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.cli import main
 from gateway.demo import DemoIssuer, DemoPorts, EchoUpstream, certificate_confirmation, demo_config, demo_instructions
@@ -186,7 +187,7 @@ async def issuer_http(issuer: DemoIssuer) -> AsyncIterator[tuple[DemoIssuer, aio
 
 
 async def ask_token(session: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None,
-                    **form: str) -> tuple[int, dict[str, Any], aiohttp.typedefs.LooseHeaders]:
+                    **form: str) -> tuple[int, dict[str, Any], CIMultiDictProxy[str]]:
     async with session.post(url, data={"grant_type": "client_credentials", **form}, headers=headers or {}) as resp:
         return resp.status, await resp.json(), resp.headers
 
@@ -231,7 +232,7 @@ async def test_a_bad_dpop_proof_gets_400_invalid_dpop_proof_and_no_token(
 ) -> None:
     issuer, session = issuer_http
     values = _proof(issuer, ec.generate_private_key(ec.SECP256R1()), case)
-    headers = aiohttp.typedefs.CIMultiDict(("DPoP", v) for v in values)
+    headers = CIMultiDict(("DPoP", v) for v in values)
     async with session.post(issuer.token_endpoint, data={"grant_type": "client_credentials"}, headers=headers) as resp:
         body = await resp.json()
         assert resp.status == 400, body

@@ -8,6 +8,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,16 +16,19 @@ import pytest
 import yaml
 from aiohttp import web
 
-from gateway.audit.detection import Detector, distance_km, impossible_travel, network_of
 from gateway.audit.record import Exchange
 from gateway.config import parse_config
 from gateway.decision import Decision
+from gateway.demo import DemoIssuer
+from gateway.detection import Detector
+from gateway.detection.places import distance_km, impossible_travel, network_of
 from gateway.reasons import Reason
 from gateway.revocation.entries import Entry, Kind, Match
-from gateway.revocation.schema import EXPIRY_MARGIN
-from gateway.revocation.store import MemoryStore
+from gateway.revocation.entry_factory import EXPIRY_MARGIN
+from gateway.revocation.memory_store import MemoryStore
 from gateway.tokens.token import ValidatedToken, fingerprint
 from tests.audit_traffic import AWAY_IP, HOME_IP, TRUSTED, assert_no_raw_token, call, mint
+from tests.helpers import GatewayFactory
 
 
 class Webhook:
@@ -70,7 +74,9 @@ async def suspicious_count(http: aiohttp.ClientSession, admin_url: str, reason: 
     return float(match.group(1)) if match else 0.0
 
 
-async def test_second_network_is_flagged_counted_reported_and_cut_off(make_gateway, issuer, http, webhook):
+async def test_second_network_is_flagged_counted_reported_and_cut_off(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, webhook: Webhook
+) -> None:
     gw = await make_gateway(**TRUSTED, detection={
         "new_network_after_first_use": True, "window": "10m",
         "on_detect": ["audit", "metric", "webhook", "revoke_family"], "webhook_url": webhook.url,
@@ -110,7 +116,9 @@ async def test_second_network_is_flagged_counted_reported_and_cut_off(make_gatew
     assert len(webhook.notices) == 1  # one notice per family and reason within the window
 
 
-async def test_too_many_ips_and_scope_burst(make_gateway, issuer, http):
+async def test_too_many_ips_and_scope_burst(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     gw = await make_gateway(**TRUSTED, detection={
         "max_ips_per_token": 2, "insufficient_scope_burst": 3, "window": "10m", "on_detect": ["audit", "metric"],
     })
@@ -137,7 +145,9 @@ async def test_too_many_ips_and_scope_burst(make_gateway, issuer, http):
     assert "flagged by live detection: too_many_ips x4, insufficient_scope_burst x1" in result.stdout
 
 
-async def test_metric_only_leaves_the_record_unmarked(make_gateway, issuer, http):
+async def test_metric_only_leaves_the_record_unmarked(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     gw = await make_gateway(**TRUSTED, detection={"new_network_after_first_use": True, "on_detect": ["metric"]})
     before = await suspicious_count(http, gw.admin_url, "new_network")
     token = mint(issuer, "dave", "orders:read", "family-det-4")
@@ -148,7 +158,9 @@ async def test_metric_only_leaves_the_record_unmarked(make_gateway, issuer, http
     assert await suspicious_count(http, gw.admin_url, "new_network") == before + 1
 
 
-async def test_detection_is_off_unless_configured(make_gateway, issuer, http):
+async def test_detection_is_off_unless_configured(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     gw = await make_gateway(**TRUSTED)
     assert gw.gateway.detector is None
     token = mint(issuer, "erin", "orders:read", "family-det-5")
@@ -157,7 +169,9 @@ async def test_detection_is_off_unless_configured(make_gateway, issuer, http):
     assert all("suspicious" not in r for r in await gw.audit_records())
 
 
-async def test_geoip_without_maxminddb_says_so(make_gateway, caplog, tmp_path):
+async def test_geoip_without_maxminddb_says_so(
+    make_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
     if importlib.util.find_spec("maxminddb") is not None:
         pytest.skip("maxminddb is installed here")
     caplog.set_level(logging.WARNING, "gateway.detection")
@@ -166,7 +180,7 @@ async def test_geoip_without_maxminddb_says_so(make_gateway, caplog, tmp_path):
     assert any("maxminddb" in r.getMessage() and "impossible-travel" in r.getMessage() for r in caplog.records)
 
 
-def test_networks_and_travel():
+def test_networks_and_travel() -> None:
     assert network_of("198.51.100.7") == "198.51.100.0/24"
     assert network_of("::ffff:198.51.100.7") == "198.51.100.0/24"
     assert network_of("2001:db8:1:2::7") == "2001:db8:1::/48"
@@ -179,8 +193,8 @@ def test_networks_and_travel():
     assert not impossible_travel(paris, 0, (48.80, 2.13), 1)  # the next suburb: too close to judge
 
 
-async def test_detection_revokes_for_the_issuers_max_token_lifetime():
-    """issue 4: a family entry lives as long as the issuer's tokens can, a lone token until its exp (+ margin)."""
+async def test_detection_revokes_for_the_issuers_max_token_lifetime() -> None:
+    """a family entry lives as long as the issuer's tokens can, a lone token until its exp (+ margin)."""
     config = parse_config(yaml.safe_dump({
         "upstreams": {"o": {"url": "http://127.0.0.1:9"}},
         "issuers": [{"issuer": "https://id.example", "audiences": ["api"], "max_token_lifetime": "1h"}],
@@ -214,8 +228,8 @@ async def test_detection_revokes_for_the_issuers_max_token_lifetime():
     assert token.expires_at == decision_lone.token.expires_at + EXPIRY_MARGIN
 
 
-async def test_detection_revokes_for_the_tokens_own_issuer_only():
-    """issue 11: detection's entries never reach another issuer's tokens, and a token known only by
+async def test_detection_revokes_for_the_tokens_own_issuer_only() -> None:
+    """detection's entries never reach another issuer's tokens, and a token known only by
     its fingerprint is revoked by fingerprint (a jti equal to that fingerprint stays valid)."""
     config = parse_config(yaml.safe_dump({
         "upstreams": {"o": {"url": "http://127.0.0.1:9"}},
@@ -287,13 +301,14 @@ def _use(ip: str, sid: str | None, jti: str | None = None) -> tuple[Exchange, De
     return exchange, Decision(Reason.ALLOWED, token=token, token_fingerprint=token.fingerprint)
 
 
-async def test_replicas_share_what_they_saw_through_redis(redis_proc):
+async def test_replicas_share_what_they_saw_through_redis(redis_proc: Any) -> None:
     url = f"redis://{redis_proc.host}:{redis_proc.port}/0"
     prefix = f"det{time.time_ns()}:revoked:"
     one = Detector(_config(url, prefix), MemoryStore())
     two = Detector(_config(url, prefix), MemoryStore())
     await one.start()
     await two.start()
+    assert one.shared is not None and two.shared is not None
     try:
         sid = "family-shared-1"
         assert one.observe(*_use(HOME_IP, sid)) is None
@@ -353,7 +368,7 @@ def _suspicious_total(reason: str) -> float:
     return REGISTRY.get_sample_value("gateway_suspicious_token_use_total", {"reason": reason}) or 0.0
 
 
-async def test_proof_failures_of_one_token_flag_and_cut_off_its_family(webhook):
+async def test_proof_failures_of_one_token_flag_and_cut_off_its_family(webhook: Webhook) -> None:
     store = MemoryStore()
     revoked: list[Entry] = []
     store.on_revoke(revoked.append)
@@ -388,7 +403,7 @@ async def test_proof_failures_of_one_token_flag_and_cut_off_its_family(webhook):
     assert notice["actions"] == ["revoke_family"]
 
 
-async def test_proof_failures_are_counted_per_token_within_the_window():
+async def test_proof_failures_are_counted_per_token_within_the_window() -> None:
     detector = Detector(_proof_config(), MemoryStore())
     now = time.time()
     # a token of the same family failing too is another token: its failures are its own
@@ -411,10 +426,10 @@ async def test_proof_failures_are_counted_per_token_within_the_window():
     assert all(detector.observe(exchange, no_token) is None for _ in range(5))
 
 
-async def test_proof_failures_count_alone_and_never_stop_other_detections():
+async def test_proof_failures_count_alone_and_never_stop_other_detections() -> None:
     config = _proof_config(proof_failures_per_token=2)
     assert config.detection.new_network_after_first_use is False
-    from gateway.audit.detection import detection_enabled
+    from gateway.detection import detection_enabled
 
     assert detection_enabled(config)
     with pytest.raises(Exception, match="proof_failures_per_token"):
@@ -425,7 +440,7 @@ async def test_proof_failures_count_alone_and_never_stop_other_detections():
     assert both.observe(*_bound_use(Reason.UNPROVEN_BINDING)) == ["new_network", "proof_failures"]
 
 
-async def test_replicas_count_a_tokens_proof_failures_together_through_redis(redis_proc):
+async def test_replicas_count_a_tokens_proof_failures_together_through_redis(redis_proc: Any) -> None:
     """Two failures through one replica and one through another make three; a client repeating its
     own X-Request-Id cannot fold them into one."""
     url = f"redis://{redis_proc.host}:{redis_proc.port}/0"
@@ -458,7 +473,9 @@ async def test_replicas_count_a_tokens_proof_failures_together_through_redis(red
         await two.stop()
 
 
-async def test_a_stolen_dpop_token_replayed_without_its_key_is_flagged_and_cut_off(make_gateway, issuer, http):
+async def test_a_stolen_dpop_token_replayed_without_its_key_is_flagged_and_cut_off(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     """Through a real gateway: the holder's DPoP requests pass; the thief's replays of the same token
     (no proof, then proofs of its own key) are refused, the third is flagged, the family revoked."""
     from cryptography.hazmat.primitives.asymmetric import ec

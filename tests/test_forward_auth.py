@@ -28,8 +28,7 @@ from gateway.demo import DemoIssuer, EchoUpstream
 from gateway.forward_auth import CheckRequestError, original_request
 from gateway.runtime import Gateway
 from gateway.server import Server
-from tests.conftest import GatewayFactory, RunningGateway, bearer
-from tests.helpers import MINIMAL_CONFIG, free_port, metric, raw_request
+from tests.helpers import MINIMAL_CONFIG, GatewayFactory, RunningGateway, bearer, free_port, metric, raw_request
 
 NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin:/usr/local/nginx/sbin")
 
@@ -179,7 +178,9 @@ async def last_record(gw: RunningGateway) -> dict[str, object]:
 # --- nginx auth_request ------------------------------------------------------------------
 
 
-async def test_nginx_no_token_is_401_with_challenge(stack: Stack, upstream: EchoUpstream, http: aiohttp.ClientSession):
+async def test_nginx_no_token_is_401_with_challenge(
+    stack: Stack, upstream: EchoUpstream, http: aiohttp.ClientSession
+) -> None:
     async with http.get(f"{stack.nginx.url}/orders") as resp:
         assert resp.status == 401
         assert resp.headers.getall("WWW-Authenticate") == ['Bearer realm="tokengate"']
@@ -194,7 +195,7 @@ async def test_nginx_no_token_is_401_with_challenge(stack: Stack, upstream: Echo
 
 async def test_nginx_missing_scope_is_403_with_scope_challenge(
     stack: Stack, issuer: DemoIssuer, upstream: EchoUpstream, http: aiohttp.ClientSession
-):
+) -> None:
     async with http.get(f"{stack.nginx.url}/orders", headers=bearer(issuer.mint(scope="profile"))) as resp:
         assert resp.status == 403
         challenge = resp.headers.getall("WWW-Authenticate")
@@ -206,7 +207,7 @@ async def test_nginx_missing_scope_is_403_with_scope_challenge(
 
 async def test_nginx_good_token_reaches_upstream_with_identity(
     stack: Stack, issuer: DemoIssuer, upstream: EchoUpstream, http: aiohttp.ClientSession
-):
+) -> None:
     before = metric("gateway_requests_total", route="list-orders", method="GET", status="200",
                     decision="allow", reason="allowed")
     headers = {**bearer(issuer.mint(sub="alice", scope="orders:read profile")), "X-Auth-Subject": "mallory"}
@@ -228,7 +229,7 @@ async def test_nginx_good_token_reaches_upstream_with_identity(
 
 async def test_nginx_passes_the_original_method(
     stack: Stack, issuer: DemoIssuer, upstream: EchoUpstream, http: aiohttp.ClientSession
-):
+) -> None:
     """nginx's auth subrequest is always a GET: the method must come from X-Original-Method."""
     reader = bearer(issuer.mint(scope="orders:read"))
     async with http.post(f"{stack.nginx.url}/orders", headers=reader, data=b"{}") as resp:
@@ -243,7 +244,7 @@ async def test_nginx_passes_the_original_method(
 
 async def test_nginx_public_route_drops_client_identity_headers(
     stack: Stack, upstream: EchoUpstream, http: aiohttp.ClientSession
-):
+) -> None:
     async with http.get(f"{stack.nginx.url}/public/health", headers={"X-Auth-Subject": "mallory"}) as resp:
         assert resp.status == 200
         seen = await resp.json()
@@ -258,7 +259,7 @@ async def test_nginx_public_route_drops_client_identity_headers(
 ])
 async def test_nginx_path_tricks_are_normalised_like_the_proxy(
     stack: Stack, issuer: DemoIssuer, upstream: EchoUpstream, target: str
-):
+) -> None:
     denied = await raw_request(stack.nginx.url, target)
     assert denied.status == 401
     assert upstream.requests == []
@@ -277,7 +278,7 @@ async def test_nginx_path_tricks_are_normalised_like_the_proxy(
 
 async def test_nginx_client_cannot_choose_the_authorised_path(
     stack: Stack, upstream: EchoUpstream, http: aiohttp.ClientSession
-):
+) -> None:
     """Headers a client adds are passed to the auth subrequest; they must not pick the path."""
     spoof = {"X-Original-URI": "/public/health", "X-Original-Method": "GET", "X-Forwarded-Uri": "/public/health",
              "X-Forwarded-Method": "GET", "X-Original-URL": "http://127.0.0.1/public/health"}
@@ -287,7 +288,9 @@ async def test_nginx_client_cannot_choose_the_authorised_path(
     assert (await last_record(stack.gateway))["decision"] == "deny"
 
 
-async def test_nginx_other_denials_surface_as_500(stack: Stack, upstream: EchoUpstream, http: aiohttp.ClientSession):
+async def test_nginx_other_denials_surface_as_500(
+    stack: Stack, upstream: EchoUpstream, http: aiohttp.ClientSession
+) -> None:
     """auth_request only knows 2xx, 401 and 403; the audit record keeps the real reason."""
     async with http.get(f"{stack.nginx.url}/nowhere") as resp:
         assert resp.status == 500
@@ -307,7 +310,7 @@ def traefik_headers(method: str, uri: str, **extra: str) -> dict[str, str]:
 
 async def test_traefik_allowed_returns_identity_headers(
     decision_gw: RunningGateway, issuer: DemoIssuer, http: aiohttp.ClientSession
-):
+) -> None:
     token = issuer.mint(sub="bob", scope="orders:admin")
     headers = traefik_headers("GET", "/orders/42/status?verbose=1", **bearer(token))
     async with http.get(f"{decision_url(decision_gw)}/", headers=headers) as resp:
@@ -325,7 +328,7 @@ async def test_traefik_allowed_returns_identity_headers(
 
 async def test_traefik_denials_carry_rfc6750_response(
     decision_gw: RunningGateway, issuer: DemoIssuer, http: aiohttp.ClientSession
-):
+) -> None:
     async with http.get(decision_url(decision_gw), headers=traefik_headers("GET", "/orders")) as resp:
         assert resp.status == 401
         assert resp.headers["WWW-Authenticate"] == 'Bearer realm="tokengate"'
@@ -346,7 +349,7 @@ async def test_traefik_denials_carry_rfc6750_response(
 
 async def test_traefik_client_header_injection_is_refused(
     decision_gw: RunningGateway, issuer: DemoIssuer, http: aiohttp.ClientSession
-):
+) -> None:
     """Traefik copies the client's headers: an X-Original-URI of the client's choosing must not win."""
     headers = traefik_headers("GET", "/orders", **{"X-Original-URI": "/public/health", "X-Original-Method": "GET"})
     async with http.get(decision_url(decision_gw), headers=headers) as resp:
@@ -358,7 +361,9 @@ async def test_traefik_client_header_injection_is_refused(
         assert resp.status == 400
 
 
-async def test_traefik_untrusted_peer_keeps_peer_address(make_gateway: GatewayFactory, http: aiohttp.ClientSession):
+async def test_traefik_untrusted_peer_keeps_peer_address(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
     gw = await make_gateway(decision_listen="127.0.0.1:0", decision_sources=["traefik"])  # no trusted_proxies
     async with http.get(decision_url(gw), headers=traefik_headers("GET", "/public/health")) as resp:
         assert resp.status == 200
@@ -369,7 +374,9 @@ async def test_traefik_untrusted_peer_keeps_peer_address(make_gateway: GatewayFa
 # --- ingress-nginx auth-url -----------------------------------------------------------
 
 
-async def test_ingress_nginx_shape(decision_gw: RunningGateway, issuer: DemoIssuer, http: aiohttp.ClientSession):
+async def test_ingress_nginx_shape(
+    decision_gw: RunningGateway, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     """ingress-nginx sends X-Original-URL (scheme://host/uri) and X-Original-Method; Host is the auth-url host."""
     headers = {"Host": "tokengate.auth.svc:8081", "X-Original-URL": "https://API.example/orders?limit=1",
                "X-Original-Method": "GET", "X-Real-IP": "198.51.100.9", "X-Sent-From": "nginx-ingress-controller",
@@ -388,7 +395,7 @@ async def test_ingress_nginx_shape(decision_gw: RunningGateway, issuer: DemoIssu
 
 async def test_host_routes_use_the_original_host(
     make_gateway: GatewayFactory, issuer: DemoIssuer, upstream: EchoUpstream, http: aiohttp.ClientSession
-):
+) -> None:
     routes = [{"name": "admin", "host": "admin.example", "path_prefix": "/", "upstream": "orders",
                "scopes": ["orders:admin"]},
               {"name": "www", "host": "www.example", "path_prefix": "/", "upstream": "orders", "auth": "none"}]
@@ -409,7 +416,7 @@ async def test_host_routes_use_the_original_host(
 
 async def test_envoy_check_uses_method_and_prefixed_path(
     envoy_gw: RunningGateway, issuer: DemoIssuer, http: aiohttp.ClientSession
-):
+) -> None:
     """Envoy sends the original method and path_prefix + path, with Host and Authorization by default."""
     writer = bearer(issuer.mint(sub="carol", scope="orders:write"))
     async with http.put(f"{decision_url(envoy_gw)}/ext_authz/orders/9?dry_run=1",
@@ -428,7 +435,7 @@ async def test_envoy_check_uses_method_and_prefixed_path(
         assert (await resp.json())["reason"] == "insufficient_scope"
 
 
-async def test_envoy_path_tricks_and_missing_prefix(envoy_gw: RunningGateway, issuer: DemoIssuer):
+async def test_envoy_path_tricks_and_missing_prefix(envoy_gw: RunningGateway, issuer: DemoIssuer) -> None:
     url = decision_url(envoy_gw)
     trick = await raw_request(url, "/ext_authz/public/health/../../orders")
     assert trick.status == 401
@@ -440,7 +447,7 @@ async def test_envoy_path_tricks_and_missing_prefix(envoy_gw: RunningGateway, is
 
 async def test_decision_sources_can_be_pinned(
     make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
-):
+) -> None:
     gw = await make_gateway(decision_listen="127.0.0.1:0", decision_sources=["nginx"])
     async with http.get(f"{decision_url(gw)}/public/health") as resp:  # an Envoy-shaped check
         assert resp.status == 400
@@ -450,7 +457,7 @@ async def test_decision_sources_can_be_pinned(
         assert resp.status == 200
 
 
-def test_decision_sources_are_required_with_decision_listen():
+def test_decision_sources_are_required_with_decision_listen() -> None:
     """Trusting nginx's, Traefik's and Envoy's ways of asking at once let a client behind Envoy
     choose the target with an ``X-Original-URI`` of its own: the operator must name the ingress."""
     text = MINIMAL_CONFIG + "decision_listen: 127.0.0.1:8081\n"
@@ -466,7 +473,9 @@ def test_decision_sources_are_required_with_decision_listen():
     assert parse_config(MINIMAL_CONFIG).decision_sources is None  # no decision port: nothing to name
 
 
-async def test_a_config_built_in_code_without_sources_does_not_open_the_port(issuer: DemoIssuer, tmp_path: Path):
+async def test_a_config_built_in_code_without_sources_does_not_open_the_port(
+    issuer: DemoIssuer, tmp_path: Path
+) -> None:
     config = parse_config(MINIMAL_CONFIG.replace("https://as.example", issuer.issuer)).model_copy(update={
         "decision_listen": Address("127.0.0.1", 0), "listen": Address("127.0.0.1", 0),
         "admin_listen": Address("127.0.0.1", 0)})
@@ -482,7 +491,7 @@ async def test_a_config_built_in_code_without_sources_does_not_open_the_port(iss
 
 async def test_behind_envoy_client_headers_cannot_name_the_target(
     envoy_gw: RunningGateway, issuer: DemoIssuer, http: aiohttp.ClientSession
-):
+) -> None:
     """Envoy's ext_authz passes client headers: nginx's and Traefik's statements must not be believed."""
     spoof = {"X-Original-URI": "/public/health", "X-Original-Method": "GET", "X-Forwarded-Uri": "/public/health",
              "X-Forwarded-Method": "GET", "X-Original-URL": "http://127.0.0.1/public/health"}
@@ -495,7 +504,7 @@ async def test_behind_envoy_client_headers_cannot_name_the_target(
 
 async def test_behind_traefik_an_nginx_header_is_not_consulted(
     make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
-):
+) -> None:
     gw = await make_gateway(decision_listen="127.0.0.1:0", decision_sources=["traefik"])
     headers = traefik_headers("GET", "/orders", **{"X-Original-URI": "/public/health", "X-Original-Method": "GET"})
     async with http.get(decision_url(gw), headers=headers) as resp:
@@ -510,7 +519,7 @@ def _headers(**values: str) -> CIMultiDictProxy[str]:
     return CIMultiDictProxy(CIMultiDict({k.replace("_", "-"): v for k, v in values.items()}))
 
 
-def test_original_request_order_and_agreement():
+def test_original_request_order_and_agreement() -> None:
     nginx = original_request("GET", "/auth", _headers(X_Original_URI="/a?b", X_Original_Method="POST",
                                                         X_Forwarded_Host="h.example"))
     assert (nginx.source, nginx.method, nginx.target, nginx.host) == ("nginx", "POST", "/a?b", "h.example")

@@ -1,4 +1,4 @@
-"""Issue 11 item 2 (and the item 15 bullet on the decision endpoint): claims that cannot be header values.
+"""Claims that cannot be header values (on the proxy and on the decision endpoint).
 
 A token whose ``sub``, client id or scopes hold CR, LF, other control characters, non-ASCII text
 or edge spaces would be copied into an identity header. Before the fix the HTTP writer raised
@@ -27,8 +27,7 @@ from gateway.middleware import TOKENGATE_KEY
 from gateway.proxy import ForwardContext, UnsafeIdentity, Upstream, identity_values, upstream_headers
 from gateway.reasons import Reason
 from gateway.tokens.token import ValidatedToken, cache_key, fingerprint, header_safe, scope_token
-from tests.conftest import GatewayFactory, RunningGateway, base_config, bearer
-from tests.helpers import raw_request
+from tests.helpers import GatewayFactory, RunningGateway, base_config, bearer, raw_request
 from tests.test_middleware import UNUSED_UPSTREAM, orders_app
 
 # values that must never reach an upstream as a header value
@@ -49,7 +48,7 @@ HOSTILE = [
 FINE = ["alice", "alice@example.com", "auth0|5f7c8ec7c33c6c004bbafe82", "urn:user:42 (tenant a)", ""]
 
 
-def test_header_safe_and_scope_token():
+def test_header_safe_and_scope_token() -> None:
     for value in HOSTILE:
         assert not header_safe(value), repr(value)
         assert not scope_token(value), repr(value)
@@ -87,7 +86,7 @@ async def _records(gw: RunningGateway) -> list[dict[str, Any]]:
 @pytest.mark.parametrize(("name", "claims"), HOSTILE_CLAIMS, ids=[c[0] for c in HOSTILE_CLAIMS])
 async def test_proxy_refuses_the_token_with_invalid_claim(
     gw: RunningGateway, issuer: DemoIssuer, upstream: EchoUpstream, name: str, claims: dict[str, Any]
-):
+) -> None:
     token = issuer.mint(**claims)
     response = await raw_request(gw.url, "/orders", headers=bearer(token))
     assert response.status == 401, name
@@ -102,7 +101,7 @@ async def test_proxy_refuses_the_token_with_invalid_claim(
     assert record["sub"] is None  # the hostile value is not what the record is about
 
 
-async def test_fine_values_still_pass(gw: RunningGateway, issuer: DemoIssuer, upstream: EchoUpstream):
+async def test_fine_values_still_pass(gw: RunningGateway, issuer: DemoIssuer, upstream: EchoUpstream) -> None:
     for sub in FINE:
         token = issuer.mint(sub=sub, scope="orders:read  profile", client_id="client-1.2_x~y")
         response = await raw_request(gw.url, "/orders", headers=bearer(token))
@@ -112,7 +111,7 @@ async def test_fine_values_still_pass(gw: RunningGateway, issuer: DemoIssuer, up
         assert seen["X-Auth-Client-Id"] == "client-1.2_x~y"
 
 
-async def test_decision_endpoint_answers_and_records(make_gateway: GatewayFactory, issuer: DemoIssuer):
+async def test_decision_endpoint_answers_and_records(make_gateway: GatewayFactory, issuer: DemoIssuer) -> None:
     """Before the fix the decision port dropped the connection: the allow headers could not be written."""
     gw = await make_gateway(decision_listen="127.0.0.1:0", decision_sources=["traefik"])
     url = f"http://127.0.0.1:{gw.port('decision')}"
@@ -128,10 +127,10 @@ async def test_decision_endpoint_answers_and_records(make_gateway: GatewayFactor
         assert record["token_fingerprint"] == fingerprint(token)[:32]
 
 
-async def test_middleware_refuses_the_token(aiohttp_client: Any, issuer: DemoIssuer, tmp_path: Path):
+async def test_middleware_refuses_the_token(aiohttp_client: Any, issuer: DemoIssuer, tmp_path: Path) -> None:
     seen: list[dict[str, Any]] = []
     audit_path = tmp_path / "audit.jsonl"
-    data = base_config(issuer, UNUSED_UPSTREAM, audit_path)  # type: ignore[arg-type]
+    data = base_config(issuer, UNUSED_UPSTREAM, audit_path)
     client = await aiohttp_client(orders_app(parse_config(yaml.safe_dump(data)), seen))
     for name, claims in HOSTILE_CLAIMS:
         resp = await client.get("/orders", headers=bearer(issuer.mint(**claims)))
@@ -145,7 +144,7 @@ async def test_middleware_refuses_the_token(aiohttp_client: Any, issuer: DemoIss
 
 async def test_introspected_tokens_are_refused_too(
     make_gateway: GatewayFactory, issuer: DemoIssuer, upstream: EchoUpstream
-):
+) -> None:
     introspecting = {"issuer": issuer.issuer, "audiences": [issuer.audience],
                      "introspection": {"endpoint": f"{issuer.issuer}/introspect", "client_id": "gateway",
                                        "client_secret": "gateway-secret", "token_prefix": "demo_"}}
@@ -175,7 +174,7 @@ UNSAFE_TOKENS = [
 
 
 @pytest.mark.parametrize("token", UNSAFE_TOKENS)
-def test_header_builders_refuse_unsafe_values(token: ValidatedToken):
+def test_header_builders_refuse_unsafe_values(token: ValidatedToken) -> None:
     with pytest.raises(UnsafeIdentity):
         identity_values(token, IdentityHeaders())
     context = ForwardContext(client_ip="127.0.0.1", peer="127.0.0.1", peer_trusted=False, scheme="http",
@@ -199,7 +198,7 @@ async def _plant(gw_validator: Any, raw: str, planted: ValidatedToken) -> None:
 
 async def test_every_mode_answers_invalid_claim_for_a_planted_token(
     make_gateway: GatewayFactory, issuer: DemoIssuer, upstream: EchoUpstream, aiohttp_client: Any, tmp_path: Path
-):
+) -> None:
     gw = await make_gateway(decision_listen="127.0.0.1:0", decision_sources=["traefik"])
     raw = issuer.mint()
     planted = _token(subject="alice\r\nX-Injected: 1", scopes=frozenset({"orders:read"}), raw=raw)
@@ -220,7 +219,7 @@ async def test_every_mode_answers_invalid_claim_for_a_planted_token(
     assert (record["mode"], record["reason"], record["sub"]) == ("decision", "invalid_claim", None)
 
     seen: list[dict[str, Any]] = []
-    data = base_config(issuer, UNUSED_UPSTREAM, tmp_path / "mw.jsonl")  # type: ignore[arg-type]
+    data = base_config(issuer, UNUSED_UPSTREAM, tmp_path / "mw.jsonl")
     app: web.Application = orders_app(parse_config(yaml.safe_dump(data)), seen)
     client = await aiohttp_client(app)
     pipeline = client.app[TOKENGATE_KEY].pipeline

@@ -1,4 +1,4 @@
-"""Issue 11 item 6: client headers that upstreams trust (``strip_request_headers``).
+"""Client headers that upstreams trust (``strip_request_headers``).
 
 Upstream frameworks and the authenticating proxies they usually sit behind trust well-known
 request headers for the user (``X-Remote-User``, ``X-Forwarded-User``...), the client address
@@ -22,8 +22,7 @@ from gateway.config import DEFAULT_STRIP_REQUEST_HEADERS, ConfigError, parse_con
 from gateway.demo import DemoIssuer, EchoUpstream
 from gateway.middleware import setup_tokengate
 from gateway.proxy import compile_strip
-from tests.conftest import GatewayFactory, RunningGateway, base_config, bearer
-from tests.helpers import MINIMAL_CONFIG, raw_request
+from tests.helpers import MINIMAL_CONFIG, GatewayFactory, RunningGateway, base_config, bearer, raw_request
 from tests.test_middleware import UNUSED_UPSTREAM
 
 # every example of the issue, and family members, in the spellings clients use
@@ -58,7 +57,7 @@ def _gone(names: list[str], upstream: EchoUpstream) -> list[str]:
     return [n for n in names if n.lower().replace("_", "-") in got]
 
 
-async def test_default_list_drops_every_family(gw: RunningGateway, issuer: DemoIssuer, upstream: EchoUpstream):
+async def test_default_list_drops_every_family(gw: RunningGateway, issuer: DemoIssuer, upstream: EchoUpstream) -> None:
     headers = {**_sent(TRUSTED_BY_UPSTREAMS + CLIENT_ADDRESS + KEPT), **bearer(issuer.mint())}
     response = await raw_request(gw.url, "/orders", headers=headers)
     assert response.status == 200
@@ -69,7 +68,7 @@ async def test_default_list_drops_every_family(gw: RunningGateway, issuer: DemoI
     assert seen["X-Auth-Subject"] == "alice"
 
 
-async def test_public_routes_and_repeated_lines_too(gw: RunningGateway, upstream: EchoUpstream):
+async def test_public_routes_and_repeated_lines_too(gw: RunningGateway, upstream: EchoUpstream) -> None:
     lines = ["X-Remote-User: admin", "x-remote-user: root", "X_REMOTE_USER: admin", "X-HTTP-Method-Override: DELETE"]
     response = await raw_request(gw.url, "/public/health", extra_lines=lines)
     assert response.status == 200
@@ -78,7 +77,7 @@ async def test_public_routes_and_repeated_lines_too(gw: RunningGateway, upstream
 
 async def test_a_trusted_proxy_cannot_pass_them_either(
     make_gateway: GatewayFactory, issuer: DemoIssuer, upstream: EchoUpstream
-):
+) -> None:
     """Ingresses pass client headers on: trust in the peer does not extend to these names."""
     gw = await make_gateway(trusted_proxies=["127.0.0.1/32"])
     headers = {**_sent(TRUSTED_BY_UPSTREAMS + CLIENT_ADDRESS), **bearer(issuer.mint())}
@@ -89,7 +88,9 @@ async def test_a_trusted_proxy_cannot_pass_them_either(
     assert seen["X-Real-IP"].startswith("spoofed-") and seen["True-Client-IP"].startswith("spoofed-")
 
 
-async def test_a_route_replaces_the_list(make_gateway: GatewayFactory, issuer: DemoIssuer, upstream: EchoUpstream):
+async def test_a_route_replaces_the_list(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, upstream: EchoUpstream
+) -> None:
     routes = [
         {"name": "legacy", "path": "/legacy", "upstream": "orders", "auth": "none",
          "strip_request_headers": ["X-Tenant"]},
@@ -112,7 +113,7 @@ async def test_a_route_replaces_the_list(make_gateway: GatewayFactory, issuer: D
     assert {"x-tenant", "x-partner-id"} <= got and not {"x-user", "x-http-method-override"} & got
 
 
-async def test_the_top_level_list_can_be_replaced(make_gateway: GatewayFactory, upstream: EchoUpstream):
+async def test_the_top_level_list_can_be_replaced(make_gateway: GatewayFactory, upstream: EchoUpstream) -> None:
     gw = await make_gateway(strip_request_headers=["X-Tenant"])
     headers = _sent(["X-Tenant", "X-User"])
     assert (await raw_request(gw.url, "/public/health", headers=headers)).status == 200
@@ -123,7 +124,9 @@ async def test_the_top_level_list_can_be_replaced(make_gateway: GatewayFactory, 
     assert "x-auth-subject" not in _received(upstream)
 
 
-async def test_the_middleware_drops_them_before_the_handler(aiohttp_client: Any, issuer: DemoIssuer, tmp_path: Path):
+async def test_the_middleware_drops_them_before_the_handler(
+    aiohttp_client: Any, issuer: DemoIssuer, tmp_path: Path
+) -> None:
     seen: list[dict[str, str]] = []
 
     async def orders(request: web.Request) -> web.Response:
@@ -132,7 +135,7 @@ async def test_the_middleware_drops_them_before_the_handler(aiohttp_client: Any,
 
     app = web.Application()
     app.router.add_get("/orders", orders)
-    data = base_config(issuer, UNUSED_UPSTREAM, tmp_path / "audit.jsonl")  # type: ignore[arg-type]
+    data = base_config(issuer, UNUSED_UPSTREAM, tmp_path / "audit.jsonl")
     setup_tokengate(app, parse_config(yaml.safe_dump(data)))
     client = await aiohttp_client(app)
     resp = await client.get("/orders", headers={**_sent(TRUSTED_BY_UPSTREAMS + KEPT), **bearer(issuer.mint())})
@@ -143,7 +146,7 @@ async def test_the_middleware_drops_them_before_the_handler(aiohttp_client: Any,
     assert seen[-1]["X-Auth-Subject"] == "alice"
 
 
-def test_default_list_compiles_to_names_and_prefixes():
+def test_default_list_compiles_to_names_and_prefixes() -> None:
     rule = compile_strip(DEFAULT_STRIP_REQUEST_HEADERS)
     assert {"x-user", "remote-user", "x-http-method-override", "client-ip", "x-originating-ip"} <= rule.names
     assert "x-auth-request-" in rule.prefixes and "x-user-" in rule.prefixes
@@ -161,7 +164,7 @@ def test_default_list_compiles_to_names_and_prefixes():
     ("Content-*", "would strip content-length"),
     ("Transfer-*", "would strip transfer-encoding"),
 ])
-def test_bad_entries_are_config_errors_naming_the_key(entry: str, message: str):
+def test_bad_entries_are_config_errors_naming_the_key(entry: str, message: str) -> None:
     text = MINIMAL_CONFIG + f"strip_request_headers: [X-User, {entry!r}]\n"
     with pytest.raises(ConfigError) as raised:
         parse_config(text, "gw.yaml")

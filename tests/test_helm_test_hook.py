@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from tests.helpers import RunningGateway
 from tests.test_audit_alerts import tool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,12 +52,12 @@ def test_the_pod_checks_the_first_route_that_needs_a_token() -> None:
     assert rendered_test_pod("helmTest.enabled=false") == {}
 
 
-async def test_the_check_passes_on_a_working_install(gw) -> None:
+async def test_the_check_passes_on_a_working_install(gw: RunningGateway) -> None:
     code, out = await run_check(rendered_test_pod(), f"{gw.admin_url}/readyz", f"{gw.url}/orders")
     assert (code, out.strip()) == (0, f"/readyz: 200 (want 200); {gw.url}/orders without a token: 401 (want 401)")
 
 
-async def test_the_check_fails_on_an_unready_gateway_or_an_open_route(gw) -> None:
+async def test_the_check_fails_on_an_unready_gateway_or_an_open_route(gw: RunningGateway) -> None:
     pod = rendered_test_pod()
     gw.gateway.draining = True  # /readyz 503
     code, out = await run_check(pod, f"{gw.admin_url}/readyz", f"{gw.url}/orders")

@@ -9,24 +9,27 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from click.testing import CliRunner
 
-from gateway.audit.incident import Target, collect, render_text
-from gateway.audit.incident_revoke import (
+from gateway.cli import main
+from gateway.demo import DemoIssuer, EchoUpstream
+from gateway.forensics.incident import Target, collect, render_text
+from gateway.forensics.reports.html import render_html
+from gateway.forensics.revoke import (
     RevokeError,
     action_record,
     apply_revocation,
     operator_name,
     plan_revocation,
 )
-from gateway.audit.report_html import render_html
-from gateway.cli import main
-from gateway.revocation.schema import EXPIRY_MARGIN
+from gateway.revocation.entry_factory import EXPIRY_MARGIN
 from tests.audit_traffic import AWAY_IP, HOME_IP, OTHER_IP, TRUSTED, assert_no_raw_token, call, drive, html_number
-from tests.conftest import AUDIENCE, base_config
+from tests.helpers import AUDIENCE, GatewayFactory, base_config
 
 
 def run(*args: str, input: bytes | None = None) -> tuple[int, str, str]:
@@ -41,7 +44,9 @@ def section(text: str, title: str) -> str:
     return text[start: end if end != -1 else len(text)]
 
 
-async def test_incident_tells_the_whole_story(make_gateway, issuer, http, tmp_path):
+async def test_incident_tells_the_whole_story(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
     gw = await make_gateway(**TRUSTED)
     t = await drive(gw, issuer, http)
     html_path = tmp_path / "report.html"
@@ -104,7 +109,9 @@ async def test_incident_tells_the_whole_story(make_gateway, issuer, http, tmp_pa
     assert_no_raw_token(out + err + html, t.a, t.b, t.c)
 
 
-async def test_incident_by_token_subject_and_family(make_gateway, issuer, http, tmp_path):
+async def test_incident_by_token_subject_and_family(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
     gw = await make_gateway(**TRUSTED)
     t = await drive(gw, issuer, http)
     path = str(gw.audit_path)
@@ -129,7 +136,9 @@ async def test_incident_by_token_subject_and_family(make_gateway, issuer, http, 
     assert code == 2 and "--config" in err
 
 
-async def test_incident_reads_gzip_from_stdin(make_gateway, issuer, http, tmp_path):
+async def test_incident_reads_gzip_from_stdin(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
     """``kubectl logs -l app=gateway | gateway incident --jti J`` (a real pipe, gzip'd here)."""
     gw = await make_gateway(**TRUSTED)
     t = await drive(gw, issuer, http)
@@ -145,7 +154,9 @@ async def test_incident_reads_gzip_from_stdin(make_gateway, issuer, http, tmp_pa
     assert html_number((tmp_path / "r.html").read_text(), "calls-total") == 7
 
 
-async def test_revoke_cuts_off_the_family_in_a_running_gateway(make_gateway, issuer, http):
+async def test_revoke_cuts_off_the_family_in_a_running_gateway(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     """The revocation the command makes, applied to a running gateway's own store."""
     gw = await make_gateway(**TRUSTED)
     t = await drive(gw, issuer, http)
@@ -171,7 +182,10 @@ async def test_revoke_cuts_off_the_family_in_a_running_gateway(make_gateway, iss
     assert "revoked_family" in render_html(collect([str(gw.audit_path)], Target.from_options(family="family-alice-1")))
 
 
-async def test_revoke_refuses_a_config_without_a_shared_list(make_gateway, issuer, http, tmp_path, upstream):
+async def test_revoke_refuses_a_config_without_a_shared_list(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, tmp_path: Path,
+    upstream: EchoUpstream,
+) -> None:
     gw = await make_gateway(**TRUSTED)
     t = await drive(gw, issuer, http)
     config = tmp_path / "gateway.yaml"
@@ -182,7 +196,10 @@ async def test_revoke_refuses_a_config_without_a_shared_list(make_gateway, issue
     assert not (tmp_path / "cli-audit.jsonl").exists()
 
 
-async def test_revoke_command_through_redis(make_gateway, issuer, http, tmp_path, upstream, redis_proc):
+async def test_revoke_command_through_redis(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, tmp_path: Path,
+    upstream: EchoUpstream, redis_proc: Any,
+) -> None:
     """``gateway incident --revoke --config`` in its own process; the gateway shares the list through Redis."""
     pytest.importorskip("gateway.revocation.redis_store", reason="the Redis revocation store is not there yet")
     revocation = {"redis_url": f"redis://{redis_proc.host}:{redis_proc.port}/0", "key_prefix": f"t{time.time_ns()}:"}
@@ -213,8 +230,10 @@ async def test_revoke_command_through_redis(make_gateway, issuer, http, tmp_path
     assert_no_raw_token(out + stderr.decode(), t.a, t.b)
 
 
-async def test_revocation_entries_live_as_long_as_the_issuers_tokens(make_gateway, issuer, http):
-    """issue 4: an entry's TTL is the issuer's max_token_lifetime (+ the schema's margin), not default_ttl."""
+async def test_revocation_entries_live_as_long_as_the_issuers_tokens(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
+    """an entry's TTL is the issuer's max_token_lifetime (+ the schema's margin), not default_ttl."""
     gw = await make_gateway(**TRUSTED, issuers=[{"issuer": issuer.issuer, "audiences": [AUDIENCE], "leeway": "5s",
                                                  "max_token_lifetime": "1h"}])
     t = await drive(gw, issuer, http)
@@ -228,8 +247,10 @@ async def test_revocation_entries_live_as_long_as_the_issuers_tokens(make_gatewa
         assert all(e.created_at == now for e in entries)
 
 
-async def test_revoke_command_writes_without_loading_the_list(make_gateway, issuer, http, tmp_path, upstream,
-                                                              redis_proc):
+async def test_revoke_command_writes_without_loading_the_list(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, tmp_path: Path,
+    upstream: EchoUpstream, redis_proc: Any,
+) -> None:
     """--revoke writes its entries like ``gateway revoke``: no SCAN of the list, no feed to follow."""
     from redis.asyncio import Redis
 
@@ -265,7 +286,7 @@ async def test_revoke_command_writes_without_loading_the_list(make_gateway, issu
         await asyncio.sleep(0.05)
 
 
-def _jsonl(path: Path) -> list[dict]:
+def _jsonl(path: Path) -> list[dict[str, Any]]:
     import json
 
     return [json.loads(line) for line in path.read_text().splitlines() if line]
@@ -279,8 +300,8 @@ def _record(ts: str, iss: str, jti: str, sid: str) -> str:
                        "jti": jti, "sid": sid, "token_fingerprint": "ab" * 16})
 
 
-def test_revoke_plans_issuer_scoped_entries_and_refuses_to_guess_an_issuer(tmp_path):
-    """issue 11: a family seen at two issuers is revoked at each of them, never for every issuer; a token
+def test_revoke_plans_issuer_scoped_entries_and_refuses_to_guess_an_issuer(tmp_path: Path) -> None:
+    """a family seen at two issuers is revoked at each of them, never for every issuer; a token
     the audit trail does not show needs an issuer when several are configured."""
     from gateway.config import parse_config
     from gateway.revocation import Match

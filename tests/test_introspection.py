@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -21,11 +22,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client import REGISTRY
 from redis import Redis
 
-from gateway.demo import DemoIssuer
+from gateway.demo import DemoIssuer, EchoUpstream
 from gateway.revocation.api import factory_for
 from gateway.revocation.entries import Entry, Kind, Match
+from gateway.tokens.introspection_cache import IntrospectedToken
 from gateway.tokens.token import cache_key, fingerprint
-from tests.conftest import AUDIENCE, bearer
+from tests.helpers import AUDIENCE, GatewayFactory, bearer
 
 
 def introspecting(issuer: DemoIssuer, validation: str = "jwt", **settings: Any) -> dict[str, Any]:
@@ -44,13 +46,21 @@ def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
+def as_bytes(value: bytes | str | None) -> bytes:
+    """A key or value read with the sync client, which does not decode responses: always bytes."""
+    assert isinstance(value, bytes), value
+    return value
+
+
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-async def get(http, url: str, token: str, method: str = "GET") -> tuple[int, dict[str, Any], Any]:
+async def get(
+    http: aiohttp.ClientSession, url: str, token: str, method: str = "GET"
+) -> tuple[int, dict[str, Any], Any]:
     async with http.request(method, url, headers=bearer(token)) as resp:
         body = await resp.read()
         return resp.status, dict(resp.headers), orjson.loads(body) if body else None
@@ -59,7 +69,9 @@ async def get(http, url: str, token: str, method: str = "GET") -> tuple[int, dic
 # --- call counts -------------------------------------------------------------------------------
 
 
-async def test_hundred_concurrent_requests_make_one_call(make_gateway, issuer, upstream, http):
+async def test_hundred_concurrent_requests_make_one_call(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, upstream: EchoUpstream, http: aiohttp.ClientSession
+) -> None:
     gw = await make_gateway(issuers=[introspecting(issuer)])
     issuer.introspection_delay = 0.3  # every request arrives while the one call is in flight
     token = issuer.mint_opaque(scope="orders:read")
@@ -80,7 +92,9 @@ async def test_hundred_concurrent_requests_make_one_call(make_gateway, issuer, u
     assert record["token_fingerprint"] == fingerprint(token)[:32]
 
 
-async def test_repeated_requests_within_ttl_make_no_new_call(make_gateway, issuer, http):
+async def test_repeated_requests_within_ttl_make_no_new_call(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     gw = await make_gateway(issuers=[introspecting(issuer)])
     token = issuer.mint_opaque()
     for _ in range(5):
@@ -88,7 +102,9 @@ async def test_repeated_requests_within_ttl_make_no_new_call(make_gateway, issue
     assert issuer.calls["introspect"] == 1
 
 
-async def test_only_introspection_calls_count_as_validations(make_gateway, issuer, http):
+async def test_only_introspection_calls_count_as_validations(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     """Cache hits and coalesced waits are not validations; opaque tokens skip the verified-token cache."""
     gw = await make_gateway(issuers=[introspecting(issuer)])
     issuer.introspection_delay = 0.2  # the concurrent requests below share the one call in flight
@@ -120,7 +136,9 @@ async def test_only_introspection_calls_count_as_validations(make_gateway, issue
     }
 
 
-async def test_cached_answer_never_outlives_exp(make_gateway, issuer, http):
+async def test_cached_answer_never_outlives_exp(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     gw = await make_gateway(issuers=[introspecting(issuer, cache_ttl="60s")])
     token = issuer.mint_opaque(ttl=2)
     assert (await get(http, f"{gw.url}/orders", token))[0] == 200
@@ -135,7 +153,9 @@ async def test_cached_answer_never_outlives_exp(make_gateway, issuer, http):
     assert issuer.calls["introspect"] == 2  # the cached answer died with the token
 
 
-async def test_cached_answer_never_outlives_cache_ttl(make_gateway, issuer, http):
+async def test_cached_answer_never_outlives_cache_ttl(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     ttl = 2.0  # wide enough for the second request to come well within it, even on a loaded machine
     gw = await make_gateway(issuers=[introspecting(issuer, cache_ttl=f"{ttl}s")])
     token = issuer.mint_opaque(ttl=300)
@@ -151,7 +171,9 @@ async def test_cached_answer_never_outlives_cache_ttl(make_gateway, issuer, http
     assert issuer.calls["introspect"] == 2
 
 
-async def test_inactive_token_is_refused_and_remembered(make_gateway, issuer, upstream, http):
+async def test_inactive_token_is_refused_and_remembered(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, upstream: EchoUpstream, http: aiohttp.ClientSession
+) -> None:
     gw = await make_gateway(issuers=[introspecting(issuer)])
     status, headers, body = await get(http, f"{gw.url}/orders", "made_up_token_123")
     assert status == 401
@@ -166,7 +188,9 @@ async def test_inactive_token_is_refused_and_remembered(make_gateway, issuer, up
     assert upstream.requests == []
 
 
-async def test_negative_cache_expires(make_gateway, issuer, http):
+async def test_negative_cache_expires(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     ttl = 2.0  # wide enough for the second request to come well within it, even on a loaded machine
     gw = await make_gateway(issuers=[introspecting(issuer, negative_cache_ttl=f"{ttl}s")])
     assert (await get(http, f"{gw.url}/orders", "not_yet_known"))[0] == 401
@@ -183,7 +207,9 @@ async def test_negative_cache_expires(make_gateway, issuer, http):
 
 
 @pytest.mark.parametrize("failure", ["down", "slow", "html", "error"])
-async def test_authorization_server_failure_denies_with_503(make_gateway, issuer, upstream, http, failure):
+async def test_authorization_server_failure_denies_with_503(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, upstream: EchoUpstream, http: aiohttp.ClientSession, failure: str
+) -> None:
     settings: dict[str, Any] = {"timeout": "300ms"}
     if failure == "down":
         settings["endpoint"] = f"http://127.0.0.1:{closed_port()}/introspect"
@@ -213,7 +239,9 @@ async def test_authorization_server_failure_denies_with_503(make_gateway, issuer
         assert (await get(http, f"{gw.url}/orders", token))[0] == 200
 
 
-async def test_connection_error_is_retried_once(make_gateway, issuer, http):
+async def test_connection_error_is_retried_once(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     port = closed_port()
     gw = await make_gateway(issuers=[introspecting(issuer, endpoint=f"http://127.0.0.1:{port}/introspect")])
     assert (await get(http, f"{gw.url}/orders", issuer.mint_opaque()))[0] == 503
@@ -254,7 +282,9 @@ class DropFirstConnection:
             self.server.close()
 
 
-async def test_dropped_connection_retry_succeeds(make_gateway, issuer, http):
+async def test_dropped_connection_retry_succeeds(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     front = DropFirstConnection(int(issuer.issuer.rsplit(":", 1)[1]))
     port = await front.start()
     try:
@@ -266,7 +296,9 @@ async def test_dropped_connection_retry_succeeds(make_gateway, issuer, http):
         await front.stop()
 
 
-async def test_cached_answer_keeps_serving_during_an_outage(make_gateway, issuer, http):
+async def test_cached_answer_keeps_serving_during_an_outage(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     gw = await make_gateway(issuers=[introspecting(issuer)])
     token = issuer.mint_opaque()
     assert (await get(http, f"{gw.url}/orders", token))[0] == 200
@@ -275,7 +307,10 @@ async def test_cached_answer_keeps_serving_during_an_outage(make_gateway, issuer
     assert (await get(http, f"{gw.url}/orders", issuer.mint_opaque()))[0] == 503
 
 
-async def test_wrong_client_credentials_are_logged_clearly(make_gateway, issuer, upstream, http, caplog):
+async def test_wrong_client_credentials_are_logged_clearly(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, upstream: EchoUpstream, http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.INFO)
     gw = await make_gateway(issuers=[introspecting(issuer, client_secret="not-the-secret")])
     token = issuer.mint_opaque()
@@ -301,7 +336,9 @@ AWKWARD_ID, AWKWARD_SECRET = "gate way", "s3cr:t/+ %é"  # RFC 6749 2.3.1 form-e
 
 
 @pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post"])
-async def test_client_secret_methods(make_gateway, issuer, http, method):
+async def test_client_secret_methods(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, method: str
+) -> None:
     issuer.clients = {AWKWARD_ID: AWKWARD_SECRET}
     gw = await make_gateway(issuers=[
         introspecting(issuer, auth_method=method, client_id=AWKWARD_ID, client_secret=AWKWARD_SECRET)
@@ -310,7 +347,9 @@ async def test_client_secret_methods(make_gateway, issuer, http, method):
     assert issuer.calls["introspect"] == 1
 
 
-async def test_private_key_jwt_with_discovered_endpoint(make_gateway, issuer, http, tmp_path: Path):
+async def test_private_key_jwt_with_discovered_endpoint(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     key_file = tmp_path / "client.pem"
     key_file.write_bytes(key.private_bytes(
@@ -335,7 +374,9 @@ async def test_private_key_jwt_with_discovered_endpoint(make_gateway, issuer, ht
     assert issuer.client_assertions[0]["jti"] != issuer.client_assertions[1]["jti"]
 
 
-async def test_endpoint_from_the_jwks_loaders_discovery(make_gateway, issuer, http):
+async def test_endpoint_from_the_jwks_loaders_discovery(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     gw = await make_gateway(issuers=[introspecting(issuer, endpoint=None)])
     assert (await get(http, f"{gw.url}/orders", issuer.mint_opaque()))[0] == 200
     assert (await get(http, f"{gw.url}/orders", issuer.mint(scope="orders:read")))[0] == 200  # JWTs: local
@@ -361,7 +402,10 @@ async def test_endpoint_from_the_jwks_loaders_discovery(make_gateway, issuer, ht
         ({"exp": True}, "invalid_token"),
     ],
 )
-async def test_answer_checks(make_gateway, issuer, upstream, http, change, reason):
+async def test_answer_checks(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, upstream: EchoUpstream, http: aiohttp.ClientSession,
+    change: dict[str, Any], reason: str,
+) -> None:
     gw = await make_gateway(issuers=[introspecting(issuer)])
     token = issuer.mint_opaque()
     issuer.opaque[token].update(change)
@@ -382,7 +426,9 @@ async def test_answer_checks(make_gateway, issuer, upstream, http, change, reaso
     [{"aud": ["https://api.example/other", AUDIENCE]}, {"iss": None}, {"token_type": None},
      {"token_type": "access_token"}, {"token_use": "access_token"}],
 )
-async def test_acceptable_answers(make_gateway, issuer, http, change):
+async def test_acceptable_answers(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, change: dict[str, Any]
+) -> None:
     gw = await make_gateway(issuers=[introspecting(issuer)])
     token = issuer.mint_opaque()
     issuer.opaque[token].update(change)
@@ -390,11 +436,13 @@ async def test_acceptable_answers(make_gateway, issuer, http, change):
     assert (await get(http, f"{gw.url}/orders", token))[0] == 200
 
 
-# --- answers without exp (RFC 7662 makes it optional; issue 11 item 7) -----------------------------
+# --- answers without exp (RFC 7662 makes it optional) -----------------------------
 
 
 @pytest.mark.parametrize("exp", ["absent", None])
-async def test_an_answer_without_exp_is_accepted_and_cached_for_cache_ttl(make_gateway, issuer, http, exp):
+async def test_an_answer_without_exp_is_accepted_and_cached_for_cache_ttl(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, exp: str | None
+) -> None:
     ttl = 2.0
     gw = await make_gateway(issuers=[introspecting(issuer, cache_ttl=f"{ttl}s")])
     token = issuer.mint_opaque(exp=None)  # no exp in the answer at all
@@ -402,8 +450,9 @@ async def test_an_answer_without_exp_is_accepted_and_cached_for_cache_ttl(make_g
         issuer.opaque[token]["exp"] = None  # or a JSON null
     asked_at = time.time()
     assert (await get(http, f"{gw.url}/orders", token))[0] == 200
-    entry = gw.gateway.pipeline.validator.introspectors[issuer.issuer].cache.get(cache_key(token))
+    entry = gw.pipeline.validator.introspectors[issuer.issuer].cache.get(cache_key(token))
     assert entry is not None and entry.expires_at == 0.0
+    assert isinstance(entry, IntrospectedToken)  # introspection's own entry, with its cache deadline
     assert asked_at + ttl <= entry.cached_until <= time.time() + ttl  # answered_at + cache_ttl
     issuer.opaque[token]["active"] = False  # revoked at the authorization server
     assert (await get(http, f"{gw.url}/orders", token))[0] == 200  # within cache_ttl: the cached answer
@@ -418,20 +467,24 @@ async def test_an_answer_without_exp_is_accepted_and_cached_for_cache_ttl(make_g
     assert (record["reason"], record["sub"], record["jti"]) == ("allowed", "alice", issuer.opaque[token]["jti"])
 
 
-async def test_a_shared_entry_without_exp_lives_cache_ttl(make_gateway, issuer, http, redis_proc):
+async def test_a_shared_entry_without_exp_lives_cache_ttl(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, redis_proc: Any
+) -> None:
     redis = Redis(host=redis_proc.host, port=redis_proc.port)
     redis.flushdb()
     url = f"redis://{redis_proc.host}:{redis_proc.port}/0"
     gw = await make_gateway(issuers=[introspecting(issuer, cache_ttl="5s", shared_cache=True, redis_url=url)])
     token = issuer.mint_opaque(exp=None)
     assert (await get(http, f"{gw.url}/orders", token))[0] == 200
-    (key,) = redis.keys("*")
+    (key,) = [as_bytes(k) for k in redis.keys("*")]
     assert key.endswith(cache_key(token).encode())
     assert 0 < redis.pttl(key) <= 5_000
     redis.close()
 
 
-async def test_required_claims_apply_to_introspection_answers(make_gateway, issuer, upstream, http):
+async def test_required_claims_apply_to_introspection_answers(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, upstream: EchoUpstream, http: aiohttp.ClientSession
+) -> None:
     gw = await make_gateway(issuers=[{**introspecting(issuer), "required_claims": ["sid"]}])
     status, headers, body = await get(http, f"{gw.url}/orders", issuer.mint_opaque())
     assert (status, body["reason"]) == (401, "missing_claim")
@@ -443,7 +496,9 @@ async def test_required_claims_apply_to_introspection_answers(make_gateway, issu
 # --- scopes: checked per route, never cached ---------------------------------------------------------
 
 
-async def test_insufficient_scope_is_403(make_gateway, issuer, upstream, http):
+async def test_insufficient_scope_is_403(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, upstream: EchoUpstream, http: aiohttp.ClientSession
+) -> None:
     gw = await make_gateway(issuers=[introspecting(issuer)])
     status, headers, body = await get(http, f"{gw.url}/orders", issuer.mint_opaque(scope="profile"))
     assert status == 403
@@ -453,7 +508,9 @@ async def test_insufficient_scope_is_403(make_gateway, issuer, upstream, http):
     assert upstream.requests == []
 
 
-async def test_cached_answer_does_not_pass_other_routes_scope_checks(make_gateway, issuer, upstream, http):
+async def test_cached_answer_does_not_pass_other_routes_scope_checks(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, upstream: EchoUpstream, http: aiohttp.ClientSession
+) -> None:
     """CVE-2021-32701: the cache holds the server's answer, the scope decision is made per route."""
     gw = await make_gateway(issuers=[introspecting(issuer)])
     token = issuer.mint_opaque(scope="orders:read")
@@ -471,7 +528,9 @@ async def test_cached_answer_does_not_pass_other_routes_scope_checks(make_gatewa
 # --- routing among issuers, JWT introspection, revocation ------------------------------------------
 
 
-async def test_configured_order_and_token_prefix(make_gateway, issuer, http):
+async def test_configured_order_and_token_prefix(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     other = DemoIssuer(audience=AUDIENCE)
     await other.start()
     try:
@@ -489,7 +548,9 @@ async def test_configured_order_and_token_prefix(make_gateway, issuer, http):
         await other.stop()
 
 
-async def test_validation_introspection_applies_to_jwts(make_gateway, issuer, http):
+async def test_validation_introspection_applies_to_jwts(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     gw = await make_gateway(issuers=[introspecting(issuer, validation="introspection", cache_ttl="300ms")])
     token = issuer.mint(scope="orders:read")
     assert (await get(http, f"{gw.url}/orders", token))[0] == 401  # a valid signature is not enough
@@ -504,13 +565,15 @@ async def test_validation_introspection_applies_to_jwts(make_gateway, issuer, ht
     assert issuer.calls["introspect"] == 3
 
 
-async def test_revocation_keeps_cached_answers_and_refuses_without_a_call(make_gateway, issuer, http):
+async def test_revocation_keeps_cached_answers_and_refuses_without_a_call(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     """A subject (or family, or client) is known only from the answer: the cached answer is kept, so the
     refusal says revoked_subject and the authorization server is not asked again (it would say inactive)."""
     gw = await make_gateway(issuers=[introspecting(issuer)])
     token = issuer.mint_opaque(sub="mallory")
     assert (await get(http, f"{gw.url}/orders", token))[0] == 200
-    introspector = gw.gateway.pipeline.validator.introspectors[issuer.issuer]
+    introspector = gw.pipeline.validator.introspectors[issuer.issuer]
     assert len(introspector.cache) == 1
 
     await gw.gateway.revocation.revoke(
@@ -525,7 +588,9 @@ async def test_revocation_keeps_cached_answers_and_refuses_without_a_call(make_g
     assert len(introspector.cache) == 1
 
 
-async def test_a_revoked_opaque_token_is_refused_before_introspection(make_gateway, issuer, http):
+async def test_a_revoked_opaque_token_is_refused_before_introspection(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     """The list is read before the authorization server is asked: revoked_token, and no call at all,
     for a token never seen (not cached) and for one whose cached answer the revocation dropped."""
     gw = await make_gateway(issuers=[introspecting(issuer)])
@@ -542,7 +607,9 @@ async def test_a_revoked_opaque_token_is_refused_before_introspection(make_gatew
     assert [r["reason"] for r in await gw.audit_records()] == ["allowed", "revoked_token", "revoked_token"]
 
 
-async def test_another_issuers_revocation_does_not_stop_introspection(make_gateway, issuer, http):
+async def test_another_issuers_revocation_does_not_stop_introspection(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     gw = await make_gateway(issuers=[introspecting(issuer)])
     token = issuer.mint_opaque()
     other = Entry(Kind.TOKEN, fingerprint(token), time.time() + 600, "https://other.example", match=Match.FINGERPRINT)
@@ -554,7 +621,9 @@ async def test_another_issuers_revocation_does_not_stop_introspection(make_gatew
 # --- shared second-level cache -------------------------------------------------------------------------
 
 
-async def test_shared_cache_in_redis_serves_other_replicas(make_gateway, issuer, http, redis_proc):
+async def test_shared_cache_in_redis_serves_other_replicas(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, redis_proc: Any
+) -> None:
     url = f"redis://{redis_proc.host}:{redis_proc.port}/0"
     redis = Redis(host=redis_proc.host, port=redis_proc.port)
     redis.flushdb()
@@ -572,13 +641,13 @@ async def test_shared_cache_in_redis_serves_other_replicas(make_gateway, issuer,
     # scopes are still decided per route on the replica that reads the shared answer
     assert (await get(http, f"{replica_b.url}/orders", token, method="POST"))[0] == 403
 
-    keys = sorted(redis.keys("*"))
+    keys = sorted(as_bytes(k) for k in redis.keys("*"))
     assert len(keys) == 2
     assert all(fingerprint(token).encode() not in k or k.endswith(fingerprint(token).encode()) for k in keys)
     for key in keys:
         assert token.encode() not in key and b"garbage_token" not in key
-        assert token.encode() not in redis.get(key)
-        assert b"garbage_token" not in redis.get(key)
+        assert token.encode() not in as_bytes(redis.get(key))
+        assert b"garbage_token" not in as_bytes(redis.get(key))
     ttls = {k: redis.pttl(k) for k in keys}
     positive = next(k for k in keys if k.endswith(fingerprint(token).encode()))
     assert 0 < ttls[positive] <= 20_000  # the token's exp, not cache_ttl (60 s)
@@ -587,7 +656,9 @@ async def test_shared_cache_in_redis_serves_other_replicas(make_gateway, issuer,
     redis.close()
 
 
-async def test_shared_cache_down_falls_back_to_the_server(make_gateway, issuer, http):
+async def test_shared_cache_down_falls_back_to_the_server(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     url = f"redis://127.0.0.1:{closed_port()}/0"
     gw = await make_gateway(issuers=[introspecting(issuer, shared_cache=True, redis_url=url)])
     token = issuer.mint_opaque()

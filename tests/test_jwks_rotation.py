@@ -1,4 +1,4 @@
-"""Issue 11, items 8 and 15: key rotation right after start, bounded refetches, keys replaced under a kid.
+"""Key rotation right after start, bounded refetches, keys replaced under a kid.
 
 Fetches are counted where they land, at the demo issuer's real ``/jwks`` on 127.0.0.1
 (``issuer.calls["jwks"]``); every token is signed with a real key.
@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 
 from gateway.demo import DemoIssuer, SigningKey
-from gateway.tokens.jwks import RefetchBudget
-from tests.conftest import AUDIENCE, bearer
+from gateway.tokens.refetch import RefetchBudget
+from tests.helpers import AUDIENCE, GatewayFactory, bearer
 
 
 def issuer_entry(issuer: DemoIssuer, **extra: Any) -> dict[str, Any]:
@@ -46,7 +46,9 @@ async def flood(http: aiohttp.ClientSession, gw: Any, tokens: list[str], concurr
 # --- rotation right after start --------------------------------------------------------------
 
 
-async def test_a_key_published_right_after_start_works_on_its_first_token(make_gateway, issuer, http):
+async def test_a_key_published_right_after_start_works_on_its_first_token(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     gw = await make_gateway(issuers=[issuer_entry(issuer)])  # fetched the JWKS a moment ago
     fetched = issuer.calls["jwks"]
     new_key = issuer.rotate("RS256")
@@ -60,7 +62,9 @@ async def test_a_key_published_right_after_start_works_on_its_first_token(make_g
     assert issuer.calls["jwks"] == fetched + 2
 
 
-async def test_concurrent_first_tokens_of_a_new_key_share_one_fetch(make_gateway, issuer, http):
+async def test_concurrent_first_tokens_of_a_new_key_share_one_fetch(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     gw = await make_gateway(issuers=[issuer_entry(issuer)])
     fetched = issuer.calls["jwks"]
     issuer.jwks_delay = 0.2  # every request below arrives while the one fetch is in flight
@@ -70,10 +74,12 @@ async def test_concurrent_first_tokens_of_a_new_key_share_one_fetch(make_gateway
     assert issuer.calls["jwks"] == fetched + 1
 
 
-async def test_a_fetch_started_before_the_key_was_published_does_not_answer_for_it(make_gateway, issuer, http):
+async def test_a_fetch_started_before_the_key_was_published_does_not_answer_for_it(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     """A refresh already in flight when the key appeared saw the old JWKS: the token is looked up again."""
     gw = await make_gateway(issuers=[issuer_entry(issuer)])
-    keys = gw.gateway.pipeline.validator.keys[issuer.issuer]
+    keys = gw.pipeline.validator.keys[issuer.issuer]
     issuer.jwks_delay = 0.3
     before = issuer.calls["jwks"]
     stale = asyncio.create_task(keys.refresh())  # the issuer answers with the keys of this moment
@@ -89,7 +95,9 @@ async def test_a_fetch_started_before_the_key_was_published_does_not_answer_for_
 # --- what made-up kids cost the issuer ---------------------------------------------------------
 
 
-async def test_a_thousand_made_up_kids_cost_a_handful_of_fetches(make_gateway, issuer, http):
+async def test_a_thousand_made_up_kids_cost_a_handful_of_fetches(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     gw = await make_gateway(issuers=[issuer_entry(issuer)])
     fetched = issuer.calls["jwks"]
     attacker = SigningKey.generate("RS256")
@@ -102,7 +110,9 @@ async def test_a_thousand_made_up_kids_cost_a_handful_of_fetches(make_gateway, i
     assert {r["reason"] for r in records[:-1]} == {"unknown_key"}
 
 
-async def test_a_repeated_unknown_kid_is_remembered_and_leaves_the_budget_to_rotations(make_gateway, issuer, http):
+async def test_a_repeated_unknown_kid_is_remembered_and_leaves_the_budget_to_rotations(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     gw = await make_gateway(issuers=[issuer_entry(issuer)])
     fetched = issuer.calls["jwks"]
     stray = issuer.mint(key=SigningKey.generate("RS256", kid="from-another-environment"))
@@ -114,7 +124,9 @@ async def test_a_repeated_unknown_kid_is_remembered_and_leaves_the_budget_to_rot
     assert issuer.calls["jwks"] == fetched + 2
 
 
-async def test_after_a_flood_a_rotation_is_picked_up_within_one_interval(make_gateway, issuer, http):
+async def test_after_a_flood_a_rotation_is_picked_up_within_one_interval(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     gw = await make_gateway(issuers=[issuer_entry(issuer, jwks_min_refresh_interval="1s", jwks_refetch_burst=2)])
     attacker = SigningKey.generate("RS256")
     await flood(http, gw, [issuer.mint(key=attacker, headers={"kid": uuid.uuid4().hex}) for _ in range(100)])
@@ -132,12 +144,14 @@ def test_the_refetch_budget_is_a_token_bucket() -> None:
     assert RefetchBudget(burst=0, interval=30).take() is False
 
 
-# --- a key replaced under the same kid (issue 11 item 15) ----------------------------------------
+# --- a key replaced under the same kid ----------------------------------------
 
 
-async def test_a_key_replaced_under_the_same_kid_drops_the_tokens_it_verified(make_gateway, issuer, http):
+async def test_a_key_replaced_under_the_same_kid_drops_the_tokens_it_verified(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     gw = await make_gateway(issuers=[issuer_entry(issuer)])
-    validator = gw.gateway.pipeline.validator
+    validator = gw.pipeline.validator
     old = issuer.keys[0]
     token = issuer.mint(key=old)
     assert await status_of(http, gw, token) == (200, "allowed")
@@ -154,9 +168,11 @@ async def test_a_key_replaced_under_the_same_kid_drops_the_tokens_it_verified(ma
     assert await status_of(http, gw, issuer.mint(key=replacement)) == (200, "allowed")
 
 
-async def test_a_refresh_with_the_same_keys_keeps_the_cache(make_gateway, issuer, http):
+async def test_a_refresh_with_the_same_keys_keeps_the_cache(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     gw = await make_gateway(issuers=[issuer_entry(issuer)])
-    validator = gw.gateway.pipeline.validator
+    validator = gw.pipeline.validator
     assert await status_of(http, gw, issuer.mint()) == (200, "allowed")
     issuer.keys.reverse()  # the same keys, listed in another order
     await validator.keys[issuer.issuer].refresh()

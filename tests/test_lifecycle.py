@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.demo import EchoUpstream
 from gateway.reload import POLL_INTERVAL
 from tests.configmap import ConfigMapDir
-from tests.conftest import base_config, bearer
+from tests.helpers import base_config, bearer
 
 ROOT = Path(__file__).resolve().parent.parent
 EXTRA_ROUTE = {"name": "extra", "path_prefix": "/extra", "upstream": "orders", "auth": "none"}
@@ -336,7 +336,8 @@ def requests_by_pid(metrics_dir: str) -> dict[int, float]:
     for file in Path(metrics_dir).glob("counter_*.db"):
         pid = int(file.stem.rsplit("_", 1)[1])
         counts[pid] = sum(
-            sample.value for family in MultiProcessCollector.merge([str(file)]) for sample in family.samples
+            sample.value for family in MultiProcessCollector.merge([str(file)])  # type: ignore[no-untyped-call]
+            for sample in family.samples
             if sample.name == "gateway_requests_total"
         )
     return counts

@@ -1,4 +1,4 @@
-"""Issue 2, point 10: Prometheus metrics, /healthz and /readyz on the admin port (never the public one)."""
+"""Prometheus metrics, /healthz and /readyz on the admin port (never the public one)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.demo import DemoIssuer
-from tests.conftest import AUDIENCE, bearer
-from tests.helpers import free_port, metric
+from gateway.demo import DemoIssuer, EchoUpstream
+from tests.helpers import AUDIENCE, GatewayFactory, RunningGateway, bearer, free_port, metric
 
 
 async def get(url: str) -> tuple[int, str, Any]:
@@ -23,7 +22,9 @@ def samples(text: str) -> list[tuple[str, dict[str, str], float]]:
     return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples]
 
 
-async def test_metrics_on_the_admin_port(make_gateway, issuer):  # type: ignore[no-untyped-def]
+async def test_metrics_on_the_admin_port(
+    make_gateway: GatewayFactory, issuer: DemoIssuer
+) -> None:
     # counters live as long as the process: compare with their values before this gateway started
     valid_before = metric("gateway_token_validations_total", issuer=issuer.issuer, result="valid")
     refresh_before = metric("gateway_jwks_refresh_total", issuer=issuer.issuer, result="ok")
@@ -60,7 +61,9 @@ async def test_metrics_on_the_admin_port(make_gateway, issuer):  # type: ignore[
     assert value("gateway_upstream_duration_seconds_count", upstream="orders") >= 2
 
 
-async def test_admin_endpoints_are_not_on_the_public_port(gw, upstream):  # type: ignore[no-untyped-def]
+async def test_admin_endpoints_are_not_on_the_public_port(
+    gw: RunningGateway, upstream: EchoUpstream
+) -> None:
     assert gw.port("proxy") != gw.port("admin")
     for path in ("/metrics", "/healthz", "/readyz"):
         status, _, _ = await get(gw.url + path)
@@ -70,7 +73,7 @@ async def test_admin_endpoints_are_not_on_the_public_port(gw, upstream):  # type
     assert status == 404
 
 
-async def test_healthz_and_readyz(gw):  # type: ignore[no-untyped-def]
+async def test_healthz_and_readyz(gw: RunningGateway) -> None:
     status, text, _ = await get(gw.admin_url + "/healthz")
     assert (status, text) == (200, '{"status":"alive"}')
     async with aiohttp.ClientSession() as session, session.get(gw.admin_url + "/readyz") as resp:
@@ -80,7 +83,9 @@ async def test_healthz_and_readyz(gw):  # type: ignore[no-untyped-def]
     assert body["jwks_loaded"] is True
 
 
-async def test_readyz_fails_until_every_issuer_has_keys(make_gateway, issuer):  # type: ignore[no-untyped-def]
+async def test_readyz_fails_until_every_issuer_has_keys(
+    make_gateway: GatewayFactory, issuer: DemoIssuer
+) -> None:
     missing = DemoIssuer(audience=AUDIENCE, issuer=f"http://127.0.0.1:{free_port()}")  # never started
     errors_before = metric("gateway_jwks_refresh_total", issuer=missing.issuer, result="error")
     gw = await make_gateway(issuers=[

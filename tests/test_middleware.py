@@ -21,14 +21,13 @@ from gateway.demo import DemoIssuer
 from gateway.middleware import TOKEN_KEY, TOKENGATE_KEY, setup_tokengate, token_of, tokengate_middleware
 from gateway.revocation.entries import Entry, Kind
 from gateway.runtime import Gateway
-from tests.conftest import GatewayFactory, base_config, bearer
-from tests.helpers import metric, raw_request
+from tests.helpers import GatewayFactory, UpstreamAddress, base_config, bearer, metric, raw_request
 
-UNUSED_UPSTREAM = SimpleNamespace(url="http://127.0.0.1:9")  # middleware mode never proxies
+UNUSED_UPSTREAM = UpstreamAddress("http://127.0.0.1:9")  # middleware mode never proxies
 
 
 def middleware_config(issuer: DemoIssuer, audit_path: Path, **overrides: Any) -> GatewayConfig:
-    data = base_config(issuer, UNUSED_UPSTREAM, audit_path)  # type: ignore[arg-type]
+    data = base_config(issuer, UNUSED_UPSTREAM, audit_path)
     data.update(overrides)
     return parse_config(yaml.safe_dump(data), "middleware-test.yaml")
 
@@ -92,7 +91,7 @@ async def service(aiohttp_client: Any, issuer: DemoIssuer, tmp_path: Path) -> Si
     return SimpleNamespace(client=client, gateway=gateway, seen=seen, records=records, url=url)
 
 
-async def test_no_token_is_401_and_the_handler_never_runs(service: SimpleNamespace):
+async def test_no_token_is_401_and_the_handler_never_runs(service: SimpleNamespace) -> None:
     resp = await service.client.get("/orders")
     assert resp.status == 401
     assert resp.headers["WWW-Authenticate"] == 'Bearer realm="tokengate"'
@@ -105,7 +104,7 @@ async def test_no_token_is_401_and_the_handler_never_runs(service: SimpleNamespa
         "middleware", 401, "missing_token", "list-orders", None)
 
 
-async def test_missing_scope_is_403(service: SimpleNamespace, issuer: DemoIssuer):
+async def test_missing_scope_is_403(service: SimpleNamespace, issuer: DemoIssuer) -> None:
     resp = await service.client.get("/orders", headers=bearer(issuer.mint(scope="profile")))
     assert resp.status == 403
     challenge = resp.headers["WWW-Authenticate"]
@@ -114,7 +113,9 @@ async def test_missing_scope_is_403(service: SimpleNamespace, issuer: DemoIssuer
     assert service.seen == []
 
 
-async def test_good_token_reaches_the_handler_with_the_validated_token(service: SimpleNamespace, issuer: DemoIssuer):
+async def test_good_token_reaches_the_handler_with_the_validated_token(
+    service: SimpleNamespace, issuer: DemoIssuer
+) -> None:
     before = metric("gateway_requests_total", route="list-orders", method="GET", status="200",
                     decision="allow", reason="allowed")
     token = issuer.mint(sub="alice", scope="orders:read profile")
@@ -130,7 +131,7 @@ async def test_good_token_reaches_the_handler_with_the_validated_token(service: 
                   decision="allow", reason="allowed") == before + 1
 
 
-async def test_request_body_and_status_pass_through(service: SimpleNamespace, issuer: DemoIssuer):
+async def test_request_body_and_status_pass_through(service: SimpleNamespace, issuer: DemoIssuer) -> None:
     resp = await service.client.post("/orders", data=b"x" * 1000, headers=bearer(issuer.mint(scope="orders:write")))
     assert resp.status == 201
     assert await resp.json() == {"created": 1000}
@@ -138,14 +139,16 @@ async def test_request_body_and_status_pass_through(service: SimpleNamespace, is
     assert (record["route"], record["status"]) == ("create-order", 201)
 
 
-async def test_public_route_has_no_token_and_no_client_identity(service: SimpleNamespace):
+async def test_public_route_has_no_token_and_no_client_identity(service: SimpleNamespace) -> None:
     resp = await service.client.get("/public/health", headers={"X-Auth-Subject": "mallory"})
     assert resp.status == 200
     assert await resp.json() == {"token": False, "x_auth_subject": None}
     assert (await service.records())[-1]["reason"] == "public_route"
 
 
-async def test_routes_outside_the_policy_are_404_even_with_a_handler(service: SimpleNamespace, issuer: DemoIssuer):
+async def test_routes_outside_the_policy_are_404_even_with_a_handler(
+    service: SimpleNamespace, issuer: DemoIssuer
+) -> None:
     resp = await service.client.get("/internal/debug", headers=bearer(issuer.mint(scope="orders:read")))
     assert resp.status == 404
     assert (await resp.json())["reason"] == "no_route"
@@ -155,7 +158,7 @@ async def test_routes_outside_the_policy_are_404_even_with_a_handler(service: Si
     assert service.seen == []
 
 
-async def test_path_tricks(service: SimpleNamespace, issuer: DemoIssuer):
+async def test_path_tricks(service: SimpleNamespace, issuer: DemoIssuer) -> None:
     reader = bearer(issuer.mint(scope="orders:read"))
     # decided on the normalised path, like the proxy: /orders needs a token
     for target in ("/public/health/../../orders", "/public/health/%2e%2e/%2e%2e/orders"):
@@ -172,7 +175,7 @@ async def test_path_tricks(service: SimpleNamespace, issuer: DemoIssuer):
     assert [s["path"] for s in service.seen] == ["/orders"]
 
 
-async def test_revocation_applies_at_once(service: SimpleNamespace, issuer: DemoIssuer):
+async def test_revocation_applies_at_once(service: SimpleNamespace, issuer: DemoIssuer) -> None:
     token = issuer.mint(scope="orders:read")
     assert (await service.client.get("/orders", headers=bearer(token))).status == 200
     jti = jwt.decode(token, options={"verify_signature": False})["jti"]
@@ -182,7 +185,7 @@ async def test_revocation_applies_at_once(service: SimpleNamespace, issuer: Demo
     assert (await resp.json())["reason"] == "revoked_token"
 
 
-async def test_handler_errors_are_recorded(service: SimpleNamespace, issuer: DemoIssuer):
+async def test_handler_errors_are_recorded(service: SimpleNamespace, issuer: DemoIssuer) -> None:
     reader = bearer(issuer.mint(scope="orders:read"))
     assert (await service.client.get("/orders/missing/status", headers=reader)).status == 404
     assert (await service.client.get("/orders/boom/status", headers=reader)).status == 500
@@ -191,8 +194,8 @@ async def test_handler_errors_are_recorded(service: SimpleNamespace, issuer: Dem
         ("order-status", 404, "allowed"), ("order-status", 500, "allowed")]
 
 
-async def test_opaque_tokens_are_introspected(aiohttp_client: Any, issuer: DemoIssuer, tmp_path: Path):
-    data = base_config(issuer, UNUSED_UPSTREAM, tmp_path / "audit.jsonl")  # type: ignore[arg-type]
+async def test_opaque_tokens_are_introspected(aiohttp_client: Any, issuer: DemoIssuer, tmp_path: Path) -> None:
+    data = base_config(issuer, UNUSED_UPSTREAM, tmp_path / "audit.jsonl")
     data["issuers"][0]["introspection"] = {"endpoint": f"{issuer.issuer}/introspect", "client_id": "gateway",
                                            "client_secret": "gateway-secret", "token_prefix": "demo_"}
     client = await aiohttp_client(orders_app(parse_config(yaml.safe_dump(data)), []))
@@ -204,10 +207,10 @@ async def test_opaque_tokens_are_introspected(aiohttp_client: Any, issuer: DemoI
     assert issuer.calls["introspect"] == 2
 
 
-async def test_lifecycle_from_a_yaml_file(aiohttp_client: Any, issuer: DemoIssuer, tmp_path: Path):
+async def test_lifecycle_from_a_yaml_file(aiohttp_client: Any, issuer: DemoIssuer, tmp_path: Path) -> None:
     """setup_tokengate(app, path) loads the file; cleanup_ctx starts the Gateway and, at shutdown, flushes the audit."""
     audit_path = tmp_path / "audit.jsonl"
-    data = base_config(issuer, UNUSED_UPSTREAM, audit_path)  # type: ignore[arg-type]
+    data = base_config(issuer, UNUSED_UPSTREAM, audit_path)
     data["audit"]["flush_interval"] = "1h"  # only the shutdown flush can write the record
     config_path = tmp_path / "policy.yaml"
     config_path.write_text(yaml.safe_dump(data))
@@ -223,7 +226,7 @@ async def test_lifecycle_from_a_yaml_file(aiohttp_client: Any, issuer: DemoIssue
     assert record["reason"] == "missing_token"
 
 
-async def test_not_started_fails_closed(issuer: DemoIssuer, tmp_path: Path, aiohttp_client: Any):
+async def test_not_started_fails_closed(issuer: DemoIssuer, tmp_path: Path, aiohttp_client: Any) -> None:
     async def health(_: web.Request) -> web.Response:
         return web.Response(text="ok")
 
@@ -262,7 +265,7 @@ CASES: list[tuple[str, str, str, str | None]] = [
 async def test_proxy_decision_endpoint_and_middleware_decide_alike(
     make_gateway: GatewayFactory, issuer: DemoIssuer, aiohttp_client: Any, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-):
+) -> None:
     decided: list[RequestFacts] = []
     original = Decider.decide
 

@@ -25,8 +25,7 @@ from gateway.demo import DemoIssuer, EchoUpstream
 from gateway.tokens.certificates import thumbprint
 from gateway.tokens.dpop import ProofRequest, confirmation, sign_proof
 from tests.certs import NOW, Issued, issue, make_ca
-from tests.conftest import GatewayFactory, RunningGateway, base_config
-from tests.helpers import MINIMAL_CONFIG, raw_request
+from tests.helpers import MINIMAL_CONFIG, GatewayFactory, RunningGateway, base_config, raw_request
 from tests.test_middleware import middleware_config, orders_app
 from tests.test_sender_constraint import capture
 

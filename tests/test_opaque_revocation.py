@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from gateway.config import parse_config
+from gateway.reasons import Reason
 from gateway.revocation.api import factory_for
 from gateway.revocation.entries import Match, RevocationList
 from gateway.revocation.schema import Schema, encode
@@ -56,7 +57,7 @@ def test_a_real_jti_of_an_issuer_that_introspects_still_matches() -> None:
     """Keycloak and Hydra name a jti in their answers: revoking it by that jti keeps working."""
     revoked = RevocationList()
     revoked.add(factory_for(config()).jti("4f1c2b9e-uuid", issuer=OPAQUE_AS))
-    assert revoked.check(token(OPAQUE_AS, "some-opaque-token", jti="4f1c2b9e-uuid")).value == "revoked_token"
+    assert revoked.check(token(OPAQUE_AS, "some-opaque-token", jti="4f1c2b9e-uuid")) == Reason.REVOKED_TOKEN
     assert revoked.check(token(OPAQUE_AS, "some-opaque-token", jti="another")) is None
     assert revoked.check(token(JWT_AS, None, jti="4f1c2b9e-uuid")) is None  # another issuer's token
 
@@ -92,4 +93,4 @@ def test_the_subject_of_a_token_without_sub_is_its_client(claims: dict[str, Any]
 def test_subject_revocation_matches_a_client_token_without_sub() -> None:
     revoked = RevocationList()
     revoked.add(factory_for(config()).subject("svc", issuer=OPAQUE_AS, before=time.time() + 5))
-    assert revoked.check(token(OPAQUE_AS, "t", client_id="svc", iat=time.time())).value == "revoked_subject"
+    assert revoked.check(token(OPAQUE_AS, "t", client_id="svc", iat=time.time())) == Reason.REVOKED_SUBJECT

@@ -41,8 +41,7 @@ from gateway.demo import DemoIssuer, EchoUpstream
 from gateway.revocation.entries import Entry, Kind, Match
 from gateway.revocation.schema import Schema, write_entry
 from gateway.tokens.token import fingerprint
-from tests.conftest import AUDIENCE, bearer
-from tests.helpers import free_port
+from tests.helpers import AUDIENCE, bearer, free_port
 from tests.test_audit_alerts import TOOLS
 
 ROOT = Path(__file__).resolve().parent.parent

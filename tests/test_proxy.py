@@ -1,4 +1,4 @@
-"""Issue 2, points 2, 3, 6, 7 and 8 end to end: RFC 6750 answers, scopes, the streaming proxy and its headers.
+"""End to end: RFC 6750 answers, scopes, the streaming proxy and its headers.
 
 A real gateway forwards to a real upstream on 127.0.0.1; what the upstream received is read
 back from the upstream itself (``EchoUpstream.requests`` or the ``ProbeUpstream`` below).
@@ -11,14 +11,16 @@ import hashlib
 import json
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
+from multidict import CIMultiDictProxy
 
-from tests.conftest import bearer
-from tests.helpers import free_port, raw_request
+from gateway.demo import DemoIssuer, EchoUpstream
+from tests.helpers import GatewayFactory, RunningGateway, bearer, free_port, raw_request
 
 MiB = 2**20
 ALLOWED_BODY_KEYS = {"error", "reason", "request_id", "error_description"}
@@ -26,7 +28,7 @@ ALLOWED_BODY_KEYS = {"error", "reason", "request_id", "error_description"}
 
 async def call(
     gw: Any, method: str = "GET", path: str = "/orders", token: str | None = None, **kwargs: Any
-) -> tuple[int, Any, aiohttp.typedefs.LooseHeaders]:
+) -> tuple[int, Any, CIMultiDictProxy[str]]:
     headers = dict(kwargs.pop("headers", {}))
     if token is not None:
         headers.update(bearer(token))
@@ -44,7 +46,9 @@ async def call(
 # --- RFC 6750 answers ----------------------------------------------------------------------
 
 
-async def test_no_token_is_401_with_a_bare_challenge(gw, upstream):  # type: ignore[no-untyped-def]
+async def test_no_token_is_401_with_a_bare_challenge(
+    gw: RunningGateway, upstream: EchoUpstream
+) -> None:
     status, body, headers = await call(gw)
     assert status == 401
     assert headers["WWW-Authenticate"] == 'Bearer realm="tokengate"'  # RFC 6750 3.1: no error code
@@ -55,20 +59,24 @@ async def test_no_token_is_401_with_a_bare_challenge(gw, upstream):  # type: ign
     assert upstream.requests == []
 
 
-async def test_other_auth_scheme_gets_the_bearer_challenge(gw, upstream):  # type: ignore[no-untyped-def]
+async def test_other_auth_scheme_gets_the_bearer_challenge(
+    gw: RunningGateway, upstream: EchoUpstream
+) -> None:
     status, _, headers = await call(gw, headers={"Authorization": "Basic YWxpY2U6c2VjcmV0"})
     assert status == 401
     assert headers["WWW-Authenticate"] == 'Bearer realm="tokengate"'
     assert upstream.requests == []
 
 
-async def test_realm_is_configurable(make_gateway):  # type: ignore[no-untyped-def]
+async def test_realm_is_configurable(make_gateway: GatewayFactory) -> None:
     gw = await make_gateway(realm="orders-api")
     _, _, headers = await call(gw)
     assert headers["WWW-Authenticate"] == 'Bearer realm="orders-api"'
 
 
-async def test_invalid_token_is_401_invalid_token(gw, issuer, upstream):  # type: ignore[no-untyped-def]
+async def test_invalid_token_is_401_invalid_token(
+    gw: RunningGateway, issuer: DemoIssuer, upstream: EchoUpstream
+) -> None:
     expired = issuer.mint(ttl=-3600)
     status, body, headers = await call(gw, token=expired)
     assert status == 401
@@ -84,7 +92,9 @@ async def test_invalid_token_is_401_invalid_token(gw, issuer, upstream):  # type
     assert upstream.requests == []
 
 
-async def test_garbage_token_is_401_invalid_token(gw, upstream):  # type: ignore[no-untyped-def]
+async def test_garbage_token_is_401_invalid_token(
+    gw: RunningGateway, upstream: EchoUpstream
+) -> None:
     for token in ("abc", "a.b.c", "eyJhbGciOiJSUzI1NiJ9.e30.c2ln"):
         status, body, headers = await call(gw, token=token)
         assert (status, body["error"]) == (401, "invalid_token"), token
@@ -92,7 +102,9 @@ async def test_garbage_token_is_401_invalid_token(gw, upstream):  # type: ignore
     assert upstream.requests == []
 
 
-async def test_missing_scope_is_403_insufficient_scope(gw, issuer, upstream):  # type: ignore[no-untyped-def]
+async def test_missing_scope_is_403_insufficient_scope(
+    gw: RunningGateway, issuer: DemoIssuer, upstream: EchoUpstream
+) -> None:
     status, body, headers = await call(gw, token=issuer.mint(scope="profile email"))
     assert status == 403
     assert headers["WWW-Authenticate"] == (
@@ -103,7 +115,9 @@ async def test_missing_scope_is_403_insufficient_scope(gw, issuer, upstream):  #
     assert upstream.requests == []
 
 
-async def test_token_in_query_is_refused(gw, issuer, upstream):  # type: ignore[no-untyped-def]
+async def test_token_in_query_is_refused(
+    gw: RunningGateway, issuer: DemoIssuer, upstream: EchoUpstream
+) -> None:
     token = issuer.mint()
     status, body, headers = await call(gw, path=f"/orders?access_token={token}")
     assert status == 400
@@ -116,13 +130,17 @@ async def test_token_in_query_is_refused(gw, issuer, upstream):  # type: ignore[
     assert upstream.requests == []
 
 
-async def test_token_in_form_body_is_not_accepted(gw, issuer, upstream):  # type: ignore[no-untyped-def]
+async def test_token_in_form_body_is_not_accepted(
+    gw: RunningGateway, issuer: DemoIssuer, upstream: EchoUpstream
+) -> None:
     status, body, _ = await call(gw, "POST", data={"access_token": issuer.mint(scope="orders:write")})
     assert (status, body["reason"]) == (401, "missing_token")
     assert upstream.requests == []
 
 
-async def test_query_token_when_the_route_opts_in(make_gateway, issuer, upstream):  # type: ignore[no-untyped-def]
+async def test_query_token_when_the_route_opts_in(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, upstream: EchoUpstream
+) -> None:
     gw = await make_gateway(routes=[
         {"name": "feed", "path": "/feed", "upstream": "orders", "scopes": ["orders:read"], "allow_query_token": True},
     ])
@@ -136,7 +154,9 @@ async def test_query_token_when_the_route_opts_in(make_gateway, issuer, upstream
     "authorization",
     ["Bearer a b", "Bearer tok\u00e9n", "Bearer a,b", "Bearer  ==abc", "Bearer a=b", 'Bearer "abc"'],
 )
-async def test_malformed_bearer_header_is_400(gw, upstream, authorization):  # type: ignore[no-untyped-def]
+async def test_malformed_bearer_header_is_400(
+    gw: RunningGateway, upstream: EchoUpstream, authorization: str
+) -> None:
     response = await raw_request(gw.url, "/orders", headers={"Authorization": authorization})
     assert response.status == 400
     assert b'"invalid_request"' in response.body
@@ -144,14 +164,18 @@ async def test_malformed_bearer_header_is_400(gw, upstream, authorization):  # t
 
 
 @pytest.mark.parametrize("authorization", ["Bearer", "Bearer    "])
-async def test_bearer_without_credentials_is_a_missing_token(gw, upstream, authorization):  # type: ignore[no-untyped-def]
+async def test_bearer_without_credentials_is_a_missing_token(
+    gw: RunningGateway, upstream: EchoUpstream, authorization: str
+) -> None:
     response = await raw_request(gw.url, "/orders", headers={"Authorization": authorization})
     assert response.status == 401
     assert response.headers["WWW-Authenticate"] == 'Bearer realm="tokengate"'
     assert upstream.requests == []
 
 
-async def test_two_authorization_headers_are_400(gw, issuer, upstream):  # type: ignore[no-untyped-def]
+async def test_two_authorization_headers_are_400(
+    gw: RunningGateway, issuer: DemoIssuer, upstream: EchoUpstream
+) -> None:
     token = issuer.mint()
     response = await raw_request(
         gw.url, "/orders", extra_lines=[f"Authorization: Bearer {token}", f"Authorization: Bearer {token}"]
@@ -160,7 +184,9 @@ async def test_two_authorization_headers_are_400(gw, issuer, upstream):  # type:
     assert upstream.requests == []
 
 
-async def test_bearer_scheme_is_case_insensitive(gw, issuer):  # type: ignore[no-untyped-def]
+async def test_bearer_scheme_is_case_insensitive(
+    gw: RunningGateway, issuer: DemoIssuer
+) -> None:
     response = await raw_request(gw.url, "/orders", headers={"Authorization": f"bEaReR {issuer.mint()}"})
     assert response.status == 200
 
@@ -196,7 +222,9 @@ SCOPE_ROUTES = [
         ({"scope": "region:eu"}, "/both", 403),
     ],
 )
-async def test_scope_and_scp(make_gateway, issuer, claims, path, status):  # type: ignore[no-untyped-def]
+async def test_scope_and_scp(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, claims: dict[str, Any], path: str, status: int
+) -> None:
     gw = await make_gateway(routes=SCOPE_ROUTES)
     got, body, _ = await call(gw, path=path, token=issuer.mint(**claims))
     assert got == status
@@ -204,7 +232,9 @@ async def test_scope_and_scp(make_gateway, issuer, claims, path, status):  # typ
         assert body["error"] == "insufficient_scope"
 
 
-async def test_403_names_the_missing_scopes(make_gateway, issuer):  # type: ignore[no-untyped-def]
+async def test_403_names_the_missing_scopes(
+    make_gateway: GatewayFactory, issuer: DemoIssuer
+) -> None:
     gw = await make_gateway(routes=SCOPE_ROUTES)
     _, _, headers = await call(gw, path="/all", token=issuer.mint(scope="orders:read"))
     assert headers["WWW-Authenticate"].endswith('scope="orders:export"')
@@ -215,21 +245,27 @@ async def test_403_names_the_missing_scopes(make_gateway, issuer):  # type: igno
 # --- routing answers -----------------------------------------------------------------------
 
 
-async def test_404_is_never_forwarded(gw, issuer, upstream):  # type: ignore[no-untyped-def]
+async def test_404_is_never_forwarded(
+    gw: RunningGateway, issuer: DemoIssuer, upstream: EchoUpstream
+) -> None:
     for path in ("/", "/nothing", "/orders/1/2", "/metrics", "/healthz"):
         status, body, _ = await call(gw, path=path, token=issuer.mint(scope="orders:read orders:write"))
         assert (status, body["reason"]) == (404, "no_route"), path
     assert upstream.requests == []
 
 
-async def test_405_with_allow(gw, issuer, upstream):  # type: ignore[no-untyped-def]
+async def test_405_with_allow(
+    gw: RunningGateway, issuer: DemoIssuer, upstream: EchoUpstream
+) -> None:
     status, body, headers = await call(gw, "PATCH", "/orders", token=issuer.mint(scope="orders:write"))
     assert (status, body["reason"]) == (405, "method_not_allowed")
     assert headers["Allow"] == "GET, HEAD, POST"
     assert upstream.requests == []
 
 
-async def test_head_is_forwarded_without_a_body(gw, issuer, upstream):  # type: ignore[no-untyped-def]
+async def test_head_is_forwarded_without_a_body(
+    gw: RunningGateway, issuer: DemoIssuer, upstream: EchoUpstream
+) -> None:
     status, body, _ = await call(gw, "HEAD", "/orders", token=issuer.mint())
     assert status == 200
     assert body == b""
@@ -239,7 +275,9 @@ async def test_head_is_forwarded_without_a_body(gw, issuer, upstream):  # type: 
 # --- headers -------------------------------------------------------------------------------
 
 
-async def test_hop_by_hop_request_headers_are_not_forwarded(gw, issuer, upstream):  # type: ignore[no-untyped-def]
+async def test_hop_by_hop_request_headers_are_not_forwarded(
+    gw: RunningGateway, issuer: DemoIssuer, upstream: EchoUpstream
+) -> None:
     response = await raw_request(
         gw.url, "/orders",
         headers={"Authorization": f"Bearer {issuer.mint()}", "Keep-Alive": "timeout=5", "TE": "trailers",
@@ -257,7 +295,9 @@ async def test_hop_by_hop_request_headers_are_not_forwarded(gw, issuer, upstream
     assert upstream.requests[0]["headers"].get("Connection", "keep-alive").lower() != "x-private-hop"
 
 
-async def test_spoofed_identity_headers_are_replaced(gw, issuer, upstream):  # type: ignore[no-untyped-def]
+async def test_spoofed_identity_headers_are_replaced(
+    gw: RunningGateway, issuer: DemoIssuer, upstream: EchoUpstream
+) -> None:
     token = issuer.mint(sub="alice", scope="orders:read orders:admin", client_id="web-app")
     response = await raw_request(
         gw.url, "/orders", headers={"Authorization": f"Bearer {token}"},
@@ -272,14 +312,18 @@ async def test_spoofed_identity_headers_are_replaced(gw, issuer, upstream):  # t
     assert sum(1 for k in headers if k.lower() == "x-auth-subject") == 1
 
 
-async def test_identity_headers_are_stripped_on_public_routes(gw, upstream):  # type: ignore[no-untyped-def]
+async def test_identity_headers_are_stripped_on_public_routes(
+    gw: RunningGateway, upstream: EchoUpstream
+) -> None:
     status, _, _ = await call(gw, path="/public/health",
                               headers={"X-Auth-Subject": "admin", "X-Auth-Scopes": "everything"})
     assert status == 200
     assert not any(k.lower().startswith("x-auth-") for k in upstream.requests[0]["headers"])
 
 
-async def test_identity_header_names_are_configurable(make_gateway, issuer, upstream):  # type: ignore[no-untyped-def]
+async def test_identity_header_names_are_configurable(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, upstream: EchoUpstream
+) -> None:
     gw = await make_gateway(identity_headers={"subject": "X-User", "client_id": "X-Client", "scopes": "X-Scopes"})
     status, _, _ = await call(gw, token=issuer.mint(sub="bob"), headers={"X-User": "admin", "X-Client": "x"})
     assert status == 200
@@ -287,7 +331,9 @@ async def test_identity_header_names_are_configurable(make_gateway, issuer, upst
     assert (headers["X-User"], headers["X-Client"], headers["X-Scopes"]) == ("bob", "demo-client", "orders:read")
 
 
-async def test_forwarded_headers_from_an_untrusted_peer(gw, issuer, upstream):  # type: ignore[no-untyped-def]
+async def test_forwarded_headers_from_an_untrusted_peer(
+    gw: RunningGateway, issuer: DemoIssuer, upstream: EchoUpstream
+) -> None:
     status, _, _ = await call(gw, token=issuer.mint(), headers={
         "X-Forwarded-For": "203.0.113.66", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil.example",
         "Forwarded": "for=203.0.113.66", "X-Real-Ip": "203.0.113.66"})
@@ -302,7 +348,9 @@ async def test_forwarded_headers_from_an_untrusted_peer(gw, issuer, upstream):  
     assert records[-1]["client_ip"] == "127.0.0.1"
 
 
-async def test_forwarded_headers_from_a_trusted_proxy(make_gateway, issuer, upstream):  # type: ignore[no-untyped-def]
+async def test_forwarded_headers_from_a_trusted_proxy(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, upstream: EchoUpstream
+) -> None:
     gw = await make_gateway(trusted_proxies=["127.0.0.0/8"])
     status, _, _ = await call(gw, token=issuer.mint(), headers={
         "X-Forwarded-For": "198.51.100.7, 127.0.0.2", "X-Forwarded-Proto": "https",
@@ -317,14 +365,18 @@ async def test_forwarded_headers_from_a_trusted_proxy(make_gateway, issuer, upst
     assert records[-1]["client_ip"] == "198.51.100.7"  # the last hop that is not a trusted proxy
 
 
-async def test_trusted_proxy_with_a_garbage_chain(make_gateway, issuer):  # type: ignore[no-untyped-def]
+async def test_trusted_proxy_with_a_garbage_chain(
+    make_gateway: GatewayFactory, issuer: DemoIssuer
+) -> None:
     gw = await make_gateway(trusted_proxies=["127.0.0.1/32"])
     await call(gw, token=issuer.mint(), headers={"X-Forwarded-For": "not-an-ip"})
     records = await gw.audit_records()
     assert records[-1]["client_ip"] == "127.0.0.1"
 
 
-async def test_request_id_is_propagated(gw, issuer, upstream):  # type: ignore[no-untyped-def]
+async def test_request_id_is_propagated(
+    gw: RunningGateway, issuer: DemoIssuer, upstream: EchoUpstream
+) -> None:
     _, _, headers = await call(gw, token=issuer.mint(), headers={"X-Request-Id": "req-123"})
     assert headers["X-Request-Id"] == "req-123"
     seen = {k.lower(): v for k, v in upstream.requests[0]["headers"].items()}
@@ -334,14 +386,18 @@ async def test_request_id_is_propagated(gw, issuer, upstream):  # type: ignore[n
     assert len(headers["X-Request-Id"]) >= 16
 
 
-async def test_authorization_forwarding_can_be_turned_off(make_gateway, issuer, upstream):  # type: ignore[no-untyped-def]
+async def test_authorization_forwarding_can_be_turned_off(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, upstream: EchoUpstream
+) -> None:
     gw = await make_gateway(upstreams={"orders": {"url": upstream.url, "forward_authorization": False}})
     status, _, _ = await call(gw, token=issuer.mint())
     assert status == 200
     assert "Authorization" not in upstream.requests[0]["headers"]
 
 
-async def test_preserve_host(make_gateway, issuer, upstream):  # type: ignore[no-untyped-def]
+async def test_preserve_host(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, upstream: EchoUpstream
+) -> None:
     gw = await make_gateway(upstreams={"orders": {"url": upstream.url, "preserve_host": True}})
     await call(gw, token=issuer.mint())
     assert upstream.requests[0]["headers"]["Host"] == gw.url.removeprefix("http://")
@@ -426,7 +482,9 @@ def probe_config(probe: ProbeUpstream, **upstream: Any) -> dict[str, Any]:
     }
 
 
-async def test_upstream_status_and_end_to_end_headers_pass_through(make_gateway, probe):  # type: ignore[no-untyped-def]
+async def test_upstream_status_and_end_to_end_headers_pass_through(
+    make_gateway: GatewayFactory, probe: ProbeUpstream
+) -> None:
     gw = await make_gateway(**probe_config(probe))
     response = await raw_request(gw.url, "/headers")
     assert response.status == 201
@@ -439,7 +497,9 @@ async def test_upstream_status_and_end_to_end_headers_pass_through(make_gateway,
     assert (status, body) == (418, b"teapot")  # an upstream error is the upstream's answer
 
 
-async def test_upstream_connections_are_kept_alive(make_gateway, probe):  # type: ignore[no-untyped-def]
+async def test_upstream_connections_are_kept_alive(
+    make_gateway: GatewayFactory, probe: ProbeUpstream
+) -> None:
     gw = await make_gateway(**probe_config(probe))
     for _ in range(10):
         status, _, _ = await call(gw, path="/peer")
@@ -447,7 +507,9 @@ async def test_upstream_connections_are_kept_alive(make_gateway, probe):  # type
     assert len(set(probe.peers)) == 1
 
 
-async def test_request_body_is_streamed_to_the_upstream(make_gateway, probe):  # type: ignore[no-untyped-def]
+async def test_request_body_is_streamed_to_the_upstream(
+    make_gateway: GatewayFactory, probe: ProbeUpstream
+) -> None:
     """The second half of the body is only sent once the upstream has received part of the first."""
     gw = await make_gateway(**probe_config(probe))
     digest = hashlib.sha256()
@@ -466,7 +528,9 @@ async def test_request_body_is_streamed_to_the_upstream(make_gateway, probe):  #
     assert probe.upload_sha256 == digest.hexdigest()
 
 
-async def test_response_body_is_streamed_to_the_client(make_gateway, probe):  # type: ignore[no-untyped-def]
+async def test_response_body_is_streamed_to_the_client(
+    make_gateway: GatewayFactory, probe: ProbeUpstream
+) -> None:
     """The upstream sends the second half only once the client has received part of the first."""
     gw = await make_gateway(**probe_config(probe))
     received = 0
@@ -482,7 +546,9 @@ async def test_response_body_is_streamed_to_the_client(make_gateway, probe):  # 
 # --- bodies through the EchoUpstream -------------------------------------------------------
 
 
-async def test_streamed_20_mib_upload(make_gateway, issuer, upstream):  # type: ignore[no-untyped-def]
+async def test_streamed_20_mib_upload(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, upstream: EchoUpstream
+) -> None:
     gw = await make_gateway(max_body_size="32MiB")
     digest = hashlib.sha256()
 
@@ -501,7 +567,9 @@ async def test_streamed_20_mib_upload(make_gateway, issuer, upstream):  # type: 
     assert records[-1]["bytes_in"] == 20 * MiB
 
 
-async def test_upload_with_content_length(make_gateway, issuer, upstream):  # type: ignore[no-untyped-def]
+async def test_upload_with_content_length(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, upstream: EchoUpstream
+) -> None:
     gw = await make_gateway(max_body_size="4MiB")
     payload = os.urandom(3 * MiB)
     status, answer, _ = await call(gw, "PUT", "/orders/9", token=issuer.mint(scope="orders:write"), data=payload)
@@ -509,7 +577,7 @@ async def test_upload_with_content_length(make_gateway, issuer, upstream):  # ty
     assert (answer["body_bytes"], answer["body_sha256"]) == (len(payload), hashlib.sha256(payload).hexdigest())
 
 
-async def test_20_mib_download(gw, issuer):  # type: ignore[no-untyped-def]
+async def test_20_mib_download(gw: RunningGateway, issuer: DemoIssuer) -> None:
     received = 0
     async with aiohttp.ClientSession() as session, session.get(
         f"{gw.url}/download/{20 * MiB}", headers=bearer(issuer.mint())
@@ -522,7 +590,9 @@ async def test_20_mib_download(gw, issuer):  # type: ignore[no-untyped-def]
     assert records[-1]["bytes_out"] == 20 * MiB
 
 
-async def test_body_over_the_limit_with_content_length_is_413(make_gateway, issuer, upstream):  # type: ignore[no-untyped-def]
+async def test_body_over_the_limit_with_content_length_is_413(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, upstream: EchoUpstream
+) -> None:
     gw = await make_gateway(max_body_size="1MiB")
     status, body, _ = await call(gw, "POST", "/orders", token=issuer.mint(scope="orders:write"),
                                  data=b"x" * (MiB + 1))
@@ -530,7 +600,9 @@ async def test_body_over_the_limit_with_content_length_is_413(make_gateway, issu
     assert upstream.requests == []
 
 
-async def test_chunked_body_over_the_limit_is_413(make_gateway, issuer, upstream):  # type: ignore[no-untyped-def]
+async def test_chunked_body_over_the_limit_is_413(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, upstream: EchoUpstream
+) -> None:
     gw = await make_gateway(max_body_size="1MiB")
 
     async def body() -> AsyncIterator[bytes]:
@@ -547,7 +619,9 @@ async def test_chunked_body_over_the_limit_is_413(make_gateway, issuer, upstream
     assert (status, answer["body_bytes"]) == (200, 2)
 
 
-async def test_route_body_limit_overrides_the_global_one(make_gateway, issuer, upstream):  # type: ignore[no-untyped-def]
+async def test_route_body_limit_overrides_the_global_one(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, upstream: EchoUpstream
+) -> None:
     routes = [{"name": "small", "path": "/orders", "methods": ["POST"], "upstream": "orders",
                "scopes": ["orders:write"], "max_body_size": "1KiB"}]
     gw = await make_gateway(routes=routes)
@@ -575,7 +649,9 @@ async def _expect_continue(gw: Any, token: str | None) -> tuple[bytes, bytes]:
     return first, rest
 
 
-async def test_expect_100_continue_after_the_policy_passed(gw, issuer, upstream):  # type: ignore[no-untyped-def]
+async def test_expect_100_continue_after_the_policy_passed(
+    gw: RunningGateway, issuer: DemoIssuer, upstream: EchoUpstream
+) -> None:
     first, rest = await _expect_continue(gw, issuer.mint(scope="orders:write"))
     assert first == b"HTTP/1.1 100 Continue\r\n\r\n"
     assert rest.startswith(b"HTTP/1.1 200 ")
@@ -583,7 +659,9 @@ async def test_expect_100_continue_after_the_policy_passed(gw, issuer, upstream)
     assert "expect" not in {k.lower() for k in upstream.requests[0]["headers"]}
 
 
-async def test_expect_100_continue_is_not_sent_to_a_denied_request(gw, upstream):  # type: ignore[no-untyped-def]
+async def test_expect_100_continue_is_not_sent_to_a_denied_request(
+    gw: RunningGateway, upstream: EchoUpstream
+) -> None:
     first, _ = await _expect_continue(gw, None)
     assert first.startswith(b"HTTP/1.1 401 ")
     assert upstream.requests == []
@@ -592,7 +670,9 @@ async def test_expect_100_continue_is_not_sent_to_a_denied_request(gw, upstream)
 # --- upstream failures ---------------------------------------------------------------------
 
 
-async def test_upstream_timeout_is_504(make_gateway, upstream):  # type: ignore[no-untyped-def]
+async def test_upstream_timeout_is_504(
+    make_gateway: GatewayFactory, upstream: EchoUpstream
+) -> None:
     gw = await make_gateway(upstreams={"orders": {"url": upstream.url, "timeout": "200ms"}})
     status, body, _ = await call(gw, path="/slow/1")
     assert (status, body["reason"], body["error"]) == (504, "upstream_timeout", "gateway_timeout")
@@ -600,13 +680,17 @@ async def test_upstream_timeout_is_504(make_gateway, upstream):  # type: ignore[
     assert (records[-1]["status"], records[-1]["reason"]) == (504, "upstream_timeout")
 
 
-async def test_slow_upstream_within_the_timeout_is_fine(make_gateway, upstream):  # type: ignore[no-untyped-def]
+async def test_slow_upstream_within_the_timeout_is_fine(
+    make_gateway: GatewayFactory, upstream: EchoUpstream
+) -> None:
     gw = await make_gateway(upstreams={"orders": {"url": upstream.url, "timeout": "2s"}})
     status, _, _ = await call(gw, path="/slow/0.2")
     assert status == 200
 
 
-async def test_upstream_down_is_502(make_gateway, issuer):  # type: ignore[no-untyped-def]
+async def test_upstream_down_is_502(
+    make_gateway: GatewayFactory, issuer: DemoIssuer
+) -> None:
     gw = await make_gateway(upstreams={"orders": {"url": f"http://127.0.0.1:{free_port()}"}})
     status, body, _ = await call(gw, token=issuer.mint())
     assert (status, body["reason"], body["error"]) == (502, "upstream_unavailable", "bad_gateway")
@@ -615,7 +699,9 @@ async def test_upstream_down_is_502(make_gateway, issuer):  # type: ignore[no-un
     assert (records[-1]["status"], records[-1]["reason"]) == (502, "upstream_unavailable")
 
 
-async def test_a_second_forwarded_for_line_from_a_trusted_proxy_counts(make_gateway, issuer, upstream):  # type: ignore[no-untyped-def]
+async def test_a_second_forwarded_for_line_from_a_trusted_proxy_counts(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, upstream: EchoUpstream
+) -> None:
     # HAProxy's "option forwardfor" adds its own line instead of appending to the client's
     gw = await make_gateway(trusted_proxies=["127.0.0.0/8"])
     response = await raw_request(gw.url, "/orders", headers=bearer(issuer.mint()),
@@ -625,7 +711,9 @@ async def test_a_second_forwarded_for_line_from_a_trusted_proxy_counts(make_gate
     assert (await gw.audit_records())[-1]["client_ip"] == "9.9.9.9"
 
 
-async def test_underscore_spellings_of_identity_headers_are_dropped(gw, upstream):  # type: ignore[no-untyped-def]
+async def test_underscore_spellings_of_identity_headers_are_dropped(
+    gw: RunningGateway, upstream: EchoUpstream
+) -> None:
     status, _, _ = await call(gw, path="/public/health", headers={
         "X_Auth_Subject": "admin", "X-Auth_Scopes": "orders:admin", "x_auth_client_id": "root"})
     assert status == 200
@@ -633,7 +721,9 @@ async def test_underscore_spellings_of_identity_headers_are_dropped(gw, upstream
     assert not seen & {"x-auth-subject", "x-auth-scopes", "x-auth-client-id"}
 
 
-async def test_client_address_headers_only_pass_from_a_trusted_proxy(make_gateway, upstream):  # type: ignore[no-untyped-def]
+async def test_client_address_headers_only_pass_from_a_trusted_proxy(
+    make_gateway: GatewayFactory, upstream: EchoUpstream
+) -> None:
     spoof = {"X-Real-IP": "1.2.3.4", "X-Original-URI": "/admin", "True-Client-IP": "1.2.3.4"}
     untrusted = await make_gateway()
     assert (await call(untrusted, path="/public/health", headers=spoof))[0] == 200
@@ -644,7 +734,9 @@ async def test_client_address_headers_only_pass_from_a_trusted_proxy(make_gatewa
     assert passed["X-Real-IP"] == "1.2.3.4" and "X-Original-URI" not in passed
 
 
-async def test_a_chunked_body_is_forwarded_whatever_the_case_of_transfer_encoding(gw, issuer, upstream):  # type: ignore[no-untyped-def]
+async def test_a_chunked_body_is_forwarded_whatever_the_case_of_transfer_encoding(
+    gw: RunningGateway, issuer: DemoIssuer, upstream: EchoUpstream
+) -> None:
     response = await raw_request(
         gw.url, "/orders", method="POST", headers=bearer(issuer.mint(scope="orders:write")),
         extra_lines=["Transfer-Encoding: Chunked", "", "5", "hello", "0", ""],
@@ -653,8 +745,10 @@ async def test_a_chunked_body_is_forwarded_whatever_the_case_of_transfer_encodin
     assert upstream.requests[-1]["body_bytes"] == 5
 
 
-async def test_a_route_body_limit_of_zero_is_enforced(make_gateway, issuer, upstream, tmp_path):  # type: ignore[no-untyped-def]
-    from tests.conftest import base_config
+async def test_a_route_body_limit_of_zero_is_enforced(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, upstream: EchoUpstream, tmp_path: Path
+) -> None:
+    from tests.helpers import base_config
 
     routes = base_config(issuer, upstream, tmp_path / "a.jsonl")["routes"]
     for route in routes:

@@ -10,9 +10,12 @@ import asyncio
 import time
 from typing import Any
 
+import aiohttp
 import pytest
 
+from gateway.demo import DemoIssuer
 from gateway.tokens import introspection
+from tests.helpers import GatewayFactory
 from tests.test_introspection import get, introspecting
 
 
@@ -29,8 +32,8 @@ async def until(predicate: Any, timeout: float = 5.0) -> None:
 
 
 async def test_failing_introspection_turns_readiness_off_after_the_grace_and_back_on(
-    make_gateway, issuer, http, monkeypatch: pytest.MonkeyPatch
-):
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(introspection, "PROBE_INTERVAL", 0.1)
     gw = await make_gateway(issuers=[introspecting(issuer, readiness_grace="0.5s")])
     assert await readyz(http, gw) == (200, {"ready": True, "accepting": True, "jwks_loaded": True,
@@ -60,7 +63,9 @@ async def test_failing_introspection_turns_readiness_off_after_the_grace_and_bac
     assert (await get(http, f"{gw.url}/orders", issuer.mint_opaque()))[0] == 200
 
 
-async def test_one_answer_within_the_grace_keeps_the_replica_ready(make_gateway, issuer, http):
+async def test_one_answer_within_the_grace_keeps_the_replica_ready(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     gw = await make_gateway(issuers=[introspecting(issuer, readiness_grace="0.3s")])
     issuer.introspection_mode = "error"
     assert (await get(http, f"{gw.url}/orders", issuer.mint_opaque()))[0] == 503
@@ -70,7 +75,9 @@ async def test_one_answer_within_the_grace_keeps_the_replica_ready(make_gateway,
     assert (await readyz(http, gw))[0] == 200
 
 
-async def test_refused_client_credentials_make_the_replica_unready(make_gateway, issuer, http):
+async def test_refused_client_credentials_make_the_replica_unready(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     gw = await make_gateway(issuers=[introspecting(issuer, client_secret="wrong-secret", readiness_grace="0.2s")])
     assert (await get(http, f"{gw.url}/orders", issuer.mint_opaque()))[0] == 503
     await asyncio.sleep(0.3)
@@ -78,7 +85,9 @@ async def test_refused_client_credentials_make_the_replica_unready(make_gateway,
     assert (status, body["introspection_ok"]) == (503, False)
 
 
-async def test_an_inactive_answer_is_an_answer(make_gateway, issuer, http):
+async def test_an_inactive_answer_is_an_answer(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     gw = await make_gateway(issuers=[introspecting(issuer, readiness_grace="0.1s")])
     assert (await get(http, f"{gw.url}/orders", "never-issued"))[0] == 401
     await asyncio.sleep(0.2)

@@ -25,7 +25,7 @@ from gateway.reload import ConfigFile, Reloader
 from gateway.runtime import Gateway
 from gateway.server import Server
 from tests.configmap import ConfigMapDir
-from tests.conftest import base_config
+from tests.helpers import base_config
 
 EXTRA_ROUTE = {"name": "extra", "path_prefix": "/extra", "upstream": "orders", "auth": "none"}
 

@@ -1,4 +1,4 @@
-"""Issue 11, items 4, 5 and 15: request shapes refused before any route is considered.
+"""Request shapes refused before any route is considered.
 
 Every request here is written byte for byte on a raw socket (aiohttp's client would fix the
 Host, the version or the path first) against a real gateway, a real decision endpoint or a
@@ -18,8 +18,7 @@ from aiohttp import web
 
 from gateway.demo import DemoIssuer, EchoUpstream
 from gateway.middleware import TOKENGATE_KEY, setup_tokengate
-from tests.conftest import GatewayFactory, RunningGateway, bearer
-from tests.helpers import RawResponse, raw_request
+from tests.helpers import GatewayFactory, RawResponse, RunningGateway, bearer, raw_request
 from tests.test_middleware import middleware_config
 
 # --- a raw HTTP client that sends any bytes at all ------------------------------------------
@@ -90,7 +89,7 @@ BAD_HOSTS = [
 
 
 @pytest.mark.parametrize("host", BAD_HOSTS)
-async def test_invalid_host_is_400_and_never_forwarded(gw: RunningGateway, upstream: EchoUpstream, host: bytes):
+async def test_invalid_host_is_400_and_never_forwarded(gw: RunningGateway, upstream: EchoUpstream, host: bytes) -> None:
     response = await send_raw(gw.url, with_host("/public/health", host))  # a public route: nothing else stops it
     assert response.status == 400
     assert reason_of(response) == "bad_host"
@@ -105,13 +104,15 @@ async def test_invalid_host_is_400_and_never_forwarded(gw: RunningGateway, upstr
     [b"127.0.0.1", b"127.0.0.1:8080", b"api.example", b"API.Example:443", b"[::1]", b"[::1]:8443",
      b"[::ffff:127.0.0.1]", b"svc_internal.local", b"api.example.", b"localhost:65535"],
 )
-async def test_valid_hosts_pass(gw: RunningGateway, upstream: EchoUpstream, host: bytes):
+async def test_valid_hosts_pass(gw: RunningGateway, upstream: EchoUpstream, host: bytes) -> None:
     response = await send_raw(gw.url, with_host("/public/health", host))
     assert response.status == 200
     assert len(upstream.requests) == 1
 
 
-async def test_host_with_a_trailing_dot_meets_its_host_route(make_gateway: GatewayFactory, upstream: EchoUpstream):
+async def test_host_with_a_trailing_dot_meets_its_host_route(
+    make_gateway: GatewayFactory, upstream: EchoUpstream
+) -> None:
     """``admin.example.`` is the same host as ``admin.example`` to DNS and to virtual hosts upstream:
     it must not fall through to a laxer route listed after the host's own."""
     gw = await make_gateway(routes=[
@@ -124,14 +125,14 @@ async def test_host_with_a_trailing_dot_meets_its_host_route(make_gateway: Gatew
     assert upstream.requests == []
 
 
-async def test_http10_without_host_is_400(gw: RunningGateway, upstream: EchoUpstream):
+async def test_http10_without_host_is_400(gw: RunningGateway, upstream: EchoUpstream) -> None:
     response = await send_raw(gw.url, b"GET /public/health HTTP/1.0\r\n\r\n")
     assert response.status == 400
     assert reason_of(response) == "bad_host"
     assert upstream.requests == []
 
 
-async def test_http11_without_host_is_400_and_never_forwarded(gw: RunningGateway, upstream: EchoUpstream):
+async def test_http11_without_host_is_400_and_never_forwarded(gw: RunningGateway, upstream: EchoUpstream) -> None:
     # aiohttp's parser refuses it itself (RFC 9112 3.2), before the gateway sees a request
     response = await send_raw(gw.url, b"GET /public/health HTTP/1.1\r\nConnection: close\r\n\r\n")
     assert response.status == 400
@@ -139,7 +140,7 @@ async def test_http11_without_host_is_400_and_never_forwarded(gw: RunningGateway
     assert upstream.requests == []
 
 
-async def test_duplicate_host_is_400_and_never_forwarded(gw: RunningGateway, upstream: EchoUpstream):
+async def test_duplicate_host_is_400_and_never_forwarded(gw: RunningGateway, upstream: EchoUpstream) -> None:
     response = await send_raw(
         gw.url, b"GET /public/health HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n"
     )
@@ -152,7 +153,7 @@ def _decision_url(gw: RunningGateway) -> str:
 
 
 @pytest.mark.parametrize("host", ["user@127.0.0.1", "a b", "127.0.0.1:99999", "a/b"])
-async def test_decision_endpoint_refuses_an_invalid_original_host(make_gateway: GatewayFactory, host: str):
+async def test_decision_endpoint_refuses_an_invalid_original_host(make_gateway: GatewayFactory, host: str) -> None:
     gw = await make_gateway(decision_listen="127.0.0.1:0", decision_sources=["nginx"],
                             trusted_proxies=["127.0.0.1/32"])
     response = await raw_request(_decision_url(gw), "/verify", headers={
@@ -163,7 +164,7 @@ async def test_decision_endpoint_refuses_an_invalid_original_host(make_gateway: 
     assert (await gw.audit_records())[-1]["reason"] == "bad_host"
 
 
-async def test_decision_endpoint_refuses_an_invalid_check_host(make_gateway: GatewayFactory):
+async def test_decision_endpoint_refuses_an_invalid_check_host(make_gateway: GatewayFactory) -> None:
     gw = await make_gateway(decision_listen="127.0.0.1:0", decision_sources=["nginx"])
     response = await send_raw(_decision_url(gw), b"GET /verify HTTP/1.1\r\nHost: user@a\r\n"
                               b"X-Original-URI: /public/health\r\nX-Original-Method: GET\r\nConnection: close\r\n\r\n")
@@ -187,7 +188,7 @@ async def middleware_service(aiohttp_client: Any, issuer: DemoIssuer, tmp_path: 
 
 
 @pytest.mark.parametrize("host", [b"user@127.0.0.1", b"a b", b"127.0.0.1:http"])
-async def test_middleware_refuses_an_invalid_host(middleware_service: SimpleNamespace, host: bytes):
+async def test_middleware_refuses_an_invalid_host(middleware_service: SimpleNamespace, host: bytes) -> None:
     response = await send_raw(middleware_service.url, with_host("/public/health", host))
     assert response.status == 400
     assert reason_of(response) == "bad_host"
@@ -205,7 +206,7 @@ async def test_middleware_refuses_an_invalid_host(middleware_service: SimpleName
         b"GET /public/health HTTP/2.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
     ],
 )
-async def test_http_versions_other_than_1x_are_505(gw: RunningGateway, upstream: EchoUpstream, message: bytes):
+async def test_http_versions_other_than_1x_are_505(gw: RunningGateway, upstream: EchoUpstream, message: bytes) -> None:
     response = await send_raw(gw.url, message)
     assert response.status == 505
     assert reason_of(response) == "unsupported_http_version"
@@ -224,14 +225,14 @@ async def test_http_versions_other_than_1x_are_505(gw: RunningGateway, upstream:
 )
 async def test_other_request_lines_are_refused_whichever_parser_runs(
     gw: RunningGateway, upstream: EchoUpstream, message: bytes,
-):
+) -> None:
     # aiohttp's C parser refuses some of these itself (400), its pure-Python parser passes them on (505)
     response = await send_raw(gw.url, message)
     assert response.status in (400, 505)
     assert upstream.requests == []
 
 
-async def test_middleware_refuses_http09(middleware_service: SimpleNamespace):
+async def test_middleware_refuses_http09(middleware_service: SimpleNamespace) -> None:
     response = await send_raw(middleware_service.url, b"GET /public/health HTTP/0.9\r\nHost: 127.0.0.1\r\n\r\n")
     assert response.status == 505
     assert middleware_service.seen == []
@@ -256,14 +257,16 @@ NOT_UTF8 = [
 
 
 @pytest.mark.parametrize("target", NOT_UTF8)
-async def test_percent_encoding_that_is_not_utf8_is_400(gw: RunningGateway, upstream: EchoUpstream, target: str):
+async def test_percent_encoding_that_is_not_utf8_is_400(
+    gw: RunningGateway, upstream: EchoUpstream, target: str
+) -> None:
     response = await raw_request(gw.url, target)
     assert response.status == 400
     assert reason_of(response) == "bad_path"
     assert upstream.requests == []
 
 
-async def test_encoded_utf8_still_passes(gw: RunningGateway, upstream: EchoUpstream):
+async def test_encoded_utf8_still_passes(gw: RunningGateway, upstream: EchoUpstream) -> None:
     response = await raw_request(gw.url, "/public/files/caf%c3%a9/%F0%9F%98%80")
     assert response.status == 200
     assert [r["path"] for r in upstream.requests] == ["/public/files/caf%C3%A9/%F0%9F%98%80"]
@@ -282,7 +285,9 @@ ADMIN_ROUTES = [
     ["/api/admin;x/users", "/api/admin;/users", "/api/admin;jsessionid=1", "/api/admin%3Bx/users",
      "/api/admin%3bx/users", "/api/x;y"],
 )
-async def test_path_parameters_are_400_by_default(make_gateway: GatewayFactory, upstream: EchoUpstream, target: str):
+async def test_path_parameters_are_400_by_default(
+    make_gateway: GatewayFactory, upstream: EchoUpstream, target: str
+) -> None:
     gw = await make_gateway(routes=ADMIN_ROUTES)
     response = await raw_request(gw.url, target)
     assert response.status == 400
@@ -292,7 +297,7 @@ async def test_path_parameters_are_400_by_default(make_gateway: GatewayFactory, 
 
 async def test_a_route_may_allow_path_parameters(
     make_gateway: GatewayFactory, upstream: EchoUpstream, issuer: DemoIssuer,
-):
+) -> None:
     routes = [{**ADMIN_ROUTES[0], "allow_path_parameters": True}, {**ADMIN_ROUTES[1], "allow_path_parameters": True}]
     gw = await make_gateway(routes=routes)
     # matched as the upstream (a servlet container) routes it, /api/admin/users: the admin route decides
@@ -309,14 +314,14 @@ async def test_a_route_may_allow_path_parameters(
 
 async def test_path_parameters_allowed_on_a_laxer_route_do_not_reach_a_stricter_one(
     make_gateway: GatewayFactory, upstream: EchoUpstream,
-):
+) -> None:
     gw = await make_gateway(routes=[ADMIN_ROUTES[0], {**ADMIN_ROUTES[1], "allow_path_parameters": True}])
     response = await raw_request(gw.url, "/api/admin;x/users")  # the admin route does not allow them
     assert response.status == 400
     assert upstream.requests == []
 
 
-async def test_dot_segments_with_encoded_parameters_are_400(gw: RunningGateway, upstream: EchoUpstream):
+async def test_dot_segments_with_encoded_parameters_are_400(gw: RunningGateway, upstream: EchoUpstream) -> None:
     for target in ("/public/files/..%3B/..%3B/orders", "/public/files/%2e%2e%3bx/orders"):
         response = await raw_request(gw.url, target)
         assert response.status == 400, target
@@ -333,7 +338,7 @@ async def test_dot_segments_with_encoded_parameters_are_400(gw: RunningGateway, 
 )
 async def test_trailing_character_variants_of_a_protected_prefix_are_400(
     make_gateway: GatewayFactory, upstream: EchoUpstream, target: str,
-):
+) -> None:
     gw = await make_gateway(routes=ADMIN_ROUTES)
     response = await raw_request(gw.url, target)
     assert response.status == 400, target
@@ -341,7 +346,9 @@ async def test_trailing_character_variants_of_a_protected_prefix_are_400(
     assert upstream.requests == []
 
 
-async def test_trailing_characters_that_change_no_route_pass(make_gateway: GatewayFactory, upstream: EchoUpstream):
+async def test_trailing_characters_that_change_no_route_pass(
+    make_gateway: GatewayFactory, upstream: EchoUpstream
+) -> None:
     gw = await make_gateway(routes=ADMIN_ROUTES)
     for target in ("/api/zones/example.org.", "/api/search/a%20", "/api/admin/"):
         response = await raw_request(gw.url, target)
@@ -349,7 +356,7 @@ async def test_trailing_characters_that_change_no_route_pass(make_gateway: Gatew
     assert [r["path"] for r in upstream.requests] == ["/api/zones/example.org.", "/api/search/a%20"]
 
 
-async def test_trailing_slash_cannot_dodge_an_exact_route(make_gateway: GatewayFactory, upstream: EchoUpstream):
+async def test_trailing_slash_cannot_dodge_an_exact_route(make_gateway: GatewayFactory, upstream: EchoUpstream) -> None:
     gw = await make_gateway(routes=[
         {"name": "admin", "path": "/admin", "upstream": "orders", "scopes": ["admin"]},
         {"name": "site", "path_prefix": "/", "upstream": "orders", "auth": "none"},
@@ -360,7 +367,7 @@ async def test_trailing_slash_cannot_dodge_an_exact_route(make_gateway: GatewayF
     assert [r["path"] for r in upstream.requests] == ["/about/"]
 
 
-async def test_case_insensitive_route(make_gateway: GatewayFactory, upstream: EchoUpstream):
+async def test_case_insensitive_route(make_gateway: GatewayFactory, upstream: EchoUpstream) -> None:
     gw = await make_gateway(routes=[{**ADMIN_ROUTES[0], "case_insensitive": True}, ADMIN_ROUTES[1]])
     for target in ("/api/ADMIN", "/api/Admin/users", "/API/admin/x", "/api/ADMIN."):
         response = await raw_request(gw.url, target)
@@ -378,7 +385,7 @@ async def test_case_insensitive_route(make_gateway: GatewayFactory, upstream: Ec
 )
 async def test_encoded_access_token_name_is_a_query_token(
     gw: RunningGateway, upstream: EchoUpstream, issuer: DemoIssuer, query: str,
-):
+) -> None:
     token = issuer.mint(scope="orders:read")
     response = await raw_request(gw.url, "/orders?" + query.format(t=token))
     assert response.status == 400
@@ -392,7 +399,7 @@ async def test_encoded_access_token_name_is_a_query_token(
 
 async def test_encoded_access_token_name_is_validated_where_query_tokens_are_allowed(
     make_gateway: GatewayFactory, upstream: EchoUpstream, issuer: DemoIssuer,
-):
+) -> None:
     gw = await make_gateway(routes=[
         {"name": "feed", "path": "/feed", "upstream": "orders", "scopes": ["feed"], "allow_query_token": True},
     ])

@@ -16,7 +16,7 @@ from gateway.routing import compile_route
 
 ROUTE = compile_route(RouteConfig(name="r", path="/r", upstream="u", scopes=["orders:write"]))
 STEP_UP_ROUTE = compile_route(
-    RouteConfig(name="s", path="/s", upstream="u", acr_values=["urn:mfa", "urn:hw"], max_age="5m")
+    RouteConfig(name="s", path="/s", upstream="u", acr_values=["urn:mfa", "urn:hw"], max_age=300)
 )
 BOTH = Challenges(bearer=True, dpop=True, algorithms=frozenset({"ES256", "PS256"}))
 DPOP_ONLY = Challenges(bearer=False, dpop=True, algorithms=frozenset({"ES256"}))
@@ -53,7 +53,7 @@ def test_every_token_error_is_invalid_token_with_its_description(reason: Reason)
     assert params(value) == {"realm": "tokengate", "error": "invalid_token", "error_description": reason.message}
 
 
-@pytest.mark.parametrize("reason", [Reason.MALFORMED_AUTHORIZATION, Reason.TOKEN_IN_QUERY])
+@pytest.mark.parametrize("reason", [Reason.MALFORMED_AUTHORIZATION, Reason.TOKEN_NOT_IN_HEADER])
 def test_a_malformed_request_is_invalid_request(reason: Reason) -> None:
     value = challenge(Decision(reason, route=ROUTE), "tokengate")
     assert value is not None

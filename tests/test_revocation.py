@@ -11,7 +11,9 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import jwt
 import pytest
 import yaml
@@ -19,13 +21,13 @@ from click.testing import CliRunner
 
 from gateway.cli import main as cli_main
 from gateway.config import RevocationConfig
-from gateway.demo import DemoIssuer, SigningKey
+from gateway.demo import DemoIssuer, EchoUpstream, SigningKey
 from gateway.reasons import Reason
 from gateway.revocation import ANY_ISSUER, Entry, EntryFactory, Kind, Match, RevocationList, Schema
-from gateway.revocation.intake import CAEP, OAUTH, RISC, SetError, entries_from_set
+from gateway.revocation.entry_factory import EXPIRY_MARGIN
+from gateway.revocation.intake.set_events import CAEP, OAUTH, RISC, SetError, entries_from_set
 from gateway.revocation.redis_store import RedisStore
 from gateway.revocation.schema import (
-    EXPIRY_MARGIN,
     decode,
     encode,
     merge,
@@ -35,8 +37,7 @@ from gateway.revocation.schema import (
 )
 from gateway.tokens.jwks import parse_jwks
 from gateway.tokens.token import ValidatedToken, fingerprint
-from tests.conftest import AUDIENCE, base_config, bearer
-from tests.helpers import LoopTurns
+from tests.helpers import AUDIENCE, GatewayFactory, LoopTurns, RunningGateway, base_config, bearer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -55,7 +56,7 @@ def token(raw: str = "raw-token", iss: str = ISS, sub: str | None = "alice", cli
 # --- the local list --------------------------------------------------------------------------------
 
 
-def test_schema1_token_entries_match_jti_full_fingerprint_and_audit_prefix_of_any_issuer():
+def test_schema1_token_entries_match_jti_full_fingerprint_and_audit_prefix_of_any_issuer() -> None:
     for value in ("j1", fingerprint("raw-token"), fingerprint("raw-token")[:32]):
         rl = RevocationList()
         rl.add(Entry(Kind.TOKEN, value, FAR))  # no match: a schema-1 entry, read as it was meant
@@ -64,7 +65,7 @@ def test_schema1_token_entries_match_jti_full_fingerprint_and_audit_prefix_of_an
         assert rl.check(token(raw="other", jti="j2")) is None
 
 
-def test_token_entries_match_their_own_namespace_and_issuer():
+def test_token_entries_match_their_own_namespace_and_issuer() -> None:
     factory = EntryFactory(issuers=(ISS, "https://other.example"))
     for entry in (factory.jti("j1", issuer=ISS), factory.fingerprint(fingerprint("raw-token"), issuer=ISS),
                   factory.fingerprint(fingerprint("raw-token")[:32], issuer=ISS)):
@@ -75,7 +76,7 @@ def test_token_entries_match_their_own_namespace_and_issuer():
         assert rl.check(token(raw="other", jti="j2")) is None
 
 
-def test_family_entry_matches_the_family_claim_only():
+def test_family_entry_matches_the_family_claim_only() -> None:
     rl = RevocationList(family_claim="sid")
     rl.add(Entry(Kind.FAMILY, "s1", FAR))
     assert rl.check(token(sid="s1")) is Reason.REVOKED_FAMILY
@@ -87,7 +88,7 @@ def test_family_entry_matches_the_family_claim_only():
     assert other_claim.check(token(rfid="s1")) is Reason.REVOKED_FAMILY
 
 
-def test_subject_entry_revokes_tokens_issued_before_the_cutoff_per_issuer():
+def test_subject_entry_revokes_tokens_issued_before_the_cutoff_per_issuer() -> None:
     now = time.time()
     rl = RevocationList()
     rl.add(Entry(Kind.SUBJECT, "alice", FAR, issuer=ISS, not_before=now))
@@ -100,14 +101,14 @@ def test_subject_entry_revokes_tokens_issued_before_the_cutoff_per_issuer():
     assert any_issuer.check(token(iat=now - 5, iss="https://other.example")) is Reason.REVOKED_SUBJECT
 
 
-def test_subject_entry_treats_a_token_without_iat_as_old():
+def test_subject_entry_treats_a_token_without_iat_as_old() -> None:
     rl = RevocationList()
     rl.add(Entry(Kind.SUBJECT, "alice", FAR, not_before=time.time()))
     unknown_age = ValidatedToken(ISS, "alice", None, frozenset(), FAR, fingerprint("x"))
     assert rl.check(unknown_age) is Reason.REVOKED_SUBJECT
 
 
-def test_client_entry_and_later_cutoff_wins():
+def test_client_entry_and_later_cutoff_wins() -> None:
     now = time.time()
     rl = RevocationList()
     rl.add(Entry(Kind.CLIENT, "app", FAR, not_before=now - 100))
@@ -118,7 +119,7 @@ def test_client_entry_and_later_cutoff_wins():
     assert rl.check(token(iat=now - 50, client="other")) is None
 
 
-def test_expired_entries_stop_matching_and_are_swept():
+def test_expired_entries_stop_matching_and_are_swept() -> None:
     now = time.time()
     rl = RevocationList()
     rl.add(Entry(Kind.TOKEN, "j1", now - 1))
@@ -131,14 +132,14 @@ def test_expired_entries_stop_matching_and_are_swept():
     assert rl.check(token(sid="s1")) is Reason.REVOKED_FAMILY
 
 
-def test_matcher_for_selects_cached_tokens_to_evict():
+def test_matcher_for_selects_cached_tokens_to_evict() -> None:
     rl = RevocationList()
     matches = rl.matcher_for(Entry(Kind.FAMILY, "s1", FAR))
     assert matches(token(sid="s1"))
     assert not matches(token(sid="s2"))
 
 
-def test_a_tiny_staleness_budget_fails_closed_before_the_first_sync():
+def test_a_tiny_staleness_budget_fails_closed_before_the_first_sync() -> None:
     store = RedisStore(RevocationConfig(redis_url="redis://127.0.0.1:1/0", max_staleness=1.0))
     assert not store.ready
     assert store.check(token()) is Reason.REVOCATION_UNAVAILABLE
@@ -149,7 +150,7 @@ def test_a_tiny_staleness_budget_fails_closed_before_the_first_sync():
 # --- the schema ----------------------------------------------------------------------------------
 
 
-def test_key_names():
+def test_key_names() -> None:
     schema = Schema.for_prefix("gateway:revoked:")
     jti = Entry(Kind.TOKEN, "j1", FAR, ISS, match=Match.JTI)
     assert schema.entry_key(jti) == f"gateway:revoked:v2:jti:{ISS}|j1"
@@ -173,7 +174,7 @@ def test_key_names():
     assert Schema.for_prefix("a*b[c]:").scan_pattern() == "a\\*b\\[c\\]:*"
 
 
-def test_values_round_trip_and_merge_keeps_the_stronger_entry():
+def test_values_round_trip_and_merge_keeps_the_stronger_entry() -> None:
     entry = Entry(Kind.SUBJECT, "alice", FAR, ISS, 1000.0, "why", 999.0)
     assert decode(encode(entry)) == entry
     with pytest.raises(ValueError):
@@ -186,16 +187,17 @@ def test_values_round_trip_and_merge_keeps_the_stronger_entry():
     assert merge(None, entry) is entry
     keys, args = write_args(Schema(), encode(older), entry, maxlen=50, now=FAR - 10)
     assert keys == [f"gateway:revoked:v2:subject:{ISS}|alice", "gateway:revoked:stream"]
-    assert args[0] == encode(older) and decode(args[1]).expires_at == FAR + 100 and args[2] == 110 and args[3] == 50
+    assert args[0] == encode(older) and isinstance(args[1], bytes) and decode(args[1]).expires_at == FAR + 100
+    assert args[2] == 110 and args[3] == 50
 
 
-def test_ttl_and_stream_ids():
+def test_ttl_and_stream_ids() -> None:
     assert ttl_seconds(Entry(Kind.TOKEN, "j", 100.2), now=50.0) == 51
     assert ttl_seconds(Entry(Kind.TOKEN, "j", 10.0), now=50.0) == 1
     assert stream_id(b"1700000000000-3") < stream_id("1700000000000-10") < stream_id("1700000000001-0")
 
 
-def test_entry_factory_ttl_policy():
+def test_entry_factory_ttl_policy() -> None:
     now = 1_000_000.0
     factory = EntryFactory(default_ttl=3600, lifetimes={ISS: 600, "https://long.example": 7200})
     assert factory.jti("j", issuer=ISS, now=now).expires_at == now + 600 + EXPIRY_MARGIN
@@ -209,7 +211,7 @@ def test_entry_factory_ttl_policy():
     assert iso.not_before == now and iso.kind is Kind.CLIENT
 
 
-def test_revoke_token_hashes_locally_and_uses_the_jwt_exp():
+def test_revoke_token_hashes_locally_and_uses_the_jwt_exp() -> None:
     now = time.time()
     raw = jwt.encode({"exp": int(now) + 120, "sub": "alice"}, "k" * 32, algorithm="HS256")
     entry = EntryFactory(default_ttl=86400).token(raw, issuer=ISS, now=now)
@@ -220,7 +222,7 @@ def test_revoke_token_hashes_locally_and_uses_the_jwt_exp():
     assert capped.expires_at == now + 60 + EXPIRY_MARGIN
 
 
-def test_entry_factory_refuses_bad_input():
+def test_entry_factory_refuses_bad_input() -> None:
     factory = EntryFactory()
     with pytest.raises(ValueError, match="fingerprint"):
         factory.fingerprint("not-hex")
@@ -238,11 +240,11 @@ def test_entry_factory_refuses_bad_input():
 # --- security events -------------------------------------------------------------------------------
 
 
-def set_claims(event_type: str, event: dict | None = None, **claims: object) -> dict:
+def set_claims(event_type: str, event: dict[str, Any] | None = None, **claims: object) -> dict[str, Any]:
     return {"iss": ISS, "iat": 1_000_000, "jti": "set-1", "events": {event_type: event or {}}, **claims}
 
 
-def test_session_revoked_maps_to_family_or_subject():
+def test_session_revoked_maps_to_family_or_subject() -> None:
     factory = EntryFactory()
     now = 1_000_100.0
     [family] = entries_from_set(set_claims(CAEP + "session-revoked", sub_id={"format": "opaque", "id": "s1"}),
@@ -258,7 +260,7 @@ def test_session_revoked_maps_to_family_or_subject():
     assert (subject.kind, subject.value, subject.not_before) == (Kind.SUBJECT, "bob", 1_000_000)
 
 
-def test_token_and_credential_events():
+def test_token_and_credential_events() -> None:
     factory = EntryFactory()
     now = 1_000_100.0
     [tok] = entries_from_set(set_claims(OAUTH + "token-revoked", sub_id={"format": "jwt_id", "iss": ISS, "jti": "j9"}),
@@ -291,7 +293,9 @@ def admin_secret(monkeypatch: pytest.MonkeyPatch) -> str:
     return secret
 
 
-async def test_memory_store_revokes_through_the_admin_json_endpoint(make_gateway, issuer, http, admin_secret):
+async def test_memory_store_revokes_through_the_admin_json_endpoint(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, admin_secret: str
+) -> None:
     gw = await make_gateway()
     tok = issuer.mint(sid="sess-1")
     async with http.get(f"{gw.url}/orders", headers=bearer(tok)) as resp:
@@ -309,14 +313,16 @@ async def test_memory_store_revokes_through_the_admin_json_endpoint(make_gateway
         assert resp.status == 400
 
 
-async def test_a_short_shared_secret_is_not_accepted(make_gateway, http, monkeypatch):
+async def test_a_short_shared_secret_is_not_accepted(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("GATEWAY_ADMIN_SECRET", "short")
     gw = await make_gateway()
     async with http.post(f"{gw.admin_url}/revocation/revoke", data={"token": "x"}, headers=bearer("short")) as resp:
         assert resp.status == 401
 
 
-def test_cli_without_redis_exits_2_and_says_why(tmp_path):
+def test_cli_without_redis_exits_2_and_says_why(tmp_path: Path) -> None:
     config = tmp_path / "gw.yaml"
     config.write_text(
         "upstreams: {u: {url: 'http://127.0.0.1:9'}}\n"
@@ -347,7 +353,9 @@ async def test_the_memory_store_sweeps_expired_entries_in_the_background() -> No
         await store.stop()
 
 
-async def test_revocations_evict_cached_tokens_without_stalling_the_loop(make_gateway, issuer, http):
+async def test_revocations_evict_cached_tokens_without_stalling_the_loop(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     import asyncio
     import time
 
@@ -355,7 +363,7 @@ async def test_revocations_evict_cached_tokens_without_stalling_the_loop(make_ga
     from gateway.tokens.token import ValidatedToken, cache_key, fingerprint
 
     gw = await make_gateway()
-    cache = gw.gateway.pipeline.validator.cache
+    cache = gw.pipeline.validator.cache
     family_token, lone_token = issuer.mint(sid="fam-1"), issuer.mint(sid="fam-2")
     for token in (family_token, lone_token):
         async with http.get(f"{gw.url}/orders", headers={"Authorization": f"Bearer {token}"}) as resp:
@@ -396,7 +404,9 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def test_admin_credentials_that_are_not_jwts_are_never_introspected(make_gateway, issuer, http, monkeypatch):
+async def test_admin_credentials_that_are_not_jwts_are_never_introspected(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("GATEWAY_ADMIN_SECRET", "short")  # too short: ignored, so it is just a wrong credential
     gw = await make_gateway(issuers=[{
         "issuer": issuer.issuer, "audiences": [AUDIENCE], "leeway": "5s",
@@ -415,8 +425,8 @@ async def test_admin_credentials_that_are_not_jwts_are_never_introspected(make_g
 
 
 async def test_admin_token_and_set_checks_answer_503_while_the_issuers_keys_are_down(
-    make_gateway, issuer, http, admin_secret
-):
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, admin_secret: str
+) -> None:
     down = DemoIssuer(audience=AUDIENCE, issuer=f"http://127.0.0.1:{_closed_port()}")  # never started
     gw = await make_gateway(issuers=[
         {"issuer": issuer.issuer, "audiences": [AUDIENCE], "leeway": "5s"},
@@ -438,7 +448,9 @@ async def test_admin_token_and_set_checks_answer_503_while_the_issuers_keys_are_
         assert resp.status == 503  # not a 400: the transmitter retries once the keys are back
 
 
-async def test_the_json_endpoint_refuses_a_token_that_is_not_a_string(make_gateway, http, admin_secret):
+async def test_the_json_endpoint_refuses_a_token_that_is_not_a_string(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession, admin_secret: str
+) -> None:
     gw = await make_gateway()
     for body in ({"token": 123}, {"token": ["a.b.c"]}, {"token": ""}, {"fingerprint": 5}):
         async with http.post(f"{gw.admin_url}/revocation/entries", json=body, headers=bearer(admin_secret)) as resp:
@@ -447,7 +459,7 @@ async def test_the_json_endpoint_refuses_a_token_that_is_not_a_string(make_gatew
             assert answer["error"] == "invalid_request" and "non-empty string" in answer["error_description"]
 
 
-def test_a_set_cannot_revoke_another_issuers_subjects_or_tokens():
+def test_a_set_cannot_revoke_another_issuers_subjects_or_tokens() -> None:
     factory = EntryFactory()
     other = "https://other-as.example"
     for sub_id in (
@@ -467,7 +479,7 @@ def test_a_set_cannot_revoke_another_issuers_subjects_or_tokens():
     assert plain.issuer == ISS  # the SET's issuer is recorded on the subject entries it makes
 
 
-def test_a_jwk_that_declares_its_alg_verifies_that_alg_only():
+def test_a_jwk_that_declares_its_alg_verifies_that_alg_only() -> None:
     rsa = SigningKey.generate("RS256").public_jwk()
     undeclared = {k: v for k, v in rsa.items() if k != "alg"}
     keys = parse_jwks({"keys": [rsa, {**undeclared, "kid": "bare"}, SigningKey.generate("ES256").public_jwk()]})
@@ -477,7 +489,9 @@ def test_a_jwk_that_declares_its_alg_verifies_that_alg_only():
     assert ec.verifies("ES256") and not ec.verifies("RS256")
 
 
-async def test_an_rs256_key_does_not_verify_ps256_tokens_or_sets(make_gateway, issuer, http, admin_secret):
+async def test_an_rs256_key_does_not_verify_ps256_tokens_or_sets(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, admin_secret: str
+) -> None:
     gw = await make_gateway(issuers=[{"issuer": issuer.issuer, "audiences": [AUDIENCE], "leeway": "5s",
                                       "algorithms": ["RS256", "PS256", "ES256"]}])
     rsa = issuer.keys[0]  # its JWK says "alg": "RS256"
@@ -542,8 +556,10 @@ class RecordingRelay:
 
 
 async def test_cli_posts_a_fingerprint_to_the_admin_port_never_the_token(
-    make_gateway, issuer, upstream, http, admin_secret, tmp_path
-):
+    make_gateway: GatewayFactory, issuer: DemoIssuer, upstream: EchoUpstream, http: aiohttp.ClientSession,
+    admin_secret: str,
+    tmp_path: Path,
+) -> None:
     gw = await make_gateway()
     relay = RecordingRelay(gw.port("admin"))
     await relay.start()
@@ -571,13 +587,15 @@ async def test_cli_posts_a_fingerprint_to_the_admin_port_never_the_token(
     assert (await gw.audit_records())[-1]["reason"] == "revoked_token"
 
 
-async def _status(http, gw, token: str) -> int:
+async def _status(http: aiohttp.ClientSession, gw: RunningGateway, token: str) -> int:
     async with http.get(f"{gw.url}/orders", headers=bearer(token)) as resp:
         await resp.read()
         return resp.status
 
 
-async def test_a_burst_of_revocations_is_one_lookup_per_cached_token(make_gateway, issuer, http):
+async def test_a_burst_of_revocations_is_one_lookup_per_cached_token(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     import asyncio
     import time
 
@@ -585,7 +603,7 @@ async def test_a_burst_of_revocations_is_one_lookup_per_cached_token(make_gatewa
     from gateway.tokens.token import ValidatedToken
 
     gw = await make_gateway()
-    cache = gw.gateway.pipeline.validator.cache
+    cache = gw.pipeline.validator.cache
     for n in range(2_000):
         cache.put(f"t{n}", ValidatedToken("x", f"user{n}", "c", frozenset(), time.time() + 600, f"t{n}",
                                           claims={"sid": f"s{n}"}))

@@ -1,4 +1,4 @@
-"""Revocation input that would weaken a revocation (issue 11, item 14): hostile numbers.
+"""Revocation input that would weaken a revocation: hostile numbers.
 
 ``before``, ``not_before``, ``ttl`` and ``expires_at`` must be finite and in range wherever they
 come from (the admin JSON endpoint, a SET, the command line, the Python API, Redis): ``"nan"``,
@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import jwt
 import orjson
 import pytest
@@ -24,12 +25,13 @@ from click.testing import CliRunner
 from redis.asyncio import Redis
 
 from gateway.cli import main as cli_main
+from gateway.demo import DemoIssuer, EchoUpstream
 from gateway.reasons import Reason
 from gateway.revocation import Entry, EntryFactory, Kind, RevocationList, Revoker
-from gateway.revocation.intake import CAEP
+from gateway.revocation.intake.set_events import CAEP
 from gateway.revocation.schema import decode, merge
 from gateway.tokens.token import ValidatedToken, fingerprint
-from tests.conftest import base_config, bearer
+from tests.helpers import GatewayFactory, RunningGateway, base_config, bearer
 
 ISS = "https://as.example"
 HOSTILE_TIMES: list[Any] = ["nan", "NaN", "inf", "-inf", "Infinity", "1e308", 1e308, -1e308, -1, "-5", 10**400,
@@ -44,13 +46,15 @@ def admin_secret(monkeypatch: pytest.MonkeyPatch) -> str:
     return secret
 
 
-async def status(http, gw, tok: str) -> int:
+async def status(http: aiohttp.ClientSession, gw: RunningGateway, tok: str) -> int:
     async with http.get(f"{gw.url}/orders", headers=bearer(tok)) as resp:
         await resp.read()
         return resp.status
 
 
-async def post_entry(http, gw, secret: str, body: dict[str, Any]) -> tuple[int, Any]:
+async def post_entry(
+    http: aiohttp.ClientSession, gw: RunningGateway, secret: str, body: dict[str, Any]
+) -> tuple[int, Any]:
     async with http.post(f"{gw.admin_url}/revocation/entries", data=json.dumps(body),  # writes any int
                          headers={**bearer(secret), "Content-Type": "application/json"}) as resp:
         return resp.status, await resp.json()
@@ -59,7 +63,7 @@ async def post_entry(http, gw, secret: str, body: dict[str, Any]) -> tuple[int, 
 # --- the entry rules -----------------------------------------------------------------------------
 
 
-def test_the_factory_refuses_non_finite_and_out_of_range_numbers():
+def test_the_factory_refuses_non_finite_and_out_of_range_numbers() -> None:
     factory = EntryFactory(issuers=(ISS,))
     for before in HOSTILE_TIMES:
         for make in (factory.subject, factory.client):
@@ -78,11 +82,11 @@ def test_the_factory_refuses_non_finite_and_out_of_range_numbers():
     assert factory.client("app", before="2026-01-01T00:00:00Z").not_before == 1767225600.0
 
 
-def test_an_entry_cannot_hold_a_non_finite_number():
+def test_an_entry_cannot_hold_a_non_finite_number() -> None:
     for fields in ({"expires_at": math.nan}, {"expires_at": math.inf}, {"not_before": math.nan},
                    {"not_before": -math.inf}, {"created_at": math.nan}, {"expires_at": 10**400}):
         with pytest.raises(ValueError, match="finite"):
-            Entry(**{"kind": Kind.SUBJECT, "value": "alice", "expires_at": time.time() + 60, **fields})
+            Entry(**{"kind": Kind.SUBJECT, "value": "alice", "expires_at": time.time() + 60, **fields})  # type: ignore[arg-type]
     # from Redis: a foreign writer's "nan" string (JSON itself has no NaN) is unreadable, not a weaker entry
     for raw in ({"kind": "subject", "value": "a", "expires_at": "nan"},
                 {"kind": "subject", "value": "a", "expires_at": 1e9, "not_before": "-inf"},
@@ -91,7 +95,7 @@ def test_an_entry_cannot_hold_a_non_finite_number():
             decode(orjson.dumps(raw))
 
 
-def test_no_merge_is_weaker_than_either_entry():
+def test_no_merge_is_weaker_than_either_entry() -> None:
     """Any sequence of valid writes of one subject: the cut-off and expiry only ever grow."""
     rng = random.Random(11)
     now = time.time()
@@ -114,7 +118,9 @@ def test_no_merge_is_weaker_than_either_entry():
 # --- the admin endpoint, in-memory list ------------------------------------------------------------
 
 
-async def test_hostile_numbers_get_400_and_never_undo_a_revocation(make_gateway, issuer, http, admin_secret):
+async def test_hostile_numbers_get_400_and_never_undo_a_revocation(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, admin_secret: str
+) -> None:
     gw = await make_gateway()
     alice = issuer.mint(sub="alice", iat=int(time.time()) - 60)
     assert (await post_entry(http, gw, admin_secret, {"subject": "alice"}))[0] == 200
@@ -131,7 +137,9 @@ async def test_hostile_numbers_get_400_and_never_undo_a_revocation(make_gateway,
     assert (await gw.audit_records())[-1]["reason"] == "revoked_subject"
 
 
-async def test_set_times_that_are_not_finite_or_in_range_get_400(make_gateway, issuer, http, admin_secret):
+async def test_set_times_that_are_not_finite_or_in_range_get_400(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, admin_secret: str
+) -> None:
     gw = await make_gateway()
     tok = issuer.mint(sub="erin", iat=int(time.time()) - 60)
     key = issuer.keys[0]
@@ -148,7 +156,7 @@ async def test_set_times_that_are_not_finite_or_in_range_get_400(make_gateway, i
     assert await status(http, gw, tok) == 200
 
 
-def test_cli_refuses_hostile_numbers_before_writing(tmp_path: Path, issuer, upstream):
+def test_cli_refuses_hostile_numbers_before_writing(tmp_path: Path, issuer: DemoIssuer, upstream: EchoUpstream) -> None:
     data = base_config(issuer, upstream, tmp_path / "audit.jsonl")
     data["revocation"] = {"redis_url": "redis://127.0.0.1:9/0"}  # never reached: refused before connecting
     path = tmp_path / "gateway.yaml"
@@ -165,8 +173,8 @@ def test_cli_refuses_hostile_numbers_before_writing(tmp_path: Path, issuer, upst
 
 
 async def test_redis_store_refuses_infinity_instead_of_applying_it_locally(
-    make_gateway, issuer, http, redis_proc, admin_secret
-):
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, redis_proc: Any, admin_secret: str
+) -> None:
     url, prefix = f"redis://{redis_proc.host}:{redis_proc.port}/0", f"t{uuid.uuid4().hex[:10]}:revoked:"
     gw = await make_gateway(revocation={"redis_url": url, "key_prefix": prefix})
     alice = issuer.mint(sub="alice", iat=int(time.time()) - 60)

@@ -1,4 +1,4 @@
-"""Revocation entries belong to an issuer (issue 11, items 10 and 14).
+"""Revocation entries belong to an issuer: one issuer's entries never revoke another issuer's tokens.
 
 Two real demo issuers on 127.0.0.1 whose tokens share a jti, a session id and a subject: an
 entry for one issuer must never refuse the other's tokens, whether it came from a SET, an
@@ -12,10 +12,11 @@ import asyncio
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import jwt
 import orjson
 import pytest
@@ -25,7 +26,7 @@ from redis.asyncio import Redis
 
 from gateway.cli import main as cli_main
 from gateway.config import parse_config
-from gateway.demo import DemoIssuer
+from gateway.demo import DemoIssuer, EchoUpstream
 from gateway.reasons import Reason
 from gateway.revocation import (
     ANY_ISSUER,
@@ -38,10 +39,10 @@ from gateway.revocation import (
     Revoker,
     SyncRevoker,
 )
-from gateway.revocation.intake import CAEP, OAUTH, SetError, entries_from_set
+from gateway.revocation.intake.set_events import CAEP, OAUTH, SetError, entries_from_set
 from gateway.revocation.schema import decode, encode
 from gateway.tokens.token import ValidatedToken, fingerprint
-from tests.conftest import AUDIENCE, base_config, bearer
+from tests.helpers import AUDIENCE, GatewayFactory, RunningGateway, base_config, bearer
 
 REPO = Path(__file__).resolve().parent.parent
 A, B = "https://a.example", "https://b.example"
@@ -86,13 +87,15 @@ def token(iss: str, jti: str | None = "j1", sid: str | None = None, sub: str = "
                           issued_at=time.time() - 10, claims=claims)
 
 
-async def status(http, gw, tok: str) -> int:
+async def status(http: aiohttp.ClientSession, gw: RunningGateway, tok: str) -> int:
     async with http.get(f"{gw.url}/orders", headers=bearer(tok)) as resp:
         await resp.read()
         return resp.status
 
 
-async def wait_status(http, gw, tok: str, wanted: int, within: float = 1.0) -> None:
+async def wait_status(
+    http: aiohttp.ClientSession, gw: RunningGateway, tok: str, wanted: int, within: float = 1.0
+) -> None:
     deadline = time.monotonic() + within
     while (got := await status(http, gw, tok)) != wanted:
         assert time.monotonic() < deadline, f"still {got}, wanted {wanted}"
@@ -106,13 +109,15 @@ def sign_set(server: DemoIssuer, event_type: str, sub_id: dict[str, Any], **clai
     return jwt.encode(body, key.private, algorithm=key.alg, headers={"kid": key.kid, "typ": "secevent+jwt"})
 
 
-async def post_set(http, gw, credential: str, set_jwt: str) -> tuple[int, Any]:
+async def post_set(http: aiohttp.ClientSession, gw: RunningGateway, credential: str, set_jwt: str) -> tuple[int, Any]:
     async with http.post(f"{gw.admin_url}/revocation/events", data=set_jwt,
                          headers={**bearer(credential), "Content-Type": "application/secevent+jwt"}) as resp:
         return resp.status, (await resp.json() if resp.status == 400 else None)
 
 
-async def post_entry(http, gw, credential: str, body: dict[str, Any]) -> tuple[int, Any]:
+async def post_entry(
+    http: aiohttp.ClientSession, gw: RunningGateway, credential: str, body: dict[str, Any]
+) -> tuple[int, Any]:
     async with http.post(f"{gw.admin_url}/revocation/entries", json=body, headers=bearer(credential)) as resp:
         return resp.status, await resp.json()
 
@@ -120,7 +125,7 @@ async def post_entry(http, gw, credential: str, body: dict[str, Any]) -> tuple[i
 # --- the local list ------------------------------------------------------------------------------
 
 
-def test_jti_family_and_client_entries_match_their_own_issuer_and_star_matches_all():
+def test_jti_family_and_client_entries_match_their_own_issuer_and_star_matches_all() -> None:
     for entry, probe in (
         (Entry(Kind.TOKEN, "j1", FAR, A, match=Match.JTI), {"jti": "j1"}),
         (Entry(Kind.FAMILY, "s1", FAR, A), {"sid": "s1", "jti": None}),
@@ -139,7 +144,7 @@ def _fields(entry: Entry) -> dict[str, Any]:
     return {name: getattr(entry, name) for name in Entry.__dataclass_fields__}
 
 
-def test_a_jti_never_matches_a_fingerprint_and_a_fingerprint_never_matches_a_jti():
+def test_a_jti_never_matches_a_fingerprint_and_a_fingerprint_never_matches_a_jti() -> None:
     victim = token(A, jti="victim-jti")
     rl = RevocationList()
     rl.add(Entry(Kind.TOKEN, victim.fingerprint[:32], FAR, A, match=Match.JTI))  # a jti that looks like one
@@ -152,7 +157,7 @@ def test_a_jti_never_matches_a_fingerprint_and_a_fingerprint_never_matches_a_jti
     assert rl.check(victim) is Reason.REVOKED_TOKEN
 
 
-def test_schema1_entries_keep_their_meaning_until_they_expire():
+def test_schema1_entries_keep_their_meaning_until_they_expire() -> None:
     """Written before schema 2: token, family, client entries matched every issuer; subject did not."""
     v1 = [
         {"kind": "token", "value": "legacy-jti", "expires_at": FAR, "issuer": A},
@@ -174,10 +179,11 @@ def test_schema1_entries_keep_their_meaning_until_they_expire():
             decode(orjson.dumps(bad))
 
 
-def test_the_issuer_rule():
+def test_the_issuer_rule() -> None:
     two = EntryFactory(issuers=(A, B))
-    for make in (lambda f: f.jti("j"), lambda f: f.family("s"), lambda f: f.token("raw"),
-                 lambda f: f.fingerprint("ab" * 32)):
+    makers: tuple[Callable[[EntryFactory], Entry], ...] = (
+        lambda f: f.jti("j"), lambda f: f.family("s"), lambda f: f.token("raw"), lambda f: f.fingerprint("ab" * 32))
+    for make in makers:
         with pytest.raises(IssuerNeeded) as needed:
             make(two)
         assert A in str(needed.value) and B in str(needed.value) and "'*'" in str(needed.value)
@@ -193,7 +199,7 @@ def test_the_issuer_rule():
         two.family("s", issuer="")
 
 
-def test_a_set_is_refused_without_iss_and_its_entries_carry_its_issuer():
+def test_a_set_is_refused_without_iss_and_its_entries_carry_its_issuer() -> None:
     claims = {"iat": 1_000_000, "jti": "set-1", "sub_id": {"format": "opaque", "id": "s1"},
               "events": {CAEP + "session-revoked": {}}}
     for iss in (None, "", "*", 5):
@@ -208,8 +214,8 @@ def test_a_set_is_refused_without_iss_and_its_entries_carry_its_issuer():
 
 
 async def test_sets_and_rfc7009_from_one_issuer_never_revoke_another_issuers_tokens(
-    make_gateway, issuer, other, http, admin_secret
-):
+    make_gateway: GatewayFactory, issuer: DemoIssuer, other: DemoIssuer, http: aiohttp.ClientSession, admin_secret: str
+) -> None:
     gw = await make_gateway(issuers=issuers(issuer, other))
     mine, theirs = issuer.mint(jti="shared-jti"), other.mint(jti="shared-jti")
     my_session, their_session = issuer.mint(sid="shared-sid"), other.mint(sid="shared-sid")
@@ -237,7 +243,9 @@ async def test_sets_and_rfc7009_from_one_issuer_never_revoke_another_issuers_tok
     assert (await gw.audit_records())[-1]["reason"] == "revoked_token"
 
 
-async def test_an_issuers_admin_token_acts_for_that_issuer_only(make_gateway, issuer, other, http, admin_secret):
+async def test_an_issuers_admin_token_acts_for_that_issuer_only(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, other: DemoIssuer, http: aiohttp.ClientSession, admin_secret: str
+) -> None:
     gw = await make_gateway(issuers=issuers(issuer, other), admin={"any_issuer_scope": "gateway:any-issuer"})
     admin = issuer.mint(scope="gateway:admin")
     for body in ({"jti": "shared-jti", "issuer": other.issuer}, {"jti": "shared-jti", "issuer": "*"},
@@ -263,8 +271,8 @@ async def test_an_issuers_admin_token_acts_for_that_issuer_only(make_gateway, is
 
 
 async def test_the_shared_secret_must_choose_an_issuer_when_several_are_configured(
-    make_gateway, issuer, other, http, admin_secret
-):
+    make_gateway: GatewayFactory, issuer: DemoIssuer, other: DemoIssuer, http: aiohttp.ClientSession, admin_secret: str
+) -> None:
     gw = await make_gateway(issuers=issuers(issuer, other))
     mine, theirs = issuer.mint(sid="fam"), other.mint(sid="fam")
     for body in ({"family": "fam"}, {"jti": "j"}, {"fingerprint": "ab" * 32}, {"token": mine}):
@@ -281,8 +289,8 @@ async def test_the_shared_secret_must_choose_an_issuer_when_several_are_configur
 
 
 async def test_a_jti_that_equals_another_tokens_fingerprint_does_not_revoke_it(
-    make_gateway, issuer, http, admin_secret
-):
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, admin_secret: str
+) -> None:
     gw = await make_gateway()
     victim = issuer.mint()
     assert await status(http, gw, victim) == 200
@@ -306,8 +314,8 @@ def _config_file(tmp_path: Path, servers: list[DemoIssuer], upstream: Any, revoc
 
 
 def test_cli_refuses_a_jti_family_or_token_without_an_issuer_when_several_are_configured(
-    tmp_path, issuer, other, upstream
-):
+    tmp_path: Path, issuer: DemoIssuer, other: DemoIssuer, upstream: EchoUpstream
+) -> None:
     # an unreachable Redis: the command must refuse before it connects anywhere
     path = _config_file(tmp_path, [issuer, other], upstream, {"redis_url": "redis://127.0.0.1:9/0"})
     for option, value in (("--jti", "j1"), ("--family", "f1"), ("--token", issuer.mint()),
@@ -321,8 +329,11 @@ def test_cli_refuses_a_jti_family_or_token_without_an_issuer_when_several_are_co
     assert unknown.exit_code == 1 and "not configured" in unknown.output
 
 
-async def test_cli_revokes_for_the_named_issuer_only(make_gateway, issuer, other, upstream, http, redis_url, prefix,
-                                                    tmp_path):
+async def test_cli_revokes_for_the_named_issuer_only(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, other: DemoIssuer, upstream: EchoUpstream,
+    http: aiohttp.ClientSession,
+    redis_url: str, prefix: str, tmp_path: Path,
+) -> None:
     revocation = {"redis_url": redis_url, "key_prefix": prefix}
     gw = await make_gateway(issuers=issuers(issuer, other), revocation=revocation)
     path = _config_file(tmp_path, [issuer, other], upstream, revocation)
@@ -350,7 +361,10 @@ async def test_cli_revokes_for_the_named_issuer_only(make_gateway, issuer, other
 # --- the Python API and the shared list in Redis ----------------------------------------------------
 
 
-async def test_python_api_takes_the_issuer_the_same_way(make_gateway, issuer, other, http, redis_url, prefix):
+async def test_python_api_takes_the_issuer_the_same_way(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, other: DemoIssuer, http: aiohttp.ClientSession, redis_url: str,
+    prefix: str,
+) -> None:
     gw = await make_gateway(issuers=issuers(issuer, other), revocation={"redis_url": redis_url, "key_prefix": prefix})
     redis = Redis.from_url(redis_url)
     try:
@@ -375,8 +389,10 @@ async def test_python_api_takes_the_issuer_the_same_way(make_gateway, issuer, ot
 
 
 async def test_redis_replicas_scope_entries_by_issuer_and_still_read_schema1_entries(
-    make_gateway, issuer, other, http, redis_url, prefix, admin_secret
-):
+    make_gateway: GatewayFactory, issuer: DemoIssuer, other: DemoIssuer, http: aiohttp.ClientSession, redis_url: str,
+    prefix: str,
+    admin_secret: str,
+) -> None:
     config = {"issuers": issuers(issuer, other), "revocation": {"redis_url": redis_url, "key_prefix": prefix}}
     a = await make_gateway(**config)
     b = await make_gateway(**config)
@@ -412,7 +428,7 @@ async def test_redis_replicas_scope_entries_by_issuer_and_still_read_schema1_ent
         assert await status(http, late, tok) == wanted
 
 
-def test_parse_admin_any_issuer_scope():
+def test_parse_admin_any_issuer_scope() -> None:
     text = yaml.safe_dump({"upstreams": {"u": {"url": "http://127.0.0.1:9"}},
                            "routes": [{"name": "r", "path": "/x", "upstream": "u", "auth": "none"}],
                            "admin": {"any_issuer_scope": "gateway:super"}})

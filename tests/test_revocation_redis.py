@@ -14,21 +14,25 @@ import shutil
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import aiohttp
 import jwt
 import pytest
 import yaml
 from redis.asyncio import Redis
 
-from gateway.demo import SigningKey
+from gateway.demo import DemoIssuer, SigningKey
 from gateway.revocation import Revoker, SyncRevoker
-from gateway.revocation.intake import CAEP
-from gateway.revocation.schema import EXPIRY_MARGIN
+from gateway.revocation.entry_factory import EXPIRY_MARGIN
+from gateway.revocation.intake.set_events import CAEP
+from gateway.revocation.redis_store import RedisStore
 from gateway.tokens.token import ValidatedToken, fingerprint
-from tests.conftest import AUDIENCE, base_config, bearer
-from tests.helpers import free_port, metric
+from tests.helpers import AUDIENCE, GatewayFactory, RunningGateway, base_config, bearer, free_port, metric
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -101,7 +105,7 @@ def prefix() -> str:
 
 
 @pytest.fixture
-async def redis(redis_url: str):
+async def redis(redis_url: str) -> AsyncIterator[Any]:  # redis-py types replies for every decoding mode at once
     client = Redis.from_url(redis_url)
     yield client
     await client.aclose()
@@ -115,7 +119,7 @@ def admin_secret(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture
-async def relay(redis_proc: Any):
+async def relay(redis_proc: Any) -> AsyncIterator[Relay]:
     r = Relay(redis_proc.host, redis_proc.port)
     await r.start()
     yield r
@@ -126,13 +130,13 @@ def revocation(url: str, prefix: str, **extra: Any) -> dict[str, Any]:
     return {"redis_url": url, "key_prefix": prefix, "max_staleness": "3s", **extra}
 
 
-async def status(http, gw, token: str) -> int:
+async def status(http: aiohttp.ClientSession, gw: RunningGateway, token: str) -> int:
     async with http.get(f"{gw.url}/orders", headers=bearer(token)) as resp:
         await resp.read()
         return resp.status
 
 
-async def wait_status(http, gw, token: str, wanted: int, within: float) -> float:
+async def wait_status(http: aiohttp.ClientSession, gw: RunningGateway, token: str, wanted: int, within: float) -> float:
     """Seconds until ``gw`` answers ``wanted`` for ``token``; fails after ``within``."""
     started = time.perf_counter()
     while True:
@@ -144,23 +148,24 @@ async def wait_status(http, gw, token: str, wanted: int, within: float) -> float
         await asyncio.sleep(0.002)
 
 
-async def until(condition, within: float) -> None:
+async def until(condition: Callable[[], bool], within: float) -> None:
     deadline = time.monotonic() + within
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.01)
 
 
-async def last_reason(gw) -> str:
-    return (await gw.audit_records())[-1]["reason"]
+async def last_reason(gw: RunningGateway) -> str:
+    return str((await gw.audit_records())[-1]["reason"])
 
 
 # --- cross-replica enforcement -----------------------------------------------------------------------
 
 
 async def test_token_revoked_at_one_replica_is_denied_at_both_within_100ms(
-    make_gateway, issuer, http, redis_url, prefix, admin_secret
-):
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, redis_url: str, prefix: str,
+    admin_secret: str,
+) -> None:
     a = await make_gateway(revocation=revocation(redis_url, prefix))
     b = await make_gateway(revocation=revocation(redis_url, prefix))
     tok, other = issuer.mint(), issuer.mint()
@@ -178,8 +183,8 @@ async def test_token_revoked_at_one_replica_is_denied_at_both_within_100ms(
 
 
 async def test_family_revocation_denies_every_token_of_the_family_only(
-    make_gateway, issuer, http, redis_url, prefix
-):
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, redis_url: str, prefix: str
+) -> None:
     a = await make_gateway(revocation=revocation(redis_url, prefix))
     b = await make_gateway(revocation=revocation(redis_url, prefix))
     family = [issuer.mint(sid="fam-1", scope="orders:read") for _ in range(3)]
@@ -196,7 +201,9 @@ async def test_family_revocation_denies_every_token_of_the_family_only(
         assert await status(http, gw, sibling) == 200
 
 
-async def test_subject_revoked_before_t_spares_tokens_issued_after_t(make_gateway, issuer, http, redis_url, prefix):
+async def test_subject_revoked_before_t_spares_tokens_issued_after_t(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, redis_url: str, prefix: str
+) -> None:
     a = await make_gateway(revocation=revocation(redis_url, prefix))
     b = await make_gateway(revocation=revocation(redis_url, prefix))
     now = int(time.time())
@@ -216,8 +223,9 @@ async def test_subject_revoked_before_t_spares_tokens_issued_after_t(make_gatewa
 
 
 async def test_client_revocation_via_the_admin_json_endpoint(
-    make_gateway, issuer, http, redis_url, prefix, admin_secret
-):
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, redis_url: str, prefix: str,
+    admin_secret: str,
+) -> None:
     a = await make_gateway(revocation=revocation(redis_url, prefix))
     b = await make_gateway(revocation=revocation(redis_url, prefix))
     tok = issuer.mint(client_id="leaky-app")
@@ -231,7 +239,9 @@ async def test_client_revocation_via_the_admin_json_endpoint(
         assert await status(http, gw, other) == 200
 
 
-async def test_a_new_replica_loads_existing_revocations_at_start(make_gateway, issuer, http, redis_url, prefix):
+async def test_a_new_replica_loads_existing_revocations_at_start(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, redis_url: str, prefix: str
+) -> None:
     tok = issuer.mint(jti="preexisting-jti")
     async with Revoker(redis_url, key_prefix=prefix) as revoker:
         await revoker.revoke_jti("preexisting-jti", issuer=issuer.issuer)
@@ -244,8 +254,9 @@ async def test_a_new_replica_loads_existing_revocations_at_start(make_gateway, i
 
 
 async def test_revocation_written_while_the_connection_is_cut_is_enforced_after_reconnect(
-    make_gateway, issuer, http, redis_url, prefix, relay
-):
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, redis_url: str, prefix: str,
+    relay: Relay,
+) -> None:
     a = await make_gateway(revocation=revocation(redis_url, prefix))
     b = await make_gateway(revocation=revocation(f"redis://127.0.0.1:{relay.port}/0", prefix))
     tok = issuer.mint(sid="cut-family")
@@ -257,18 +268,25 @@ async def test_revocation_written_while_the_connection_is_cut_is_enforced_after_
     await wait_status(http, a, tok, 401, within=0.5)
     await asyncio.sleep(0.2)
     assert await status(http, b, tok) == 200  # B really missed the notification (and is within max_staleness)
-    await until(lambda: not b.gateway.revocation.connected, within=0.5)  # B's feed saw the cut
+    store = b.gateway.revocation
+    assert isinstance(store, RedisStore)
+    await until(lambda: not store.connected, within=0.5)  # B's feed saw the cut
     await relay.restore()
     await wait_status(http, b, tok, 401, within=2.0)
     assert metric("gateway_revocation_resyncs_total", cause="trimmed") == resyncs  # continued from its last id
     assert metric("gateway_revocation_redis_errors_total") > 0
 
 
-async def test_killed_client_connections_reconnect_and_catch_up(make_gateway, issuer, http, redis_url, prefix, redis):
+async def test_killed_client_connections_reconnect_and_catch_up(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, redis_url: str, prefix: str,
+    redis: Any,
+) -> None:
     b = await make_gateway(revocation=revocation(redis_url, prefix))
     tok = issuer.mint(jti="killed-conn-jti")
     assert await status(http, b, tok) == 200
-    instance = b.gateway.revocation.instance
+    store = b.gateway.revocation
+    assert isinstance(store, RedisStore)
+    instance = store.instance
     clients = [c for c in await redis.client_list() if instance in c.get("name", "")]
     assert any("feed" in c["name"] for c in clients)
     for c in clients:
@@ -279,8 +297,10 @@ async def test_killed_client_connections_reconnect_and_catch_up(make_gateway, is
 
 
 async def test_stream_trimmed_during_the_outage_forces_a_full_resync(
-    make_gateway, issuer, http, redis_url, prefix, relay, redis
-):
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, redis_url: str, prefix: str,
+    relay: Relay,
+    redis: Any,
+) -> None:
     b = await make_gateway(revocation=revocation(f"redis://127.0.0.1:{relay.port}/0", prefix))
     tok = issuer.mint(jti="trimmed-jti")
     assert await status(http, b, tok) == 200
@@ -297,8 +317,9 @@ async def test_stream_trimmed_during_the_outage_forces_a_full_resync(
 
 @pytest.mark.parametrize("outage", ["cut", "freeze"])
 async def test_redis_down_longer_than_max_staleness_fails_closed_with_503(
-    make_gateway, issuer, http, prefix, relay, outage
-):
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, prefix: str, relay: Relay,
+    outage: str,
+) -> None:
     b = await make_gateway(revocation=revocation(f"redis://127.0.0.1:{relay.port}/0", prefix, max_staleness="400ms"))
     tok = issuer.mint()
     assert await status(http, b, tok) == 200
@@ -324,8 +345,9 @@ async def test_redis_down_longer_than_max_staleness_fails_closed_with_503(
 
 
 async def test_redis_unreachable_at_start_means_not_ready_and_503_until_it_is_back(
-    make_gateway, issuer, http, prefix, relay, admin_secret
-):
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, prefix: str, relay: Relay,
+    admin_secret: str,
+) -> None:
     await relay.cut()
     b = await make_gateway(revocation=revocation(f"redis://127.0.0.1:{relay.port}/0", prefix))
     tok = issuer.mint()
@@ -344,8 +366,11 @@ async def test_redis_unreachable_at_start_means_not_ready_and_503_until_it_is_ba
 # --- schema in Redis ---------------------------------------------------------------------------------
 
 
-async def test_keys_carry_ttls_and_never_a_raw_token(make_gateway, issuer, http, redis_url, prefix, redis,
-                                                     admin_secret):
+async def test_keys_carry_ttls_and_never_a_raw_token(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, redis_url: str, prefix: str,
+    redis: Any,
+    admin_secret: str,
+) -> None:
     a = await make_gateway(
         revocation=revocation(redis_url, prefix, default_ttl="2h"),
         issuers=[{"issuer": issuer.issuer, "audiences": [AUDIENCE], "leeway": "5s", "max_token_lifetime": "1h"}],
@@ -374,7 +399,7 @@ async def test_keys_carry_ttls_and_never_a_raw_token(make_gateway, issuer, http,
     assert fp.encode() in stored
 
 
-async def test_concurrent_writers_merge_instead_of_weakening(redis_url, prefix, redis):
+async def test_concurrent_writers_merge_instead_of_weakening(redis_url: str, prefix: str, redis: Any) -> None:
     now = time.time()
     async with Revoker(redis_url, key_prefix=prefix) as revoker:
         await asyncio.gather(*(revoker.revoke_subject("frank", before=now - i) for i in range(10)))
@@ -387,8 +412,9 @@ async def test_concurrent_writers_merge_instead_of_weakening(redis_url, prefix, 
 
 
 async def test_rfc7009_answers_200_for_unknown_tokens_and_refuses_unauthenticated_callers(
-    make_gateway, issuer, http, redis_url, prefix, admin_secret
-):
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, redis_url: str, prefix: str,
+    admin_secret: str,
+) -> None:
     gw = await make_gateway(revocation=revocation(redis_url, prefix))
     url = f"{gw.admin_url}/revocation/revoke"
     for headers in ({}, bearer("wrong-secret-wrong-secret"), {"Authorization": f"Basic {admin_secret}"},
@@ -416,8 +442,9 @@ async def test_rfc7009_answers_200_for_unknown_tokens_and_refuses_unauthenticate
 
 
 async def test_admin_token_is_refused_with_503_while_the_revocation_list_is_not_current(
-    make_gateway, issuer, http, prefix, relay, admin_secret
-):
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, prefix: str, relay: Relay,
+    admin_secret: str,
+) -> None:
     """The admin token itself may have been revoked meanwhile: with a stale list it cannot be trusted."""
     await relay.cut()
     gw = await make_gateway(revocation=revocation(f"redis://127.0.0.1:{relay.port}/0", prefix))
@@ -442,8 +469,9 @@ def sign_set(claims: dict[str, Any], key: SigningKey, **headers: Any) -> str:
 
 
 async def test_security_event_tokens_are_verified_then_applied(
-    make_gateway, issuer, http, redis_url, prefix, admin_secret
-):
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, redis_url: str, prefix: str,
+    admin_secret: str,
+) -> None:
     a = await make_gateway(revocation=revocation(redis_url, prefix))
     b = await make_gateway(revocation=revocation(redis_url, prefix))
     tok = issuer.mint(sid="set-session")
@@ -479,7 +507,10 @@ async def test_security_event_tokens_are_verified_then_applied(
 # --- CLI ---------------------------------------------------------------------------------------------
 
 
-async def test_cli_revoke_end_to_end(make_gateway, issuer, http, redis_url, prefix, tmp_path):
+async def test_cli_revoke_end_to_end(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, redis_url: str, prefix: str,
+    tmp_path: Path,
+) -> None:
     gw = await make_gateway(revocation=revocation(redis_url, prefix))
     tok, by_token = issuer.mint(jti="cli-jti"), issuer.mint()
     config = base_config(issuer, type("U", (), {"url": "http://127.0.0.1:9"})(), tmp_path / "audit.jsonl")
@@ -509,7 +540,7 @@ async def test_cli_revoke_end_to_end(make_gateway, issuer, http, redis_url, pref
 
 
 @contextlib.asynccontextmanager
-async def redis_server(workdir: Path, *args: str):
+async def redis_server(workdir: Path, *args: str) -> AsyncIterator[asyncio.subprocess.Process]:
     """A redis-server (or sentinel) process for one test, stopped at the end."""
     workdir.mkdir(parents=True, exist_ok=True)
     proc = await asyncio.create_subprocess_exec(
@@ -567,7 +598,9 @@ def tls_files(directory: Path) -> dict[str, Path]:
     return files
 
 
-async def test_tls_rediss_url(make_gateway, issuer, http, tmp_path):
+async def test_tls_rediss_url(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
     files = tls_files(tmp_path / "tls")
     port = free_port()
     url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={files['ca']}"
@@ -587,7 +620,10 @@ async def test_tls_rediss_url(make_gateway, issuer, http, tmp_path):
         await gw.stop()
 
 
-async def test_sentinel(make_gateway, issuer, http, redis_proc, tmp_path, prefix):
+async def test_sentinel(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, redis_proc: Any, tmp_path: Path,
+    prefix: str,
+) -> None:
     port = free_port()
     conf = tmp_path / "sentinel.conf"
     conf.write_text(f"port {port}\nsentinel monitor tg 127.0.0.1 {redis_proc.port} 1\n")
@@ -604,15 +640,17 @@ async def test_sentinel(make_gateway, issuer, http, redis_proc, tmp_path, prefix
             await gw.stop()
 
 
-async def test_cluster_keys_share_one_hash_slot(make_gateway, issuer, http, tmp_path):
+async def test_cluster_keys_share_one_hash_slot(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
     port = free_port()
     async with redis_server(tmp_path / "cluster", "--port", str(port), "--cluster-enabled", "yes",
                             "--cluster-port", str(free_port()),  # the default (port + 10000) may not exist
                             "--cluster-config-file", str(tmp_path / "nodes.conf"), "--save", ""):
         node = Redis(port=port)
         await ping_until_up(node)
-        await node.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
-        await until_async(lambda: node.execute_command("CLUSTER", "INFO"), lambda info: b"cluster_state:ok" in info)
+        await node.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)  # type: ignore[no-untyped-call]
+        await until_async(lambda: node.execute_command("CLUSTER", "INFO"), lambda info: b"cluster_state:ok" in info)  # type: ignore[no-untyped-call]
         url = f"redis://127.0.0.1:{port}/0"
         revocation_config = {"redis_url": url, "cluster": True, "key_prefix": "gateway:revoked:"}
         a = await make_gateway(revocation=revocation_config)
@@ -627,12 +665,12 @@ async def test_cluster_keys_share_one_hash_slot(make_gateway, issuer, http, tmp_
         keys = await node.keys("*")
         assert sorted(keys) == [b"{gateway:revoked:}stream", f"{{gateway:revoked:}}v2:jti:{issuer.issuer}|cluster-jti"
                                 .encode(), b"{gateway:revoked:}v2:subject:*|nobody-here"]
-        slots = {await node.execute_command("CLUSTER", "KEYSLOT", key) for key in keys}
+        slots = {await node.execute_command("CLUSTER", "KEYSLOT", key) for key in keys}  # type: ignore[no-untyped-call]
         assert len(slots) == 1
         await node.aclose()
 
 
-async def until_async(fetch, condition, within: float = 5.0) -> None:
+async def until_async(fetch: Callable[[], Awaitable[T]], condition: Callable[[T], bool], within: float = 5.0) -> None:
     deadline = time.monotonic() + within
     while not condition(await fetch()):
         assert time.monotonic() < deadline, "condition not met in time"

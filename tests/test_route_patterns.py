@@ -1,4 +1,4 @@
-"""Issue 18, policy conveniences: ``path_regex`` and ``path_glob`` routes.
+"""``path_regex`` and ``path_glob`` routes.
 
 Compiled when the configuration loads (errors name file, line and key), matched with RE2 (linear
 time, whatever the pattern), anchored, against the normalised path only. The end-to-end tests go
@@ -16,8 +16,7 @@ from gateway.config import ConfigError, RouteConfig, parse_config
 from gateway.demo import DemoIssuer, EchoUpstream
 from gateway.path_patterns import MAX_PATTERN, PatternError, compile_glob, compile_regex, glob_expression
 from gateway.routing import RouteTable
-from tests.conftest import GatewayFactory, bearer
-from tests.helpers import MINIMAL_CONFIG, raw_request
+from tests.helpers import MINIMAL_CONFIG, GatewayFactory, bearer, raw_request
 
 ROUTES = [
     {"name": "admin", "path_regex": "/api/v[0-9]+/admin(/.*)?", "methods": ["GET"], "upstream": "orders",
@@ -62,13 +61,13 @@ def route_of(path: str) -> str | None:
     ("/shout/LOUD", "shout"),  # case_insensitive folds both sides
     ("/SHOUT", "shout"),
 ])
-def test_patterns_match_whole_normalised_paths(path: str, expected: str):
+def test_patterns_match_whole_normalised_paths(path: str, expected: str) -> None:
     assert route_of(path) == expected
 
 
 async def test_gateway_matches_the_normalised_path_only(
     make_gateway: GatewayFactory, issuer: DemoIssuer, upstream: EchoUpstream
-):
+) -> None:
     gw = await make_gateway(routes=ROUTES)
     weak = bearer(issuer.mint(scope="orders:read"))
     # every spelling of /api/v1/admin reaches the protected route, never the public one
@@ -88,7 +87,7 @@ async def test_gateway_matches_the_normalised_path_only(
     assert response.status == 200 and json.loads(response.body)["path"] == "/api/v3/admin/x"
 
 
-async def test_named_groups_feed_claims_rules(make_gateway: GatewayFactory, issuer: DemoIssuer):
+async def test_named_groups_feed_claims_rules(make_gateway: GatewayFactory, issuer: DemoIssuer) -> None:
     gw = await make_gateway(routes=ROUTES)
     token = bearer(issuer.mint(tenant="acme"))
     assert (await raw_request(gw.url, "/tenants/acme/orders", headers=token)).status == 200
@@ -96,7 +95,7 @@ async def test_named_groups_feed_claims_rules(make_gateway: GatewayFactory, issu
     assert response.status == 403 and json.loads(response.body)["reason"] == "rule_failed"
 
 
-def test_catastrophic_patterns_run_in_linear_time():
+def test_catastrophic_patterns_run_in_linear_time() -> None:
     # with Python's re, (a+)+$ against "aaaa...b" backtracks for ages; RE2 has no backtracking
     pattern = compile_regex("/(a+)+$")
     hostile = "/" + "a" * 50_000 + "b"
@@ -109,7 +108,7 @@ def test_catastrophic_patterns_run_in_linear_time():
     assert time.perf_counter() - started < 0.5
 
 
-def test_glob_translation():
+def test_glob_translation() -> None:
     assert glob_expression("/a/*.json") == "/a/[^/]*\\.json"
     assert glob_expression("/a/**") == "/a(?:/[^/]*)*"
     assert compile_glob("/a/(x)+[y]{2}").matches("/a/(x)+[y]{2}")  # regex characters are literal in a glob
@@ -139,13 +138,13 @@ def problems_of(text: str) -> list[str]:
     ("path_glob", "'/a/b**'", "gw.yaml:10: routes[0].path_glob: path_glob '/a/b**': ** must be a whole segment"),
     ("path_glob", "'a/*'", "gw.yaml:10: routes[0].path_glob: path_glob must start with /"),
 ])
-def test_bad_patterns_are_configuration_errors(key: str, value: str, expected: str):
+def test_bad_patterns_are_configuration_errors(key: str, value: str, expected: str) -> None:
     text = MINIMAL_CONFIG.replace("    path: /r\n", "") + f"    {key}: {value}\n"
     problems = problems_of(text)
     assert any(p.startswith(expected) for p in problems), problems
 
 
-def test_one_path_kind_per_route():
+def test_one_path_kind_per_route() -> None:
     text = MINIMAL_CONFIG + "    path_glob: /r/*\n"
     assert "gw.yaml:8: routes[0]: a route needs exactly one of path, path_prefix, path_regex or path_glob" \
         in problems_of(text)
@@ -153,7 +152,7 @@ def test_one_path_kind_per_route():
     assert any("case_insensitive does not apply to path_regex: write (?i)" in p for p in problems_of(text))
 
 
-def test_a_regex_can_ignore_case_itself():
+def test_a_regex_can_ignore_case_itself() -> None:
     compiled = RouteTable([route(path_regex="(?i)/admin/.*")])
     assert compiled.match("h", "GET", "/ADMIN/x").route is not None
     assert compiled.match("h", "GET", "/admin").route is None

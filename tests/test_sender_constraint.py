@@ -43,8 +43,16 @@ from gateway.tokens.dpop import (
     sign_proof,
 )
 from gateway.workers import shared_secrets
-from tests.conftest import AUDIENCE, GatewayFactory, RunningGateway, base_config
-from tests.helpers import MINIMAL_CONFIG, free_port, metric, raw_request
+from tests.helpers import (
+    AUDIENCE,
+    MINIMAL_CONFIG,
+    GatewayFactory,
+    RunningGateway,
+    base_config,
+    free_port,
+    metric,
+    raw_request,
+)
 from tests.test_middleware import middleware_config, orders_app
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""Issue 18, policy conveniences: templated issuers for multi-tenant authorization servers.
+"""Templated issuers for multi-tenant authorization servers.
 
 One HTTP server on 127.0.0.1 plays a multi-tenant authorization server (Entra ID style,
 ``/{tenant}/v2.0``): each tenant is a real ``DemoIssuer`` with its own signing keys, discovery
@@ -23,8 +23,7 @@ from gateway.config import ConfigError, parse_config
 from gateway.demo import DemoIssuer
 from gateway.revocation.api import factory_for
 from gateway.tokens.issuer_pattern import IssuerTemplate, issuer_map
-from tests.conftest import AUDIENCE, GatewayFactory, RunningGateway, bearer
-from tests.helpers import MINIMAL_CONFIG, metric
+from tests.helpers import AUDIENCE, MINIMAL_CONFIG, GatewayFactory, RunningGateway, bearer, metric
 
 TENANTS = ("acme", "globex", "initech")
 
@@ -79,7 +78,7 @@ async def status(http: aiohttp.ClientSession, gw: RunningGateway, token: str, pa
 
 async def test_allowed_tenants_each_with_their_own_keys(
     make_gateway: GatewayFactory, server: TenantServer, http: aiohttp.ClientSession
-):
+) -> None:
     gw = await make_gateway(issuers=[templated(server, tenants=["acme", "globex"])])
     assert all(server.calls(t) == 0 for t in TENANTS)  # nothing fetched before a tenant's first token
     acme, globex = server.tenants["acme"], server.tenants["globex"]
@@ -99,7 +98,7 @@ async def test_allowed_tenants_each_with_their_own_keys(
 
 async def test_a_tenants_keys_never_verify_another_tenants_token(
     make_gateway: GatewayFactory, server: TenantServer, http: aiohttp.ClientSession
-):
+) -> None:
     gw = await make_gateway(issuers=[templated(server, tenants=["acme", "globex"])])
     acme, globex = server.tenants["acme"], server.tenants["globex"]
     assert await status(http, gw, acme.mint()) == (200, "allowed")
@@ -121,7 +120,7 @@ async def test_a_tenants_keys_never_verify_another_tenants_token(
 ])
 async def test_hostile_issuers_never_reach_the_server(
     make_gateway: GatewayFactory, server: TenantServer, http: aiohttp.ClientSession, iss: str
-):
+) -> None:
     gw = await make_gateway(issuers=[templated(server, tenant_claim="tid")])
     acme = server.tenants["acme"]
     issuer = iss.format(base=server.base)
@@ -132,7 +131,7 @@ async def test_hostile_issuers_never_reach_the_server(
 
 async def test_tenant_claim_must_name_the_tenant(
     make_gateway: GatewayFactory, server: TenantServer, http: aiohttp.ClientSession
-):
+) -> None:
     gw = await make_gateway(issuers=[templated(server, tenant_claim="tid")])
     acme, globex = server.tenants["acme"], server.tenants["globex"]
     assert await status(http, gw, acme.mint(tid="acme")) == (200, "allowed")
@@ -144,7 +143,7 @@ async def test_tenant_claim_must_name_the_tenant(
 
 async def test_unknown_tenants_cost_a_bounded_number_of_calls(
     make_gateway: GatewayFactory, server: TenantServer, http: aiohttp.ClientSession
-):
+) -> None:
     """With only a claim check, any tenant name can come: the first tokens of new tenants are
     discovered from a bucket, and a tenant that failed is not asked again for a while."""
     gw = await make_gateway(issuers=[templated(server, tenant_claim="tid", jwks_refetch_burst=2,
@@ -164,18 +163,20 @@ async def test_unknown_tenants_cost_a_bounded_number_of_calls(
 
 async def test_least_recently_used_tenants_give_way(
     make_gateway: GatewayFactory, server: TenantServer, http: aiohttp.ClientSession
-):
+) -> None:
     gw = await make_gateway(issuers=[templated(server, tenants=list(TENANTS), max_tenants=2, jwks_refetch_burst=10)])
     acme, globex, initech = (server.tenants[t] for t in TENANTS)
     for demo in (acme, globex, acme, initech):  # globex is the least recently used when initech comes
         assert await status(http, gw, demo.mint()) == (200, "allowed")
-    [template] = gw.gateway.pipeline.validator.templates  # type: ignore[union-attr]
+    [template] = gw.pipeline.validator.templates
     assert template.tenants == [acme.issuer, initech.issuer]
     assert await status(http, gw, globex.mint()) == (200, "allowed")  # discovered again
     assert globex.calls["jwks"] == 2 and acme.calls["jwks"] == 1
 
 
-async def test_rotation_is_per_tenant(make_gateway: GatewayFactory, server: TenantServer, http: aiohttp.ClientSession):
+async def test_rotation_is_per_tenant(
+    make_gateway: GatewayFactory, server: TenantServer, http: aiohttp.ClientSession
+) -> None:
     gw = await make_gateway(issuers=[templated(server, tenants=["acme", "globex"])])
     acme, globex = server.tenants["acme"], server.tenants["globex"]
     assert await status(http, gw, acme.mint()) == (200, "allowed")
@@ -190,7 +191,7 @@ async def test_rotation_is_per_tenant(make_gateway: GatewayFactory, server: Tena
 
 async def test_route_issuers_name_the_template_or_one_tenant(
     make_gateway: GatewayFactory, server: TenantServer, http: aiohttp.ClientSession
-):
+) -> None:
     acme, globex = server.tenants["acme"], server.tenants["globex"]
     routes = [
         {"name": "all-tenants", "path": "/orders", "methods": ["GET"], "upstream": "orders",
@@ -206,7 +207,7 @@ async def test_route_issuers_name_the_template_or_one_tenant(
 
 async def test_the_templates_sender_constraint_applies_to_its_tenants(
     make_gateway: GatewayFactory, server: TenantServer, http: aiohttp.ClientSession
-):
+) -> None:
     gw = await make_gateway(issuers=[templated(server, tenants=["acme"], sender_constraint="dpop")])
     assert await status(http, gw, server.tenants["acme"].mint()) == (401, "sender_constraint_required")
 
@@ -214,7 +215,7 @@ async def test_the_templates_sender_constraint_applies_to_its_tenants(
 async def test_revocation_entries_name_the_concrete_issuer(
     make_gateway: GatewayFactory, server: TenantServer, http: aiohttp.ClientSession,
     monkeypatch: pytest.MonkeyPatch,
-):
+) -> None:
     secret = "tenant-test-" + uuid.uuid4().hex
     monkeypatch.setenv("GATEWAY_ADMIN_SECRET", secret)
     gw = await make_gateway(issuers=[templated(server, tenants=["acme", "globex"], max_token_lifetime="2h")])
@@ -238,7 +239,7 @@ async def test_revocation_entries_name_the_concrete_issuer(
 # --- matching and configuration, without a server ------------------------------------------
 
 
-def test_template_matching():
+def test_template_matching() -> None:
     path = IssuerTemplate.of("https://login.example.com/{tenant}/v2.0", ["contoso"])
     assert path.tenant_of("https://login.example.com/contoso/v2.0") == "contoso"
     assert path.trusted_tenant("https://login.example.com/fabrikam/v2.0") is None  # not on the list
@@ -294,12 +295,12 @@ def config_with(issuer_lines: str, route_lines: str = "") -> str:
      "  - issuer: https://login.example/common\n    audiences: [api]\n",
      "gw.yaml:5: issuers[1].issuer: https://login.example/common is also a tenant of the templated issuer"),
 ])
-def test_template_configuration_errors(issuer_lines: str, expected: str):
+def test_template_configuration_errors(issuer_lines: str, expected: str) -> None:
     problems = problems_of(config_with(issuer_lines))
     assert any(p.startswith(expected) for p in problems), problems
 
 
-def test_route_issuers_may_name_a_trusted_tenant():
+def test_route_issuers_may_name_a_trusted_tenant() -> None:
     lines = "  - issuer: https://login.example/{tenant}/v2.0\n    audiences: [api]\n    tenants: [acme]\n"
     ok = parse_config(config_with(lines, "    issuers: ['https://login.example/{tenant}/v2.0', "
                                          "https://login.example/acme/v2.0]\n"), "gw.yaml")

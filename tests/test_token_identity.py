@@ -1,4 +1,4 @@
-"""Issue 11, item 13: one token, one revocation identity.
+"""One token, one revocation identity.
 
 An ECDSA signature stays valid when ``s`` is replaced by ``n - s``, and a base64url
 signature segment stays decodable with ``=`` padding appended: each gives another token
@@ -28,15 +28,14 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from gateway.audit.incident import Target, collect
-from gateway.audit.incident_revoke import apply_revocation, plan_revocation
-from gateway.audit.query import Query, select
 from gateway.cli import main as cli_main
-from gateway.demo import DemoIssuer, SigningKey
+from gateway.demo import DemoIssuer, EchoUpstream, SigningKey
+from gateway.forensics.incident import Target, collect
+from gateway.forensics.query import Query, select
+from gateway.forensics.revoke import apply_revocation, plan_revocation
 from gateway.revocation.api import factory_for
 from gateway.tokens.token import cache_key, fingerprint, signing_input
-from tests.conftest import AUDIENCE, base_config, bearer
-from tests.helpers import metric
+from tests.helpers import AUDIENCE, GatewayFactory, base_config, bearer, metric
 
 # the group orders of P-256 and P-384 (SEC 2, FIPS 186-4 D.1.2)
 ORDERS = {
@@ -108,7 +107,7 @@ def admin_secret(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.mark.parametrize("alg", ["ES256", "ES384"])
-def test_an_ecdsa_twin_is_another_string_that_verifies_with_the_same_identity(ec_issuer, alg):
+def test_an_ecdsa_twin_is_another_string_that_verifies_with_the_same_identity(ec_issuer: DemoIssuer, alg: str) -> None:
     key = key_of(ec_issuer, alg)
     token = ec_issuer.mint(key=key)
     twin = ecdsa_twin(token, alg)
@@ -121,7 +120,7 @@ def test_an_ecdsa_twin_is_another_string_that_verifies_with_the_same_identity(ec
     assert cache_key(token) == hashlib.sha256(token.encode()).hexdigest()
 
 
-def test_a_padded_twin_has_the_same_identity(issuer):
+def test_a_padded_twin_has_the_same_identity(issuer: DemoIssuer) -> None:
     token = issuer.mint(key=key_of(issuer, "RS256"))
     assert fingerprint(padded_twin(token)) == fingerprint(token)
     assert cache_key(padded_twin(token)) != cache_key(token)
@@ -141,12 +140,12 @@ def test_a_padded_twin_has_the_same_identity(issuer):
         "..",
     ],
 )
-def test_anything_but_a_jws_is_fingerprinted_whole(opaque):
+def test_anything_but_a_jws_is_fingerprinted_whole(opaque: str) -> None:
     assert signing_input(opaque) is None
     assert fingerprint(opaque) == hashlib.sha256(opaque.encode()).hexdigest() == cache_key(opaque)
 
 
-def test_opaque_tokens_sharing_two_segments_keep_apart():
+def test_opaque_tokens_sharing_two_segments_keep_apart() -> None:
     assert fingerprint("ory_at_x.y.one") != fingerprint("ory_at_x.y.two")
     assert fingerprint("e30.p.one") == fingerprint("e30.p.two")  # {} is a JSON object: a JWS header
 
@@ -155,7 +154,9 @@ def test_opaque_tokens_sharing_two_segments_keep_apart():
 
 
 @pytest.mark.parametrize("alg", ["ES256", "ES384"])
-async def test_twins_pass_alike_and_are_audited_under_one_fingerprint(make_gateway, ec_issuer, http, alg):
+async def test_twins_pass_alike_and_are_audited_under_one_fingerprint(
+    make_gateway: GatewayFactory, ec_issuer: DemoIssuer, http: aiohttp.ClientSession, alg: str
+) -> None:
     gw = await make_gateway(issuers=issuer_entries(ec_issuer))
     token = ec_issuer.mint(key=key_of(ec_issuer, alg), jti=None)
     twin = ecdsa_twin(token, alg)
@@ -218,8 +219,10 @@ REVOCATION_PATHS = {
 @pytest.mark.parametrize("path", sorted(REVOCATION_PATHS))
 @pytest.mark.parametrize("revoked", ["original", "twin"])
 async def test_revoking_one_encoding_revokes_its_twin(
-    make_gateway, ec_issuer, upstream, http, admin_secret, tmp_path, alg, path, revoked
-):
+    make_gateway: GatewayFactory, ec_issuer: DemoIssuer, upstream: EchoUpstream, http: aiohttp.ClientSession,
+    admin_secret: str,
+    tmp_path: Path, alg: str, path: str, revoked: str,
+) -> None:
     entries = issuer_entries(ec_issuer)
     gw = await make_gateway(issuers=entries)
     responder_config = tmp_path / "responder.yaml"  # what a responder's `gateway revoke` reads
@@ -238,9 +241,11 @@ async def test_revoking_one_encoding_revokes_its_twin(
     assert await status(http, gw, ec_issuer.mint(key=key_of(ec_issuer, alg))) == (200, "allowed")  # only that one
 
 
-async def test_a_revocation_evicts_the_cached_twin(make_gateway, ec_issuer, http):
+async def test_a_revocation_evicts_the_cached_twin(
+    make_gateway: GatewayFactory, ec_issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     gw = await make_gateway(issuers=issuer_entries(ec_issuer))
-    cache = gw.gateway.pipeline.validator.cache
+    cache = gw.pipeline.validator.cache
     token = ec_issuer.mint(key=key_of(ec_issuer, "ES256"))
     twin = ecdsa_twin(token, "ES256")
     assert await status(http, gw, twin) == (200, "allowed")
@@ -253,7 +258,9 @@ async def test_a_revocation_evicts_the_cached_twin(make_gateway, ec_issuer, http
 
 
 @pytest.mark.parametrize("alg", ALGORITHMS)
-async def test_a_forged_signature_over_a_cached_token_is_refused(make_gateway, ec_issuer, http, alg):
+async def test_a_forged_signature_over_a_cached_token_is_refused(
+    make_gateway: GatewayFactory, ec_issuer: DemoIssuer, http: aiohttp.ClientSession, alg: str
+) -> None:
     gw = await make_gateway(issuers=issuer_entries(ec_issuer))
     token = ec_issuer.mint(key=key_of(ec_issuer, alg))
     assert await status(http, gw, token) == (200, "allowed")
@@ -275,7 +282,9 @@ async def test_a_forged_signature_over_a_cached_token_is_refused(make_gateway, e
     assert await status(http, gw, token) == (200, "allowed")
 
 
-async def test_a_twin_is_verified_on_its_own(make_gateway, ec_issuer, http):
+async def test_a_twin_is_verified_on_its_own(
+    make_gateway: GatewayFactory, ec_issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     gw = await make_gateway(issuers=issuer_entries(ec_issuer))
     token = ec_issuer.mint(key=key_of(ec_issuer, "ES256"))
     before = metric("gateway_token_validations_total", issuer=ec_issuer.issuer, result="valid")
@@ -284,7 +293,9 @@ async def test_a_twin_is_verified_on_its_own(make_gateway, ec_issuer, http):
     assert metric("gateway_token_validations_total", issuer=ec_issuer.issuer, result="valid") == before + 2
 
 
-async def test_an_introspected_jwt_answer_is_not_reused_for_its_twin(make_gateway, ec_issuer, http):
+async def test_an_introspected_jwt_answer_is_not_reused_for_its_twin(
+    make_gateway: GatewayFactory, ec_issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     """The authorization server judged one string; a twin is asked about again (and is unknown there)."""
     introspection = {"endpoint": f"{ec_issuer.issuer}/introspect", "client_id": "gateway",
                      "client_secret": "gateway-secret"}
@@ -298,7 +309,9 @@ async def test_an_introspected_jwt_answer_is_not_reused_for_its_twin(make_gatewa
     assert ec_issuer.calls["introspect"] == 2
 
 
-async def test_a_fingerprint_entry_over_the_whole_jwt_still_revokes_that_exact_token(make_gateway, ec_issuer, http):
+async def test_a_fingerprint_entry_over_the_whole_jwt_still_revokes_that_exact_token(
+    make_gateway: GatewayFactory, ec_issuer: DemoIssuer, http: aiohttp.ClientSession
+) -> None:
     """Entries written before identities hashed ``header.payload`` hashed the whole token: they keep working."""
     gw = await make_gateway(issuers=issuer_entries(ec_issuer))
     token = ec_issuer.mint(key=key_of(ec_issuer, "ES256"), jti=None, sid=None)

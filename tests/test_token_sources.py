@@ -1,4 +1,4 @@
-"""Issue 18, policy conveniences: a route's ``token_source`` (a named cookie or a custom header).
+"""A route's ``token_source`` (a named cookie or a custom header).
 
 Real issuer, real echo upstream, real sockets (raw requests where aiohttp's client would merge or
 refuse what a hostile client sends); the decision port is asked as Traefik asks.
@@ -21,8 +21,7 @@ from gateway.demo import DemoIssuer, EchoUpstream
 from gateway.middleware import TOKEN_KEY, setup_tokengate
 from gateway.reasons import Reason
 from gateway.token_source import cookie_values, source_token, without_cookie
-from tests.conftest import AUDIENCE, GatewayFactory, RunningGateway, bearer
-from tests.helpers import MINIMAL_CONFIG, raw_request
+from tests.helpers import AUDIENCE, MINIMAL_CONFIG, GatewayFactory, RunningGateway, bearer, raw_request
 from tests.test_forward_auth import traefik_headers
 from tests.test_middleware import UNUSED_UPSTREAM
 
@@ -48,7 +47,7 @@ async def get(gw: RunningGateway, path: str, headers: dict[str, str] | None = No
 
 async def test_cookie_token_passes_and_stays_at_the_gateway(
     sources_gw: RunningGateway, issuer: DemoIssuer, upstream: EchoUpstream
-):
+) -> None:
     token = issuer.mint()
     status, seen = await get(sources_gw, "/app/x", {"Cookie": f"theme=dark; at={token}; lang=en"})
     assert status == 200
@@ -63,7 +62,7 @@ async def test_cookie_token_passes_and_stays_at_the_gateway(
 
 async def test_custom_header_token_passes_and_is_stripped(
     sources_gw: RunningGateway, issuer: DemoIssuer
-):
+) -> None:
     token = issuer.mint()
     status, seen = await get(sources_gw, "/api/x", {"X-Api-Token": token})
     assert status == 200
@@ -73,7 +72,7 @@ async def test_custom_header_token_passes_and_is_stripped(
     assert status == 200 and "X_Api_Token" not in seen["headers"]
 
 
-async def test_authorization_alone_still_works_on_those_routes(sources_gw: RunningGateway, issuer: DemoIssuer):
+async def test_authorization_alone_still_works_on_those_routes(sources_gw: RunningGateway, issuer: DemoIssuer) -> None:
     for path in ("/app/x", "/api/x"):
         status, _ = await get(sources_gw, path, bearer(issuer.mint()))
         assert status == 200
@@ -91,7 +90,7 @@ async def test_authorization_alone_still_works_on_those_routes(sources_gw: Runni
 async def test_two_ways_at_once_is_400(
     sources_gw: RunningGateway, issuer: DemoIssuer, upstream: EchoUpstream, path: str, headers: dict[str, str],
     lines: list[str],
-):
+) -> None:
     token = issuer.mint()
     filled = {name: value.format(t=token) for name, value in headers.items()}
     response = await raw_request(sources_gw.url, path.format(t=token), headers=filled,
@@ -102,35 +101,35 @@ async def test_two_ways_at_once_is_400(
 
 
 @pytest.mark.parametrize("value", ["a b", "<script>", "tok%20en", '"unterminated', "x,y"])
-async def test_malformed_values_are_400(sources_gw: RunningGateway, upstream: EchoUpstream, value: str):
+async def test_malformed_values_are_400(sources_gw: RunningGateway, upstream: EchoUpstream, value: str) -> None:
     for path, headers in (("/app/x", {"Cookie": f"at={value}"}), ("/api/x", {"X-Api-Token": value})):
         status, body = await get(sources_gw, path, headers)
         assert (status, body["reason"]) == (400, "malformed_token"), (path, value)
     assert upstream.requests == []
 
 
-async def test_empty_or_absent_is_no_token(sources_gw: RunningGateway):
+async def test_empty_or_absent_is_no_token(sources_gw: RunningGateway) -> None:
     for path, headers in (("/app/x", {"Cookie": "at="}), ("/app/x", {"Cookie": "other=1"}),
                           ("/api/x", {"X-Api-Token": ""}), ("/api/x", {})):
         status, body = await get(sources_gw, path, headers)
         assert (status, body["reason"]) == (401, "missing_token")
 
 
-async def test_default_routes_read_authorization_only(sources_gw: RunningGateway, issuer: DemoIssuer):
+async def test_default_routes_read_authorization_only(sources_gw: RunningGateway, issuer: DemoIssuer) -> None:
     token = issuer.mint()
     for headers in ({"Cookie": f"at={token}"}, {"X-Api-Token": token}):
         status, body = await get(sources_gw, "/orders", headers)
         assert (status, body["reason"]) == (401, "missing_token")
 
 
-async def test_a_dpop_bound_token_from_a_cookie_is_unproven(sources_gw: RunningGateway, issuer: DemoIssuer):
+async def test_a_dpop_bound_token_from_a_cookie_is_unproven(sources_gw: RunningGateway, issuer: DemoIssuer) -> None:
     bound = issuer.mint(cnf={"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"})
     for path, headers in (("/app/x", {"Cookie": f"at={bound}"}), ("/api/x", {"X-Api-Token": bound})):
         status, body = await get(sources_gw, path, headers)
         assert (status, body["reason"]) == (401, "unproven_binding")
 
 
-async def test_invalid_cookie_token_is_refused_like_any_token(sources_gw: RunningGateway, issuer: DemoIssuer):
+async def test_invalid_cookie_token_is_refused_like_any_token(sources_gw: RunningGateway, issuer: DemoIssuer) -> None:
     other = DemoIssuer(audience=AUDIENCE)
     await other.start()
     try:
@@ -147,7 +146,7 @@ async def test_invalid_cookie_token_is_refused_like_any_token(sources_gw: Runnin
 
 async def test_decision_port_reads_the_original_cookie(
     make_gateway: GatewayFactory, issuer: DemoIssuer, http: aiohttp.ClientSession
-):
+) -> None:
     gw = await make_gateway(routes=ROUTES, decision_listen="127.0.0.1:0", decision_sources=["traefik"],
                             trusted_proxies=["127.0.0.1/32"])
     url = f"http://127.0.0.1:{gw.port('decision')}/"
@@ -161,7 +160,7 @@ async def test_decision_port_reads_the_original_cookie(
 
 async def test_middleware_handler_never_sees_the_token_cookie(
     aiohttp_client: Any, issuer: DemoIssuer, tmp_path: Path
-):
+) -> None:
     data = yaml.safe_load(MINIMAL_CONFIG)
     data["issuers"] = [{"issuer": issuer.issuer, "audiences": [AUDIENCE]}]
     data["upstreams"] = {"svc": {"url": UNUSED_UPSTREAM.url}}
@@ -190,7 +189,7 @@ async def test_middleware_handler_never_sees_the_token_cookie(
 # --- parsing, unit by unit -----------------------------------------------------------------
 
 
-def test_cookie_parsing_and_removal():
+def test_cookie_parsing_and_removal() -> None:
     assert cookie_values(["a=1; at=x; b=2", "at=y"], "at") == ["x", "y"]
     assert cookie_values(["xat=1; at_=2; AT=3"], "at") == []  # names match exactly (RFC 6265: case counts)
     assert without_cookie("a=1; at=x; b=2", frozenset({"at"})) == "a=1; b=2"
@@ -217,23 +216,23 @@ def problems_of(text: str) -> list[str]:
     ('{cookie: "a b"}', "gw.yaml:11: routes[0].token_source.cookie: 'a b' is not a cookie name"),
     ("{cookie: at, path: /}", "gw.yaml:11: routes[0].token_source.path: "),
 ])
-def test_token_source_configuration_errors(source: str, expected: str):
+def test_token_source_configuration_errors(source: str, expected: str) -> None:
     text = MINIMAL_CONFIG + f"    token_source: {source}\n"
     problems = problems_of(text)
     assert any(p.startswith(expected) for p in problems), problems
 
 
-def test_token_source_needs_a_token_route():
+def test_token_source_needs_a_token_route() -> None:
     text = MINIMAL_CONFIG + "    auth: none\n    token_source: {cookie: at}\n"
     assert any("a route with auth: none reads no token, so no token_source" in p for p in problems_of(text))
 
 
-def test_token_source_header_cannot_be_a_claim_header():
+def test_token_source_header_cannot_be_a_claim_header() -> None:
     text = MINIMAL_CONFIG + "    token_source: {header: X-Tenant}\nclaim_headers: {X-Tenant: tenant}\n"
     assert "gw.yaml:11: routes[0].token_source.header: X-Tenant is also a claim header: it cannot carry the token" \
         in problems_of(text)
 
 
-def test_reason_words():
+def test_reason_words() -> None:
     assert (Reason.AMBIGUOUS_TOKEN.status, Reason.AMBIGUOUS_TOKEN.error) == (400, "invalid_request")
     assert (Reason.MALFORMED_TOKEN.status, Reason.MALFORMED_TOKEN.value) == (400, "malformed_token")

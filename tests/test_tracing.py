@@ -29,8 +29,7 @@ from gateway.logs import JsonFormatter
 from gateway.middleware import setup_tokengate
 from gateway.tokens.dpop import ProofRequest, confirmation, sign_proof
 from gateway.tokens.token import fingerprint
-from tests.conftest import AUDIENCE, GatewayFactory, RunningGateway, bearer
-from tests.helpers import MINIMAL_CONFIG
+from tests.helpers import AUDIENCE, MINIMAL_CONFIG, GatewayFactory, RunningGateway, bearer
 from tests.otlp_receiver import GrpcReceiver, HttpReceiver, Span
 
 REPO = Path(__file__).resolve().parent.parent
@@ -449,7 +448,7 @@ async def test_middleware_mode_traces_the_policy_and_the_handler(
 ) -> None:
     from opentelemetry import trace as otel_trace
 
-    from tests.conftest import base_config
+    from tests.helpers import base_config
 
     data = base_config(issuer, upstream, tmp_path / "audit.jsonl")
     data["tracing"] = traced(receiver)
@@ -522,7 +521,8 @@ import asyncio, sys, yaml
 from gateway.config import parse_config
 from gateway.demo import EchoUpstream
 from gateway.runtime import Gateway
-from gateway.server import ProxyHandler, Server
+from gateway.proxy_handler import ProxyHandler
+from gateway.server import Server
 import aiohttp
 
 async def main():

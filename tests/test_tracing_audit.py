@@ -16,8 +16,7 @@ from click.testing import CliRunner
 from gateway.cli import main
 from gateway.demo import DemoIssuer
 from gateway.tracing import trace_link
-from tests.conftest import GatewayFactory, bearer
-from tests.helpers import MINIMAL_CONFIG
+from tests.helpers import MINIMAL_CONFIG, GatewayFactory, bearer
 from tests.otlp_receiver import HttpReceiver
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"

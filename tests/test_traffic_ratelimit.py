@@ -1,4 +1,4 @@
-"""Rate limits on the one decision path, through real gateways (issue 13).
+"""Rate limits on the one decision path, through real gateways.
 
 Two ``gateway serve`` processes share one limit over one real redis-server; a redis-server of
 the test's own is killed while the gateway limits; the ip limit is shown to refuse a flood of
@@ -30,8 +30,7 @@ from gateway.config import ConfigError, parse_config
 from gateway.demo import DemoIssuer, EchoUpstream
 from gateway.middleware import setup_tokengate
 from gateway.reasons import Reason
-from tests.conftest import AUDIENCE, GatewayFactory, base_config, bearer
-from tests.helpers import metric
+from tests.helpers import AUDIENCE, GatewayFactory, base_config, bearer, metric
 from tests.traffic_servers import GatewayProcess, OwnRedis, sample, scrape, start_gateway_process
 
 SUBJECT_LIMIT = {"key": "subject", "rate": "5/m"}

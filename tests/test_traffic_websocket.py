@@ -1,5 +1,5 @@
 """WebSocket and server-sent events through the real gateway proxy, and live connections that die
-with their token (issue 13).
+with their token.
 
 The upstream is a real aiohttp WebSocket echo and SSE server (tests/traffic_servers.py); the
 gateway runs in this process (``make_gateway``) or as ``gateway serve`` processes; tokens are
@@ -27,9 +27,8 @@ from gateway.demo import DemoIssuer, EchoUpstream
 from gateway.revocation import Revoker
 from gateway.revocation.entries import Entry, Kind
 from gateway.runtime import build_pipeline
-from gateway.traffic import encode_protocol_token
-from tests.conftest import GatewayFactory, RunningGateway, base_config, bearer
-from tests.helpers import metric, raw_request
+from gateway.ws_upgrade import encode_protocol_token
+from tests.helpers import GatewayFactory, RunningGateway, base_config, bearer, metric, raw_request
 from tests.traffic_servers import GatewayProcess, LiveUpstream, read_event, sample, scrape, start_gateway_process
 
 PREFIX = "base64url.bearer."

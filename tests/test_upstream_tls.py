@@ -1,4 +1,4 @@
-"""Issue 18, policy conveniences: TLS to upstreams (``https://`` URLs, ``upstreams.<name>.tls``).
+"""TLS to upstreams (``https://`` URLs, ``upstreams.<name>.tls``).
 
 A real TLS upstream on 127.0.0.1 with certificates made and signed in the test (tests/certs.py):
 verified against ``ca_file``, by the name in ``server_name`` (also the SNI it receives), with a
@@ -25,8 +25,7 @@ from gateway.config import ConfigError, UpstreamTLSConfig, parse_config
 from gateway.demo import DemoIssuer
 from gateway.upstream_tls import TLSFileProblem, client_context
 from tests.certs import NOW, Issued, issue, make_ca
-from tests.conftest import GatewayFactory, RunningGateway, bearer
-from tests.helpers import MINIMAL_CONFIG
+from tests.helpers import MINIMAL_CONFIG, GatewayFactory, RunningGateway, bearer
 
 
 @dataclass
@@ -120,7 +119,7 @@ async def call(gw: RunningGateway, issuer: DemoIssuer, http: aiohttp.ClientSessi
 async def test_verified_against_the_ca_file(
     make_gateway: GatewayFactory, tls_upstream: StartUpstream, pki: PKI, issuer: DemoIssuer,
     http: aiohttp.ClientSession,
-):
+) -> None:
     upstream = await tls_upstream()
     gw = await gateway_to(make_gateway, upstream.url, {"ca_file": str(pki.ca_file)})
     status, seen = await call(gw, issuer, http)
@@ -132,7 +131,7 @@ async def test_verified_against_the_ca_file(
 async def test_unverifiable_upstreams_get_nothing(
     make_gateway: GatewayFactory, tls_upstream: StartUpstream, pki: PKI, issuer: DemoIssuer,
     http: aiohttp.ClientSession, tmp_path: Path, caplog: pytest.LogCaptureFixture,
-):
+) -> None:
     other_ca = tmp_path / "other-ca.pem"
     other_ca.write_text(make_ca("Someone else").pem)
     trusted = await tls_upstream()
@@ -156,7 +155,7 @@ async def test_unverifiable_upstreams_get_nothing(
 async def test_server_name_overrides_sni_and_the_checked_name(
     make_gateway: GatewayFactory, tls_upstream: StartUpstream, pki: PKI, issuer: DemoIssuer,
     http: aiohttp.ClientSession,
-):
+) -> None:
     upstream = await tls_upstream(names=("orders.internal",))
     gw = await gateway_to(make_gateway, upstream.url, {"ca_file": str(pki.ca_file)})
     status, _ = await call(gw, issuer, http)
@@ -170,7 +169,7 @@ async def test_server_name_overrides_sni_and_the_checked_name(
 async def test_mutual_tls_to_the_upstream(
     make_gateway: GatewayFactory, tls_upstream: StartUpstream, pki: PKI, issuer: DemoIssuer,
     http: aiohttp.ClientSession,
-):
+) -> None:
     upstream = await tls_upstream(client_ca=pki.ca_file)
     gw = await gateway_to(make_gateway, upstream.url, {"ca_file": str(pki.ca_file)})
     status, body = await call(gw, issuer, http)
@@ -186,7 +185,7 @@ async def test_mutual_tls_to_the_upstream(
 async def test_minimum_version(
     make_gateway: GatewayFactory, tls_upstream: StartUpstream, pki: PKI, issuer: DemoIssuer,
     http: aiohttp.ClientSession,
-):
+) -> None:
     upstream = await tls_upstream(maximum=ssl.TLSVersion.TLSv1_2)
     gw = await gateway_to(make_gateway, upstream.url, {"ca_file": str(pki.ca_file), "minimum_version": "1.3"})
     status, _ = await call(gw, issuer, http)
@@ -205,19 +204,19 @@ def problems_of(text: str) -> list[str]:
 HTTPS = MINIMAL_CONFIG.replace("    url: http://127.0.0.1:9000\n", "    url: https://127.0.0.1:9000\n")
 
 
-def test_verification_cannot_be_turned_off():
+def test_verification_cannot_be_turned_off() -> None:
     [problem] = problems_of(HTTPS.replace("routes:", "    tls: {verify: false}\nroutes:"))
     assert problem.startswith("gw.yaml:7: upstreams.svc.tls.verify: certificate verification cannot be turned off")
 
 
-def test_tls_needs_https_and_a_full_client_pair(pki: PKI):
+def test_tls_needs_https_and_a_full_client_pair(pki: PKI) -> None:
     [problem] = problems_of(MINIMAL_CONFIG.replace("routes:", f"    tls: {{ca_file: {pki.ca_file}}}\nroutes:"))
     assert problem == "gw.yaml:5: upstreams.svc: tls: applies to an https:// url only"
     [problem] = problems_of(HTTPS.replace("routes:", f"    tls: {{certificate: {pki.ca_file}}}\nroutes:"))
     assert problem == "gw.yaml:7: upstreams.svc.tls: a client certificate needs both certificate and key"
 
 
-def test_tls_files_are_checked_when_loading(pki: PKI, tmp_path: Path):
+def test_tls_files_are_checked_when_loading(pki: PKI, tmp_path: Path) -> None:
     missing = tmp_path / "missing.pem"
     [problem] = problems_of(HTTPS.replace("routes:", f"    tls: {{ca_file: {missing}}}\nroutes:"))
     assert problem == f"gw.yaml:7: upstreams.svc.tls.ca_file: cannot read {missing}"
@@ -235,7 +234,7 @@ def test_tls_files_are_checked_when_loading(pki: PKI, tmp_path: Path):
     assert ok.upstreams["svc"].tls is not None and ok.upstreams["svc"].tls.server_name == "orders.internal"
 
 
-def test_client_context_is_strict(pki: PKI):
+def test_client_context_is_strict(pki: PKI) -> None:
     context = client_context(None)
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2

@@ -1,4 +1,4 @@
-"""WebSocket and SSE proxying and the live-connection registry (gateway/websocket.py).
+"""WebSocket and SSE proxying and the live-connection registry (gateway/websocket/).
 
 A real aiohttp WebSocket/SSE upstream and a tiny aiohttp app using the module run on
 127.0.0.1; clients are aiohttp's WebSocket and HTTP clients. The app authorises by looking the
@@ -79,7 +79,7 @@ async def start_upstream(state: UpstreamState) -> tuple[web.AppRunner, str]:
             elif msg.type is WSMsgType.BINARY:
                 await sock.send_bytes(msg.data[::-1])
             elif msg.type is WSMsgType.CLOSE:
-                state.closes.append((msg.data, msg.extra))
+                state.closes.append((int(msg.data), str(msg.extra)))
                 break
             else:
                 state.closes.append((-1, str(msg.type)))
@@ -225,7 +225,7 @@ async def until(condition: Any, within: float = 3.0) -> None:
 async def connect(
     client: aiohttp.ClientSession, gw: Gateway, raw: str, **kwargs: Any
 ) -> aiohttp.ClientWebSocketResponse:
-    sock = await client.ws_connect(f"{gw.url}/ws/ws", headers=bearer(raw), **kwargs)
+    sock: aiohttp.ClientWebSocketResponse = await client.ws_connect(f"{gw.url}/ws/ws", headers=bearer(raw), **kwargs)
     hello = await sock.receive(timeout=3)
     assert (hello.type, hello.data) == (WSMsgType.TEXT, "hello")
     return sock

@@ -1,7 +1,8 @@
-"""The audit trail: the record, its writer, queries over it, incident reports, live detection.
+"""The audit trail as it is written per request: the record, its writer and the shared field formats.
 
 The names below are loaded when first used, so that the offline commands (``gateway audit``,
-``gateway incident``) do not import the request path (the record's decision types, aiohttp).
+``gateway incident``, in ``gateway.forensics``) can read ``audit.fields`` without importing
+the request path (the record's decision types, aiohttp).
 """
 
 from __future__ import annotations

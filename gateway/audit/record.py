@@ -101,7 +101,7 @@ class Exchange:
     upstream_ms: float | None = None
     bytes_in: int = 0
     bytes_out: int = 0
-    # a WebSocket or long stream (websocket.py): how it ended; the record is written when it closes
+    # a WebSocket or long stream (gateway/websocket/): how it ended; the record is written when it closes
     connection: dict[str, Any] | None = None
     trace_id: str | None = None  # the request's trace and server span, while tracing is on (tracing/)
     span_id: str | None = None

@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 
 from .. import metrics
+from ..background import cancel_and_wait
 from ..config import AuditConfig
 from .fields import rfc3339
 from .record import escape_invalid
@@ -162,11 +163,8 @@ class AuditWriter:
 
     async def stop(self) -> None:
         """Write what is queued (waiting at most ``stall_timeout`` for a stuck sink), then close."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         try:
             await asyncio.wait_for(self._drain(), self.config.stall_timeout)
         except TimeoutError:

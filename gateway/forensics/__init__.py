@@ -6,8 +6,11 @@
 - ``archive``: inputs, gzip inflation, and which files a ``--since``/``--until`` window skips;
 - ``envelope``: records out of what log stores wrap them in (kubectl, Loki, Elasticsearch);
 - ``needles``: what a line must hold to be decoded, and the fast search for it;
-- ``times``: record and window times, as ``gateway audit`` reads them.
+- ``times``: record and window times, as ``gateway audit`` reads them;
+- on top of the engine: ``query`` (the filter), ``table``, ``incident`` (collect, text report),
+  ``reports`` (JSON, HTML), ``revoke`` (``incident --revoke``), ``progress`` and ``cli``.
 
-Imports only the standard library and orjson (and python-isal, StringZilla when installed),
-so that a command built on it starts in a tenth of a second.
+The engine imports only the standard library and orjson (and python-isal, StringZilla when
+installed), so that a command built on it starts in a tenth of a second; nothing here imports
+the request path (aiohttp, the configuration) except ``revoke``, loaded for ``--revoke`` only.
 """

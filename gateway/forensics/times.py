@@ -1,27 +1,27 @@
 """Times of audit records and of ``--since``/``--until``, as ``gateway audit`` reads them.
 
-The same rules as ``gateway.audit.query`` (kept here so that the scanning engine imports
-nothing but the standard library and orjson: ``gateway audit`` starts in a tenth of a
-second); ``tests/test_audit_scan.py`` holds the two to the same answers.
+The rules ``gateway.forensics.query`` uses (kept here so that the scanning engine imports
+nothing but the standard library, orjson and ``gateway.durations``: ``gateway audit`` starts
+in a tenth of a second); ``tests/test_audit_scan.py`` holds the two to the same answers.
 """
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
-_RELATIVE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+from ..durations import parse_duration
 
 
 def parse_time(value: str, now: datetime | None = None) -> datetime:
     """An RFC 3339 time (``2024-05-01T12:00:00Z``, a date alone means midnight UTC) or a
     relative one meaning "that long ago" (``90s``, ``30m``, ``2h``, ``7d``, ``1w``)."""
-    match = _RELATIVE.match(value)
-    if match:
-        now = now or datetime.now(UTC)
-        return now - timedelta(seconds=float(match.group(1)) * _RELATIVE_UNITS[match.group(2)])
+    try:
+        ago = parse_duration(value, unit_required=True)
+    except ValueError:
+        pass
+    else:
+        return (now or datetime.now(UTC)) - timedelta(seconds=ago)
     text = value.strip()
     if text[-1:] in ("z", "Z"):
         text = text[:-1] + "+00:00"

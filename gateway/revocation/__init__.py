@@ -6,8 +6,10 @@ Authorization servers written in Python revoke through ``Revoker`` (asyncio) or
 
 from .api import Revoker, SyncRevoker
 from .entries import ANY_ISSUER, Entry, Kind, Match, RevocationList
-from .schema import EntryFactory, IssuerNeeded, RevocationWriteError, Schema
-from .store import MemoryStore, RevocationStore
+from .entry_factory import EntryFactory, IssuerNeeded
+from .memory_store import MemoryStore
+from .schema import RevocationWriteError, Schema
+from .store import RevocationStore
 
 __all__ = [
     "ANY_ISSUER",

@@ -24,7 +24,8 @@ from typing import Any, Generic, TypeVar
 from ..config import GatewayConfig, RevocationConfig
 from ..tokens.issuer_pattern import issuer_map
 from .entries import Entry
-from .schema import DEFAULT_PREFIX, STREAM_MAXLEN, EntryFactory, Schema, write_entry, write_entry_sync
+from .entry_factory import EntryFactory
+from .schema import DEFAULT_PREFIX, STREAM_MAXLEN, Schema, write_entry, write_entry_sync
 
 When = float | int | str | datetime | None
 Result = TypeVar("Result")
@@ -123,7 +124,7 @@ class Revoker(_Revocations[Awaitable[Entry]]):
     def from_config(cls, config: GatewayConfig | RevocationConfig) -> Revoker:
         """A revoker for the Redis deployment of a gateway configuration (URL, Sentinel or Cluster),
         with its issuers: a call without ``issuer=`` means the only one, and an unknown issuer is refused."""
-        from .redis_store import connect
+        from .redis_client import connect
 
         revocation = config.revocation if isinstance(config, GatewayConfig) else config
         revoker = cls(client=connect(revocation, "cli", retries=2), key_prefix=revocation.key_prefix,

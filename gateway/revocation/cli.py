@@ -23,26 +23,17 @@ from typing import Any
 
 import click
 
+from ..cli_errors import ActionError, CommandError, UnavailableError
+from ..cli_options import target_options
 from .entries import ANY_ISSUER
-from .schema import EXPIRY_MARGIN, TARGETS, IssuerNeeded
-
-EXIT_NO_STORE = 2
-EXIT_FAILED = 3
-
-
-def _fail(message: str, status: int) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(status)
+from .entry_factory import EXPIRY_MARGIN, TARGETS, IssuerNeeded
 
 
 @click.command("revoke")
 @click.option("--config", "config_path", required=True, metavar="FILE", help="gateway YAML")  # missing or a dir: exit 1
-@click.option("--jti", help="revoke one token by its jti claim")
-@click.option("--token", help="revoke one raw token (hashed locally; '-' reads it from stdin)")
-@click.option("--fingerprint", help="revoke one token by its SHA-256 fingerprint (64 or 32 hex digits)")
-@click.option("--family", help="revoke a token family (the family_claim value, e.g. sid)")
-@click.option("--subject", help="revoke every token of this sub issued before --before")
-@click.option("--client", "client_id", help="revoke every token of this client_id issued before --before")
+@target_options(*TARGETS, notes={
+    "token": "'-' reads it from standard input", "fingerprint": "64 hex digits, or the first 32",
+    "subject": "only those issued before --before", "client": "only those issued before --before"})
 @click.option("--issuer", help="whose tokens: a configured issuer, or '*' for every issuer (needed for --jti, "
               "--token, --fingerprint, --family when several issuers are configured; --subject, --client: "
               "default every issuer)")
@@ -51,26 +42,25 @@ def _fail(message: str, status: int) -> None:
 @click.option("--reason", default="", help="free text kept with the entry (no secrets)")
 @click.option("--admin-url", help="post to this gateway's admin port instead of Redis (in-memory lists)")
 def revoke(config_path: str, jti: str | None, token: str | None, fingerprint: str | None, family: str | None,
-           subject: str | None, client_id: str | None, issuer: str | None, before: str | None, ttl: float | None,
+           subject: str | None, client: str | None, issuer: str | None, before: str | None, ttl: float | None,
            reason: str, admin_url: str | None) -> None:
     """Revoke a token, a family, a subject or a client at every gateway replica."""
-    from ..cli import load_or_exit
+    from ..launch import load_or_exit
 
     given = {name: value for name, value in zip(
-        TARGETS, (jti, token, fingerprint, family, subject, client_id), strict=True) if value is not None}
+        TARGETS, (jti, token, fingerprint, family, subject, client), strict=True) if value is not None}
     if len(given) != 1:
-        _fail("name exactly one of --jti, --token, --fingerprint, --family, --subject, --client", 1)
+        raise CommandError("name exactly one of --jti, --token, --fingerprint, --family, --subject, --client")
     (target, value), = given.items()
     if target == "token" and value == "-":
         value = sys.stdin.readline().strip()
     config = load_or_exit(config_path)
     store = config.revocation
-    if admin_url is None and store.redis_url is None and store.sentinel is None:
-        _fail(
+    if admin_url is None and not store.shared:
+        raise UnavailableError(
             f"{config_path}: revocation.redis_url is not set, so each gateway keeps its revocation list in its "
             "own memory and nothing outside that process can change it. Set revocation.redis_url (shared list), "
-            "or pass --admin-url http://HOST:ADMIN_PORT to post this revocation to one running gateway.",
-            EXIT_NO_STORE,
+            "or pass --admin-url http://HOST:ADMIN_PORT to post this revocation to one running gateway."
         )
     from .api import factory_for
 
@@ -78,12 +68,10 @@ def revoke(config_path: str, jti: str | None, token: str | None, fingerprint: st
         entry = factory_for(config).build(target, value, issuer=issuer, before=before, ttl=ttl, reason=reason)
     except IssuerNeeded as exc:
         which = f"several issuers are configured ({', '.join(exc.issuers)})" if exc.issuers else "no issuer is set"
-        _fail(f"--{target}: {which}: choose whose tokens this revokes with --issuer ISSUER, or --issuer '*' for "
-              "every issuer", 1)
-        return
+        raise CommandError(f"--{target}: {which}: choose whose tokens this revokes with --issuer ISSUER, or "
+                           "--issuer '*' for every issuer") from None
     except ValueError as exc:
-        _fail(str(exc), 1)
-        return
+        raise CommandError(str(exc)) from None
     if admin_url is not None:
         body: dict[str, Any] = {target: value, "reason": reason}
         if target == "token":  # the raw token stays here: post its fingerprint and the lifetime computed here
@@ -97,7 +85,7 @@ def revoke(config_path: str, jti: str | None, token: str | None, fingerprint: st
         secret_env = config.admin.shared_secret_env
         secret = os.environ.get(secret_env) if secret_env else None
         if not secret:
-            _fail(f"--admin-url needs the admin shared secret in ${secret_env}", 1)
+            raise CommandError(f"--admin-url needs the admin shared secret in ${secret_env}")
         written = asyncio.run(_post(admin_url, body, str(secret)))
     else:
         written = asyncio.run(_write(config, entry))
@@ -111,7 +99,7 @@ async def _write(config: Any, entry: Any) -> dict[str, Any]:
     try:
         await revoker.revoke(entry)
     except Exception as exc:  # RevocationWriteError, redis errors, OSError
-        _fail(f"could not write to Redis: {type(exc).__name__}: {exc}", EXIT_FAILED)
+        raise ActionError(f"could not write to Redis: {type(exc).__name__}: {exc}") from None
     finally:
         await revoker.aclose()
     data: dict[str, Any] = entry.to_json()
@@ -128,9 +116,9 @@ async def _post(admin_url: str, body: dict[str, Any], secret: str) -> dict[str, 
         ) as resp:
             answer = await resp.json(content_type=None)
             if resp.status != 200:
-                _fail(f"{url} answered {resp.status}: {answer}", EXIT_FAILED)
+                raise ActionError(f"{url} answered {resp.status}: {answer}")
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        _fail(f"{url}: {type(exc).__name__}: {exc}", EXIT_FAILED)
+        raise ActionError(f"{url}: {type(exc).__name__}: {exc}") from None
     revoked: dict[str, Any] = answer["revoked"]
     return revoked
 

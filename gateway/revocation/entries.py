@@ -15,7 +15,7 @@ from enum import Enum
 from typing import Any
 
 from ..reasons import Reason
-from ..tokens.token import FINGERPRINT_PREFIX, ValidatedToken, sha256_hex
+from ..tokens.token import FINGERPRINT_PREFIX, ValidatedToken, sha256_hex, short_fingerprint
 
 
 class Kind(str, Enum):
@@ -25,6 +25,11 @@ class Kind(str, Enum):
     FAMILY = "family"
     SUBJECT = "subject"
     CLIENT = "client"
+
+    @property
+    def reason(self) -> Reason:
+        """The decision reason of a token an entry of this kind revokes."""
+        return _REASON_OF_KIND[self]
 
 
 class Match(str, Enum):
@@ -38,7 +43,7 @@ class Match(str, Enum):
     FINGERPRINT = "fingerprint"
 
 
-REASON_OF_KIND = {
+_REASON_OF_KIND = {
     Kind.TOKEN: Reason.REVOKED_TOKEN,
     Kind.FAMILY: Reason.REVOKED_FAMILY,
     Kind.SUBJECT: Reason.REVOKED_SUBJECT,
@@ -199,7 +204,7 @@ class RevocationList:
     def _revoked_as_presented(self, token: ValidatedToken, now: float) -> bool:
         """A fingerprint entry over the exact JWT string: what gateways before schema 2 wrote."""
         assert token.presented_hash is not None
-        short = token.presented_hash[:FINGERPRINT_PREFIX]
+        short = short_fingerprint(token.presented_hash)
         fingerprints = self._fingerprints
         own, anyone = fingerprints.get((token.issuer, short), _NEVER), fingerprints.get((ANY_ISSUER, short), _NEVER)
         return own > now or anyone > now
@@ -209,7 +214,7 @@ class RevocationList:
         that introspects is kept that way (``EntryFactory.jti``), since there the "jti" an
         integrator has is often the opaque token itself, which must never be stored."""
         assert token.jti is not None
-        short = (token.jti_hash or sha256_hex(token.jti))[:FINGERPRINT_PREFIX]
+        short = short_fingerprint(token.jti_hash or sha256_hex(token.jti))
         fingerprints = self._fingerprints
         own, anyone = fingerprints.get((token.issuer, short), _NEVER), fingerprints.get((ANY_ISSUER, short), _NEVER)
         return own > now or anyone > now
@@ -222,7 +227,7 @@ class RevocationList:
         if not (fingerprints or legacy):
             return False
         now = time.time() if now is None else now
-        short = fingerprint[:FINGERPRINT_PREFIX]
+        short = short_fingerprint(fingerprint)
         return (
             fingerprints.get((issuer, short), _NEVER) > now
             or fingerprints.get((ANY_ISSUER, short), _NEVER) > now
@@ -244,7 +249,7 @@ class RevocationList:
             if jtis.get((issuer, jti), _NEVER) > now or jtis.get((ANY_ISSUER, jti), _NEVER) > now:
                 return Reason.REVOKED_TOKEN
         if fingerprints:
-            short = token.fingerprint[:FINGERPRINT_PREFIX]
+            short = short_fingerprint(token.fingerprint)
             if fingerprints.get((issuer, short), _NEVER) > now or fingerprints.get((ANY_ISSUER, short), _NEVER) > now:
                 return Reason.REVOKED_TOKEN
             if token.presented_hash is not None and self._revoked_as_presented(token, now):
@@ -262,21 +267,10 @@ class RevocationList:
         if not (subjects or clients):
             return None
         issued = token.issued_at if token.issued_at is not None else 0.0
-        # written out rather than looped: this is the per-request path
-        if subjects and (sub := token.subject) is not None:
-            cutoff, expires = subjects.get((issuer, sub), _NO_CUTOFF)
-            if expires > now and issued < cutoff:
-                return Reason.REVOKED_SUBJECT
-            cutoff, expires = subjects.get((ANY_ISSUER, sub), _NO_CUTOFF)
-            if expires > now and issued < cutoff:
-                return Reason.REVOKED_SUBJECT
-        if clients and (client := token.client_id) is not None:
-            cutoff, expires = clients.get((issuer, client), _NO_CUTOFF)
-            if expires > now and issued < cutoff:
-                return Reason.REVOKED_CLIENT
-            cutoff, expires = clients.get((ANY_ISSUER, client), _NO_CUTOFF)
-            if expires > now and issued < cutoff:
-                return Reason.REVOKED_CLIENT
+        if subjects and (sub := token.subject) is not None and _cut_off(subjects, issuer, sub, issued, now):
+            return Reason.REVOKED_SUBJECT
+        if clients and (client := token.client_id) is not None and _cut_off(clients, issuer, client, issued, now):
+            return Reason.REVOKED_CLIENT
         return None
 
     def _legacy_match(self, token: ValidatedToken, now: float) -> bool:
@@ -284,7 +278,7 @@ class RevocationList:
         legacy, fingerprint = self._legacy, token.fingerprint
         return (
             legacy.get(fingerprint, _NEVER) > now
-            or legacy.get(fingerprint[:FINGERPRINT_PREFIX], _NEVER) > now
+            or legacy.get(short_fingerprint(fingerprint), _NEVER) > now
             or (token.jti is not None and legacy.get(token.jti, _NEVER) > now)
         )
 
@@ -326,3 +320,11 @@ class RevocationList:
             dropped += len(dead)
         return dropped
 
+
+def _cut_off(table: dict[Pair, tuple[float, float]], issuer: str, value: str, issued: float, now: float) -> bool:
+    """Whether a live cut-off entry for ``value`` (of ``issuer`` or of every issuer) postdates ``issued``."""
+    cutoff, expires = table.get((issuer, value), _NO_CUTOFF)
+    if expires > now and issued < cutoff:
+        return True
+    cutoff, expires = table.get((ANY_ISSUER, value), _NO_CUTOFF)
+    return expires > now and issued < cutoff

@@ -18,25 +18,19 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 import time
-from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import metrics
+from ..background import cancel_and_wait
 from ..config import RevocationConfig
 from ..reasons import Reason
 from ..tokens.token import ValidatedToken
 from .entries import Entry
-from .schema import (
-    STREAM_MAXLEN,
-    RevocationWriteError,
-    Schema,
-    decode,
-    stream_fields,
-    stream_id,
-    write_entry,
-)
+from .local_copy import LocalCopy, stamped
+from .redis_client import connect
+from .redis_stream import gap, stream_info, stream_messages
+from .schema import STREAM_MAXLEN, RevocationWriteError, Schema, decode, stream_fields, write_entry
 from .store import RevocationStore
 
 log = logging.getLogger("gateway.revocation")
@@ -47,7 +41,7 @@ SWEEP_INTERVAL = 30.0
 WRITE_TIMEOUT = 5.0  # an admin call gets its answer (503 when Redis is away) within this
 
 
-class RedisStore(RevocationStore):
+class RedisStore(LocalCopy, RevocationStore):
     """A RevocationStore whose list lives in Redis and is mirrored locally by every replica."""
 
     def __init__(self, config: RevocationConfig, stream_maxlen: int = STREAM_MAXLEN) -> None:
@@ -112,32 +106,35 @@ class RedisStore(RevocationStore):
             await asyncio.wait_for(self._first_attempt.wait(), timeout=10.0)
 
     async def stop(self) -> None:
+        """Stop the feed and the housekeeping, then close both connections."""
         self._stopping = True
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
         if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=1.0)
-            if pending and self._feed is not None:
-                # Python < 3.12's asyncio.wait_for (redis-py connects through it) can swallow a
-                # cancellation: closing the feed's sockets ends whatever it waits for
-                with contextlib.suppress(Exception):
-                    await self._feed.aclose()
-                _, pending = await asyncio.wait(pending, timeout=2.0)
-            for task in pending:
-                log.warning("revocation task did not stop", extra={"task": task.get_name()})
+            await self._stop_tasks(tasks)
         for client in (self._feed, self._redis):
             if client is not None:
                 with contextlib.suppress(Exception):
                     await client.aclose()
         self._set_up(False)
 
+    async def _stop_tasks(self, tasks: list[asyncio.Task[None]]) -> None:
+        stopping = asyncio.ensure_future(cancel_and_wait(*tasks))
+        done, _ = await asyncio.wait([stopping], timeout=1.0)
+        if not done and self._feed is not None:
+            # Python < 3.12's asyncio.wait_for (redis-py connects through it) can swallow a
+            # cancellation: closing the feed's sockets ends whatever it waits for
+            with contextlib.suppress(Exception):
+                await self._feed.aclose()
+            await asyncio.wait([stopping], timeout=2.0)
+        for task in tasks:
+            if not task.done():
+                log.warning("revocation task did not stop", extra={"task": task.get_name()})
+
     # --- writes ------------------------------------------------------------------------------
 
     async def revoke(self, entry: Entry) -> None:
         """Enforce here at once, then write the key and its notification for every other replica."""
-        if not entry.created_at:
-            entry = replace(entry, created_at=time.time())
+        entry = stamped(entry)
         self.apply(entry)
         if self._redis is None:
             raise RevocationWriteError("the Redis revocation store is not started")
@@ -185,7 +182,7 @@ class RedisStore(RevocationStore):
             {self.schema.stream_key: self.last_id}, count=READ_BATCH, block=self._block_ms
         )
         self._last_contact = time.monotonic()
-        for _stream, messages in _stream_messages(reply):
+        for _stream, messages in stream_messages(reply):
             now = time.time()
             for message_id, fields in messages:
                 self.last_id = message_id.decode() if isinstance(message_id, bytes) else str(message_id)
@@ -207,33 +204,12 @@ class RedisStore(RevocationStore):
     async def _catch_up(self) -> None:
         """Before reading on from ``last_id``: resync unless the stream still holds all that followed it."""
         self._next_check = time.monotonic() + self.config.resync_interval
-        info = await self._stream_info()
-        cause = self._gap(info)
+        info = await stream_info(self._redis, self.schema.stream_key)
+        cause = gap(info, self.last_id, self._seen_added)
         if cause is not None:
             await self.resync(cause)
         else:
             self._last_contact = time.monotonic()
-
-    def _gap(self, info: _StreamInfo | None) -> str | None:
-        """Why messages after ``last_id`` may be lost (the resync cause), or None when none can be."""
-        if info is None:
-            return "stream_missing" if self.last_id != "0-0" else None  # deleted, or Redis lost its data
-        ours = stream_id(self.last_id)
-        if stream_id(info.last_generated) < ours:
-            return "stream_reset"  # a failover or a restore rolled the stream back
-        if info.max_deleted is not None and stream_id(info.max_deleted) > ours:
-            return "trimmed"  # XDEL of a message we never read
-        if info.entries_added is not None and self._seen_added is not None:
-            if info.entries_added < self._seen_added:
-                return "stream_reset"  # recreated since we counted
-            unread = info.entries_added - self._seen_added
-            return "trimmed" if info.length < unread else None  # some unread messages are gone
-        # Redis < 7 (no entries-added): assume the worst when the oldest message left is newer than ours
-        if stream_id(info.last_generated) > ours and (
-            info.first_entry is None or stream_id(info.first_entry) > ours
-        ):
-            return "trimmed"
-        return None
 
     async def resync(self, cause: str = "manual") -> int:
         """Reload every key into the local copy, then follow the stream from where it stood.
@@ -241,7 +217,7 @@ class RedisStore(RevocationStore):
         The stream position is taken first, so a revocation written during the scan is
         applied at least once. Entries are only added (a resync never weakens the list).
         """
-        info = await self._stream_info()
+        info = await stream_info(self._redis, self.schema.stream_key)
         position = info.last_generated if info is not None else "0-0"
         seen_added = info.entries_added if info is not None else 0  # None on Redis < 7
         loaded = 0
@@ -280,24 +256,6 @@ class RedisStore(RevocationStore):
                 loaded += 1
         return loaded
 
-    async def _stream_info(self) -> _StreamInfo | None:
-        try:
-            info = await self._redis.xinfo_stream(self.schema.stream_key)
-        except Exception as exc:
-            if "no such key" in str(exc).lower():
-                return None
-            raise
-        first = info.get("first-entry")
-        max_deleted = info.get("max-deleted-entry-id")
-        added = info.get("entries-added")
-        return _StreamInfo(
-            last_generated=_text(info["last-generated-id"]),
-            length=int(info.get("length") or 0),
-            first_entry=_text(first[0]) if first else None,
-            max_deleted=_text(max_deleted) if max_deleted is not None else None,
-            entries_added=int(added) if added is not None else None,
-        )
-
     # --- housekeeping ------------------------------------------------------------------------
 
     async def _housekeeping(self) -> None:
@@ -315,83 +273,3 @@ class RedisStore(RevocationStore):
                 if dropped:
                     log.debug("revocation entries expired", extra={"dropped": dropped})
 
-
-@dataclass(frozen=True)
-class _StreamInfo:
-    last_generated: str
-    length: int
-    first_entry: str | None
-    max_deleted: str | None  # Redis >= 7
-    entries_added: int | None  # Redis >= 7
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _stream_messages(reply: Any) -> list[tuple[Any, list[tuple[Any, Any]]]]:
-    """XREAD's reply as (stream, messages) pairs, whether RESP2 (list) or RESP3 (dict) shaped."""
-    if not reply:
-        return []
-    if isinstance(reply, dict):
-        return [(name, list(messages)) for name, messages in reply.items()]
-    return [(name, list(messages)) for name, messages in reply]
-
-
-# --- connections ---------------------------------------------------------------------------------
-
-
-def client_name(role: str) -> str:
-    """CLIENT SETNAME of our connections: an operator (or a test) can find and kill them."""
-    return f"tokengate-revocation-{role}-{socket.gethostname()}-{os.getpid()}".replace(" ", "_")[:100]
-
-
-def connect(config: RevocationConfig, role: str = "rw", retries: int = 2) -> Any:
-    """A redis.asyncio client for the configured deployment: URL (redis:// or rediss://), Sentinel or Cluster."""
-    from redis.asyncio.retry import Retry
-    from redis.backoff import ExponentialBackoff, NoBackoff
-
-    retry = Retry(ExponentialBackoff(cap=0.5, base=0.02), retries) if retries else Retry(NoBackoff(), 0)
-    common: dict[str, Any] = {
-        "socket_connect_timeout": 2.0,
-        "socket_timeout": 5.0,
-        "client_name": client_name(role),
-        "retry": retry,
-    }
-    if config.sentinel is not None:
-        from redis.asyncio.connection import parse_url
-        from redis.asyncio.sentinel import Sentinel
-
-        # with Sentinel, redis_url only lends its credentials, db and TLS settings (rediss://...?ssl_ca_certs=)
-        url_kwargs: dict[str, Any] = dict(parse_url(config.redis_url)) if config.redis_url else {}
-        tls = bool(config.redis_url and config.redis_url.startswith("rediss://"))
-        tls_options = {k: v for k, v in url_kwargs.items() if k.startswith("ssl_")} if tls else {}
-        hosts = [_host_port(h) for h in config.sentinel.hosts]
-        password = config.sentinel.password or url_kwargs.get("password")
-        sentinel_kwargs: dict[str, Any] = {"password": config.sentinel.password, "socket_connect_timeout": 2.0,
-                                           "socket_timeout": 2.0}
-        if tls:
-            sentinel_kwargs.update(ssl=True, **tls_options)
-        sentinel = Sentinel(
-            hosts, sentinel_kwargs=sentinel_kwargs, **({"ssl": True, **tls_options} if tls else {}),
-        )
-        return sentinel.master_for(
-            config.sentinel.service_name, password=password, username=url_kwargs.get("username"),
-            db=url_kwargs.get("db", 0), **common,
-        )
-    if config.redis_url is None:
-        raise ValueError("revocation.redis_url (or sentinel) is required for the Redis store")
-    if config.cluster:
-        from redis.asyncio.cluster import RedisCluster
-
-        return RedisCluster.from_url(config.redis_url, **common)
-    from redis.asyncio import Redis
-
-    return Redis.from_url(config.redis_url, **common)
-
-
-def _host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        return text, 26379
-    return host.strip("[]"), int(port)

@@ -21,10 +21,8 @@ from the JWKS, or replaced by other key material under the same kid, is reported
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,8 +33,10 @@ import jwt
 import orjson
 
 from .. import metrics, tracing
+from ..background import cancel_and_wait
 from ..config import IssuerConfig
 from ..reasons import Reason
+from .refetch import RecentMisses, RefetchBudget  # RefetchBudget: importable from here too
 from .token import TokenError
 
 log = logging.getLogger("gateway.jwks")
@@ -133,28 +133,6 @@ def parse_jwks(document: Any) -> dict[str, VerificationKey]:
     return keys
 
 
-class RefetchBudget:
-    """A token bucket: ``burst`` refetches at once, one more earned per ``interval`` seconds."""
-
-    def __init__(self, burst: int, interval: float) -> None:
-        self._burst = float(burst)
-        self._interval = interval
-        self._tokens = float(burst)
-        self._updated = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        if self._interval > 0:
-            self._tokens = min(self._burst, self._tokens + (now - self._updated) / self._interval)
-        else:
-            self._tokens = self._burst
-        self._updated = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return True
-        return False
-
-
 class IssuerKeys:
     """The key set of one issuer, kept apart from every other issuer's keys."""
 
@@ -171,7 +149,7 @@ class IssuerKeys:
         self._jwks_uri = config.jwks_uri
         self.metadata: dict[str, Any] = {}
         self._budget = RefetchBudget(config.jwks_refetch_burst, config.jwks_min_refresh_interval)
-        self._unknown: OrderedDict[str, float] = OrderedDict()  # kid -> until when it is known to be unknown
+        self._unknown = RecentMisses(config.jwks_min_refresh_interval, UNKNOWN_KIDS_REMEMBERED)  # kids not there
         self._started = float("-inf")  # when the latest fetch started (monotonic)
         self._succeeded = float("-inf")  # when the latest successful fetch started
         self._inflight: asyncio.Task[None] | None = None
@@ -187,10 +165,7 @@ class IssuerKeys:
         self._refresher = asyncio.create_task(self._refresh_forever(), name=f"jwks:{self.config.issuer}")
 
     async def stop(self) -> None:
-        if self._refresher:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
+        await cancel_and_wait(self._refresher)
 
     async def _refresh_forever(self) -> None:
         while True:
@@ -248,7 +223,7 @@ class IssuerKeys:
         keys = self.candidates(kid)
         if keys:
             return keys
-        if kid is None or not self._known_unknown(kid):
+        if kid is None or kid not in self._unknown:
             keys = await self._look_again(kid)
         if keys:
             return keys
@@ -270,20 +245,5 @@ class IssuerKeys:
             if keys:
                 return keys
         if kid is not None and self._succeeded >= arrived:  # looked after the token arrived: not there
-            self._remember_unknown(kid)
+            self._unknown.add(kid)
         return []
-
-    def _known_unknown(self, kid: str) -> bool:
-        until = self._unknown.get(kid)
-        if until is None:
-            return False
-        if time.monotonic() < until:
-            return True
-        del self._unknown[kid]
-        return False
-
-    def _remember_unknown(self, kid: str) -> None:
-        self._unknown[kid] = time.monotonic() + self.config.jwks_min_refresh_interval
-        self._unknown.move_to_end(kid)
-        while len(self._unknown) > UNKNOWN_KIDS_REMEMBERED:
-            self._unknown.popitem(last=False)

@@ -22,7 +22,6 @@ Nothing is fetched for a tenant before its first token. What unknown tenants can
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -32,8 +31,11 @@ import aiohttp
 from ..config import IssuerConfig
 from ..reasons import Reason
 from .issuer_pattern import IssuerTemplate
-from .jwks import IssuerKeys, RefetchBudget
+from .issuer_validator import RawToken, counted
+from .jwks import IssuerKeys
 from .jwt import JwtValidator
+from .refetch import RecentMisses, RefetchBudget
+from .single_flight import SingleFlight
 from .token import TokenError, ValidatedToken
 
 FAILED_TENANTS_REMEMBERED = 4096
@@ -46,29 +48,48 @@ class TemplatedIssuer:
         self, config: IssuerConfig, session: aiohttp.ClientSession, on_withdrawn: Callable[[str], None],
     ) -> None:
         self.config = config
+        self.issuer = config.issuer  # the template: the metric label
         self.template = IssuerTemplate.of(config.issuer, config.tenants, config.tenant_claim)
         self._session = session
         self._on_withdrawn = on_withdrawn  # a tenant's key withdrawn, or the tenant dropped: re-verify its tokens
         self._tenants: OrderedDict[str, JwtValidator] = OrderedDict()  # concrete issuer -> validator (LRU)
-        self._pending: dict[str, asyncio.Task[JwtValidator]] = {}  # discoveries in flight (single flight)
-        self._failed: OrderedDict[str, float] = OrderedDict()  # concrete issuer -> refused without a fetch until
+        self._pending: SingleFlight[JwtValidator] = SingleFlight()  # discoveries in flight
+        self._failed = RecentMisses(config.jwks_min_refresh_interval, FAILED_TENANTS_REMEMBERED)  # discovery failed
         self._budget = RefetchBudget(config.jwks_refetch_burst, config.jwks_min_refresh_interval)
 
     def tenant_of(self, issuer: str) -> str | None:
         """The trusted tenant a token's ``iss`` names; None when this template does not cover it."""
         return self.template.trusted_tenant(issuer)
 
-    async def validate(self, issuer: str, tenant: str, raw: str, header: dict[str, Any],
-                       payload: dict[str, Any], fp: str) -> ValidatedToken:
-        """Verify a token of ``issuer`` (a tenant of this template) with that tenant's keys."""
+    async def validate(self, token: RawToken) -> ValidatedToken:
+        """Verify a token whose ``iss`` is a tenant of this template with that tenant's keys.
+
+        Counted as a validation under the template (one label value however many tenants).
+        """
+        assert token.header is not None and token.payload is not None  # the validator sends JWTs only
+        issuer = token.payload.get("iss")
+        tenant = self.tenant_of(issuer) if isinstance(issuer, str) else None
+        if not isinstance(issuer, str) or tenant is None:  # the validator sends tokens of trusted tenants only
+            raise TokenError(Reason.UNKNOWN_ISSUER, "the token names no trusted issuer")
+        return await counted(self.issuer, self._validate(issuer, tenant, token))
+
+    async def _validate(self, issuer: str, tenant: str, token: RawToken) -> ValidatedToken:
         claim = self.template.tenant_claim
-        if claim is not None and payload.get(claim) != tenant:  # checked before anything is fetched
+        assert token.header is not None and token.payload is not None
+        if claim is not None and token.payload.get(claim) != tenant:  # checked before anything is fetched
             raise TokenError(Reason.UNKNOWN_ISSUER, f"the {claim} claim does not name the tenant of the issuer")
         validator = await self._validator(issuer, tenant)
-        token = await validator.validate(raw, header, fp)
-        if claim is not None and token.claims.get(claim) != tenant:  # and again, signed
+        verified = await validator.validate(token.raw, token.header, token.fingerprint)
+        if claim is not None and verified.claims.get(claim) != tenant:  # and again, signed
             raise TokenError(Reason.UNKNOWN_ISSUER, f"the {claim} claim does not name the tenant of the issuer")
-        return token
+        return verified
+
+    def ready(self) -> bool:
+        """Always: a tenant's keys are fetched on its first token, so readiness waits for none."""
+        return True
+
+    async def start(self) -> None:
+        """Nothing to start: no tenant is fetched before its first token."""
 
     def verifier(self, issuer: str) -> JwtValidator | None:
         """The validator of a tenant whose keys are loaded (None before its first token)."""
@@ -81,12 +102,11 @@ class TemplatedIssuer:
             return known
         pending = self._pending.get(issuer)
         if pending is None:
-            if self._recently_failed(issuer):
+            if issuer in self._failed:
                 raise TokenError(Reason.JWKS_UNAVAILABLE, "the tenant's keys could not be loaded a moment ago")
             if not self._budget.take():
                 raise TokenError(Reason.JWKS_UNAVAILABLE, "too many new tenants at once: try again shortly")
-            pending = self._pending[issuer] = asyncio.create_task(self._discover(issuer, tenant))
-            pending.add_done_callback(self._settled)
+            pending = self._pending.start(issuer, self._discover(issuer, tenant))
         return await asyncio.shield(pending)
 
     async def _discover(self, issuer: str, tenant: str) -> JwtValidator:
@@ -98,7 +118,7 @@ class TemplatedIssuer:
         await keys.start()  # one fetch now, then the background refresh
         if not keys.loaded:
             await keys.stop()
-            self._remember_failure(issuer)
+            self._failed.add(issuer)
             raise TokenError(Reason.JWKS_UNAVAILABLE, "the tenant's keys could not be loaded")
         validator = JwtValidator(config, keys)
         self._tenants[issuer] = validator
@@ -108,33 +128,14 @@ class TemplatedIssuer:
             self._on_withdrawn(dropped)  # its cached tokens are verified again, with keys fetched anew
         return validator
 
-    def _settled(self, task: asyncio.Task[JwtValidator]) -> None:
-        self._pending = {issuer: t for issuer, t in self._pending.items() if t is not task}
-        if not task.cancelled():
-            task.exception()  # retrieved here too: every waiter may have been cancelled meanwhile
-
-    def _recently_failed(self, issuer: str) -> bool:
-        until = self._failed.get(issuer)
-        if until is None:
-            return False
-        if time.monotonic() < until:
-            return True
-        del self._failed[issuer]
-        return False
-
-    def _remember_failure(self, issuer: str) -> None:
-        self._failed[issuer] = time.monotonic() + self.config.jwks_min_refresh_interval
-        self._failed.move_to_end(issuer)
-        while len(self._failed) > FAILED_TENANTS_REMEMBERED:
-            self._failed.popitem(last=False)
-
     @property
     def tenants(self) -> list[str]:
         """The concrete issuers whose keys are loaded, least recently used first."""
         return list(self._tenants)
 
     async def stop(self) -> None:
-        for task in list(self._pending.values()):
+        """Cancel the discoveries in flight and stop every tenant's key refresh."""
+        for task in self._pending.tasks():
             task.cancel()
         for validator in self._tenants.values():
             await validator.keys.stop()

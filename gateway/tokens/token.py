@@ -14,7 +14,6 @@ verified, never for a forged signature over the same header and payload.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any
 import orjson
 
 from ..reasons import Reason
+from .jws import b64url_decode
 
 # audit records carry this many hex digits of the SHA-256 (128 bits); revoking by them works too
 FINGERPRINT_PREFIX = 32
@@ -45,7 +45,7 @@ def signing_input(raw_token: str) -> str | None:
         return None
     head, payload, _ = raw_token.split(".")
     try:
-        header = orjson.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+        header = orjson.loads(b64url_decode(head))
     except ValueError:  # also binascii.Error and orjson.JSONDecodeError
         return None
     return f"{head}.{payload}" if isinstance(header, dict) else None

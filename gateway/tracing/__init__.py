@@ -1,7 +1,7 @@
 """OpenTelemetry traces (docs/tracing.md): the switch, and the few hooks the rest of the gateway calls.
 
 Tracing is off unless ``tracing.enabled`` is set, and then it costs nothing: OpenTelemetry's
-tracing SDK and exporters are not even imported (``sdk.py`` is, by ``start`` only; redis-py 8
+tracing SDK and exporters are not even imported (``sdk`` is, by ``start`` only; redis-py 8
 loads the metrics SDK by itself when installed), the listeners serve their handlers
 unwrapped, and a request meets no more than an ``ACTIVE is None`` test at the places where
 a span would start (the upstream call, the audit record) and a shared do-nothing context
@@ -14,12 +14,10 @@ starts with tracing on owns it until it stops (a worker process runs one gateway
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import quote
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -28,6 +26,9 @@ if TYPE_CHECKING:
     from ..runtime import Gateway
     from .sdk import RequestTracing
 
+# the audit reports' trace links, re-exported: they import from here
+from .values import trace_link as trace_link
+
 log = logging.getLogger("gateway.tracing")
 
 ACTIVE: RequestTracing | None = None
@@ -35,9 +36,6 @@ ACTIVE: RequestTracing | None = None
 
 _OWNER: object | None = None
 
-TRACE_ID = re.compile(r"[0-9a-f]{32}")  # W3C trace-id: 16 bytes, lowercase hex, never all zeros
-SPAN_ID = re.compile(r"[0-9a-f]{16}")
-TRACE_URL_FIELDS = ("{trace_id}", "{span_id}")
 
 
 class Call(Protocol):
@@ -126,55 +124,3 @@ async def stop(owner: object) -> None:
     ACTIVE, _OWNER = None, None
     logs.CONTEXT_FIELDS = None
     await tracing.aclose()
-
-
-# --- configuration values ------------------------------------------------------------------
-
-_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")  # an RFC 9110 token
-
-
-def check_trace_url_template(value: Any) -> str:
-    """``https://tempo.example/trace/{trace_id}``: an absolute http(s) URL naming ``{trace_id}``."""
-    text = str(value)
-    if not re.match(r"^https?://[^/\s?#{}]+", text):
-        raise ValueError(f"{text!r} is not an absolute http(s) URL")
-    if "{trace_id}" not in text:
-        raise ValueError("the template must contain {trace_id}")
-    if any(c.isspace() or not c.isprintable() for c in text):
-        raise ValueError("the template must not contain spaces or control characters")
-    return text
-
-
-def check_export_headers(value: Any) -> dict[str, str]:
-    """Headers sent with every export (an API key): names are header tokens, values single lines."""
-    if not isinstance(value, dict):
-        raise ValueError("headers is a mapping of header names to values")
-    headers: dict[str, str] = {}
-    for name, item in value.items():
-        if not _HEADER_NAME.match(str(name)):
-            raise ValueError(f"{name!r} is not a valid header name")
-        text = str(item)
-        if any(c in text for c in "\r\n\0"):
-            raise ValueError(f"the value of {name} must be one line")
-        headers[str(name).lower()] = text  # gRPC metadata keys must be lowercase
-    return headers
-
-
-# --- the audit trail's links ---------------------------------------------------------------
-
-
-def trace_link(template: str | None, trace_id: Any, span_id: Any = None) -> str | None:
-    """The trace viewer's URL for an audit record's ids, or None.
-
-    The template is the operator's (checked when loaded); the ids come from the audit trail and
-    are hostile until proven otherwise: only a well-formed W3C trace-id (and span-id) is put in,
-    and URL-escaped even so. A record without one gets no link.
-    """
-    if template is None or not isinstance(trace_id, str) or not TRACE_ID.fullmatch(trace_id):
-        return None
-    if trace_id == "0" * 32:
-        return None
-    span = span_id if isinstance(span_id, str) and SPAN_ID.fullmatch(span_id) else ""
-    if "{span_id}" in template and not span:
-        return None
-    return template.replace("{trace_id}", quote(trace_id, safe="")).replace("{span_id}", quote(span, safe=""))

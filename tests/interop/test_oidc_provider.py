@@ -22,10 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.tokens.dpop import ProofRequest, key_thumbprint, sign_proof
 from gateway.tokens.token import fingerprint
-from tests.conftest import RunningGateway, bearer
-from tests.helpers import metric
+from tests.helpers import RunningGateway, bearer, metric
 
-from .conftest import (
+from .provider import (
     ADMIN_AUDIENCE,
     ADMIN_SECRET,
     CLIENT,
