@@ -1,4 +1,4 @@
-"""The package's shape (issue 15): no import cycle, no module over 400 lines, and an embedding
+"""The package's shape: no import cycle, no module over 400 lines, and an embedding
 application's ``import gateway.middleware`` loads no listener or admin code."""
 
 from __future__ import annotations
