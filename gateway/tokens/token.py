@@ -105,6 +105,11 @@ class ValidatedToken:
         default=None, init=False, compare=False, hash=False, repr=False,
     )
 
+    # the identity headers of this token, per header names (proxy/identity.py): checked once, then reused
+    identity_memo: tuple[tuple[str, str, str], list[tuple[str, str]]] | None = field(
+        default=None, init=False, compare=False, hash=False, repr=False,
+    )
+
     def claim(self, name: str) -> Any:
         return self.claims.get(name)
 
