@@ -155,8 +155,9 @@ def audit_record(
 ) -> dict[str, Any]:
     """The audit record of one finished request; every text in it is serialisable and bounded."""
     token, route = decision.token, decision.route
-    if token is not None and route is not None:
-        token_fields = _token_fields(token, family_claim)
+    if route is not None:
+        token_fields = _token_fields(token, family_claim) if token is not None else (
+            None, None, None, None, None, None, [])  # a public route (or a refusal before a token was valid)
         if token_fields is not None:
             route_fields = _route_fields(route)
             if route_fields[0] is not None:
@@ -168,7 +169,7 @@ def _fast_record(
     exchange: Exchange, decision: Decision, duration_ms: float, token_fields: tuple[Any, ...],
     route_fields: tuple[str | None, str | None, list[str]], suspicious: list[str] | None,
 ) -> dict[str, Any]:
-    """``_record`` for a request with a token on a route, their fields worked out already (and clean)."""
+    """``_record`` for a request on a route, its fields and the token's (if any) worked out already (and clean)."""
     text = (altered := _Altered()).text
     sub, client_id, iss, jti, family, sid, scopes = token_fields
     fp = decision.token_fingerprint
