@@ -39,16 +39,12 @@ def new_exchange(
     return exchange, peer
 
 
-def facts_of(
-    request: web.BaseRequest, config: GatewayConfig, client_ip: str | None = None, peer: str | None = None,
-) -> RequestFacts:
+def facts_of(request: web.BaseRequest, config: GatewayConfig, client_ip: str | None = None) -> RequestFacts:
     """The request as the decision sees it; what the client used and presented, believed from
     a trusted proxy only (``X-Forwarded-Proto``/``-Host``, the forwarded client certificate).
-    ``client_ip``: the exchange's (after ``trusted_proxies``), else worked out here; ``peer``: the
-    direct peer's address as ``new_exchange`` gave it, else read here."""
+    ``client_ip``: the exchange's (after ``trusted_proxies``), else worked out here."""
     headers = request.headers
-    if peer is None:
-        peer = request.remote or ""
+    peer = request.remote or ""
     trusted = is_trusted(peer, config.trusted_proxies)
     websocket = "Upgrade" in headers and asks_websocket(headers)
     return RequestFacts(

@@ -66,7 +66,7 @@ class ProxyHandler:
         gateway = self.gateway
         config = pipeline.config
         exchange, peer = new_exchange(request, config, "proxy")
-        decision = await pipeline.decider.decide(facts_of(request, config, exchange.client_ip, peer))
+        decision = await pipeline.decider.decide(facts_of(request, config, exchange.client_ip))
         if decision.allowed:
             decision, response = await self._forward(request, pipeline, decision, exchange, peer)
         else:
