@@ -143,6 +143,14 @@ def is_finite(number: object) -> bool:
         return False
 
 
+def _finite(number: object) -> bool:
+    """``is_finite`` for what a JSON parser gives: a float, or an int within float range."""
+    kind = type(number)
+    if kind is float:
+        return bool(number - number == 0.0)  # type: ignore[operator]  # NaN and infinities give NaN
+    return kind is int and is_finite(number)
+
+
 Pair = tuple[str, str]  # (issuer, value): the key of every issuer-scoped table
 
 
@@ -192,6 +200,71 @@ class RevocationList:
         else:
             expires = entry.expires_at
         pairs[pair] = (cutoff, expires)
+
+    def add_json(self, data: Any, now: float) -> bool | None:
+        """Add the entry a decoded key value holds, without building an ``Entry``, when it is
+        exactly what a conforming writer writes (schema 2, JSON numbers, strings): True when added,
+        False when it has expired, None when it is anything else (the caller then goes through
+        ``Entry.from_json``, which accepts or refuses it as it always did). The bulk load's path."""
+        if type(data) is not dict or data.get("v") != 2 or type(data.get("v")) is not int:
+            return None
+        kind, value = data.get("kind"), data.get("value")
+        expires: Any = data.get("expires_at")
+        table: dict[Any, float]
+        name: Any
+        if type(value) is not str or not value or not _finite(expires):
+            return None
+        issuer, match = data.get("issuer") or ANY_ISSUER, data.get("match")
+        not_before: Any = data.get("not_before")
+        created: Any = data.get("created_at") or 0.0
+        if type(issuer) is not str or not _finite(created) or not (not_before is None or _finite(not_before)):
+            return None
+        if kind == "token":
+            if match == "jti":
+                table, name = self._jtis, (issuer, value)
+            elif match == "fingerprint":
+                table, name = self._fingerprints, (issuer, value.lower()[:FINGERPRINT_PREFIX])
+            elif match is None:
+                table, name = self._legacy, value
+            else:
+                return None
+        elif match is not None or kind not in ("family", "subject", "client"):
+            return None
+        elif expires <= now:
+            return False
+        elif kind == "family":
+            table, name = self._families, (issuer, value)
+        else:
+            pairs = self._subjects if kind == "subject" else self._clients
+            pair = (issuer, value)
+            cutoff = not_before if not_before is not None else created or time.time()
+            old = pairs.get(pair)
+            pairs[pair] = (cutoff, expires) if old is None else (max(cutoff, old[0]), max(expires, old[1]))
+            return True
+        if expires <= now:
+            return False
+        table[name] = max(expires, table.get(name, _NEVER))
+        return True
+
+    def tables(self) -> dict[str, dict[Any, Any]]:
+        """Every table by name (a snapshot is written from them)."""
+        return {"jti": self._jtis, "fingerprint": self._fingerprints, "legacy": self._legacy,
+                "family": self._families, "subject": self._subjects, "client": self._clients}
+
+    def merge_table(self, name: str, items: dict[Any, Any]) -> None:
+        """Merge a whole table in (a snapshot's): as ``add``, the later expiry and cut-off win."""
+        table = self.tables()[name]
+        if not table:
+            table.update(items)
+            return
+        for key, value in items.items():
+            old = table.get(key)
+            if old is None:
+                table[key] = value
+            elif isinstance(value, tuple):
+                table[key] = (max(value[0], old[0]), max(value[1], old[1]))
+            else:
+                table[key] = max(value, old)
 
     def replace(self, entries: list[Entry]) -> None:
         """Swap in a complete new copy (after a resync) in one step."""

@@ -16,26 +16,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
+
+import orjson
 
 from .. import metrics
 from ..background import cancel_and_wait
 from ..config import RevocationConfig
 from ..reasons import Reason
 from ..tokens.token import ValidatedToken
+from . import snapshot
 from .entries import Entry
 from .local_copy import LocalCopy, stamped
 from .redis_client import connect
 from .redis_stream import gap, stream_info, stream_messages
-from .schema import STREAM_MAXLEN, RevocationWriteError, Schema, decode, stream_fields, write_entry
+from .schema import STREAM_MAXLEN, RevocationWriteError, Schema, stream_fields, write_entry
 from .store import RevocationStore
 
 log = logging.getLogger("gateway.revocation")
 
-SCAN_BATCH = 1000
+SCAN_BATCH = 5000  # keys per SCAN; their MGET goes out in the same round trip as the next SCAN
+SNAPSHOT_POLL = 0.05  # seconds between two looks at a snapshot another process is making
 READ_BATCH = 1000
 SWEEP_INTERVAL = 30.0
 WRITE_TIMEOUT = 5.0  # an admin call gets its answer (503 when Redis is away) within this
@@ -155,7 +161,7 @@ class RedisStore(LocalCopy, RevocationStore):
         while not self._stopping:
             try:
                 if not self.synced:
-                    await self.resync("startup")
+                    await self._start_up()
                 else:
                     await self._catch_up()
                 self._set_up(True)
@@ -211,6 +217,77 @@ class RedisStore(LocalCopy, RevocationStore):
         else:
             self._last_contact = time.monotonic()
 
+    # --- the load ----------------------------------------------------------------------------
+
+    async def _start_up(self) -> None:
+        """The first load: from the snapshot when the stream can still catch it up, else the full
+        load, done by one process at a time (the others wait for the snapshot it writes)."""
+        if await self._from_snapshot():
+            return
+        holder = await self._lock()
+        if not holder:
+            deadline = time.monotonic() + snapshot.LOCK_MS / 1000
+            while time.monotonic() < deadline and await self._redis.exists(snapshot.lock_key(self.schema)):  # noqa: ASYNC110 - held by another process
+                await asyncio.sleep(SNAPSHOT_POLL)
+            if await self._from_snapshot():
+                return
+            holder = await self._lock()
+        try:
+            await self.resync("startup")
+            if holder:
+                await self._write_snapshot()
+        finally:
+            if holder:
+                with contextlib.suppress(Exception):
+                    await self._redis.eval(snapshot.UNLOCK_SCRIPT, 1, snapshot.lock_key(self.schema), self.instance)
+
+    async def _lock(self) -> bool:
+        key = snapshot.lock_key(self.schema)
+        return bool(await self._redis.eval(snapshot.LOCK_SCRIPT, 1, key, self.instance, snapshot.LOCK_MS))
+
+    async def _usable(self, meta: snapshot.Meta | None) -> bool:
+        """Whether the stream still holds every message after the snapshot's position."""
+        if meta is None:
+            return False
+        info = await stream_info(self._redis, self.schema.stream_key)
+        return gap(info, meta.position, meta.added) is None
+
+    async def _from_snapshot(self) -> bool:
+        """Load the snapshot and follow the stream from its position; False when there is none to use."""
+        key = snapshot.snapshot_key(self.schema)
+        if not await self._usable(snapshot.Meta.parse(await self._redis.hget(key, "meta"))):
+            return False
+        raw_meta, data = await self._redis.hmget(key, ["meta", "data"])
+        meta = snapshot.Meta.parse(raw_meta)
+        if meta is None or data is None:
+            return False
+        try:
+            with _no_gc():
+                loaded = snapshot.merge_tables(self.list, data)
+        except ValueError as exc:
+            metrics.REVOCATION_REDIS_ERRORS.inc()
+            log.warning("revocation snapshot not usable", extra={"error": str(exc)[:300]})
+            return False
+        del data
+        if not await self._usable(meta):  # checked after the read: the stream holds all that followed it
+            return False  # what was merged stays (entries are only ever added); the full load follows
+        self.last_id, self._seen_added = meta.position, meta.added
+        self._synced("snapshot", loaded)
+        return True
+
+    async def _write_snapshot(self) -> None:
+        """Write the list just loaded, with the stream position noted before its scan, as the snapshot."""
+        meta = snapshot.Meta(self.last_id, self._seen_added, time.time(), len(self.list))
+        with _no_gc():
+            data = snapshot.encode_tables(self.list)
+        if len(data) > snapshot.MAX_BYTES:
+            log.info("revocation list too large for a snapshot", extra={"bytes": len(data)})
+            return
+        try:
+            await self._redis.hset(snapshot.snapshot_key(self.schema), mapping={"meta": meta.dump(), "data": data})
+        except Exception as exc:  # a start-up without a snapshot is only slower
+            log.warning("revocation snapshot not written", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
+
     async def resync(self, cause: str = "manual") -> int:
         """Reload every key into the local copy, then follow the stream from where it stood.
 
@@ -220,40 +297,77 @@ class RedisStore(LocalCopy, RevocationStore):
         info = await stream_info(self._redis, self.schema.stream_key)
         position = info.last_generated if info is not None else "0-0"
         seen_added = info.entries_added if info is not None else 0  # None on Redis < 7
+        with _no_gc():  # a million small objects would set off full collections over and over
+            if self.config.cluster:
+                loaded = await self._scan_cluster()
+            else:
+                loaded = await self._scan()
+        self.last_id, self._seen_added = position, seen_added
+        metrics.REVOCATION_RESYNCS.labels(cause).inc()
+        self._synced(cause, loaded)
+        return loaded
+
+    def _synced(self, cause: str, loaded: int) -> None:
+        self.synced = True
+        self._last_contact = time.monotonic()
+        self._next_check = self._last_contact + self.config.resync_interval
+        metrics.REVOCATION_ENTRIES.set(len(self.list))
+        log.info("revocation list loaded", extra={"cause": cause, "keys": loaded, "entries": len(self.list)})
+
+    async def _scan(self) -> int:
+        """SCAN and MGET in one round trip per batch: the MGET of the keys of the SCAN before."""
+        pattern, loaded, cursor = self.schema.scan_pattern(), 0, 0
+        pending: list[Any] = []
+        while True:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.scan(cursor, match=pattern, count=SCAN_BATCH, _type="STRING")
+            if pending:
+                pipe.mget(pending)
+            replies = await pipe.execute()
+            if pending:
+                loaded += self._load(replies[1])
+            cursor, pending = replies[0]
+            if int(cursor) == 0:
+                break
+        if pending:
+            loaded += self._load(await self._redis.mget(pending))
+        return loaded
+
+    async def _scan_cluster(self) -> int:
         loaded = 0
         batch: list[Any] = []
         async for key in self._redis.scan_iter(match=self.schema.scan_pattern(), count=SCAN_BATCH, _type="STRING"):
             batch.append(key)
             if len(batch) >= SCAN_BATCH:
-                loaded += await self._load(batch)
+                loaded += self._load(await self._redis.mget(batch))
                 batch = []
         if batch:
-            loaded += await self._load(batch)
-        self.last_id, self._seen_added = position, seen_added
-        self.synced = True
-        self._last_contact = time.monotonic()
-        self._next_check = self._last_contact + self.config.resync_interval
-        metrics.REVOCATION_RESYNCS.labels(cause).inc()
-        metrics.REVOCATION_ENTRIES.set(len(self.list))
-        log.info("revocation list loaded", extra={"cause": cause, "keys": loaded, "entries": len(self.list)})
+            loaded += self._load(await self._redis.mget(batch))
         return loaded
 
-    async def _load(self, keys: list[Any]) -> int:
-        values = await self._redis.mget(keys)
+    def _load(self, values: list[Any]) -> int:
         now = time.time()
         loaded = 0
-        add = self.list.add
+        add_json, add, loads = self.list.add_json, self.list.add, orjson.loads
         for raw in values:
             if raw is None:
                 continue  # expired between SCAN and MGET
             try:
-                entry = decode(raw)
+                data = loads(raw)
             except ValueError:
                 metrics.REVOCATION_REDIS_ERRORS.inc()
                 continue
-            if entry.expires_at > now:
-                add(entry)
-                loaded += 1
+            added = add_json(data, now)  # what conforming writers write, without an Entry
+            if added is None:  # anything else: as Entry.from_json reads it
+                try:
+                    entry = from_json(data)
+                except ValueError:
+                    metrics.REVOCATION_REDIS_ERRORS.inc()
+                    continue
+                added = entry.expires_at > now
+                if added:
+                    add(entry)
+            loaded += added
         return loaded
 
     # --- housekeeping ------------------------------------------------------------------------
@@ -273,3 +387,25 @@ class RedisStore(LocalCopy, RevocationStore):
                 if dropped:
                     log.debug("revocation entries expired", extra={"dropped": dropped})
 
+
+
+def from_json(data: Any) -> Entry:
+    """``schema.decode`` after the JSON parse: the entry, or ValueError."""
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    try:
+        return Entry.from_json(data)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"not a revocation entry: {exc}") from None
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """No cyclic garbage collection while a bulk load allocates (it creates no cycles)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
