@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import operator
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -143,6 +144,10 @@ def is_finite(number: object) -> bool:
         return False
 
 
+# the fields every conforming writer writes (``Entry.to_json``), in one C call
+_WRITTEN = operator.itemgetter("v", "kind", "value", "expires_at", "issuer", "not_before", "created_at")
+
+
 def _finite(number: object) -> bool:
     """``is_finite`` for what a JSON parser gives: a float, or an int within float range."""
     kind = type(number)
@@ -206,19 +211,19 @@ class RevocationList:
         exactly what a conforming writer writes (schema 2, JSON numbers, strings): True when added,
         False when it has expired, None when it is anything else (the caller then goes through
         ``Entry.from_json``, which accepts or refuses it as it always did). The bulk load's path."""
-        if type(data) is not dict or data.get("v") != 2 or type(data.get("v")) is not int:
+        try:
+            version, kind, value, expires, issuer, not_before, created = _WRITTEN(data)
+        except (KeyError, TypeError):  # a field missing, or not a JSON object
             return None
-        kind, value = data.get("kind"), data.get("value")
-        expires: Any = data.get("expires_at")
+        if version != 2 or type(version) is not int or type(value) is not str or not value:
+            return None
+        issuer, created, match = issuer or ANY_ISSUER, created or 0.0, data.get("match")
+        if type(issuer) is not str or not _finite(expires) or not _finite(created) or not (
+            not_before is None or _finite(not_before)
+        ):
+            return None
         table: dict[Any, float]
         name: Any
-        if type(value) is not str or not value or not _finite(expires):
-            return None
-        issuer, match = data.get("issuer") or ANY_ISSUER, data.get("match")
-        not_before: Any = data.get("not_before")
-        created: Any = data.get("created_at") or 0.0
-        if type(issuer) is not str or not _finite(created) or not (not_before is None or _finite(not_before)):
-            return None
         if kind == "token":
             if match == "jti":
                 table, name = self._jtis, (issuer, value)

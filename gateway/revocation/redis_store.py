@@ -315,23 +315,35 @@ class RedisStore(LocalCopy, RevocationStore):
         log.info("revocation list loaded", extra={"cause": cause, "keys": loaded, "entries": len(self.list)})
 
     async def _scan(self) -> int:
-        """SCAN and MGET in one round trip per batch: the MGET of the keys of the SCAN before."""
-        pattern, loaded, cursor = self.schema.scan_pattern(), 0, 0
-        pending: list[Any] = []
-        while True:
+        """SCAN and MGET in one round trip per batch (the MGET of the keys of the SCAN before),
+        sent before the batch before that is decoded: Redis works while this process decodes."""
+        pattern, loaded = self.schema.scan_pattern(), 0
+
+        async def batch(cursor: Any, keys: list[Any]) -> list[Any]:
             pipe = self._redis.pipeline(transaction=False)
             pipe.scan(cursor, match=pattern, count=SCAN_BATCH, _type="STRING")
-            if pending:
-                pipe.mget(pending)
-            replies = await pipe.execute()
-            if pending:
-                loaded += self._load(replies[1])
-            cursor, pending = replies[0]
+            if keys:
+                pipe.mget(keys)
+            return list(await pipe.execute())
+
+        replies = await batch(0, [])
+        while True:
+            cursor, keys = replies[0]
+            values = replies[1] if len(replies) > 1 else []
             if int(cursor) == 0:
-                break
-        if pending:
-            loaded += self._load(await self._redis.mget(pending))
-        return loaded
+                loaded += self._load(values)
+                if keys:
+                    loaded += self._load(await self._redis.mget(keys))
+                return loaded
+            following = asyncio.ensure_future(batch(cursor, keys))
+            try:
+                for _ in range(3):  # let it write its commands before this process decodes
+                    await asyncio.sleep(0)
+                loaded += self._load(values)
+            except BaseException:
+                following.cancel()
+                raise
+            replies = await following
 
     async def _scan_cluster(self) -> int:
         loaded = 0
