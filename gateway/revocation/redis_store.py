@@ -226,20 +226,28 @@ class RedisStore(LocalCopy, RevocationStore):
             return
         holder = await self._lock()
         if not holder:
-            deadline = time.monotonic() + snapshot.LOCK_MS / 1000
-            while time.monotonic() < deadline and await self._redis.exists(snapshot.lock_key(self.schema)):  # noqa: ASYNC110 - held by another process
-                await asyncio.sleep(SNAPSHOT_POLL)
+            while await self._redis.exists(snapshot.lock_key(self.schema)):  # noqa: ASYNC110 - another process holds it
+                await asyncio.sleep(SNAPSHOT_POLL)  # its holder renews it while it loads, or it expires soon
             if await self._from_snapshot():
                 return
             holder = await self._lock()
+        renewing = asyncio.ensure_future(self._renew_lock()) if holder else None
         try:
             await self.resync("startup")
             if holder:
                 await self._write_snapshot()
         finally:
-            if holder:
+            if renewing is not None:
+                await cancel_and_wait(renewing)
                 with contextlib.suppress(Exception):
                     await self._redis.eval(snapshot.UNLOCK_SCRIPT, 1, snapshot.lock_key(self.schema), self.instance)
+
+    async def _renew_lock(self) -> None:
+        key = snapshot.lock_key(self.schema)
+        while True:
+            await asyncio.sleep(snapshot.LOCK_MS / 3000)
+            with contextlib.suppress(Exception):  # the load itself fails and says why
+                await self._redis.eval(snapshot.RENEW_SCRIPT, 1, key, self.instance, snapshot.LOCK_MS)
 
     async def _lock(self) -> bool:
         key = snapshot.lock_key(self.schema)

@@ -28,7 +28,7 @@ from .schema import Schema
 
 FORMAT = 1
 MAX_BYTES = 256 * 1024 * 1024  # a bigger list is loaded key by key (Redis values stop at 512 MiB)
-LOCK_MS = 60_000  # the loader renews nothing: a full load that takes longer lets another start
+LOCK_MS = 6_000  # the holder renews it every LOCK_MS / 3 while it loads: a holder that died frees it soon
 
 # KEYS[1] the lock; ARGV[1] the holder, ARGV[2] PX. 1 when taken, 0 when someone else holds it.
 LOCK_SCRIPT = """\
@@ -40,6 +40,11 @@ return 1
 # KEYS[1] the lock; ARGV[1] the holder: deleted only by its holder
 UNLOCK_SCRIPT = """\
 if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# KEYS[1] the lock; ARGV[1] the holder, ARGV[2] PX: renewed only by its holder
+RENEW_SCRIPT = """\
+if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
 
