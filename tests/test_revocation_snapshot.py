@@ -224,7 +224,8 @@ async def test_a_lock_whose_holder_is_gone_is_taken_once_it_expires(
 
 
 def test_the_bulk_load_reads_every_value_as_decode_does() -> None:
-    """``_load`` adds conforming values without an ``Entry``; anything else goes through ``decode``."""
+    """``load_values`` adds conforming values without an ``Entry``; anything else goes through ``decode``."""
+    from gateway.revocation.bulk_load import load_values
     from gateway.revocation.schema import decode
 
     now = time.time()
@@ -249,9 +250,9 @@ def test_the_bulk_load_reads_every_value_as_decode_does() -> None:
         [1, 2],
     )] + [b"{not json", b"null"]
     values = [*written, *odd, None]
-    store = RedisStore(RevocationConfig(redis_url="redis://127.0.0.1:1/0"))
+    revocations = RevocationList()
     errors = metric("gateway_revocation_redis_errors_total")
-    loaded = store._load(values)
+    loaded = load_values(revocations, values)
 
     expected, refused = RevocationList(), 0
     for raw in values:
@@ -266,9 +267,9 @@ def test_the_bulk_load_reads_every_value_as_decode_does() -> None:
             expected.add(entry)
     assert loaded == len(expected) == 10
     assert metric("gateway_revocation_redis_errors_total") == errors + refused == errors + 9
-    assert store.list.tables().keys() == expected.tables().keys()
+    assert revocations.tables().keys() == expected.tables().keys()
     for name, table in expected.tables().items():
-        got = store.list.tables()[name]
+        got = revocations.tables()[name]
         assert got.keys() == table.keys(), name
         if name != "client":  # a cut-off without not_before nor created_at is "now": read at two times
             assert got == table, name

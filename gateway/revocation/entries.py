@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import operator
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -144,18 +143,6 @@ def is_finite(number: object) -> bool:
         return False
 
 
-# the fields every conforming writer writes (``Entry.to_json``), in one C call
-_WRITTEN = operator.itemgetter("v", "kind", "value", "expires_at", "issuer", "not_before", "created_at")
-
-
-def _finite(number: object) -> bool:
-    """``is_finite`` for what a JSON parser gives: a float, or an int within float range."""
-    kind = type(number)
-    if kind is float:
-        return bool(number - number == 0.0)  # type: ignore[operator]  # NaN and infinities give NaN
-    return kind is int and is_finite(number)
-
-
 Pair = tuple[str, str]  # (issuer, value): the key of every issuer-scoped table
 
 
@@ -205,51 +192,6 @@ class RevocationList:
         else:
             expires = entry.expires_at
         pairs[pair] = (cutoff, expires)
-
-    def add_json(self, data: Any, now: float) -> bool | None:
-        """Add the entry a decoded key value holds, without building an ``Entry``, when it is
-        exactly what a conforming writer writes (schema 2, JSON numbers, strings): True when added,
-        False when it has expired, None when it is anything else (the caller then goes through
-        ``Entry.from_json``, which accepts or refuses it as it always did). The bulk load's path."""
-        try:
-            version, kind, value, expires, issuer, not_before, created = _WRITTEN(data)
-        except (KeyError, TypeError):  # a field missing, or not a JSON object
-            return None
-        if version != 2 or type(version) is not int or type(value) is not str or not value:
-            return None
-        issuer, created, match = issuer or ANY_ISSUER, created or 0.0, data.get("match")
-        if type(issuer) is not str or not _finite(expires) or not _finite(created) or not (
-            not_before is None or _finite(not_before)
-        ):
-            return None
-        table: dict[Any, float]
-        name: Any
-        if kind == "token":
-            if match == "jti":
-                table, name = self._jtis, (issuer, value)
-            elif match == "fingerprint":
-                table, name = self._fingerprints, (issuer, value.lower()[:FINGERPRINT_PREFIX])
-            elif match is None:
-                table, name = self._legacy, value
-            else:
-                return None
-        elif match is not None or kind not in ("family", "subject", "client"):
-            return None
-        elif expires <= now:
-            return False
-        elif kind == "family":
-            table, name = self._families, (issuer, value)
-        else:
-            pairs = self._subjects if kind == "subject" else self._clients
-            pair = (issuer, value)
-            cutoff = not_before if not_before is not None else created or time.time()
-            old = pairs.get(pair)
-            pairs[pair] = (cutoff, expires) if old is None else (max(cutoff, old[0]), max(expires, old[1]))
-            return True
-        if expires <= now:
-            return False
-        table[name] = max(expires, table.get(name, _NEVER))
-        return True
 
     def tables(self) -> dict[str, dict[Any, Any]]:
         """Every table by name (a snapshot is written from them)."""

@@ -16,14 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import time
-from collections.abc import Iterator
 from typing import Any
-
-import orjson
 
 from .. import metrics
 from ..background import cancel_and_wait
@@ -31,6 +27,7 @@ from ..config import RevocationConfig
 from ..reasons import Reason
 from ..tokens.token import ValidatedToken
 from . import snapshot
+from .bulk_load import no_gc, scan_all
 from .entries import Entry
 from .local_copy import LocalCopy, stamped
 from .redis_client import connect
@@ -40,7 +37,6 @@ from .store import RevocationStore
 
 log = logging.getLogger("gateway.revocation")
 
-SCAN_BATCH = 5000  # keys per SCAN; their MGET goes out in the same round trip as the next SCAN
 SNAPSHOT_POLL = 0.05  # seconds between two looks at a snapshot another process is making
 READ_BATCH = 1000
 SWEEP_INTERVAL = 30.0
@@ -270,7 +266,7 @@ class RedisStore(LocalCopy, RevocationStore):
         if meta is None or data is None:
             return False
         try:
-            with _no_gc():
+            with no_gc():
                 loaded = snapshot.merge_tables(self.list, data)
         except ValueError as exc:
             metrics.REVOCATION_REDIS_ERRORS.inc()
@@ -286,7 +282,7 @@ class RedisStore(LocalCopy, RevocationStore):
     async def _write_snapshot(self) -> None:
         """Write the list just loaded, with the stream position noted before its scan, as the snapshot."""
         meta = snapshot.Meta(self.last_id, self._seen_added, time.time(), len(self.list))
-        with _no_gc():
+        with no_gc():
             data = snapshot.encode_tables(self.list)
         if len(data) > snapshot.MAX_BYTES:
             log.info("revocation list too large for a snapshot", extra={"bytes": len(data)})
@@ -305,11 +301,8 @@ class RedisStore(LocalCopy, RevocationStore):
         info = await stream_info(self._redis, self.schema.stream_key)
         position = info.last_generated if info is not None else "0-0"
         seen_added = info.entries_added if info is not None else 0  # None on Redis < 7
-        with _no_gc():  # a million small objects would set off full collections over and over
-            if self.config.cluster:
-                loaded = await self._scan_cluster()
-            else:
-                loaded = await self._scan()
+        with no_gc():  # a million small objects would set off full collections over and over
+            loaded = await scan_all(self._redis, self.schema, self.list, self.config.cluster)
         self.last_id, self._seen_added = position, seen_added
         metrics.REVOCATION_RESYNCS.labels(cause).inc()
         self._synced(cause, loaded)
@@ -321,74 +314,6 @@ class RedisStore(LocalCopy, RevocationStore):
         self._next_check = self._last_contact + self.config.resync_interval
         metrics.REVOCATION_ENTRIES.set(len(self.list))
         log.info("revocation list loaded", extra={"cause": cause, "keys": loaded, "entries": len(self.list)})
-
-    async def _scan(self) -> int:
-        """SCAN and MGET in one round trip per batch (the MGET of the keys of the SCAN before),
-        sent before the batch before that is decoded: Redis works while this process decodes."""
-        pattern, loaded = self.schema.scan_pattern(), 0
-
-        async def batch(cursor: Any, keys: list[Any]) -> list[Any]:
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.scan(cursor, match=pattern, count=SCAN_BATCH, _type="STRING")
-            if keys:
-                pipe.mget(keys)
-            return list(await pipe.execute())
-
-        replies = await batch(0, [])
-        while True:
-            cursor, keys = replies[0]
-            values = replies[1] if len(replies) > 1 else []
-            if int(cursor) == 0:
-                loaded += self._load(values)
-                if keys:
-                    loaded += self._load(await self._redis.mget(keys))
-                return loaded
-            following = asyncio.ensure_future(batch(cursor, keys))
-            try:
-                for _ in range(3):  # let it write its commands before this process decodes
-                    await asyncio.sleep(0)
-                loaded += self._load(values)
-            except BaseException:
-                following.cancel()
-                raise
-            replies = await following
-
-    async def _scan_cluster(self) -> int:
-        loaded = 0
-        batch: list[Any] = []
-        async for key in self._redis.scan_iter(match=self.schema.scan_pattern(), count=SCAN_BATCH, _type="STRING"):
-            batch.append(key)
-            if len(batch) >= SCAN_BATCH:
-                loaded += self._load(await self._redis.mget(batch))
-                batch = []
-        if batch:
-            loaded += self._load(await self._redis.mget(batch))
-        return loaded
-
-    def _load(self, values: list[Any]) -> int:
-        now = time.time()
-        loaded = 0
-        add_json, add, loads = self.list.add_json, self.list.add, orjson.loads
-        for raw in values:
-            if raw is None:
-                continue  # expired between SCAN and MGET
-            try:
-                data = loads(raw)
-            except ValueError:
-                metrics.REVOCATION_REDIS_ERRORS.inc()
-                continue
-            added = add_json(data, now)  # what conforming writers write, without an Entry
-            if added is None:  # anything else: as Entry.from_json reads it
-                try:
-                    entry = from_json(data)
-                except ValueError:
-                    metrics.REVOCATION_REDIS_ERRORS.inc()
-                    continue
-                added = entry.expires_at > now
-                if added:
-                    add(entry)
-            loaded += added
-        return loaded
 
     # --- housekeeping ------------------------------------------------------------------------
 
@@ -408,24 +333,3 @@ class RedisStore(LocalCopy, RevocationStore):
                     log.debug("revocation entries expired", extra={"dropped": dropped})
 
 
-
-def from_json(data: Any) -> Entry:
-    """``schema.decode`` after the JSON parse: the entry, or ValueError."""
-    if not isinstance(data, dict):
-        raise ValueError("not a JSON object")
-    try:
-        return Entry.from_json(data)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"not a revocation entry: {exc}") from None
-
-
-@contextlib.contextmanager
-def _no_gc() -> Iterator[None]:
-    """No cyclic garbage collection while a bulk load allocates (it creates no cycles)."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
