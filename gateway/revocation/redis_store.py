@@ -184,8 +184,22 @@ class RedisStore(LocalCopy, RevocationStore):
             {self.schema.stream_key: self.last_id}, count=READ_BATCH, block=self._block_ms
         )
         self._last_contact = time.monotonic()
+        self._apply_messages(reply)
+
+    async def _drain(self) -> None:
+        """Apply every message the stream holds after ``last_id`` now, without waiting for more:
+        after a load, the copy is current before it is called ready (a snapshot may be hours old)."""
+        while True:
+            reply = await self._redis.xread({self.schema.stream_key: self.last_id}, count=READ_BATCH)
+            if not self._apply_messages(reply):
+                return
+
+    def _apply_messages(self, reply: Any) -> int:
+        """Apply an XREAD reply's messages in order; how many there were."""
+        read = 0
         for _stream, messages in stream_messages(reply):
             now = time.time()
+            read += len(messages)
             for message_id, fields in messages:
                 self.last_id = message_id.decode() if isinstance(message_id, bytes) else str(message_id)
                 if self._seen_added is not None:
@@ -202,6 +216,7 @@ class RedisStore(LocalCopy, RevocationStore):
                 if entry.created_at:
                     metrics.REVOCATION_LAG.set(max(0.0, now - entry.created_at))
         metrics.REVOCATION_ENTRIES.set(len(self.list))
+        return read
 
     async def _catch_up(self) -> None:
         """Before reading on from ``last_id``: resync unless the stream still holds all that followed it."""
@@ -276,7 +291,7 @@ class RedisStore(LocalCopy, RevocationStore):
         if not await self._usable(meta):  # checked after the read: the stream holds all that followed it
             return False  # what was merged stays (entries are only ever added); the full load follows
         self.last_id, self._seen_added = meta.position, meta.added
-        self._synced("snapshot", loaded)
+        await self._caught_up("snapshot", loaded)
         return True
 
     async def _write_snapshot(self) -> None:
@@ -305,10 +320,11 @@ class RedisStore(LocalCopy, RevocationStore):
             loaded = await scan_all(self._redis, self.schema, self.list, self.config.cluster)
         self.last_id, self._seen_added = position, seen_added
         metrics.REVOCATION_RESYNCS.labels(cause).inc()
-        self._synced(cause, loaded)
+        await self._caught_up(cause, loaded)
         return loaded
 
-    def _synced(self, cause: str, loaded: int) -> None:
+    async def _caught_up(self, cause: str, loaded: int) -> None:
+        await self._drain()
         self.synced = True
         self._last_contact = time.monotonic()
         self._next_check = self._last_contact + self.config.resync_interval
