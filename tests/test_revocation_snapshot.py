@@ -272,3 +272,22 @@ def test_the_bulk_load_reads_every_value_as_decode_does() -> None:
         assert got.keys() == table.keys(), name
         if name != "client":  # a cut-off without not_before nor created_at is "now": read at two times
             assert got == table, name
+
+
+async def test_a_store_that_read_many_messages_after_the_snapshot_writes_a_fresh_one(
+    stores: Callable[[], Awaitable[RedisStore]], redis: Any, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.revocation import redis_store
+
+    monkeypatch.setattr(redis_store, "SNAPSHOT_REFRESH", 3)
+    await write(redis, prefix, jti("first"))
+    await stores()
+    key = snapshot.snapshot_key(Schema(prefix))
+    old = snapshot.Meta.parse(await redis.hget(key, "meta"))
+    await write(redis, prefix, *(jti(f"since-{i}") for i in range(3)))
+    second = await stores()
+    new = snapshot.Meta.parse(await redis.hget(key, "meta"))
+    assert old is not None and new is not None
+    assert new.position == second.last_id != old.position and new.entries == 4
+    third = await stores()
+    assert has(third, "since-2") and third.last_id == second.last_id

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from .. import metrics
@@ -37,6 +38,7 @@ from .store import RevocationStore
 
 log = logging.getLogger("gateway.revocation")
 
+SNAPSHOT_REFRESH = 10_000  # stream messages read after a snapshot that make its reader write a fresh one
 SNAPSHOT_POLL = 0.05  # seconds between two looks at a snapshot another process is making
 READ_BATCH = 1000
 SWEEP_INTERVAL = 30.0
@@ -186,13 +188,16 @@ class RedisStore(LocalCopy, RevocationStore):
         self._last_contact = time.monotonic()
         self._apply_messages(reply)
 
-    async def _drain(self) -> None:
+    async def _drain(self) -> int:
         """Apply every message the stream holds after ``last_id`` now, without waiting for more:
         after a load, the copy is current before it is called ready (a snapshot may be hours old)."""
+        read = 0
         while True:
             reply = await self._redis.xread({self.schema.stream_key: self.last_id}, count=READ_BATCH)
-            if not self._apply_messages(reply):
-                return
+            batch = self._apply_messages(reply)
+            if not batch:
+                return read
+            read += batch
 
     def _apply_messages(self, reply: Any) -> int:
         """Apply an XREAD reply's messages in order; how many there were."""
@@ -242,16 +247,24 @@ class RedisStore(LocalCopy, RevocationStore):
             if await self._from_snapshot():
                 return
             holder = await self._lock()
-        renewing = asyncio.ensure_future(self._renew_lock()) if holder else None
-        try:
+        if not holder:
             await self.resync("startup")
-            if holder:
-                await self._write_snapshot()
+            return
+        await self._holding_lock(self._load_and_snapshot())
+
+    async def _load_and_snapshot(self) -> None:
+        await self.resync("startup")
+        await self._write_snapshot()
+
+    async def _holding_lock(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` (we hold the lock), renewing the lock meanwhile and releasing it after."""
+        renewing = asyncio.ensure_future(self._renew_lock())
+        try:
+            await work
         finally:
-            if renewing is not None:
-                await cancel_and_wait(renewing)
-                with contextlib.suppress(Exception):
-                    await self._redis.eval(snapshot.UNLOCK_SCRIPT, 1, snapshot.lock_key(self.schema), self.instance)
+            await cancel_and_wait(renewing)
+            with contextlib.suppress(Exception):
+                await self._redis.eval(snapshot.UNLOCK_SCRIPT, 1, snapshot.lock_key(self.schema), self.instance)
 
     async def _renew_lock(self) -> None:
         key = snapshot.lock_key(self.schema)
@@ -291,7 +304,8 @@ class RedisStore(LocalCopy, RevocationStore):
         if not await self._usable(meta):  # checked after the read: the stream holds all that followed it
             return False  # what was merged stays (entries are only ever added); the full load follows
         self.last_id, self._seen_added = meta.position, meta.added
-        await self._caught_up("snapshot", loaded)
+        if await self._caught_up("snapshot", loaded) >= SNAPSHOT_REFRESH and await self._lock():
+            await self._holding_lock(self._write_snapshot())  # the next start-up reads fewer messages
         return True
 
     async def _write_snapshot(self) -> None:
@@ -323,13 +337,16 @@ class RedisStore(LocalCopy, RevocationStore):
         await self._caught_up(cause, loaded)
         return loaded
 
-    async def _caught_up(self, cause: str, loaded: int) -> None:
-        await self._drain()
+    async def _caught_up(self, cause: str, loaded: int) -> int:
+        """Apply what the stream holds after the load's position, then say ready; how many messages."""
+        read = await self._drain()
         self.synced = True
         self._last_contact = time.monotonic()
         self._next_check = self._last_contact + self.config.resync_interval
         metrics.REVOCATION_ENTRIES.set(len(self.list))
-        log.info("revocation list loaded", extra={"cause": cause, "keys": loaded, "entries": len(self.list)})
+        log.info("revocation list loaded", extra={"cause": cause, "keys": loaded, "entries": len(self.list),
+                                                  "messages": read})
+        return read
 
     # --- housekeeping ------------------------------------------------------------------------
 
