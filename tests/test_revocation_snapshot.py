@@ -291,3 +291,15 @@ async def test_a_store_that_read_many_messages_after_the_snapshot_writes_a_fresh
     assert new.position == second.last_id != old.position and new.entries == 4
     third = await stores()
     assert has(third, "since-2") and third.last_id == second.last_id
+
+
+async def test_a_snapshot_key_redis_refuses_to_read_means_the_full_load(
+    stores: Callable[[], Awaitable[RedisStore]], redis: Any, prefix: str
+) -> None:
+    """An ACL without the hash commands (NOPERM) or a snapshot key of another type (WRONGTYPE)."""
+    await write(redis, prefix, jti("one"))
+    await redis.set(snapshot.snapshot_key(Schema(prefix)), b"a string, not a hash")
+    full_loads = startups()
+    store = await stores()
+    assert store.ready and has(store, "one")
+    assert startups() == full_loads + 1

@@ -238,6 +238,16 @@ class RedisStore(LocalCopy, RevocationStore):
     async def _start_up(self) -> None:
         """The first load: from the snapshot when the stream can still catch it up, else the full
         load, done by one process at a time (the others wait for the snapshot it writes)."""
+        from redis.exceptions import ResponseError
+
+        try:
+            await self._start_up_shared()
+        except ResponseError as exc:  # NOPERM (an ACL without the hash commands), WRONGTYPE: no snapshot
+            log.warning("revocation snapshot not usable", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
+            if not self.synced:
+                await self.resync("startup")
+
+    async def _start_up_shared(self) -> None:
         if await self._from_snapshot():
             return
         holder = await self._lock()
