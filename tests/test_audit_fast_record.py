@@ -37,8 +37,8 @@ CASES = {
 def test_fast_record_is_the_field_by_field_record(case: str, with_token: bool) -> None:
     values = {"request_id": "req-1", "client_ip": "198.51.100.7", "method": "GET", "host": "api.example",
               "raw_path": "/x?a=1", "user_agent": "curl/8"} | CASES[case]
-    exchange = Exchange(started=time.time(), started_mono=time.monotonic(), status=200, upstream_ms=1.23456,
-                        **values)
+    exchange = Exchange(time.time(), time.monotonic(), values["request_id"], values["client_ip"], values["method"],
+                        values["host"], values["raw_path"], values["user_agent"], status=200, upstream_ms=1.23456)
     token = ValidatedToken("https://as.example", "alice", "web", frozenset({"orders:read"}), time.time() + 300,
                            fingerprint("raw"), jti="j1", claims={"sid": "fam"}) if with_token else None
     decision = Decision(Reason.ALLOWED, route=ROUTE, token=token,
