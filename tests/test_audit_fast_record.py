@@ -48,3 +48,19 @@ def test_fast_record_is_the_field_by_field_record(case: str, with_token: bool) -
     assert list(fast.items()) == list(slow.items())
     if case != "plain":
         assert fast.get("escaped") or fast.get("truncated")
+
+
+BINDINGS = [("none", None), ("dpop", "k" * 43), ("dpop\udcff" + "b" * 20, "\ud800" * 200)]
+
+
+@pytest.mark.parametrize(("binding", "key"), BINDINGS)
+@pytest.mark.parametrize("reason", list(Reason))
+def test_every_reason_binding_and_key_as_field_by_field(reason: Reason, binding: str, key: str | None) -> None:
+    exchange = Exchange(time.time(), time.monotonic(), "req-1", "198.51.100.7", "GET", "api.example", "/x", "ua")
+    token = ValidatedToken("https://as.example", "alice", "web", frozenset({"orders:read"}), time.time() + 300,
+                           fingerprint("raw"), jti="j1", claims={"sid": "fam"})
+    decision = Decision(reason, route=ROUTE, token=token, token_fingerprint=token.fingerprint, binding=binding,
+                        key_thumbprint=key)
+    fast = audit_record(exchange, decision, 1.0, "sid")
+    assert list(fast.items()) == list(_record(exchange, decision, 1.0, "sid", None).items())
+    assert (fast["decision"], fast["reason"]) == ("allow" if reason.allowed else "deny", reason.value)

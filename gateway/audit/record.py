@@ -21,6 +21,7 @@ from typing import Any
 
 from ..decision import Decision
 from ..policy import required_scopes
+from ..reasons import Reason
 from ..routing import Route
 from ..tokens.token import ValidatedToken, short_fingerprint
 from .fields import rfc3339
@@ -178,6 +179,8 @@ def _fast_record(
     request_id, client_ip, method, host = exchange.request_id, exchange.client_ip, exchange.method, exchange.host
     path = decision.target.path if decision.target is not None else exchange.raw_path.partition("?")[0]
     user_agent = exchange.user_agent
+    outcome, reason = _REASON_FIELDS[decision.reason]
+    binding, key_thumbprint = decision.binding, decision.key_thumbprint
     record: dict[str, Any] = {
         "type": "audit",
         "ts": rfc3339(exchange.started),
@@ -192,8 +195,8 @@ def _fast_record(
         "route": route_fields[0],
         "upstream": route_fields[1] if exchange.mode == "proxy" else None,
         "status": exchange.status,
-        "decision": decision.reason.decision,
-        "reason": decision.reason.value,
+        "decision": outcome,
+        "reason": reason,
         "sub": sub,
         "client_id": client_id,
         "iss": iss,
@@ -201,8 +204,9 @@ def _fast_record(
         "family": family,
         "sid": sid,
         "token_fingerprint": short_fingerprint(fp) if fp else None,
-        "binding": text("binding", decision.binding) if fp else None,
-        "key_thumbprint": text("key_thumbprint", decision.key_thumbprint) if fp else None,
+        "binding": (binding if len(binding) <= _BINDING_LIMIT and binding.isascii() else text("binding", binding))
+        if fp else None,
+        "key_thumbprint": text("key_thumbprint", key_thumbprint) if fp and key_thumbprint is not None else None,
         "scopes": scopes,
         "required_scopes": route_fields[2],
         "missing_scopes": altered.texts("missing_scopes", sorted(decision.missing_scopes))
@@ -219,6 +223,9 @@ def _fast_record(
 
 _REQUEST_ID_LIMIT, _CLIENT_IP_LIMIT, _METHOD_LIMIT = LIMITS["request_id"], LIMITS["client_ip"], LIMITS["method"]
 _HOST_LIMIT, _PATH_LIMIT, _USER_AGENT_LIMIT = LIMITS["host"], LIMITS["path"], LIMITS["user_agent"]
+_BINDING_LIMIT = LIMITS["binding"]
+# a reason's "decision" and "reason" fields, as the record spells them (no enum and property lookups per record)
+_REASON_FIELDS: dict[Reason, tuple[str, str]] = {r: (r.decision, r.value) for r in Reason}
 
 
 def _record(
