@@ -21,6 +21,7 @@ from typing import Any
 
 from ..decision import Decision
 from ..policy import required_scopes
+from ..reasons import Reason
 from ..routing import Route
 from ..tokens.token import ValidatedToken, short_fingerprint
 from .fields import rfc3339
@@ -173,21 +174,29 @@ def _fast_record(
     text = (altered := _Altered()).text
     sub, client_id, iss, jti, family, sid, scopes = token_fields
     fp = decision.token_fingerprint
+    # the exchange's texts (always str): _Altered.text's common case checked here, the call only
+    # when one has to be escaped or cut (in field order, so escaped/truncated list them as before)
+    request_id, client_ip, method, host = exchange.request_id, exchange.client_ip, exchange.method, exchange.host
+    path = decision.target.path if decision.target is not None else exchange.raw_path.partition("?")[0]
+    user_agent = exchange.user_agent
+    outcome, reason = _REASON_FIELDS[decision.reason]
+    binding, key_thumbprint = decision.binding, decision.key_thumbprint
     record: dict[str, Any] = {
         "type": "audit",
         "ts": rfc3339(exchange.started),
-        "request_id": text("request_id", exchange.request_id),
+        "request_id": request_id if len(request_id) <= _REQUEST_ID_LIMIT and request_id.isascii()
+        else text("request_id", request_id),
         "mode": exchange.mode,
-        "client_ip": text("client_ip", exchange.client_ip),
-        "method": text("method", exchange.method),
-        "host": text("host", exchange.host),
-        "path": text("path", decision.target.path if decision.target is not None
-                     else exchange.raw_path.partition("?")[0]),
+        "client_ip": client_ip if len(client_ip) <= _CLIENT_IP_LIMIT and client_ip.isascii()
+        else text("client_ip", client_ip),
+        "method": method if len(method) <= _METHOD_LIMIT and method.isascii() else text("method", method),
+        "host": host if len(host) <= _HOST_LIMIT and host.isascii() else text("host", host),
+        "path": path if len(path) <= _PATH_LIMIT and path.isascii() else text("path", path),
         "route": route_fields[0],
         "upstream": route_fields[1] if exchange.mode == "proxy" else None,
         "status": exchange.status,
-        "decision": decision.reason.decision,
-        "reason": decision.reason.value,
+        "decision": outcome,
+        "reason": reason,
         "sub": sub,
         "client_id": client_id,
         "iss": iss,
@@ -195,19 +204,28 @@ def _fast_record(
         "family": family,
         "sid": sid,
         "token_fingerprint": short_fingerprint(fp) if fp else None,
-        "binding": text("binding", decision.binding) if fp else None,
-        "key_thumbprint": text("key_thumbprint", decision.key_thumbprint) if fp else None,
+        "binding": (binding if len(binding) <= _BINDING_LIMIT and binding.isascii() else text("binding", binding))
+        if fp else None,
+        "key_thumbprint": text("key_thumbprint", key_thumbprint) if fp and key_thumbprint is not None else None,
         "scopes": scopes,
         "required_scopes": route_fields[2],
         "missing_scopes": altered.texts("missing_scopes", sorted(decision.missing_scopes))
         if decision.missing_scopes else [],
-        "user_agent": text("user_agent", exchange.user_agent),
+        "user_agent": user_agent if len(user_agent) <= _USER_AGENT_LIMIT and user_agent.isascii()
+        else text("user_agent", user_agent),
         "duration_ms": round(duration_ms, 3),
         "upstream_ms": round(exchange.upstream_ms, 3) if exchange.upstream_ms is not None else None,
         "bytes_in": exchange.bytes_in,
         "bytes_out": exchange.bytes_out,
     }
     return _finish(record, exchange, decision, altered, suspicious)
+
+
+_REQUEST_ID_LIMIT, _CLIENT_IP_LIMIT, _METHOD_LIMIT = LIMITS["request_id"], LIMITS["client_ip"], LIMITS["method"]
+_HOST_LIMIT, _PATH_LIMIT, _USER_AGENT_LIMIT = LIMITS["host"], LIMITS["path"], LIMITS["user_agent"]
+_BINDING_LIMIT = LIMITS["binding"]
+# a reason's "decision" and "reason" fields, as the record spells them (no enum and property lookups per record)
+_REASON_FIELDS: dict[Reason, tuple[str, str]] = {r: (r.decision, r.value) for r in Reason}
 
 
 def _record(
