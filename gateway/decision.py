@@ -25,7 +25,6 @@ from .ratelimit import LocalLimiter, RateLimitingConfig, RateLimits, Verdict, re
 from .reasons import Reason
 from .revocation.store import RevocationStore
 from .routing import BadTarget, Route, RouteTable, Target, normalise_target, valid_host
-from .slots_init import slot_init
 from .token_source import source_token
 from .tokens.issuer_pattern import issuer_map
 from .tokens.token import TokenError, ValidatedToken, fingerprint
@@ -39,7 +38,6 @@ _DPOP = re.compile(r"[Dd][Pp][Oo][Pp] +([A-Za-z0-9\-._~+/]+=*) *")
 _D = ("D", "d")
 
 
-@slot_init  # made per request: its slots set directly (slots_init.py)
 @dataclass(frozen=True, slots=True)
 class RequestFacts:
     """What the decision needs to know about a request, whichever shape it arrived in."""
@@ -59,7 +57,6 @@ class RequestFacts:
     headers: CIMultiDictProxy[str] | None = None  # all of them: a route's token_source reads its cookie or header
 
 
-@slot_init  # made per request: its slots set directly (slots_init.py)
 @dataclass(frozen=True, slots=True)
 class Decision:
     """The outcome, with everything the response, the audit record and the metrics need."""

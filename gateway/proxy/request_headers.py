@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..addresses import forwarded_for
-from ..slots_init import slot_init
 from .headers import (
     CLIENT_ADDRESS_HEADERS,
     FORWARDING_HEADERS,
@@ -28,7 +27,6 @@ if TYPE_CHECKING:
     from .upstream import Upstream
 
 
-@slot_init  # made per request: its slots set directly (slots_init.py)
 @dataclass(frozen=True, slots=True)
 class ForwardContext:
     """Per-request facts the header rules need."""

@@ -8,8 +8,6 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
-from ..slots_init import slot_init
-
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _HEX = frozenset("0123456789abcdefABCDEF")
 # allowed raw in a path: unreserved, sub-delims, ":" "@" "/" and "%" (checked separately)
@@ -22,7 +20,6 @@ class BadTarget(ValueError):
     """The request target is malformed or ambiguous; answered with 400."""
 
 
-@slot_init  # made per request: its slots set directly (slots_init.py)
 @dataclass(frozen=True, slots=True)
 class Target:
     """A normalised request target: the path that is matched, authorised and forwarded."""
