@@ -250,11 +250,11 @@ class Decider:
         presented = presented_token(facts, target, route)
         if isinstance(presented, Reason):
             return self._refusal(presented, target, route, self.senders.challenges(route))
-        fp = fingerprint(presented.token)
-        try:
-            token = await self.validator.validate(presented.token, fp)
+        try:  # a hot token's fingerprint comes with it from the verified-token cache: not hashed again
+            token = await self.validator.validate(presented.token)
         except TokenError as exc:
-            return self._refusal(exc.reason, target, route, self.senders.challenges(route), presented.scheme, fp)
+            return self._refusal(exc.reason, target, route, self.senders.challenges(route), presented.scheme,
+                                 fingerprint(presented.token))
         return await self._authorise(facts, target, route, token, presented)
 
     def _refusal(

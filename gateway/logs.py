@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from aiohttp.http_exceptions import BadHttpMessage
 
 _STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "taskName"}
 
@@ -54,7 +53,10 @@ class ClientNoiseFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, BadHttpMessage | ConnectionError):
+        # aiohttp is not imported for this (`gateway serve`'s supervisor never loads it): an aiohttp
+        # exception can only exist once aiohttp has been imported by whoever raised it
+        http = sys.modules.get("aiohttp.http_exceptions")
+        if isinstance(exc, ConnectionError) or (http is not None and isinstance(exc, http.BadHttpMessage)):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger().isEnabledFor(logging.DEBUG)
         return True

@@ -187,13 +187,19 @@ _HISTOGRAMS_BY_LABEL: dict[tuple[Histogram, str], PendingHistogram | DirectHisto
 _OUTCOMES: dict[tuple[str, str, int, Reason], tuple[PendingCount, PendingHistogram | DirectHistogram]] = {}
 
 
+def pending(counter: Counter, *labels: str) -> PendingCount:
+    """The memoised pending increments of a folding counter's child ``labels``: ``.count += 1`` on the
+    request path, folded by ``fold`` (for a caller that keeps it, as a cache keeps its hit and miss)."""
+    key = (counter, labels)
+    found = _COUNTS_BY_LABELS.get(key)
+    if found is None:
+        found = _COUNTS_BY_LABELS[key] = pending_count(counter, *labels)
+    return found
+
+
 def count(counter: Counter, *labels: str) -> None:
     """Add one to a folding counter's child ``labels`` (on the request path; folded by ``fold``)."""
-    key = (counter, labels)
-    pending = _COUNTS_BY_LABELS.get(key)
-    if pending is None:
-        pending = _COUNTS_BY_LABELS[key] = pending_count(counter, *labels)
-    pending.count += 1
+    pending(counter, *labels).count += 1
 
 
 def _histogram_child(histogram: Histogram, label: str) -> PendingHistogram | DirectHistogram:
@@ -247,7 +253,8 @@ TOKEN_VALIDATIONS = Counter(
     "gateway_token_validations_total", "Token validations (cache misses) by issuer and result", ["issuer", "result"],
 )
 JWKS_REFRESH = Counter("gateway_jwks_refresh_total", "JWKS fetches by issuer and result", ["issuer", "result"])
-TOKEN_CACHE = Counter(
+# the verified-token cache counts its hits and misses through pending (tokens/cache.py), folded by fold()
+TOKEN_CACHE = _FoldingCounter(
     "gateway_token_cache_total", "Verified-token and introspection cache lookups", ["cache", "result"],
 )
 INTROSPECTION_CALLS = Counter(

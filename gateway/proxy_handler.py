@@ -18,7 +18,7 @@ from . import metrics, tracing
 from .audit.record import Exchange
 from .config import GatewayConfig
 from .decision import Decision
-from .facts import facts_of, new_exchange
+from .facts import exchange_and_facts
 from .proxy import (
     BodyTooLarge,
     ForwardContext,
@@ -27,7 +27,6 @@ from .proxy import (
     Upstream,
     UpstreamFailure,
     forward,
-    is_trusted,
     strip_rule,
 )
 from .proxy import upstream_headers as build_upstream_headers
@@ -65,10 +64,10 @@ class ProxyHandler:
     async def _handle(self, request: web.BaseRequest, pipeline: Pipeline) -> web.StreamResponse:
         gateway = self.gateway
         config = pipeline.config
-        exchange, peer = new_exchange(request, config, "proxy")
-        decision = await pipeline.decider.decide(facts_of(request, config, exchange.client_ip))
+        exchange, facts, peer, peer_trusted = exchange_and_facts(request, config, "proxy")
+        decision = await pipeline.decider.decide(facts)
         if decision.allowed:
-            decision, response = await self._forward(request, pipeline, decision, exchange, peer)
+            decision, response = await self._forward(request, pipeline, decision, exchange, peer, peer_trusted)
         else:
             response = denial_response(decision, config.realm, exchange.request_id)
         exchange.status = response.status
@@ -78,7 +77,8 @@ class ProxyHandler:
         return response
 
     async def _forward(
-        self, request: web.BaseRequest, pipeline: Pipeline, decision: Decision, exchange: Exchange, peer: str
+        self, request: web.BaseRequest, pipeline: Pipeline, decision: Decision, exchange: Exchange, peer: str,
+        peer_trusted: bool,
     ) -> tuple[Decision, web.StreamResponse]:
         assert decision.route is not None and decision.target is not None
         config = pipeline.config
@@ -87,7 +87,7 @@ class ProxyHandler:
             return self._deny(decision, Reason.BODY_TOO_LARGE, exchange, config)
         upstream = pipeline.upstreams[decision.route.upstream]
         context = ForwardContext(
-            client_ip=exchange.client_ip, peer=peer, peer_trusted=is_trusted(peer, config.trusted_proxies),
+            client_ip=exchange.client_ip, peer=peer, peer_trusted=peer_trusted,
             scheme="https" if request.secure else "http", host=exchange.host, request_id=exchange.request_id,
         )
         try:

@@ -17,11 +17,13 @@ import os
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import metrics
 from .config import ConfigError, GatewayConfig, load_config
-from .runtime import Gateway, Pipeline, build_pipeline
+
+if TYPE_CHECKING:  # imported when a reload runs: `gateway serve`'s supervisor (workers.py) never loads it
+    from .runtime import Gateway, Pipeline
 
 log = logging.getLogger("gateway.reload")
 
@@ -202,6 +204,8 @@ class Reloader:
 
     async def _apply(self, config: GatewayConfig) -> None:
         gateway = self.gateway
+        from .runtime import build_pipeline
+
         pipeline = await build_pipeline(config, gateway.revocation, gateway.proofs, gateway.limiter)
         running = gateway.pipeline
         # never trade a pipeline that verifies tokens for one that cannot (the issuer is down right now)

@@ -88,6 +88,17 @@ def strip_rule(route: RouteConfig | None, config: GatewayConfig) -> HeaderStrip:
     claim header name (only the gateway's values reach the upstream), and the route's
     ``token_source`` header or cookie (the token stays at the gateway, as with a query token).
     """
+    front = _BY_ROUTE.get(id(route))
+    if front is not None and front[0] is route and front[1] is config:  # frozen: the same objects, the same rule
+        return front[2]
+    rule = _strip_rule(route, config)
+    if len(_BY_ROUTE) >= 1024:
+        _BY_ROUTE.clear()
+    _BY_ROUTE[id(route)] = (route, config, rule)  # both kept: their ids are never reused meanwhile
+    return rule
+
+
+def _strip_rule(route: RouteConfig | None, config: GatewayConfig) -> HeaderStrip:
     names = route.strip_request_headers if route is not None and route.strip_request_headers is not None else None
     if names is None:
         names = config.strip_request_headers
@@ -108,6 +119,8 @@ def strip_rule(route: RouteConfig | None, config: GatewayConfig) -> HeaderStrip:
     return entry[1]
 
 
+# by id of the route's configuration (None: the middleware without a route), with the gateway's (bounded)
+_BY_ROUTE: dict[int, tuple[RouteConfig | None, GatewayConfig, HeaderStrip]] = {}
 _Added = tuple[str | None, tuple[str, ...], str | None, str | None]
 # by id of the configured list and what is added to it (bounded)
 _STRIP_RULES: dict[tuple[int, _Added], tuple[Sequence[str], HeaderStrip]] = {}

@@ -27,10 +27,16 @@ def identity_values(token: ValidatedToken | None, names: IdentityHeaders) -> lis
     """
     if token is None:
         return [(names.subject, ""), (names.client_id, ""), (names.scopes, "")]
+    key = (names.subject, names.client_id, names.scopes)
+    memo = token.identity_memo
+    if memo is not None and memo[0] == key:  # a hot token: checked on its first request (callers never mutate it)
+        return memo[1]
     subject, client_id = token.subject or "", token.client_id or ""
     if not (header_safe(subject) and header_safe(client_id)):
         raise UnsafeIdentity("the subject or client id cannot be a header value")
-    return [(names.subject, subject), (names.client_id, client_id), (names.scopes, _scope_header(token.scopes))]
+    values = [(names.subject, subject), (names.client_id, client_id), (names.scopes, _scope_header(token.scopes))]
+    object.__setattr__(token, "identity_memo", (key, values))  # a cache on a frozen value
+    return values
 
 
 _SCOPE_HEADERS: dict[frozenset[str], str] = {}  # bounded: emptied when full

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from .. import metrics
@@ -26,16 +27,19 @@ from ..background import cancel_and_wait
 from ..config import RevocationConfig
 from ..reasons import Reason
 from ..tokens.token import ValidatedToken
+from . import snapshot
+from .bulk_load import no_gc, scan_all
 from .entries import Entry
 from .local_copy import LocalCopy, stamped
 from .redis_client import connect
 from .redis_stream import gap, stream_info, stream_messages
-from .schema import STREAM_MAXLEN, RevocationWriteError, Schema, decode, stream_fields, write_entry
+from .schema import STREAM_MAXLEN, RevocationWriteError, Schema, stream_fields, write_entry
 from .store import RevocationStore
 
 log = logging.getLogger("gateway.revocation")
 
-SCAN_BATCH = 1000
+SNAPSHOT_REFRESH = 10_000  # stream messages read after a snapshot that make its reader write a fresh one
+SNAPSHOT_POLL = 0.05  # seconds between two looks at a snapshot another process is making
 READ_BATCH = 1000
 SWEEP_INTERVAL = 30.0
 WRITE_TIMEOUT = 5.0  # an admin call gets its answer (503 when Redis is away) within this
@@ -155,7 +159,7 @@ class RedisStore(LocalCopy, RevocationStore):
         while not self._stopping:
             try:
                 if not self.synced:
-                    await self.resync("startup")
+                    await self._start_up()
                 else:
                     await self._catch_up()
                 self._set_up(True)
@@ -182,8 +186,25 @@ class RedisStore(LocalCopy, RevocationStore):
             {self.schema.stream_key: self.last_id}, count=READ_BATCH, block=self._block_ms
         )
         self._last_contact = time.monotonic()
+        self._apply_messages(reply)
+
+    async def _drain(self) -> int:
+        """Apply every message the stream holds after ``last_id`` now, without waiting for more:
+        after a load, the copy is current before it is called ready (a snapshot may be hours old)."""
+        read = 0
+        while True:
+            reply = await self._redis.xread({self.schema.stream_key: self.last_id}, count=READ_BATCH)
+            batch = self._apply_messages(reply)
+            if not batch:
+                return read
+            read += batch
+
+    def _apply_messages(self, reply: Any) -> int:
+        """Apply an XREAD reply's messages in order; how many there were."""
+        read = 0
         for _stream, messages in stream_messages(reply):
             now = time.time()
+            read += len(messages)
             for message_id, fields in messages:
                 self.last_id = message_id.decode() if isinstance(message_id, bytes) else str(message_id)
                 if self._seen_added is not None:
@@ -200,6 +221,7 @@ class RedisStore(LocalCopy, RevocationStore):
                 if entry.created_at:
                     metrics.REVOCATION_LAG.set(max(0.0, now - entry.created_at))
         metrics.REVOCATION_ENTRIES.set(len(self.list))
+        return read
 
     async def _catch_up(self) -> None:
         """Before reading on from ``last_id``: resync unless the stream still holds all that followed it."""
@@ -211,6 +233,104 @@ class RedisStore(LocalCopy, RevocationStore):
         else:
             self._last_contact = time.monotonic()
 
+    # --- the load ----------------------------------------------------------------------------
+
+    async def _start_up(self) -> None:
+        """The first load: from the snapshot when the stream can still catch it up, else the full
+        load, done by one process at a time (the others wait for the snapshot it writes)."""
+        from redis.exceptions import ResponseError
+
+        try:
+            await self._start_up_shared()
+        except ResponseError as exc:  # NOPERM (an ACL without the hash commands), WRONGTYPE: no snapshot
+            log.warning("revocation snapshot not usable", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
+            if not self.synced:
+                await self.resync("startup")
+
+    async def _start_up_shared(self) -> None:
+        if await self._from_snapshot():
+            return
+        holder = await self._lock()
+        if not holder:
+            while await self._redis.exists(snapshot.lock_key(self.schema)):  # noqa: ASYNC110 - another process holds it
+                await asyncio.sleep(SNAPSHOT_POLL)  # its holder renews it while it loads, or it expires soon
+            if await self._from_snapshot():
+                return
+            holder = await self._lock()
+        if not holder:
+            await self.resync("startup")
+            return
+        await self._holding_lock(self._load_and_snapshot())
+
+    async def _load_and_snapshot(self) -> None:
+        await self.resync("startup")
+        await self._write_snapshot()
+
+    async def _holding_lock(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` (we hold the lock), renewing the lock meanwhile and releasing it after."""
+        renewing = asyncio.ensure_future(self._renew_lock())
+        try:
+            await work
+        finally:
+            await cancel_and_wait(renewing)
+            with contextlib.suppress(Exception):
+                await self._redis.eval(snapshot.UNLOCK_SCRIPT, 1, snapshot.lock_key(self.schema), self.instance)
+
+    async def _renew_lock(self) -> None:
+        key = snapshot.lock_key(self.schema)
+        while True:
+            await asyncio.sleep(snapshot.LOCK_MS / 3000)
+            with contextlib.suppress(Exception):  # the load itself fails and says why
+                await self._redis.eval(snapshot.RENEW_SCRIPT, 1, key, self.instance, snapshot.LOCK_MS)
+
+    async def _lock(self) -> bool:
+        key = snapshot.lock_key(self.schema)
+        return bool(await self._redis.eval(snapshot.LOCK_SCRIPT, 1, key, self.instance, snapshot.LOCK_MS))
+
+    async def _usable(self, meta: snapshot.Meta | None) -> bool:
+        """Whether the stream still holds every message after the snapshot's position."""
+        if meta is None:
+            return False
+        info = await stream_info(self._redis, self.schema.stream_key)
+        return gap(info, meta.position, meta.added) is None
+
+    async def _from_snapshot(self) -> bool:
+        """Load the snapshot and follow the stream from its position; False when there is none to use."""
+        key = snapshot.snapshot_key(self.schema)
+        if not await self._usable(snapshot.Meta.parse(await self._redis.hget(key, "meta"))):
+            return False
+        raw_meta, data = await self._redis.hmget(key, ["meta", "data"])
+        meta = snapshot.Meta.parse(raw_meta)
+        if meta is None or data is None:
+            return False
+        try:
+            with no_gc():
+                loaded = snapshot.merge_tables(self.list, data)
+        except ValueError as exc:
+            metrics.REVOCATION_REDIS_ERRORS.inc()
+            log.warning("revocation snapshot not usable", extra={"error": str(exc)[:300]})
+            return False
+        del data
+        if not await self._usable(meta):  # checked after the read: the stream holds all that followed it
+            return False  # what was merged stays (entries are only ever added); the full load follows
+        self.last_id, self._seen_added = meta.position, meta.added
+        if await self._caught_up("snapshot", loaded) >= SNAPSHOT_REFRESH and await self._lock():
+            await self._holding_lock(self._write_snapshot())  # the next start-up reads fewer messages
+        return True
+
+    async def _write_snapshot(self) -> None:
+        """Write the list just loaded, with the stream position noted before its scan, as the snapshot."""
+        meta = snapshot.Meta(self.last_id, self._seen_added, time.time(), len(self.list))
+        with no_gc():
+            data = snapshot.encode_tables(self.list)
+        if len(data) > snapshot.MAX_BYTES:
+            log.info("revocation list too large for a snapshot", extra={"bytes": len(data)})
+            return
+        try:
+            await self._redis.hset(snapshot.snapshot_key(self.schema), mapping={"meta": meta.dump(), "data": data})
+        except Exception as exc:  # a start-up without a snapshot is only slower
+            log.warning("revocation snapshot not written", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
+
     async def resync(self, cause: str = "manual") -> int:
         """Reload every key into the local copy, then follow the stream from where it stood.
 
@@ -220,41 +340,23 @@ class RedisStore(LocalCopy, RevocationStore):
         info = await stream_info(self._redis, self.schema.stream_key)
         position = info.last_generated if info is not None else "0-0"
         seen_added = info.entries_added if info is not None else 0  # None on Redis < 7
-        loaded = 0
-        batch: list[Any] = []
-        async for key in self._redis.scan_iter(match=self.schema.scan_pattern(), count=SCAN_BATCH, _type="STRING"):
-            batch.append(key)
-            if len(batch) >= SCAN_BATCH:
-                loaded += await self._load(batch)
-                batch = []
-        if batch:
-            loaded += await self._load(batch)
+        with no_gc():  # a million small objects would set off full collections over and over
+            loaded = await scan_all(self._redis, self.schema, self.list, self.config.cluster)
         self.last_id, self._seen_added = position, seen_added
+        metrics.REVOCATION_RESYNCS.labels(cause).inc()
+        await self._caught_up(cause, loaded)
+        return loaded
+
+    async def _caught_up(self, cause: str, loaded: int) -> int:
+        """Apply what the stream holds after the load's position, then say ready; how many messages."""
+        read = await self._drain()
         self.synced = True
         self._last_contact = time.monotonic()
         self._next_check = self._last_contact + self.config.resync_interval
-        metrics.REVOCATION_RESYNCS.labels(cause).inc()
         metrics.REVOCATION_ENTRIES.set(len(self.list))
-        log.info("revocation list loaded", extra={"cause": cause, "keys": loaded, "entries": len(self.list)})
-        return loaded
-
-    async def _load(self, keys: list[Any]) -> int:
-        values = await self._redis.mget(keys)
-        now = time.time()
-        loaded = 0
-        add = self.list.add
-        for raw in values:
-            if raw is None:
-                continue  # expired between SCAN and MGET
-            try:
-                entry = decode(raw)
-            except ValueError:
-                metrics.REVOCATION_REDIS_ERRORS.inc()
-                continue
-            if entry.expires_at > now:
-                add(entry)
-                loaded += 1
-        return loaded
+        log.info("revocation list loaded", extra={"cause": cause, "keys": loaded, "entries": len(self.list),
+                                                  "messages": read})
+        return read
 
     # --- housekeeping ------------------------------------------------------------------------
 
@@ -272,4 +374,5 @@ class RedisStore(LocalCopy, RevocationStore):
                 metrics.REVOCATION_ENTRIES.set(len(self.list))
                 if dropped:
                     log.debug("revocation entries expired", extra={"dropped": dropped})
+
 

@@ -41,18 +41,19 @@ class ExpiringCache(Generic[V]):
         self._expiries: list[tuple[float, str]] = []  # a heap of (deadline, key); stale pairs are skipped
         self._identity = identity
         self._keys_by_identity: dict[str, str] = {}  # only for entries whose identity differs from the key
-        self._hit = metrics.TOKEN_CACHE.labels(name, "hit")
-        self._miss = metrics.TOKEN_CACHE.labels(name, "miss")
+        # counted on the request path, folded into prometheus-client by metrics.fold
+        self._hit = metrics.pending(metrics.TOKEN_CACHE, name, "hit")
+        self._miss = metrics.pending(metrics.TOKEN_CACHE, name, "miss")
 
     def get(self, key: str) -> V | None:
         entry = self._entries.get(key)
         if entry is not None:
             if time.time() < entry[1]:
                 self._entries.move_to_end(key)
-                self._hit.inc()
+                self._hit.count += 1
                 return entry[0]
             self._remove(key)
-        self._miss.inc()
+        self._miss.count += 1
         return None
 
     def put(self, key: str, value: V) -> None:

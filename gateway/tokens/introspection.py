@@ -218,7 +218,7 @@ class Introspector:
         deadline = until if until is not None else now + self.settings.cache_ttl
         if token.expires_at:  # without exp (RFC 7662 makes it optional) cache_ttl alone bounds the entry
             deadline = min(deadline, token.expires_at)
-        fields = {f.name: getattr(token, f.name) for f in dataclasses.fields(token)}
+        fields = {f.name: getattr(token, f.name) for f in dataclasses.fields(token) if f.init}
         entry = IntrospectedToken(**fields, cached_until=deadline)
         self.cache.put(key, entry)  # dropped at once when the deadline has already passed
         return entry

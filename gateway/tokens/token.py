@@ -99,6 +99,16 @@ class ValidatedToken:
     presented_hash: str | None = field(default=None, compare=False)
     # SHA-256 of ``jti``: how a jti revoked for an issuer that introspects is kept (revocation/schema.py)
     jti_hash: str | None = field(default=None, compare=False)
+    # the audit record's fields taken from this token, per family claim name: worked out on the
+    # token's first record and reused while it stays cached (audit/record.py); never compared
+    audit_memo: tuple[str, tuple[Any, ...] | None] | None = field(
+        default=None, init=False, compare=False, hash=False, repr=False,
+    )
+
+    # the identity headers of this token, per header names (proxy/identity.py): checked once, then reused
+    identity_memo: tuple[tuple[str, str, str], list[tuple[str, str]]] | None = field(
+        default=None, init=False, compare=False, hash=False, repr=False,
+    )
 
     def claim(self, name: str) -> Any:
         return self.claims.get(name)

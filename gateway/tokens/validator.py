@@ -127,16 +127,16 @@ class TokenValidator:
     async def validate(self, raw: str, fp: str | None = None) -> ValidatedToken:
         """The validated token, from the cache when this exact token was verified before.
 
-        ``fp`` is the token's fingerprint (its identity), computed by the caller when given.
+        ``fp`` is the token's fingerprint (its identity), computed by the caller when given, else
+        here when needed: a cache hit carries it already (the cached token's, computed from these bytes).
         """
-        fp = fp or fingerprint(raw)
         if raw.count(".") != 2:  # not a JWT: never in this cache, the introspectors cache their own
-            return await self._introspect_opaque(RawToken(raw, fp))
+            return await self._introspect_opaque(RawToken(raw, fp or fingerprint(raw)))
         key = cache_key(raw)  # the exact bytes: a twin or a forged signature is verified on its own
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        token = await self._validate_uncached(raw, fp)
+        token = await self._validate_uncached(raw, fp or fingerprint(raw))
         if token.source != "introspection":  # the introspector caches its own, never past cache_ttl
             self.cache.put(key, token)
         return token

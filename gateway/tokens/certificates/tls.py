@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
-from typing import Literal
-
-from aiohttp import web
+from typing import TYPE_CHECKING, Literal
 
 from .certificate import CertificateRejected, ClientCertificate, certificate_from_der
+
+if TYPE_CHECKING:  # aiohttp is not imported at run time here: `gateway serve`'s supervisor never loads it
+    from aiohttp import web
 
 ClientCertificateMode = Literal["none", "optional", "required"]
 _TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
