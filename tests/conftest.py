@@ -26,6 +26,12 @@ redis_proc = factories.redis_proc(port=None,  # type: ignore[arg-type]  # None: 
                                   executable=shutil.which("redis-server") or "/usr/bin/redis-server")
 
 
+
+@pytest.fixture
+def redis_url(redis_proc: Any) -> str:
+    """The session's redis-server (pytest-redis), database 0; each test picks its own key prefix."""
+    return f"redis://{redis_proc.host}:{redis_proc.port}/0"
+
 @pytest.fixture
 async def issuer() -> AsyncIterator[DemoIssuer]:
     server = DemoIssuer(audience=AUDIENCE)

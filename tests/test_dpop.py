@@ -512,10 +512,6 @@ def test_replay_key_holds_no_raw_jti(ec_key: ec.EllipticCurvePrivateKey) -> None
 # --- replay: Redis ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def redis_url(redis_proc: Any) -> str:
-    return f"redis://{redis_proc.host}:{redis_proc.port}/0"
-
 
 @pytest.fixture
 def prefix() -> str:

@@ -73,10 +73,6 @@ def limit(name: str = "subject", key: str = "subject", rate: str = "10/s", burst
     return Limit(name, KeySpec.parse(key), parsed, burst or parsed.count, on_redis_error, scope)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def redis_url(redis_proc: Any) -> str:
-    return f"redis://{redis_proc.host}:{redis_proc.port}/0"
-
 
 @pytest.fixture
 def prefix() -> str:

@@ -65,10 +65,6 @@ def admin_secret(monkeypatch: pytest.MonkeyPatch) -> str:
     return secret
 
 
-@pytest.fixture
-def redis_url(redis_proc: Any) -> str:
-    return f"redis://{redis_proc.host}:{redis_proc.port}/0"
-
 
 @pytest.fixture
 def prefix() -> str:

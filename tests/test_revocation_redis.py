@@ -94,10 +94,6 @@ class Relay:
         await self.cut()
 
 
-@pytest.fixture
-def redis_url(redis_proc: Any) -> str:
-    return f"redis://{redis_proc.host}:{redis_proc.port}/0"
-
 
 @pytest.fixture
 def prefix() -> str:

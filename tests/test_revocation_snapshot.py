@@ -28,10 +28,6 @@ from tests.helpers import metric
 ISSUER = "https://issuer.test"
 
 
-@pytest.fixture
-def redis_url(redis_proc: Any) -> str:
-    return f"redis://{redis_proc.host}:{redis_proc.port}/0"
-
 
 @pytest.fixture
 def prefix() -> str:

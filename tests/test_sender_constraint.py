@@ -365,10 +365,6 @@ async def test_an_unreachable_replay_cache_fails_closed(
 # --- replay across gateways sharing one Redis ----------------------------------------------
 
 
-@pytest.fixture
-def redis_url(redis_proc: Any) -> str:
-    return f"redis://{redis_proc.host}:{redis_proc.port}/0"
-
 
 async def test_two_gateways_on_the_revocation_redis_refuse_each_others_proofs(
     make_gateway: GatewayFactory, issuer: DemoIssuer, redis_url: str, key: Any

@@ -59,10 +59,6 @@ def token_validations() -> float:
                if s.name == "gateway_token_validations_total")
 
 
-@pytest.fixture
-def redis_url(redis_proc: Any) -> str:
-    return f"redis://{redis_proc.host}:{redis_proc.port}/0"
-
 
 @pytest.fixture
 def own_redis() -> Iterator[OwnRedis]:
