@@ -659,7 +659,7 @@ async def test_cluster_keys_share_one_hash_slot(
             await wait_status(http, gw, tok, 401, within=0.5)
             await gw.stop()
         keys = await node.keys("*")
-        assert sorted(keys) == [b"{gateway:revoked:}snapshot", b"{gateway:revoked:}stream",  # snapshot: start-up
+        assert sorted(keys) == [b"{gateway:revoked:}stream",
                                 f"{{gateway:revoked:}}v2:jti:{issuer.issuer}|cluster-jti".encode(),
                                 b"{gateway:revoked:}v2:subject:*|nobody-here"]
         slots = {await node.execute_command("CLUSTER", "KEYSLOT", key) for key in keys}  # type: ignore[no-untyped-call]

@@ -194,24 +194,9 @@ class RevocationList:
         pairs[pair] = (cutoff, expires)
 
     def tables(self) -> dict[str, dict[Any, Any]]:
-        """Every table by name (a snapshot is written from them)."""
+        """Every table by name (the bulk load fills them directly)."""
         return {"jti": self._jtis, "fingerprint": self._fingerprints, "legacy": self._legacy,
                 "family": self._families, "subject": self._subjects, "client": self._clients}
-
-    def merge_table(self, name: str, items: dict[Any, Any]) -> None:
-        """Merge a whole table in (a snapshot's): as ``add``, the later expiry and cut-off win."""
-        table = self.tables()[name]
-        if not table:
-            table.update(items)
-            return
-        for key, value in items.items():
-            old = table.get(key)
-            if old is None:
-                table[key] = value
-            elif isinstance(value, tuple):
-                table[key] = (max(value[0], old[0]), max(value[1], old[1]))
-            else:
-                table[key] = max(value, old)
 
     def replace(self, entries: list[Entry]) -> None:
         """Swap in a complete new copy (after a resync) in one step."""

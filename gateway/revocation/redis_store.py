@@ -19,7 +19,6 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Coroutine
 from typing import Any
 
 from .. import metrics
@@ -27,7 +26,6 @@ from ..background import cancel_and_wait
 from ..config import RevocationConfig
 from ..reasons import Reason
 from ..tokens.token import ValidatedToken
-from . import snapshot
 from .bulk_load import no_gc, scan_all
 from .entries import Entry
 from .local_copy import LocalCopy, stamped
@@ -38,8 +36,6 @@ from .store import RevocationStore
 
 log = logging.getLogger("gateway.revocation")
 
-SNAPSHOT_REFRESH = 10_000  # stream messages read after a snapshot that make its reader write a fresh one
-SNAPSHOT_POLL = 0.05  # seconds between two looks at a snapshot another process is making
 READ_BATCH = 1000
 SWEEP_INTERVAL = 30.0
 WRITE_TIMEOUT = 5.0  # an admin call gets its answer (503 when Redis is away) within this
@@ -190,7 +186,7 @@ class RedisStore(LocalCopy, RevocationStore):
 
     async def _drain(self) -> int:
         """Apply every message the stream holds after ``last_id`` now, without waiting for more:
-        after a load, the copy is current before it is called ready (a snapshot may be hours old)."""
+        after a load, the copy is current before it is called ready (writes during the scan included)."""
         read = 0
         while True:
             reply = await self._redis.xread({self.schema.stream_key: self.last_id}, count=READ_BATCH)
@@ -236,100 +232,12 @@ class RedisStore(LocalCopy, RevocationStore):
     # --- the load ----------------------------------------------------------------------------
 
     async def _start_up(self) -> None:
-        """The first load: from the snapshot when the stream can still catch it up, else the full
-        load, done by one process at a time (the others wait for the snapshot it writes)."""
-        from redis.exceptions import ResponseError
+        """The first load: every key (pipelined SCAN and MGET, decoded in bulk), then the stream.
 
-        try:
-            await self._start_up_shared()
-        except ResponseError as exc:  # NOPERM (an ACL without the hash commands), WRONGTYPE: no snapshot
-            log.warning("revocation snapshot not usable", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
-            if not self.synced:
-                await self.resync("startup")
-
-    async def _start_up_shared(self) -> None:
-        if await self._from_snapshot():
-            return
-        holder = await self._lock()
-        if not holder:
-            while await self._redis.exists(snapshot.lock_key(self.schema)):  # noqa: ASYNC110 - another process holds it
-                await asyncio.sleep(SNAPSHOT_POLL)  # its holder renews it while it loads, or it expires soon
-            if await self._from_snapshot():
-                return
-            holder = await self._lock()
-        if not holder:
-            await self.resync("startup")
-            return
-        await self._holding_lock(self._load_and_snapshot())
-
-    async def _load_and_snapshot(self) -> None:
+        Each process loads from the keys themselves: the keys are what writers are held to
+        (docs/revocation.md), so a copy built from anything else could miss what they wrote.
+        """
         await self.resync("startup")
-        await self._write_snapshot()
-
-    async def _holding_lock(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run ``work`` (we hold the lock), renewing the lock meanwhile and releasing it after."""
-        renewing = asyncio.ensure_future(self._renew_lock())
-        try:
-            await work
-        finally:
-            await cancel_and_wait(renewing)
-            with contextlib.suppress(Exception):
-                await self._redis.eval(snapshot.UNLOCK_SCRIPT, 1, snapshot.lock_key(self.schema), self.instance)
-
-    async def _renew_lock(self) -> None:
-        key = snapshot.lock_key(self.schema)
-        while True:
-            await asyncio.sleep(snapshot.LOCK_MS / 3000)
-            with contextlib.suppress(Exception):  # the load itself fails and says why
-                await self._redis.eval(snapshot.RENEW_SCRIPT, 1, key, self.instance, snapshot.LOCK_MS)
-
-    async def _lock(self) -> bool:
-        key = snapshot.lock_key(self.schema)
-        return bool(await self._redis.eval(snapshot.LOCK_SCRIPT, 1, key, self.instance, snapshot.LOCK_MS))
-
-    async def _usable(self, meta: snapshot.Meta | None) -> bool:
-        """Whether the stream still holds every message after the snapshot's position."""
-        if meta is None:
-            return False
-        info = await stream_info(self._redis, self.schema.stream_key)
-        return gap(info, meta.position, meta.added) is None
-
-    async def _from_snapshot(self) -> bool:
-        """Load the snapshot and follow the stream from its position; False when there is none to use."""
-        key = snapshot.snapshot_key(self.schema)
-        if not await self._usable(snapshot.Meta.parse(await self._redis.hget(key, "meta"))):
-            return False
-        raw_meta, data = await self._redis.hmget(key, ["meta", "data"])
-        meta = snapshot.Meta.parse(raw_meta)
-        if meta is None or data is None:
-            return False
-        try:
-            with no_gc():
-                loaded = snapshot.merge_tables(self.list, data)
-        except ValueError as exc:
-            metrics.REVOCATION_REDIS_ERRORS.inc()
-            log.warning("revocation snapshot not usable", extra={"error": str(exc)[:300]})
-            return False
-        del data
-        if not await self._usable(meta):  # checked after the read: the stream holds all that followed it
-            return False  # what was merged stays (entries are only ever added); the full load follows
-        self.last_id, self._seen_added = meta.position, meta.added
-        if await self._caught_up("snapshot", loaded) >= SNAPSHOT_REFRESH and await self._lock():
-            await self._holding_lock(self._write_snapshot())  # the next start-up reads fewer messages
-        return True
-
-    async def _write_snapshot(self) -> None:
-        """Write the list just loaded, with the stream position noted before its scan, as the snapshot."""
-        meta = snapshot.Meta(self.last_id, self._seen_added, time.time(), len(self.list))
-        with no_gc():
-            data = snapshot.encode_tables(self.list)
-        if len(data) > snapshot.MAX_BYTES:
-            log.info("revocation list too large for a snapshot", extra={"bytes": len(data)})
-            return
-        try:
-            await self._redis.hset(snapshot.snapshot_key(self.schema), mapping={"meta": meta.dump(), "data": data})
-        except Exception as exc:  # a start-up without a snapshot is only slower
-            log.warning("revocation snapshot not written", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
 
     async def resync(self, cause: str = "manual") -> int:
         """Reload every key into the local copy, then follow the stream from where it stood.
