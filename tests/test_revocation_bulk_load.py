@@ -81,6 +81,34 @@ async def test_a_key_written_without_its_stream_message_is_loaded_at_start(
     assert not has(first, "key-only")  # no message: a running process learns it at its next resync
 
 
+async def test_messages_trimmed_before_the_load_read_them_mean_another_load(
+    redis_url: str, redis: Any, prefix: str
+) -> None:
+    """A revocation written during the scan reaches the copy through the stream; when the stream
+    is trimmed past it before it is read, the store loads again rather than say ready without it."""
+
+    class TrimmedDuringLoad(RedisStore):
+        trims = 1
+
+        async def _drain(self) -> int:
+            if self.trims:  # what a heavy writer does to a long load: its message is trimmed unread
+                self.trims -= 1
+                await write(redis, prefix, jti("written-during-load"))
+                await redis.xtrim(f"{prefix}stream", maxlen=0, approximate=False)
+            return await super()._drain()
+
+    await write(redis, prefix, jti("before"))
+    loads = metric("gateway_revocation_resyncs_total", cause="trimmed")
+    store = TrimmedDuringLoad(RevocationConfig(redis_url=redis_url, key_prefix=prefix, max_staleness=3.0))
+    try:
+        await store.start()
+        assert store.ready
+        assert has(store, "before") and has(store, "written-during-load")
+        assert metric("gateway_revocation_resyncs_total", cause="trimmed") == loads + 1
+    finally:
+        await store.stop()
+
+
 async def test_expired_entries_are_not_loaded(
     stores: Callable[[], Awaitable[RedisStore]], redis: Any, prefix: str
 ) -> None:

@@ -256,8 +256,17 @@ class RedisStore(LocalCopy, RevocationStore):
         return loaded
 
     async def _caught_up(self, cause: str, loaded: int) -> int:
-        """Apply what the stream holds after the load's position, then say ready; how many messages."""
+        """Apply what the stream holds after the load's position, then say ready; how many messages.
+
+        When messages after that position were trimmed before they were read (a long load under
+        heavy writing), what they carried may be missing: load again instead of saying ready.
+        """
         read = await self._drain()
+        lost = gap(await stream_info(self._redis, self.schema.stream_key), self.last_id, self._seen_added)
+        if lost is not None:
+            log.warning("revocation messages lost during the load: loading again", extra={"cause": lost})
+            await self.resync(lost)
+            return read
         self.synced = True
         self._last_contact = time.monotonic()
         self._next_check = self._last_contact + self.config.resync_interval
