@@ -341,7 +341,7 @@ def presented_certificate(request: web.BaseRequest, config: GatewayConfig, peer_
     """From a trusted ingress (when ``client_certificates`` is set): its header; else the TLS connection's."""
     if config.client_certificates is not None and peer_trusted:
         return forwarded_certificate(request.headers, config.client_certificates, peer_trusted)
-    return peer_certificate(request)
+    return peer_certificate(request) if request.secure else None  # plain HTTP: no TLS, no certificate
 
 
 def forwarded_scheme(headers: CIMultiDictProxy[str]) -> str | None:
