@@ -21,8 +21,8 @@ import orjson
 
 from .. import metrics
 from ..tokens.token import FINGERPRINT_PREFIX
-from .entries import ANY_ISSUER, Entry, RevocationList, is_finite
-from .schema import Schema
+from .entries import ANY_ISSUER, RevocationList, is_finite
+from .schema import Schema, entry_of
 
 SCAN_BATCH = 5000  # keys per SCAN; their MGET goes out in the same round trip as the next SCAN
 
@@ -93,7 +93,7 @@ def load_values(revocations: RevocationList, values: list[Any]) -> int:
         added = add_json(data, now)
         if added is None:
             try:
-                entry = from_json(data)
+                entry = entry_of(data)
             except ValueError:
                 metrics.REVOCATION_REDIS_ERRORS.inc()
                 continue
@@ -102,16 +102,6 @@ def load_values(revocations: RevocationList, values: list[Any]) -> int:
                 add(entry)
         loaded += added
     return loaded
-
-
-def from_json(data: Any) -> Entry:
-    """``schema.decode`` after the JSON parse: the entry, or ValueError."""
-    if not isinstance(data, dict):
-        raise ValueError("not a JSON object")
-    try:
-        return Entry.from_json(data)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"not a revocation entry: {exc}") from None
 
 
 def json_adder(revocations: RevocationList) -> Callable[[Any, float], bool | None]:

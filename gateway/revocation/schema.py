@@ -104,10 +104,18 @@ def decode(raw: bytes | str) -> Entry:
     """The entry in a key or stream value; ValueError when it is not one."""
     try:
         data = orjson.loads(raw)
+    except ValueError as exc:  # JSONDecodeError is a ValueError
+        raise ValueError(f"not a revocation entry: {exc}") from None
+    return entry_of(data)
+
+
+def entry_of(data: Any) -> Entry:
+    """The entry a parsed key or stream value holds; ValueError when it is not one."""
+    try:
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
         return Entry.from_json(data)
-    except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+    except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"not a revocation entry: {exc}") from None
 
 
