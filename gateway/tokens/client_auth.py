@@ -15,7 +15,6 @@ from urllib.parse import quote_plus
 
 import jwt
 
-from ..config.files import KeyProblem as KeyProblem  # re-exported: callers catch it from here
 from ..config.files import signing_key
 
 if TYPE_CHECKING:

@@ -38,21 +38,15 @@ import aiohttp
 from .. import metrics
 from ..background import cancel_and_wait
 from ..config import IntrospectionConfig, IssuerConfig
-from ..config.files import KeyProblem, signing_key
 from ..reasons import Reason
 from .cache import ExpiringCache
-from .client_auth import ASSERTION_LIFETIME, CLIENT_ASSERTION_TYPE, basic_authorization
 from .introspection_cache import IntrospectedToken, Refusal, SharedAnswers, cache_deadline
-from .introspection_http import MAX_ANSWER_BYTES, FailureLog, IntrospectionEndpoint
+from .introspection_http import FailureLog, IntrospectionEndpoint
 from .jwks import IssuerKeys
 from .single_flight import SingleFlight
 from .token import TokenError, ValidatedToken, as_number, cache_key, check_required_claims, token_from_claims
 
-__all__ = [
-    "ACCESS_TOKEN_TYPES", "ASSERTION_LIFETIME", "CLIENT_ASSERTION_TYPE", "MAX_ANSWER_BYTES", "PROBE_INTERVAL",
-    "IntrospectedToken", "Introspector", "KeyProblem", "Refusal", "basic_authorization", "check_answer",
-    "signing_key",
-]
+__all__ = ["ACCESS_TOKEN_TYPES", "PROBE_INTERVAL", "IntrospectedToken", "Introspector", "Refusal", "check_answer"]
 
 # RFC 7662 2.2 token_type values (RFC 6749 7.1 / RFC 8693 3) that denote a bearer access token
 ACCESS_TOKEN_TYPES = frozenset({"bearer", "access_token", "urn:ietf:params:oauth:token-type:access_token"})

@@ -11,7 +11,6 @@ from urllib.parse import quote
 
 TRACE_ID = re.compile(r"[0-9a-f]{32}")  # W3C trace-id: 16 bytes, lowercase hex, never all zeros
 SPAN_ID = re.compile(r"[0-9a-f]{16}")
-TRACE_URL_FIELDS = ("{trace_id}", "{span_id}")
 
 
 # --- the audit trail's links ---------------------------------------------------------------
