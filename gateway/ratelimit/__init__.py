@@ -35,7 +35,6 @@ from __future__ import annotations
 from .config import (
     RateLimitConfig,
     RateLimitingConfig,
-    RateLimitOverrideConfig,
     compile_limits,
     compile_overrides,
     route_plan,
@@ -44,8 +43,8 @@ from .headers import ratelimit_headers, sf_string
 from .hook import RateLimits, refusal_detail
 from .keys import Hit, KeyKind, KeySpec, bind, ip_key
 from .limiter import Limiter, build_limiter
-from .limits import Limit, OnRedisError, Override, RoutePlan, select_limits
-from .local_limiter import LocalLimiter, gcra
+from .limits import Limit, Override, select_limits
+from .local_limiter import LocalLimiter
 from .rates import Rate, parse_rate
 from .redis_limiter import GCRA_SCRIPT, GCRA_SHA, RedisLimiter
 from .resp import RespAddress, RespError, encode_command, parse_reply
@@ -53,8 +52,8 @@ from .verdict import ALLOWED, LimitState, Verdict, combine
 
 __all__ = [
     "ALLOWED", "GCRA_SCRIPT", "GCRA_SHA", "Hit", "KeyKind", "KeySpec", "Limit", "LimitState", "Limiter",
-    "LocalLimiter", "OnRedisError", "Override", "Rate", "RateLimitConfig", "RateLimitOverrideConfig",
-    "RateLimitingConfig", "RateLimits", "RedisLimiter", "RespAddress", "RespError", "RoutePlan", "Verdict",
-    "bind", "build_limiter", "combine", "compile_limits", "compile_overrides", "encode_command", "gcra", "ip_key",
-    "parse_rate", "parse_reply", "ratelimit_headers", "refusal_detail", "route_plan", "select_limits", "sf_string",
+    "LocalLimiter", "Override", "Rate", "RateLimitConfig", "RateLimitingConfig", "RateLimits", "RedisLimiter",
+    "RespAddress", "RespError", "Verdict", "bind", "build_limiter", "combine", "compile_limits",
+    "compile_overrides", "encode_command", "ip_key", "parse_rate", "parse_reply", "ratelimit_headers",
+    "refusal_detail", "route_plan", "select_limits", "sf_string",
 ]

@@ -19,14 +19,13 @@ every kind sees the same normalised path, never the query.
 
 from .hosts import host_key, valid_host
 from .route import Route, compile_route
-from .table import RouteMatch, RouteTable
+from .table import RouteTable
 from .target import BadTarget, Target, normalise_target
 from .variants import trimmed, without_parameters
 
 __all__ = [
     "BadTarget",
     "Route",
-    "RouteMatch",
     "RouteTable",
     "Target",
     "compile_route",

@@ -11,25 +11,20 @@ from __future__ import annotations
 
 from ..ws_upgrade import ProtocolTokenError, encode_protocol_token, is_websocket_upgrade, protocol_token
 from .connection import (
-    BAD_GATEWAY,
     GOING_AWAY,
-    MESSAGE_TOO_BIG,
-    NORMAL,
-    POLICY_VIOLATION,
     SERVICE_RESTART,
     UNAUTHORIZED_CLOSE,
     ConnectionKind,
     LiveConnection,
 )
 from .registry import LiveConnections
-from .relay import DEFAULT_SETTINGS, HandshakeError, UpstreamRefused, WebSocketSettings, proxy_websocket, sendable
-from .serve import record_connection, serve_stream, serve_websocket
-from .streams import pump_stream, relay_stream
+from .relay import HandshakeError, UpstreamRefused, WebSocketSettings, proxy_websocket, sendable
+from .serve import serve_stream, serve_websocket
+from .streams import relay_stream
 
 __all__ = [
-    "BAD_GATEWAY", "DEFAULT_SETTINGS", "GOING_AWAY", "MESSAGE_TOO_BIG", "NORMAL", "POLICY_VIOLATION",
-    "SERVICE_RESTART", "UNAUTHORIZED_CLOSE", "ConnectionKind", "HandshakeError", "LiveConnection",
+    "GOING_AWAY", "SERVICE_RESTART", "UNAUTHORIZED_CLOSE", "ConnectionKind", "HandshakeError", "LiveConnection",
     "LiveConnections", "ProtocolTokenError", "UpstreamRefused", "WebSocketSettings", "encode_protocol_token",
-    "is_websocket_upgrade", "protocol_token", "proxy_websocket", "pump_stream", "record_connection",
-    "relay_stream", "sendable", "serve_stream", "serve_websocket",
+    "is_websocket_upgrade", "protocol_token", "proxy_websocket", "relay_stream", "sendable", "serve_stream",
+    "serve_websocket",
 ]

@@ -7,7 +7,6 @@ forwarding it in a header, believed only from a trusted proxy (``forwarded``). W
 """
 
 from .certificate import (
-    MAX_CERTIFICATE_DER,
     CertificateProblem,
     CertificateRejected,
     ClientCertificate,
@@ -19,21 +18,16 @@ from .certificate import (
     thumbprint,
 )
 from .forwarded import (
-    FORMATS,
     MAX_HEADER_LENGTH,
     MAX_XFCC_ELEMENTS,
-    CertificateFormat,
     parse_forwarded_certificate,
-    parse_pem_urlencoded,
     parse_xfcc,
-    parse_xfcc_certificate,
 )
-from .tls import ClientCertificateMode, TLSSettings, peer_certificate, peer_certificate_der, server_ssl_context
+from .tls import TLSSettings, peer_certificate, peer_certificate_der, server_ssl_context
 
 __all__ = [
-    "FORMATS", "MAX_CERTIFICATE_DER", "MAX_HEADER_LENGTH", "MAX_XFCC_ELEMENTS", "CertificateFormat",
-    "CertificateProblem", "CertificateRejected", "ClientCertificate", "ClientCertificateMode", "TLSSettings",
-    "certificate_from_der", "certificate_from_pem", "check_certificate_binding", "check_validity",
-    "is_certificate_bound", "parse_forwarded_certificate", "parse_pem_urlencoded", "parse_xfcc",
-    "parse_xfcc_certificate", "peer_certificate", "peer_certificate_der", "server_ssl_context", "thumbprint",
+    "MAX_HEADER_LENGTH", "MAX_XFCC_ELEMENTS", "CertificateProblem", "CertificateRejected", "ClientCertificate",
+    "TLSSettings", "certificate_from_der", "certificate_from_pem", "check_certificate_binding", "check_validity",
+    "is_certificate_bound", "parse_forwarded_certificate", "parse_xfcc", "peer_certificate", "peer_certificate_der",
+    "server_ssl_context", "thumbprint",
 ]

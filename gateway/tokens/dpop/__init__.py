@@ -17,13 +17,12 @@ from .jkt import (
     token_jkt,
 )
 from .nonce import NonceSource
-from .outcome import ASYMMETRIC_ALGORITHMS, DPoPError, DPoPProof, DPoPSettings, ProofFailure, challenge
-from .proof import MAX_JTI_LENGTH, MAX_PROOF_LENGTH, ProofCheck, check_proof, verify_proof
-from .signing import ProofRequest, default_algorithm, sign_proof
+from .outcome import DPoPError, DPoPProof, DPoPSettings, ProofFailure, challenge
+from .proof import check_proof, verify_proof
+from .signing import ProofRequest, sign_proof
 
 __all__ = [
-    "ASYMMETRIC_ALGORITHMS", "MAX_JTI_LENGTH", "MAX_PROOF_LENGTH", "DPoPError", "DPoPProof", "DPoPSettings",
-    "NonceSource", "ProofCheck", "ProofFailure", "ProofRequest", "access_token_hash", "binding_matches",
-    "challenge", "check_proof", "confirmation", "default_algorithm", "jwk_thumbprint", "key_thumbprint",
+    "DPoPError", "DPoPProof", "DPoPSettings", "NonceSource", "ProofFailure", "ProofRequest", "access_token_hash",
+    "binding_matches", "challenge", "check_proof", "confirmation", "jwk_thumbprint", "key_thumbprint",
     "normalize_uri", "public_jwk", "replay_key", "request_uri", "sign_proof", "token_jkt", "verify_proof",
 ]
