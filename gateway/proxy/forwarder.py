@@ -1,9 +1,13 @@
 """The streaming forwarder (per request): the body goes upstream and the answer back in chunks,
 nothing held whole in memory; upstream failures become ``UpstreamFailure`` or ``StreamAborted``.
+
+Bodiless GET/OPTIONS/DELETE requests to a plain-http upstream go through the lean client
+(lean.py); everything else through aiohttp's. Both answers go through the same ``_relay``.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
@@ -15,6 +19,7 @@ from ..reasons import Reason
 from ..upstream_tls import report_failure
 from .errors import BodyTooLarge, StreamAborted, UpstreamFailure
 from .headers import hop_by_hop
+from .lean import LEAN_METHODS, Answer, LeanResponse, request_head
 
 if TYPE_CHECKING:
     from multidict import CIMultiDict
@@ -27,7 +32,10 @@ _SMALL_BODY = 64 * 1024
 # streamed answers that stay open (server-sent events, NDJSON feeds): relayed by ``live`` when given,
 # so that they end with their token (websocket.serve_stream)
 LIVE_STREAM_TYPES = frozenset({"text/event-stream", "application/x-ndjson"})
-LiveRelay = Callable[[web.BaseRequest, aiohttp.ClientResponse, list[tuple[str, str]]], Awaitable[web.StreamResponse]]
+# what aiohttp's server refuses to write in a head (its http_writer): an upstream answer carrying one
+# is an invalid answer (502), not a crash that leaves the client with a closed connection
+_UNSENDABLE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+LiveRelay = Callable[[web.BaseRequest, Answer, list[tuple[str, str]]], Awaitable[web.StreamResponse]]
 
 
 async def _body(request: web.BaseRequest, exchange: Exchange, limit: int) -> AsyncIterator[bytes]:
@@ -56,11 +64,16 @@ async def forward(
     assert upstream.session is not None
     data = _body(request, exchange, body_limit) if has_body(request) else None
     started = time.monotonic()
+    lean = upstream.lean
+    upstream_response: Answer
     try:
-        upstream_response = await upstream.session.request(
-            request.method, upstream.url(target), headers=headers, data=data, allow_redirects=False,
-            compress=None, chunked=None, server_hostname=upstream.server_name,
-        )
+        if lean is not None and data is None and request.method in LEAN_METHODS:
+            upstream_response = await lean.request(request_head(request.method, upstream.path(target), headers))
+        else:
+            upstream_response = await upstream.session.request(
+                request.method, upstream.url(target), headers=headers, data=data, allow_redirects=False,
+                compress=None, chunked=None, server_hostname=upstream.server_name,
+            )
     except BodyTooLarge:
         raise
     except (TimeoutError, aiohttp.ServerTimeoutError):
@@ -80,9 +93,11 @@ async def forward(
 
 
 async def _relay(
-    request: web.BaseRequest, upstream_response: aiohttp.ClientResponse, exchange: Exchange,
+    request: web.BaseRequest, upstream_response: Answer, exchange: Exchange,
     own_headers: Sequence[tuple[str, str]] = (), live: LiveRelay | None = None,
 ) -> web.StreamResponse:
+    if _unsendable(upstream_response):
+        raise UpstreamFailure(Reason.UPSTREAM_UNAVAILABLE)
     # a list: web.Response copies it into its own CIMultiDict, no need to build one first
     dropped = hop_by_hop(upstream_response.headers)
     if own_headers:
@@ -116,8 +131,19 @@ async def _relay(
     return stream
 
 
+def _unsendable(upstream_response: Answer) -> bool:
+    """A control character in the reason or a header (llhttp already refused those in the lean
+    client's headers; aiohttp's client lets them through)."""
+    if _UNSENDABLE.search(upstream_response.reason or "") is not None:
+        return True
+    if isinstance(upstream_response, LeanResponse):
+        return False
+    headers = upstream_response.headers.items()
+    return any(_UNSENDABLE.search(name) or _UNSENDABLE.search(value) for name, value in headers)
+
+
 async def _upstream_chunks(
-    request: web.BaseRequest, upstream_response: aiohttp.ClientResponse, stream: web.StreamResponse
+    request: web.BaseRequest, upstream_response: Answer, stream: web.StreamResponse
 ) -> AsyncIterator[bytes]:
     try:
         async for chunk in upstream_response.content.iter_chunked(_CHUNK):
@@ -129,7 +155,7 @@ async def _upstream_chunks(
         raise StreamAborted(Reason.UPSTREAM_UNAVAILABLE, stream) from None
 
 
-async def _read_small(upstream_response: aiohttp.ClientResponse) -> bytes:
+async def _read_small(upstream_response: Answer) -> bytes:
     try:
         return await upstream_response.read()
     except TimeoutError:

@@ -9,6 +9,7 @@ from yarl import URL
 
 from ..config import ConfigError
 from ..upstream_tls import TLSFileProblem, server_name, upstream_context
+from .lean import LeanPool
 
 if TYPE_CHECKING:
     from ..config import GatewayConfig, UpstreamConfig
@@ -27,6 +28,7 @@ class Upstream:
         self._base_path = self.base.raw_path.rstrip("/")
         self.server_name = server_name(config)  # SNI and certificate name instead of the URL's host (https)
         self.session: aiohttp.ClientSession | None = None
+        self.lean: LeanPool | None = None  # the hot path's client (plain http): lean.py
 
     async def start(self) -> None:
         try:
@@ -45,9 +47,19 @@ class Upstream:
             ),
         )
 
+        if self.base.scheme == "http" and self.base.raw_host:
+            self.lean = LeanPool(self.base.raw_host, self.base.port or 80, self.config.max_connections,
+                                 self.config.connect_timeout, self.config.timeout)
+
     async def stop(self) -> None:
+        if self.lean is not None:
+            self.lean.close()
         if self.session is not None:
             await self.session.close()
+
+    def path(self, forward_target: str) -> str:
+        """The request target sent upstream: the base URL's path, then the route's target."""
+        return f"{self._base_path}{forward_target}"
 
     def url(self, forward_target: str) -> URL:
         return URL(f"{self.base.scheme}://{self.base.raw_authority}{self._base_path}{forward_target}", encoded=True)

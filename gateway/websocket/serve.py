@@ -20,6 +20,7 @@ from .streams import relay_stream
 
 if TYPE_CHECKING:
     from ..audit.record import Exchange
+    from ..proxy.lean import Answer
 
 
 def record_connection(exchange: Exchange, live: LiveConnection) -> None:
@@ -70,7 +71,7 @@ def _without_token(request: web.BaseRequest, protocols: list[str]) -> web.BaseRe
 
 
 async def serve_stream(
-    request: web.BaseRequest, upstream_response: aiohttp.ClientResponse, headers: list[tuple[str, str]], *,
+    request: web.BaseRequest, upstream_response: Answer, headers: list[tuple[str, str]], *,
     registry: LiveConnections, route: str, token: ValidatedToken | None, exchange: Exchange, group: object = None,
 ) -> web.StreamResponse:
     """A streamed answer (proxy.LIVE_STREAM_TYPES) relayed as it comes and registered until it ends."""

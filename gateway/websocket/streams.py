@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -13,6 +14,9 @@ from aiohttp import web
 from ..proxy import StreamAborted
 from ..reasons import Reason
 from .connection import LiveConnection
+
+if TYPE_CHECKING:
+    from ..proxy.lean import Answer
 
 
 async def pump_stream(response: web.StreamResponse, chunks: AsyncIterator[bytes], live: LiveConnection) -> bool:
@@ -46,7 +50,7 @@ async def pump_stream(response: web.StreamResponse, chunks: AsyncIterator[bytes]
 
 
 async def relay_stream(
-    request: web.BaseRequest, upstream_response: aiohttp.ClientResponse, live: LiveConnection,
+    request: web.BaseRequest, upstream_response: Answer, live: LiveConnection,
     headers: Iterable[tuple[str, str]] = (),
 ) -> web.StreamResponse:
     """Stream an upstream answer (say ``text/event-stream``) to the client without buffering, ended

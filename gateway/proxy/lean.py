@@ -1,0 +1,374 @@
+"""The hot path's HTTP/1.1 client (per request, issue 14): keep-alive connections to a plain-http
+upstream on asyncio protocols, answers parsed by httptools (llhttp, the parser uvicorn uses).
+
+It serves requests without a body of the idempotent methods in ``LEAN_METHODS``: most API
+traffic, and the only kind where aiohttp's generic client was a large part of the cost.
+Bodies, HEAD (llhttp cannot be told that a HEAD answer has none), upgrades and https go
+through aiohttp's client as before (forwarder.py). The answer offers what the forwarder and
+the stream relay read of an ``aiohttp.ClientResponse`` (status, reason, headers, content, read,
+release, close), and fails with aiohttp's exception types, so both paths share every rule
+after the head arrives.
+
+Kept behaviours: the read timeout is the time allowed between two reads (aiohttp's
+``sock_read``), the connect timeout bounds the connect; a request that finds its kept-alive
+connection closed before any byte of the answer is sent again once on a new connection (only
+idempotent methods come here, and they carry no body); 1xx answers are skipped; an answer
+without a length ends when the upstream closes, one cut short is an error; the connection goes
+back to the pool only when the answer was read to its end and both sides allow keep-alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, cast
+
+import httptools
+from aiohttp import ClientConnectionError, ClientPayloadError, ClientResponse
+from multidict import CIMultiDict, CIMultiDictProxy
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+LEAN_METHODS = frozenset({"GET", "OPTIONS", "DELETE"})
+_HIGH_WATER = 256 * 1024  # buffered answer bytes past which the upstream socket stops being read
+_KEEPALIVE = 30.0  # seconds an idle connection is kept (aiohttp's keepalive_timeout, as before)
+
+
+class _Stale(Exception):
+    """A kept-alive connection closed before any byte of the answer: the request may go again."""
+
+
+def request_head(method: str, path: str, headers: CIMultiDict[str]) -> bytes:
+    """The request line and headers in one buffer; ValueError for a CR or LF inside a value (as aiohttp)."""
+    lines = [f"{method} {path} HTTP/1.1"]
+    lines.extend(f"{name}: {value}" for name, value in headers.items())
+    text = "\r\n".join(lines) + "\r\n\r\n"
+    if text.count("\n") != len(lines) + 1 or text.count("\r") != len(lines) + 1:
+        raise ValueError("Newline or carriage return character detected in HTTP status line or headers")
+    return text.encode("utf-8", "surrogateescape")
+
+
+class LeanResponse:
+    """One upstream answer, read as it arrives; what forwarder._relay and streams.relay_stream use."""
+
+    def __init__(self, connection: _Connection) -> None:
+        self._connection = connection
+        self.status = 0
+        self.reason = ""
+        self.headers: CIMultiDictProxy[str] = _NO_HEADERS
+        self.content_length: int | None = None
+        self.content = self  # aiohttp's answer reads its body through .content
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._done = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+
+    def _set_head(self, status: int, reason: str, raw: list[tuple[bytes, bytes]]) -> None:
+        self.status, self.reason = status, reason
+        self.headers = CIMultiDictProxy(CIMultiDict(
+            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")) for name, value in raw
+        ))
+        length = self.headers.get("Content-Length")
+        self.content_length = int(length) if length is not None and length.isdigit() else None
+
+    def _feed(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._buffered += len(chunk)
+        if self._buffered > _HIGH_WATER:
+            self._connection.pause()
+        self._wake()
+
+    def _finish(self, error: BaseException | None = None) -> None:
+        if self._done:
+            return
+        self._done, self._error = True, error
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def _next(self) -> bytes | None:
+        """The next chunk, or None at the end; raises what ended the answer early."""
+        while not self._chunks:
+            if self._done:
+                if self._error is not None:
+                    raise self._error
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        chunk = self._chunks.popleft()
+        self._buffered -= len(chunk)
+        if self._buffered <= _HIGH_WATER // 2:
+            self._connection.resume()
+        return chunk
+
+    async def read(self) -> bytes:
+        parts = []
+        while (chunk := await self._next()) is not None:
+            parts.append(chunk)
+        return b"".join(parts)
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        while (chunk := await self._next()) is not None:
+            yield chunk
+
+    def iter_chunked(self, size: int) -> AsyncIterator[bytes]:
+        return self.iter_any()  # chunks arrive at most as large as a socket read: no need to split
+
+    def release(self) -> None:
+        """Done with the answer: the connection goes back to the pool if it was read to its end."""
+        self._connection.finished(self)
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+Answer = ClientResponse | LeanResponse  # an upstream answer, from either client
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; it carries one request at a time."""
+
+    def __init__(self, pool: LeanPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.response: LeanResponse | None = None
+        self.head: asyncio.Future[LeanResponse] | None = None
+        self.raw_headers: list[tuple[bytes, bytes]] = []
+        self.reason = b""
+        self.informational = False
+        self.received = False  # any byte of the current answer
+        self.reusable = False
+        self.closed = False
+        self.used = 0  # requests sent on it
+        self.idle_since = 0.0
+        self.last_read = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._paused = False
+
+    # --- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio's classes
+
+    def data_received(self, data: bytes) -> None:
+        if self.head is None:  # bytes while no request is out: nothing to pair them with
+            self.close()
+            return
+        self.received = True
+        self.last_read = self.pool.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(ClientPayloadError(f"invalid answer from the upstream: {exc}"))
+        except httptools.HttpParserUpgrade:
+            self._fail(ClientPayloadError("the upstream switched protocols unasked"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.lost(self)
+        if self.head is not None and not self.head.done():
+            stale = not self.received and self.used > 1
+            self._fail(_Stale() if stale else ClientConnectionError("the upstream closed the connection"))
+        elif self.response is not None and not self.response._done:
+            # an answer without Content-Length or chunked coding ends with the connection
+            ends_at_close = exc is None and self.response.content_length is None and "chunked" not in (
+                self.response.headers.get("Transfer-Encoding", "").lower())
+            self._end(None if ends_at_close else ClientPayloadError("the upstream closed the connection mid-answer"))
+
+    def pause_writing(self) -> None:  # one small head per request: never more than the socket takes
+        pass
+
+    # --- httptools callbacks
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.raw_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        self.informational = 100 <= status < 200 and status != 101  # 101 unasked: llhttp refuses what follows
+        if self.informational:  # 100 Continue, 103 Early Hints: not the answer
+            self.raw_headers, self.reason = [], b""
+            return
+        assert self.response is not None and self.head is not None
+        self.response._set_head(status, self.reason.decode("latin-1"), self.raw_headers)
+        if not self.head.done():
+            self.head.set_result(self.response)
+
+    def on_body(self, body: bytes) -> None:
+        if self.response is not None:
+            self.response._feed(body)
+
+    def on_message_complete(self) -> None:
+        if self.informational:
+            self.informational = False
+            return
+        self.reusable = self.parser.should_keep_alive()
+        self._end(None)
+
+    # --- the pool's side
+    async def send(self, head: bytes) -> LeanResponse:
+        assert self.transport is not None
+        self.used += 1
+        self.response = LeanResponse(self)
+        self.head = self.pool.loop.create_future()
+        self.raw_headers, self.reason, self.received, self.reusable = [], b"", False, False
+        self.last_read = self.pool.loop.time()
+        self._arm()
+        self.transport.write(head)
+        return await self.head
+
+    def finished(self, response: LeanResponse) -> None:
+        if response is not self.response:
+            return
+        self.response = self.head = None
+        if response._done and response._error is None and self.reusable and not self.closed:
+            self.pool.give_back(self)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        self._disarm()
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+        self.closed = True
+
+    def pause(self) -> None:
+        if not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self._paused and self.transport is not None and not self.closed:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def _end(self, error: BaseException | None) -> None:
+        self._disarm()
+        if self.response is not None:
+            self.response._finish(error)
+
+    def _fail(self, error: BaseException) -> None:
+        self.reusable = False
+        if self.head is not None and not self.head.done():
+            self.head.set_exception(error)
+        self._end(error)
+        self.close()
+
+    # read timeout: the time allowed between two reads, checked by one timer per request
+    def _arm(self) -> None:
+        self._timer = self.pool.loop.call_at(self.last_read + self.pool.read_timeout, self._check_timeout)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check_timeout(self) -> None:
+        self._timer = None
+        if self.pool.loop.time() - self.last_read >= self.pool.read_timeout and not self._paused:
+            self._fail(TimeoutError())
+        else:
+            self._arm()
+
+
+class LeanPool:
+    """Keep-alive connections to one ``host:port``: at most ``limit`` open, idle ones reused newest first."""
+
+    def __init__(self, host: str, port: int, limit: int, connect_timeout: float, read_timeout: float) -> None:
+        self.host, self.port, self.limit = host, port, limit
+        self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
+        self.loop = asyncio.get_running_loop()
+        self.open = 0
+        self._idle: list[_Connection] = []
+        self._waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
+
+    async def request(self, head: bytes) -> LeanResponse:
+        try:
+            return await self._send(await self._acquire(), head)
+        except _Stale:  # the upstream had closed it while idle: once more, on a new connection
+            try:
+                return await self._send(await self._acquire(new=True), head)
+            except _Stale:
+                raise ClientConnectionError("the upstream closed the connection") from None
+
+    @staticmethod
+    async def _send(connection: _Connection, head: bytes) -> LeanResponse:
+        try:
+            return await connection.send(head)
+        except BaseException:  # cancelled (the client went away) or failed: never back to the pool
+            connection.close()
+            raise
+
+    async def _acquire(self, new: bool = False) -> _Connection:
+        while not new and self._idle:
+            connection = self._idle.pop()
+            if not connection.closed and self.loop.time() - connection.idle_since < _KEEPALIVE:
+                return connection
+            connection.close()
+        if self.open >= self.limit:
+            waiter: asyncio.Future[_Connection | None] = self.loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                handed = await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():  # handed a connection, or a free slot, just then
+                    given = waiter.result()
+                    self.give_back(given) if given is not None else self._wake_next()
+                raise
+            if handed is not None:
+                return handed
+        return await self._connect()
+
+    async def _connect(self) -> _Connection:
+        self.open += 1
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, protocol = await self.loop.create_connection(lambda: _Connection(self), self.host, self.port)
+        except TimeoutError:
+            self._freed()
+            raise
+        except OSError as exc:
+            self._freed()
+            raise ClientConnectionError(f"cannot connect to the upstream: {exc.strerror or exc}") from None
+        return protocol
+
+    def give_back(self, connection: _Connection) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(connection)
+                return
+        connection.idle_since = self.loop.time()
+        self._idle.append(connection)
+
+    def lost(self, connection: _Connection) -> None:
+        self._freed()
+
+    def _freed(self) -> None:
+        """A connection closed (or never opened): a waiter may open one in its place."""
+        self.open -= 1
+        self._wake_next()
+
+    def _wake_next(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def close(self, connections: Iterable[_Connection] | None = None) -> None:
+        for connection in connections if connections is not None else self._idle:
+            connection.close()
+        self._idle.clear()
