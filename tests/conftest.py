@@ -20,6 +20,7 @@ from gateway.config import parse_config
 from gateway.demo import DemoIssuer, EchoUpstream
 from gateway.runtime import Gateway
 from gateway.server import Server
+from tests.certs import Issued, issue, make_ca
 from tests.helpers import AUDIENCE, GatewayFactory, RunningGateway, base_config
 
 redis_proc = factories.redis_proc(port=None,  # type: ignore[arg-type]  # None: any free port (pytest-redis)
@@ -81,3 +82,21 @@ async def gw(make_gateway: GatewayFactory) -> RunningGateway:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(auto_decompress=False) as session:
         yield session
+
+
+# --- a client-certificate PKI (tests/certs.py): one CA and two clients per module -----------------
+
+
+@pytest.fixture(scope="module")
+def ca() -> Issued:
+    return make_ca()
+
+
+@pytest.fixture(scope="module")
+def client(ca: Issued) -> Issued:
+    return issue(ca, "client-a")
+
+
+@pytest.fixture(scope="module")
+def other_client(ca: Issued) -> Issued:
+    return issue(ca, "client-b")  # same CA, another key: a token bound to ``client`` is not bound to it

@@ -18,6 +18,7 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.typedefs import LooseHeaders
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.config import ConfigError, parse_config
@@ -33,21 +34,6 @@ MTLS_ROUTE = {"name": "mtls-orders", "path": "/mtls/orders", "methods": ["GET"],
               "scopes": ["orders:read"], "sender_constraint": "mtls"}
 ANY_ROUTE = {"name": "bound-orders", "path": "/bound/orders", "methods": ["GET"], "upstream": "orders",
              "scopes": ["orders:read"], "sender_constraint": "any"}
-
-
-@pytest.fixture(scope="module")
-def ca() -> Issued:
-    return make_ca()
-
-
-@pytest.fixture(scope="module")
-def client(ca: Issued) -> Issued:
-    return issue(ca, "client-a")
-
-
-@pytest.fixture(scope="module")
-def other_client(ca: Issued) -> Issued:
-    return issue(ca, "client-b")  # same CA, another key: the token is not bound to it
 
 
 def bound(issuer: DemoIssuer, cert: Issued) -> str:
@@ -70,16 +56,21 @@ def routes(issuer: DemoIssuer) -> list[dict[str, Any]]:
 # --- the gateway terminating TLS --------------------------------------------------------------
 
 
+def tls_section(ca: Issued, tmp_path: Path, client_certificates: str = "optional",
+                minimum_version: str | float = "1.2") -> dict[str, Any]:
+    """The ``tls:`` section of a gateway terminating TLS on 127.0.0.1, client certificates checked against ``ca``."""
+    server_cert, server_key = issue(ca, "gateway", server=True).write(tmp_path, "server")
+    ca_path = tmp_path / "ca.pem"
+    ca_path.write_text(ca.pem)
+    return {"certificate": str(server_cert), "key": str(server_key), "client_ca": str(ca_path),
+            "client_certificates": client_certificates, "minimum_version": minimum_version}
+
+
 @pytest.fixture
 async def tls_gateway(
     make_gateway: GatewayFactory, issuer: DemoIssuer, ca: Issued, tmp_path: Path
 ) -> RunningGateway:
-    server_cert, server_key = issue(ca, "gateway", server=True).write(tmp_path, "server")
-    ca_path = tmp_path / "ca.pem"
-    ca_path.write_text(ca.pem)
-    tls = {"certificate": str(server_cert), "key": str(server_key), "client_ca": str(ca_path),
-           "client_certificates": "optional", "minimum_version": "1.2"}
-    return await make_gateway(routes=routes(issuer), tls=tls)
+    return await make_gateway(routes=routes(issuer), tls=tls_section(ca, tmp_path))
 
 
 def client_context(ca: Issued, cert: Issued | None, tmp_path: Path) -> ssl.SSLContext:
@@ -90,7 +81,7 @@ def client_context(ca: Issued, cert: Issued | None, tmp_path: Path) -> ssl.SSLCo
     return context
 
 
-async def get(gw: RunningGateway, path: str, context: ssl.SSLContext, headers: dict[str, str]) -> tuple[int, str]:
+async def get(gw: RunningGateway, path: str, context: ssl.SSLContext, headers: LooseHeaders) -> tuple[int, str]:
     url = f"https://127.0.0.1:{gw.port('proxy')}{path}"
     async with aiohttp.ClientSession() as http, http.get(url, headers=headers, ssl=context) as response:
         text = await response.text()
@@ -154,11 +145,7 @@ async def test_a_certificate_of_another_ca_never_completes_the_handshake(
 async def test_required_client_certificates_refuse_a_handshake_without_one(
     make_gateway: GatewayFactory, issuer: DemoIssuer, ca: Issued, client: Issued, tmp_path: Path
 ) -> None:
-    server_cert, server_key = issue(ca, "gateway", server=True).write(tmp_path, "server")
-    ca_path = tmp_path / "ca.pem"
-    ca_path.write_text(ca.pem)
-    gw = await make_gateway(tls={"certificate": str(server_cert), "key": str(server_key), "client_ca": str(ca_path),
-                                 "client_certificates": "required", "minimum_version": 1.3})
+    gw = await make_gateway(tls=tls_section(ca, tmp_path, "required", 1.3))
     with pytest.raises(aiohttp.ClientError):
         await get(gw, "/orders", client_context(ca, None, tmp_path), bearer(issuer.mint()))
     assert (await get(gw, "/orders", client_context(ca, client, tmp_path), bearer(bound(issuer, client))))[0] == 200
