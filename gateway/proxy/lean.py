@@ -159,6 +159,8 @@ class _Connection(asyncio.Protocol):
     # --- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio's classes
+        self.idle_since = self.last_read = self.pool.loop.time()
+        self._timer = self.pool.loop.call_at(self.last_read + self.pool.read_timeout, self._watch)
 
     def data_received(self, data: bytes) -> None:
         if self.head is None:  # bytes while no request is out: nothing to pair them with
@@ -175,6 +177,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._disarm()
         self.pool.lost(self)
         if self.head is not None and not self.head.done():
             stale = not self.received and self.used > 1
@@ -225,7 +228,6 @@ class _Connection(asyncio.Protocol):
         self.head = self.pool.loop.create_future()
         self.raw_headers, self.reason, self.received, self.reusable = [], b"", False, False
         self.last_read = self.pool.loop.time()
-        self._arm()
         self.transport.write(head)
         return await self.head
 
@@ -255,7 +257,6 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def _end(self, error: BaseException | None) -> None:
-        self._disarm()
         if self.response is not None:
             self.response._finish(error)
 
@@ -266,21 +267,30 @@ class _Connection(asyncio.Protocol):
         self._end(error)
         self.close()
 
-    # read timeout: the time allowed between two reads, checked by one timer per request
-    def _arm(self) -> None:
-        self._timer = self.pool.loop.call_at(self.last_read + self.pool.read_timeout, self._check_timeout)
+    # One timer per connection, for its whole life (not one per request): while an answer is
+    # awaited it fires when the read timeout would be reached, and fails the request if nothing
+    # was read since; while idle it closes the connection after the keep-alive time.
+    def _watch(self) -> None:
+        now, timeout = self.pool.loop.time(), self.pool.read_timeout
+        if self.response is not None and not self.response._done:
+            due = self.last_read + timeout
+            if now >= due and not self._paused:
+                self._timer = None
+                self._fail(TimeoutError())
+                return
+            at = due if now < due else now + timeout
+        elif self.head is None and now - self.idle_since >= _KEEPALIVE:
+            self._timer = None
+            self.close()
+            return
+        else:
+            at = now + min(timeout, _KEEPALIVE)
+        self._timer = self.pool.loop.call_at(at, self._watch)
 
     def _disarm(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-
-    def _check_timeout(self) -> None:
-        self._timer = None
-        if self.pool.loop.time() - self.last_read >= self.pool.read_timeout and not self._paused:
-            self._fail(TimeoutError())
-        else:
-            self._arm()
 
 
 class LeanPool:
