@@ -7,7 +7,7 @@ server, the gateway listens on real sockets, and Redis is a redis-server process
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from gateway.runtime import Gateway
 from gateway.server import Server
 from tests.certs import Issued, issue, make_ca
 from tests.helpers import AUDIENCE, GatewayFactory, RunningGateway, base_config
+from tests.scripted_upstream import Script, ScriptedUpstream
 
 redis_proc = factories.redis_proc(port=None,  # type: ignore[arg-type]  # None: any free port (pytest-redis)
                                   executable=shutil.which("redis-server") or "/usr/bin/redis-server")
@@ -100,3 +101,19 @@ def client(ca: Issued) -> Issued:
 @pytest.fixture(scope="module")
 def other_client(ca: Issued) -> Issued:
     return issue(ca, "client-b")  # same CA, another key: a token bound to ``client`` is not bound to it
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[Callable[..., Any]]:
+    """Start ``ScriptedUpstream``s: ``await scripted(script, delay=, close_after=)``; stopped after the test."""
+    servers: list[ScriptedUpstream] = []
+
+    async def start(script: Script, delay: float = 0.0, close_after: bool = False) -> ScriptedUpstream:
+        server = ScriptedUpstream(script, delay, close_after)
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.stop()

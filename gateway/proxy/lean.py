@@ -22,18 +22,20 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import httptools
 from aiohttp import ClientConnectionError, ClientPayloadError, ClientResponse
 from multidict import CIMultiDict, CIMultiDictProxy
 
-if TYPE_CHECKING:
-    from collections.abc import Iterable
-
 LEAN_METHODS = frozenset({"GET", "OPTIONS", "DELETE"})
 _HIGH_WATER = 256 * 1024  # buffered answer bytes past which the upstream socket stops being read
 _KEEPALIVE = 30.0  # seconds an idle connection is kept (aiohttp's keepalive_timeout, as before)
+# the upstream's head, bounded as aiohttp's client bounds it (its max_field_size and max_headers),
+# plus a total: httptools buffers a header until it is whole, so the total is checked per read
+_MAX_FIELD = 8190
+_MAX_HEADERS = 128
+_MAX_HEAD = 64 * 1024
 
 
 class _Stale(Exception):
@@ -44,6 +46,11 @@ def request_head(method: str, path: str, headers: CIMultiDict[str]) -> bytes:
     """The request line and headers in one buffer; ValueError for a CR or LF inside a value (as aiohttp)."""
     lines = [f"{method} {path} HTTP/1.1"]
     lines.extend(f"{name}: {value}" for name, value in headers.items())
+    # what aiohttp's client adds, so that the upstream sees the same head from either client
+    if "Accept" not in headers:
+        lines.append("Accept: */*")
+    if method == "DELETE" and "Content-Length" not in headers:
+        lines.append("Content-Length: 0")
     text = "\r\n".join(lines) + "\r\n\r\n"
     if text.count("\n") != len(lines) + 1 or text.count("\r") != len(lines) + 1:
         raise ValueError("Newline or carriage return character detected in HTTP status line or headers")
@@ -155,25 +162,37 @@ class _Connection(asyncio.Protocol):
         self.last_read = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._paused = False
+        self.complete = False  # the current answer was read to its end: any further byte is an error
+        self.head_bytes = 0  # of the answer's head so far
+        self.counted = False  # in the pool's ``open`` (set once connected)
 
     # --- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio's classes
         self.idle_since = self.last_read = self.pool.loop.time()
-        self._timer = self.pool.loop.call_at(self.last_read + self.pool.read_timeout, self._watch)
+        self._arm(self.last_read + min(self.pool.read_timeout, _KEEPALIVE))
 
     def data_received(self, data: bytes) -> None:
-        if self.head is None:  # bytes while no request is out: nothing to pair them with
+        if self.head is None or self.complete:
+            # bytes with no request out, or after the whole answer: they belong to no request, and
+            # kept they would become the start of the next user's answer
+            self.reusable = False
             self.close()
             return
         self.received = True
         self.last_read = self.pool.loop.time()
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except httptools.HttpParserError as exc:  # HttpParserCallbackError too: one of ours refused
             self._fail(ClientPayloadError(f"invalid answer from the upstream: {exc}"))
+            return
         except httptools.HttpParserUpgrade:
             self._fail(ClientPayloadError("the upstream switched protocols unasked"))
+            return
+        if not self.head.done():  # still no whole head: httptools holds the part of a header read so far
+            self.head_bytes += len(data)
+            if self.head_bytes > _MAX_HEAD:
+                self._fail(ClientPayloadError("the upstream's head is too large"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -184,18 +203,26 @@ class _Connection(asyncio.Protocol):
             self._fail(_Stale() if stale else ClientConnectionError("the upstream closed the connection"))
         elif self.response is not None and not self.response._done:
             # an answer without Content-Length or chunked coding ends with the connection
-            ends_at_close = exc is None and self.response.content_length is None and "chunked" not in (
-                self.response.headers.get("Transfer-Encoding", "").lower())
+            last_coding = self.response.headers.get("Transfer-Encoding", "").rpartition(",")[2].strip().lower()
+            ends_at_close = exc is None and self.response.content_length is None and last_coding != "chunked"
             self._end(None if ends_at_close else ClientPayloadError("the upstream closed the connection mid-answer"))
 
     def pause_writing(self) -> None:  # one small head per request: never more than the socket takes
         pass
 
-    # --- httptools callbacks
+    # --- httptools callbacks (an exception raised here makes feed_data raise HttpParserCallbackError)
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second answer in the same read as the first
+            raise ValueError("bytes after the answer")
+
     def on_status(self, status: bytes) -> None:
         self.reason += status
+        if len(self.reason) > _MAX_FIELD:
+            raise ValueError("the reason phrase is too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) > _MAX_FIELD or len(value) > _MAX_FIELD or len(self.raw_headers) >= _MAX_HEADERS:
+            raise ValueError("too many or too large headers")
         self.raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -205,7 +232,7 @@ class _Connection(asyncio.Protocol):
             self.raw_headers, self.reason = [], b""
             return
         assert self.response is not None and self.head is not None
-        self.response._set_head(status, self.reason.decode("latin-1"), self.raw_headers)
+        self.response._set_head(status, self.reason.decode("utf-8", "surrogateescape"), self.raw_headers)
         if not self.head.done():
             self.head.set_result(self.response)
 
@@ -218,15 +245,19 @@ class _Connection(asyncio.Protocol):
             self.informational = False
             return
         self.reusable = self.parser.should_keep_alive()
+        self.complete = True
         self._end(None)
 
     # --- the pool's side
     async def send(self, head: bytes) -> LeanResponse:
         assert self.transport is not None
+        if self.closed or self.transport.is_closing():  # closed while it waited to be used
+            raise _Stale
         self.used += 1
         self.response = LeanResponse(self)
         self.head = self.pool.loop.create_future()
         self.raw_headers, self.reason, self.received, self.reusable = [], b"", False, False
+        self.complete, self.head_bytes = False, 0
         self.last_read = self.pool.loop.time()
         self.transport.write(head)
         return await self.head
@@ -235,7 +266,7 @@ class _Connection(asyncio.Protocol):
         if response is not self.response:
             return
         self.response = self.head = None
-        if response._done and response._error is None and self.reusable and not self.closed:
+        if response._done and response._error is None and self.reusable and not self.closed and not self._paused:
             self.pool.give_back(self)
         else:
             self.close()
@@ -254,6 +285,7 @@ class _Connection(asyncio.Protocol):
     def resume(self) -> None:
         if self._paused and self.transport is not None and not self.closed:
             self._paused = False
+            self.last_read = self.pool.loop.time()  # the read timeout starts again (aiohttp's too)
             self.transport.resume_reading()
 
     def _end(self, error: BaseException | None) -> None:
@@ -272,19 +304,23 @@ class _Connection(asyncio.Protocol):
     # was read since; while idle it closes the connection after the keep-alive time.
     def _watch(self) -> None:
         now, timeout = self.pool.loop.time(), self.pool.read_timeout
+        self._timer = None
         if self.response is not None and not self.response._done:
             due = self.last_read + timeout
             if now >= due and not self._paused:
-                self._timer = None
                 self._fail(TimeoutError())
                 return
-            at = due if now < due else now + timeout
-        elif self.head is None and now - self.idle_since >= _KEEPALIVE:
-            self._timer = None
-            self.close()
-            return
-        else:
-            at = now + min(timeout, _KEEPALIVE)
+        elif self.head is None:  # idle in the pool
+            due = self.idle_since + _KEEPALIVE
+            if now >= due:
+                self.close()
+                return
+        else:  # the answer is read, not yet released
+            due = now + timeout
+        # never later than one read timeout from now: a request sent meanwhile is due no sooner
+        self._arm(min(due, now + timeout) if due > now else now + timeout)
+
+    def _arm(self, at: float) -> None:
         self._timer = self.pool.loop.call_at(at, self._watch)
 
     def _disarm(self) -> None:
@@ -303,6 +339,7 @@ class LeanPool:
         self.open = 0
         self._idle: list[_Connection] = []
         self._waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
+        self.closed = False
 
     async def request(self, head: bytes) -> LeanResponse:
         try:
@@ -327,34 +364,38 @@ class LeanPool:
             if not connection.closed and self.loop.time() - connection.idle_since < _KEEPALIVE:
                 return connection
             connection.close()
-        if self.open >= self.limit:
+        if self.open < self.limit:
+            self.open += 1  # the slot is ours before any await: nobody else can take it meanwhile
+        else:
             waiter: asyncio.Future[_Connection | None] = self.loop.create_future()
             self._waiters.append(waiter)
             try:
                 handed = await waiter
             except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():  # handed a connection, or a free slot, just then
+                if waiter.done() and not waiter.cancelled():  # handed a connection, or a slot, just then
                     given = waiter.result()
-                    self.give_back(given) if given is not None else self._wake_next()
+                    self.give_back(given) if given is not None else self._release_slot()
                 raise
             if handed is not None:
                 return handed
-        return await self._connect()
+        return await self._connect()  # in the slot taken above or handed over (still counted)
 
     async def _connect(self) -> _Connection:
-        self.open += 1
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, protocol = await self.loop.create_connection(lambda: _Connection(self), self.host, self.port)
-        except TimeoutError:
-            self._freed()
+        except BaseException as exc:  # cancelled too: the slot must not leak
+            self._release_slot()
+            if isinstance(exc, OSError) and not isinstance(exc, TimeoutError):
+                raise ClientConnectionError(f"cannot connect to the upstream: {exc.strerror or exc}") from None
             raise
-        except OSError as exc:
-            self._freed()
-            raise ClientConnectionError(f"cannot connect to the upstream: {exc.strerror or exc}") from None
+        protocol.counted = True
         return protocol
 
     def give_back(self, connection: _Connection) -> None:
+        if self.closed:  # back from a request that outlived the pool (a reload, a shutdown)
+            connection.close()
+            return
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -364,21 +405,22 @@ class LeanPool:
         self._idle.append(connection)
 
     def lost(self, connection: _Connection) -> None:
-        self._freed()
+        if connection.counted:
+            connection.counted = False
+            self._release_slot()
 
-    def _freed(self) -> None:
-        """A connection closed (or never opened): a waiter may open one in its place."""
-        self.open -= 1
-        self._wake_next()
-
-    def _wake_next(self) -> None:
+    def _release_slot(self) -> None:
+        """A slot freed: handed to the first waiter (still counted: it connects in it), else uncounted."""
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 return
+        self.open -= 1
 
-    def close(self, connections: Iterable[_Connection] | None = None) -> None:
-        for connection in connections if connections is not None else self._idle:
+    def close(self) -> None:
+        """Close the idle connections; those in use are closed when they come back."""
+        self.closed = True
+        for connection in self._idle:
             connection.close()
         self._idle.clear()
