@@ -216,3 +216,19 @@ def test_the_pool_runs_on_uvloop_as_the_workers_do() -> None:
         return answers
 
     assert uvloop.run(main()) == [(200, b"uv")] * 3
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",  # asked by nobody
+    b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok",  # a name that is not a token
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX Spaced: 1\r\n\r\nok",
+], ids=["unasked-101", "space-before-colon", "space-in-name"])
+async def test_answers_a_lenient_parser_behind_us_could_misread_are_502_on_both_clients(
+    make_gateway: GatewayFactory, scripted: Callable[..., Any], answer: bytes
+) -> None:
+    """Before, aiohttp's path relayed these (``Content-Length : 2`` beside its own framing; a 101 to
+    a plain GET): the client, or a CDN in front, would read another message than the upstream sent."""
+    upstream = await scripted(lambda *_: answer, close_after=True)
+    gw = await make_gateway(**config(upstream))
+    lean, generic = await both(gw.url)
+    assert (lean.status, generic.status) == (502, 502)

@@ -35,6 +35,7 @@ LIVE_STREAM_TYPES = frozenset({"text/event-stream", "application/x-ndjson"})
 # what aiohttp's server refuses to write in a head (its http_writer): an upstream answer carrying one
 # is an invalid answer (502), not a crash that leaves the client with a closed connection
 _UNSENDABLE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_NOT_A_TOKEN = re.compile(r"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")  # a header name is an RFC 9110 token
 LiveRelay = Callable[[web.BaseRequest, Answer, list[tuple[str, str]]], Awaitable[web.StreamResponse]]
 
 
@@ -132,14 +133,17 @@ async def _relay(
 
 
 def _unsendable(upstream_response: Answer) -> bool:
-    """A control character in the reason or a header (llhttp already refused those in the lean
-    client's headers; aiohttp's client lets them through)."""
-    if _UNSENDABLE.search(upstream_response.reason or "") is not None:
+    """An answer not to pass on: 101 to a request that asked for no upgrade (upgrades never come
+    here), a control character in the reason or a header, a header name that is not a token
+    (``Content-Length : 2`` would reach the client as another header than the one it is to a
+    lenient parser behind us). llhttp already refuses the last two in the lean client's answers;
+    aiohttp's client lets them through."""
+    if upstream_response.status == 101 or _UNSENDABLE.search(upstream_response.reason or "") is not None:
         return True
     if isinstance(upstream_response, LeanResponse):
         return False
     headers = upstream_response.headers.items()
-    return any(_UNSENDABLE.search(name) or _UNSENDABLE.search(value) for name, value in headers)
+    return any(_NOT_A_TOKEN.search(name) or _UNSENDABLE.search(value) for name, value in headers)
 
 
 async def _upstream_chunks(
