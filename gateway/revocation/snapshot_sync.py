@@ -118,7 +118,10 @@ class Snapshots:
         if raw is None:
             metrics.REVOCATION_SNAPSHOT_LOADS.labels("absent").inc()
             return False
-        if not await self._usable(snapshot.Meta.parse(raw)):
+        unchecked = snapshot.Meta.parse(raw)
+        if unchecked is None:
+            return self._not_used("unreadable", "meta of another format")
+        if not await self._usable(unchecked):
             return self._not_used("behind_stream")
         raw, data, mac = await redis.hmget(self.key, ["meta", "data", "mac"])
         if raw is None or data is None:
@@ -150,10 +153,8 @@ class Snapshots:
         log.warning("revocation snapshot not used: loading every key", extra={"result": result, "error": why[:300]})
         return False
 
-    async def _usable(self, meta: snapshot.Meta | None) -> bool:
+    async def _usable(self, meta: snapshot.Meta) -> bool:
         """Whether the stream still holds every message after the snapshot's position."""
-        if meta is None:
-            return False
         info = await stream_info(self.store.redis, self.store.schema.stream_key)
         return gap(info, meta.position, meta.added) is None
 
