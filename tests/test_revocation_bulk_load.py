@@ -436,7 +436,7 @@ async def test_an_acl_without_the_snapshot_commands_means_the_full_load(
 
 
 @pytest.mark.parametrize("damage", ["not json", "an empty value", "not a number", "infinite", "too large",
-                                    "columns of different lengths"])
+                                    "counts that do not add up", "columns of different lengths"])
 async def test_a_signed_snapshot_that_is_not_one_is_not_used(
     stores: StoreFactory, redis: Any, prefix: str, key_file: Path, damage: str
 ) -> None:
@@ -444,7 +444,7 @@ async def test_a_signed_snapshot_that_is_not_one_is_not_used(
     info = await stream_info(redis, Schema(prefix).stream_key)
     assert info is not None
     meta = snapshot.Meta(info.last_generated, info.entries_added, time.time(), 1).dump()
-    tables = {name: {"issuers": [ISSUER], "issuer": [0], "value": ["x"], "expires": [time.time() + 60]}
+    tables = {name: {"issuers": [ISSUER], "counts": [1], "value": ["x"], "expires": [time.time() + 60]}
               for name in ("jti", "fingerprint", "family")}
     tables["legacy"] = {"value": [], "expires": []}
     good = {**tables, **{name: {**tables["jti"], "not_before": [0.0]} for name in ("subject", "client")}}
@@ -454,9 +454,10 @@ async def test_a_signed_snapshot_that_is_not_one_is_not_used(
         "an empty value": orjson.dumps({**good, "jti": {**good["jti"], "value": [""]}}),
         "not a number": orjson.dumps({**good, "jti": {**good["jti"], "expires": ["soon"]}}),
         "infinite": orjson.dumps({**good, "jti": {**good["jti"], "expires": [1.5e308]}}).replace(b"1.5e+308", b"1e400"),
-        "too large": orjson.dumps({**good, "jti": {**good["jti"], "value": ["x", "y"], "issuer": [0, 0],
+        "too large": orjson.dumps({**good, "jti": {**good["jti"], "value": ["x", "y"], "counts": [2],
                                                    "expires": [1.5e308, 1.5e308]}}),  # finite, too large for a time
-        "columns of different lengths": orjson.dumps({**good, "jti": {**good["jti"], "issuer": [0, 0]}}),
+        "counts that do not add up": orjson.dumps({**good, "jti": {**good["jti"], "counts": [2]}}),
+        "columns of different lengths": orjson.dumps({**good, "jti": {**good["jti"], "expires": [time.time()] * 2}}),
     }[damage]
     key = snapshot.snapshot_key(Schema(prefix))
     await redis.hset(key, mapping={"meta": meta, "data": data, "mac": snapshot.seal(secret_of(key_file), key, meta,
@@ -476,10 +477,12 @@ def test_the_snapshot_round_trips_every_table() -> None:
         Entry(Kind.SUBJECT, "alice", now + 60, ISSUER, not_before=now - 1.5),
         Entry(Kind.CLIENT, "app", now + 60, ISSUER, not_before=now - 2.5),
         Entry(Kind.CLIENT, "app", now + 60, "https://other.test", not_before=now - 3.5),
+        Entry(Kind.CLIENT, "app-2", now + 60, ISSUER, not_before=now - 4.5),  # issuers interleaved in the table
+        jti("b"), Entry(Kind.TOKEN, "b", now + 60, "https://other.test", match=Match.JTI), jti("c"),
     ):
         revocations.add(entry)
     copy = RevocationList()
-    assert snapshot.merge_tables(copy, snapshot.encode_tables(snapshot.copy_tables(revocations))) == 7
+    assert snapshot.merge_tables(copy, snapshot.encode_tables(snapshot.copy_tables(revocations))) == 11
     assert copy.tables() == revocations.tables()
     # merging keeps the stronger of each: the later expiry and the later cut-off
     stronger = RevocationList()

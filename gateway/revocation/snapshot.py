@@ -23,7 +23,9 @@ from __future__ import annotations
 import hmac
 import time
 from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import chain, groupby, islice, repeat
 from operator import itemgetter
 from typing import Any
 
@@ -116,21 +118,23 @@ def copy_tables(revocations: RevocationList) -> dict[str, dict[Any, Any]]:
 
 
 def encode_tables(tables: dict[str, dict[Any, Any]]) -> bytes:
-    """The tables, column by column (issuers written once each)."""
+    """The tables, column by column, each table's entries grouped by issuer (an issuer written once
+    per table, with how many entries follow it): read back without a lookup per entry."""
     out: dict[str, Any] = {}
     for name, table in tables.items():
         if name == "legacy":
             out[name] = {"value": list(table), "expires": list(table.values())}
             continue
-        issuers = list(map(_first, table))
-        positions = {issuer: i for i, issuer in enumerate(dict.fromkeys(issuers))}
-        column: dict[str, Any] = {"issuers": list(positions), "issuer": list(map(positions.__getitem__, issuers)),
-                                  "value": list(map(_second, table))}
+        keys = sorted(table, key=_first)  # by issuer only (a stable sort: cheap)
+        issuers = [(issuer, sum(1 for _ in group)) for issuer, group in groupby(map(_first, keys))]
+        held = list(map(table.__getitem__, keys))
+        column: dict[str, Any] = {"issuers": [issuer for issuer, _ in issuers],
+                                  "counts": [count for _, count in issuers], "value": list(map(_second, keys))}
         if name in _CUTOFF_TABLES:
-            column["not_before"] = list(map(_first, table.values()))
-            column["expires"] = list(map(_second, table.values()))
+            column["not_before"] = list(map(_first, held))
+            column["expires"] = list(map(_second, held))
         else:
-            column["expires"] = list(table.values())
+            column["expires"] = held
         out[name] = column
     return orjson.dumps(out)
 
@@ -172,16 +176,7 @@ def _table(name: str, column: dict[str, Any], now: float) -> dict[Any, Any]:
         raise ValueError("an empty value")
     if len(values) != len(expires):
         raise ValueError("columns of different lengths")
-    if name == "legacy":
-        keys: Any = values
-    else:
-        issuers = column["issuers"]
-        if not all(map(str.__len__, issuers)):
-            raise ValueError("an empty issuer")
-        index = column["issuer"]
-        if len(index) != len(values):
-            raise ValueError("columns of different lengths")
-        keys = zip(map(issuers.__getitem__, index), values, strict=True)
+    keys = values if name == "legacy" else _pairs(column["issuers"], column["counts"], values)
     live = not expires or min(expires) > now  # the common case: nothing to leave out, built at C speed
     if name in _CUTOFF_TABLES:
         cutoffs = _numbers(column["not_before"])
@@ -196,10 +191,20 @@ def _table(name: str, column: dict[str, Any], now: float) -> dict[Any, Any]:
     return {key: exp for key, exp in zip(keys, expires, strict=True) if exp > now}
 
 
-def _numbers(column: list[Any]) -> array[float]:
-    """The column as floats (TypeError for anything else); ValueError for a NaN or an infinity."""
-    numbers = array("d", column)
-    total = sum(numbers)  # NaN or infinite when any number is (or when they are huge: refused as well)
+def _pairs(issuers: list[Any], counts: list[Any], values: list[str]) -> Iterator[tuple[str, str]]:
+    """The (issuer, value) keys: each issuer for the next ``count`` values."""
+    if not all(map(str.__len__, issuers)):
+        raise ValueError("an empty issuer")
+    if len(issuers) != len(counts) or sum(array("q", counts)) != len(values) or min(counts, default=0) < 0:
+        raise ValueError("issuers and values do not match")
+    following = iter(values)
+    return chain.from_iterable(zip(repeat(issuer), islice(following, count))
+                               for issuer, count in zip(issuers, counts, strict=True))
+
+
+def _numbers(column: list[Any]) -> list[float]:
+    """The column (TypeError for anything but numbers); ValueError for a NaN or an infinity."""
+    total = sum(array("d", column))  # NaN or infinite when any number is (or when they are huge: refused as well)
     if total - total != 0.0:
         raise ValueError("a number that is not finite")
-    return numbers
+    return column
