@@ -504,6 +504,28 @@ async def test_a_lock_whose_holder_is_gone_is_taken_once_it_expires(
     assert full_loads() == loads + 1 and has(store, "one")
 
 
+async def test_locks_that_never_expire_hold_up_neither_a_start_nor_a_verifying_scan(
+    stores: StoreFactory, redis: Any, prefix: str, key_file: Path
+) -> None:
+    """A gateway's locks always expire: a lock key without a TTL (left by hand, or by someone with
+    the Redis credential) would otherwise keep every start-up waiting, or every scan from running."""
+    schema = Schema(prefix)
+    await write(redis, prefix, jti("one"))
+    for key in (snapshot.lock_key(schema), snapshot.verify_lock_key(schema)):
+        await redis.hset(key, "holder", "never-expires")
+    loads = full_loads()
+    store = await asyncio.wait_for(stores(key_file), timeout=5)  # no snapshot, and no lock to wait for
+    assert full_loads() == loads + 1 and has(store, "one")
+
+    await redis.delete(snapshot.lock_key(schema))
+    await stores(key_file)  # the full load under the lock, which writes the snapshot
+    await write_key_only(redis, prefix, jti("key-only"))
+    loaded = snapshot_loads("loaded")
+    started = await stores(key_file)
+    assert snapshot_loads("loaded") == loaded + 1 and not has(started, "key-only")
+    await until(lambda: has(started, "key-only"))  # its verifying scan ran all the same
+
+
 def test_covers_tells_whether_an_entry_would_change_the_list() -> None:
     """What the verifying scan asks of each key: is it here, at least as strong?"""
     now = time.time()

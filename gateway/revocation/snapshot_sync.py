@@ -53,6 +53,10 @@ class RedisLock:
     async def take(self, client: Any) -> bool:
         return bool(await client.eval(snapshot.LOCK_SCRIPT, 1, self.key, self.holder, snapshot.LOCK_MS))
 
+    async def expires_in(self, client: Any) -> int:
+        """PTTL: milliseconds; -2 when free, -1 for a key that never expires (no gateway's: theirs always do)."""
+        return int(await client.pttl(self.key))
+
     @contextlib.asynccontextmanager
     async def held(self, client: Any) -> AsyncIterator[None]:
         """While taken: renewed every LOCK_MS / 3, released on the way out."""
@@ -100,7 +104,7 @@ class Snapshots:
         if await self._from_snapshot():
             return
         if not await self.load_lock.take(redis):
-            while await redis.exists(self.load_lock.key):  # noqa: ASYNC110 - another process holds it
+            while await self.load_lock.expires_in(redis) > 0:  # noqa: ASYNC110 - another process holds it
                 await asyncio.sleep(LOAD_POLL)  # its holder renews it while it loads, or it expires soon
             if await self._from_snapshot():
                 return
@@ -193,6 +197,9 @@ class Snapshots:
                 if await self.verify_lock.take(redis):
                     async with self.verify_lock.held(redis):
                         await self.verify()
+                    return
+                if await self.verify_lock.expires_in(redis) == -1:  # not a gateway's: it would stop every scan
+                    await self.verify()
                     return
                 await asyncio.sleep(VERIFY_POLL * random.uniform(0.5, 1.5))  # noqa: S311 - not cryptographic
             except Exception as exc:  # Redis away: try again later, the copy stays as it is meanwhile
