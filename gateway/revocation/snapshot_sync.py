@@ -84,7 +84,6 @@ class Snapshots:
         self.load_lock = RedisLock(snapshot.lock_key(store.schema), store.instance)
         self.verify_lock = RedisLock(snapshot.verify_lock_key(store.schema), store.instance)
         self.unverified = False  # the copy came from a snapshot, and no scan of every key has run since
-        self.verifying: asyncio.Task[None] | None = None
 
     # --- start-up ----------------------------------------------------------------------------
 
@@ -148,8 +147,7 @@ class Snapshots:
         await store.caught_up("snapshot", loaded)
         metrics.REVOCATION_SNAPSHOT_LOADS.labels("loaded").inc()
         if self.unverified:  # a full load may have followed (messages lost meanwhile): it read every key
-            self.verifying = asyncio.create_task(self._verify_when_free(), name="revocation-snapshot-verify")
-            store.background(self.verifying)
+            store.background(asyncio.create_task(self._verify_when_free(), name="revocation-snapshot-verify"))
         return True
 
     def _not_used(self, result: str, why: str = "") -> bool:
