@@ -371,6 +371,12 @@ async def test_a_key_written_without_its_message_reaches_every_store_after_the_v
     await until(lambda: all(table[(ISSUER, stronger.value)] == stronger.expires_at for table in jtis))
     assert metric("gateway_revocation_snapshot_repaired_total") == repaired + 2
     await until(lambda: started.snapshots is not None and not started.snapshots.unverified)
+    for _ in range(200):  # the scan writes a fresh snapshot, which holds what it found
+        if (ISSUER, "key-only") in in_snapshot(await snapshot_fields(redis, prefix)).tables()["jti"]:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("no fresh snapshot with the entries the scan found")
 
     later = await stores(key_file)  # from the fresh snapshot the scan wrote
     assert snapshot_loads("loaded") == loaded + 2
