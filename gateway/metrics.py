@@ -279,6 +279,14 @@ REVOCATION_LAG = Gauge(
 )
 REVOCATION_RESYNCS = Counter("gateway_revocation_resyncs_total", "Full reloads of the revocation list", ["cause"])
 REVOCATION_REDIS_ERRORS = Counter("gateway_revocation_redis_errors_total", "Redis errors in the revocation feed")
+REVOCATION_SNAPSHOT_LOADS = Counter(
+    "gateway_revocation_snapshot_loads_total", "Looks at the signed revocation snapshot at start-up, by result",
+    ["result"],
+)
+REVOCATION_SNAPSHOT_REPAIRED = Counter(
+    "gateway_revocation_snapshot_repaired_total",
+    "Entries a verifying scan found in the keys but missing or weaker in a copy loaded from the snapshot",
+)
 CONFIG_RELOADS = Counter("gateway_config_reload_total", "Configuration reloads by result", ["result"])
 SUSPICIOUS = Counter("gateway_suspicious_token_use_total", "Suspicious token uses detected", ["reason"])
 AUDIT_DROPPED = Counter("gateway_audit_write_errors_total", "Audit batches that could not be written")

@@ -141,3 +141,57 @@ def test_check_config_refuses_a_redis_url_serve_would_refuse(tmp_path: Path, url
     result = CliRunner().invoke(main, ["check-config", str(path)])
     assert result.exit_code == 1
     assert result.stderr.startswith(f"error: {path}:{line_of(path, 'redis_url')}: revocation.redis_url: {message}")
+
+
+def snapshot_config(tmp_path: Path, snapshot: str, redis: bool = True) -> Path:
+    path = tmp_path / "gateway.yaml"
+    redis_url = "  redis_url: redis://127.0.0.1:1/0\n" if redis else ""
+    path.write_text(MINIMAL_CONFIG + f"revocation:\n{redis_url}  snapshot:\n    {snapshot}\n")
+    return path
+
+
+@pytest.mark.parametrize(("snapshot", "field", "message"), [
+    ("key_file: {missing}", "key_file", "cannot read {missing}: No such file or directory"),
+    ("key_file: {short}", "key_file", "the key in {short} is 31 bytes long: it must be at least 32"),
+    ("key_env: SNAPSHOT_KEY_UNSET", "key_env", "the environment variable SNAPSHOT_KEY_UNSET is not set"),
+    ("key_env: SNAPSHOT_KEY_SHORT", "key_env", "the key in $SNAPSHOT_KEY_SHORT is 8 bytes long"),
+    ("key_fil: {short}", "key_fil", "unknown key; did you mean key_file?"),
+])
+def test_check_config_refuses_a_snapshot_key_serve_could_not_sign_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, snapshot: str, field: str, message: str
+) -> None:
+    files = {"missing": tmp_path / "missing.key", "short": tmp_path / "short.key"}
+    files["short"].write_bytes(b"k" * 31 + b"\n")  # the final line break is not part of the key
+    monkeypatch.delenv("SNAPSHOT_KEY_UNSET", raising=False)
+    monkeypatch.setenv("SNAPSHOT_KEY_SHORT", "8 bytes!")
+    path = snapshot_config(tmp_path, snapshot.format(**files))
+    result = CliRunner().invoke(main, ["check-config", str(path)])
+    assert result.exit_code == 1
+    expected = f"error: {path}:{line_of(path, field)}: revocation.snapshot.{field}: {message.format(**files)}"
+    assert result.stderr.startswith(expected), result.stderr
+
+
+def test_check_config_refuses_a_snapshot_without_a_key_or_without_redis(tmp_path: Path) -> None:
+    key = tmp_path / "snapshot.key"
+    key.write_bytes(os.urandom(32))
+    for text, problem in [
+        ("key_file: null", "revocation.snapshot: the snapshot needs its signing key: key_file or key_env"),
+        (f"key_file: {key}\n    key_env: X", "revocation.snapshot: the snapshot needs its signing key"),
+    ]:
+        result = CliRunner().invoke(main, ["check-config", str(snapshot_config(tmp_path, text))])
+        assert result.exit_code == 1 and problem in result.stderr, result.stderr
+    path = snapshot_config(tmp_path, f"key_file: {key}", redis=False)
+    result = CliRunner().invoke(main, ["check-config", str(path)])
+    assert result.exit_code == 1
+    assert (f"{path}:{line_of(path, 'snapshot')}: revocation.snapshot: applies to a list in Redis only"
+            in result.stderr), result.stderr
+    assert CliRunner().invoke(main, ["check-config", str(snapshot_config(tmp_path, f"key_file: {key}"))]).exit_code == 0
+
+
+def test_serve_refuses_to_start_without_the_snapshot_key(tmp_path: Path) -> None:
+    path = snapshot_config(tmp_path, f"key_file: {tmp_path / 'gone.key'}")
+    result = run_serve(path)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: {path}:{line_of(path, 'key_file')}: revocation.snapshot.key_file: "
+                                    f"cannot read {tmp_path / 'gone.key'}"), result.stderr
+    assert "Traceback" not in result.stderr

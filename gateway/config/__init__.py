@@ -7,7 +7,14 @@ file), ``yaml_source`` (line numbers, ``${ENV}``), ``errors`` (``file:line: key:
 The package imports nothing of the gateway but leaf modules: everything else may import it.
 """
 
-from .connections import DPoPConfig, RevocationConfig, SentinelConfig, UpstreamConfig, UpstreamTLSConfig
+from .connections import (
+    DPoPConfig,
+    RevocationConfig,
+    RevocationSnapshotConfig,
+    SentinelConfig,
+    UpstreamConfig,
+    UpstreamTLSConfig,
+)
 from .document import GatewayConfig
 from .errors import ConfigError, Problem
 from .files import tls_settings
@@ -56,8 +63,8 @@ __all__ = [
     "AuditConfig", "ClaimHeaderName", "ClaimHeaders", "ClaimName", "ClaimSeparator", "ClientCertificatesConfig",
     "ConfigError", "DPoPConfig", "DetectionConfig", "Duration", "GatewayConfig", "HttpUrl", "IdentityHeaderName",
     "IdentityHeaders", "IntrospectionConfig", "IssuerConfig", "IssuerDPoPConfig", "ListenAddress",
-    "LongConnectionsConfig", "Method", "Problem", "RevocationConfig", "RouteConfig", "RuleConfig", "SenderConstraint",
-    "SentinelConfig", "Size", "StripHeaderName", "TLSConfig", "TokenSourceConfig", "TracingConfig", "UpstreamConfig",
-    "UpstreamTLSConfig", "check_export_headers", "check_trace_url_template", "compiled_rule", "load_config",
-    "parse_address", "parse_config", "parse_duration", "parse_size", "tls_settings",
+    "LongConnectionsConfig", "Method", "Problem", "RevocationConfig", "RevocationSnapshotConfig", "RouteConfig",
+    "RuleConfig", "SenderConstraint", "SentinelConfig", "Size", "StripHeaderName", "TLSConfig", "TokenSourceConfig",
+    "TracingConfig", "UpstreamConfig", "UpstreamTLSConfig", "check_export_headers", "check_trace_url_template",
+    "compiled_rule", "load_config", "parse_address", "parse_config", "parse_duration", "parse_size", "tls_settings",
 ]

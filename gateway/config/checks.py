@@ -16,7 +16,7 @@ import yaml
 from ..ratelimit.config import compile_limits
 from .document import GatewayConfig
 from .errors import Problem, key_path
-from .files import check_introspection_keys, check_tls, check_upstream_tls
+from .files import check_introspection_keys, check_snapshot_key, check_tls, check_upstream_tls
 from .policy_checks import check_header_names, check_issuers, tenant_of_document
 from .routes import RouteConfig
 from .yaml_source import line_of
@@ -47,6 +47,7 @@ def cross_reference_problems(
     check_header_names(config, problem)  # claim and token-source headers (policy_checks.py)
     check_issuers(config, problem)
     check_upstream_tls(config, problem)
+    check_snapshot_key(config, problem)
     return problems
 
 

@@ -62,6 +62,23 @@ class SentinelConfig(Model):
     password: str | None = None
 
 
+class RevocationSnapshotConfig(Model):
+    """The signed start-up snapshot of the revocation list in Redis (docs/revocation.md): opt-in.
+
+    The key signs and checks it: a secret of at least 32 bytes that every gateway of the fleet
+    shares and nothing else holds, in a file (``key_file``) or an environment variable (``key_env``).
+    """
+
+    key_file: str | None = Field(default=None, min_length=1)
+    key_env: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_key(self) -> RevocationSnapshotConfig:
+        if (self.key_file is None) == (self.key_env is None):
+            raise ValueError("the snapshot needs its signing key: key_file or key_env (one of them)")
+        return self
+
+
 class RevocationConfig(Model):
     """Where the revocation list lives; no redis_url means an in-memory list (one instance)."""
 
@@ -73,6 +90,7 @@ class RevocationConfig(Model):
     max_staleness: Duration = 10.0
     default_ttl: Duration = 86400.0
     resync_interval: Duration = 30.0
+    snapshot: RevocationSnapshotConfig | None = None  # none: every process loads every key at start
 
     @property
     def shared(self) -> bool:

@@ -1,7 +1,8 @@
 """The files a configuration names, loaded now as ``serve`` will load them: a bad file is a
 configuration error (``file:line: key: ...``), not a failure of the first request.
 
-Upstream TLS contexts, the listener's certificate and key, the private_key_jwt signing key.
+Upstream TLS contexts, the listener's certificate and key, the private_key_jwt signing key, the
+revocation snapshot's signing key.
 Runs when the file loads; the proxy and the introspection client reuse the same loaders at start.
 """
 
@@ -17,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from ..tokens.certificates import TLSSettings, server_ssl_context
-from .connections import UpstreamTLSConfig
+from .connections import RevocationSnapshotConfig, UpstreamTLSConfig
 from .errors import Problem
 from .sections import TLSConfig
 
@@ -131,6 +132,35 @@ def signing_key(path: str, algorithm: str) -> Any:
     return key
 
 
+# --- the revocation snapshot's signing key ----------------------------------------------------
+
+SNAPSHOT_KEY_BYTES = 32  # HMAC-SHA256: a key shorter than its output would be the weak part
+
+
+def snapshot_key(settings: RevocationSnapshotConfig) -> bytes:
+    """The secret that signs and checks the revocation snapshot; KeyProblem naming the key at fault.
+
+    From ``key_file`` (its bytes; a final line break is not part of the key) or ``key_env``.
+    """
+    if settings.key_file is not None:
+        field, where = "key_file", settings.key_file
+        try:
+            secret = Path(settings.key_file).read_bytes().rstrip(b"\r\n")
+        except OSError as exc:
+            raise KeyProblem(field, f"cannot read {settings.key_file}: {exc.strerror or exc}") from None
+    else:
+        assert settings.key_env is not None  # the model holds exactly one of them
+        field, where = "key_env", f"${settings.key_env}"
+        value = os.environ.get(settings.key_env)
+        if not value:
+            raise KeyProblem(field, f"the environment variable {settings.key_env} is not set")
+        secret = value.encode()
+    if len(secret) < SNAPSHOT_KEY_BYTES:
+        raise KeyProblem(field, f"the key in {where} is {len(secret)} bytes long: it must be at least "
+                         f"{SNAPSHOT_KEY_BYTES} (e.g. head -c 48 /dev/urandom | base64)")
+    return secret
+
+
 # --- the checks --------------------------------------------------------------------------------
 
 
@@ -163,6 +193,20 @@ def check_introspection_keys(config: GatewayConfig, problem: Problem) -> None:
             signing_key(settings.private_key_file, settings.private_key_algorithm)
         except KeyProblem as exc:
             problem(["issuers", index, "introspection", exc.field], str(exc))
+
+
+def check_snapshot_key(config: GatewayConfig, problem: Problem) -> None:
+    """The revocation snapshot's key loads now, as serve will need it."""
+    settings = config.revocation.snapshot
+    if settings is None:
+        return
+    if not config.revocation.shared:
+        problem(["revocation", "snapshot"], "applies to a list in Redis only (redis_url or sentinel)")
+        return
+    try:
+        snapshot_key(settings)
+    except KeyProblem as exc:
+        problem(["revocation", "snapshot", exc.field], str(exc))
 
 
 def check_upstream_tls(config: GatewayConfig, problem: Problem) -> None:

@@ -14,7 +14,7 @@ import contextlib
 import gc
 import operator
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import orjson
@@ -33,13 +33,25 @@ _NEVER = float("-inf")
 
 async def scan_all(client: Any, schema: Schema, revocations: RevocationList, cluster: bool) -> int:
     """Add every live entry under the schema's prefix to ``revocations``; how many were added."""
+
+    async def load(values: list[Any]) -> int:
+        return load_values(revocations, values)
+
+    return await scan_values(client, schema, cluster, load)
+
+
+async def scan_values(client: Any, schema: Schema, cluster: bool, consume: Callable[[list[Any]], Awaitable[int]],
+                      count: int = SCAN_BATCH) -> int:
+    """Every key value under the schema's prefix, ``count`` at a time, to ``consume`` (None for a key
+    that expired meanwhile); what ``consume`` returned, summed. The next batch is on its way
+    while ``consume`` works on one."""
     if cluster:
-        return await _scan_cluster(client, schema, revocations)
-    pattern, loaded = schema.scan_pattern(), 0
+        return await _scan_cluster(client, schema, consume, count)
+    pattern, total = schema.scan_pattern(), 0
 
     async def batch(cursor: Any, keys: list[Any]) -> list[Any]:
         pipe = client.pipeline(transaction=False)
-        pipe.scan(cursor, match=pattern, count=SCAN_BATCH, _type="STRING")
+        pipe.scan(cursor, match=pattern, count=count, _type="STRING")
         if keys:
             pipe.mget(keys)
         return list(await pipe.execute())
@@ -49,32 +61,33 @@ async def scan_all(client: Any, schema: Schema, revocations: RevocationList, clu
         cursor, keys = replies[0]
         values = replies[1] if len(replies) > 1 else []
         if int(cursor) == 0:
-            loaded += load_values(revocations, values)
+            total += await consume(values)
             if keys:
-                loaded += load_values(revocations, await client.mget(keys))
-            return loaded
+                total += await consume(await client.mget(keys))
+            return total
         following = asyncio.ensure_future(batch(cursor, keys))
         try:
             for _ in range(3):  # let it write its commands before this process decodes
                 await asyncio.sleep(0)
-            loaded += load_values(revocations, values)
+            total += await consume(values)
         except BaseException:
             following.cancel()
             raise
         replies = await following
 
 
-async def _scan_cluster(client: Any, schema: Schema, revocations: RevocationList) -> int:
-    loaded = 0
+async def _scan_cluster(client: Any, schema: Schema, consume: Callable[[list[Any]], Awaitable[int]],
+                        count: int) -> int:
+    total = 0
     batch: list[Any] = []
-    async for key in client.scan_iter(match=schema.scan_pattern(), count=SCAN_BATCH, _type="STRING"):
+    async for key in client.scan_iter(match=schema.scan_pattern(), count=count, _type="STRING"):
         batch.append(key)
-        if len(batch) >= SCAN_BATCH:
-            loaded += load_values(revocations, await client.mget(batch))
+        if len(batch) >= count:
+            total += await consume(await client.mget(batch))
             batch = []
     if batch:
-        loaded += load_values(revocations, await client.mget(batch))
-    return loaded
+        total += await consume(await client.mget(batch))
+    return total
 
 
 def load_values(revocations: RevocationList, values: list[Any]) -> int:

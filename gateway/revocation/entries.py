@@ -168,33 +168,47 @@ class RevocationList:
     def __len__(self) -> int:
         return sum(len(table) for table in self._tables())
 
+    def _slot(self, entry: Entry) -> tuple[dict[Any, Any], Any]:
+        """The table an entry goes in, and its key there."""
+        if entry.kind is Kind.FAMILY:
+            return self._families, (entry.issuer, entry.value)
+        if entry.kind is not Kind.TOKEN:
+            return (self._subjects if entry.kind is Kind.SUBJECT else self._clients), (entry.issuer, entry.value)
+        if entry.match is Match.JTI:
+            return self._jtis, (entry.issuer, entry.value)
+        if entry.match is Match.FINGERPRINT:
+            return self._fingerprints, (entry.issuer, entry.value.lower()[:FINGERPRINT_PREFIX])
+        return self._legacy, entry.value
+
     def add(self, entry: Entry) -> None:
         """Merge ``entry`` in: the later expiry and the later cut-off win, so nothing is ever weakened."""
+        table, name = self._slot(entry)
         if entry.kind is Kind.TOKEN or entry.kind is Kind.FAMILY:
-            table: dict[Any, float]
-            name: Any
-            if entry.kind is Kind.FAMILY:
-                table, name = self._families, (entry.issuer, entry.value)
-            elif entry.match is Match.JTI:
-                table, name = self._jtis, (entry.issuer, entry.value)
-            elif entry.match is Match.FINGERPRINT:
-                table, name = self._fingerprints, (entry.issuer, entry.value.lower()[:FINGERPRINT_PREFIX])
-            else:
-                table, name = self._legacy, entry.value
             table[name] = max(entry.expires_at, table.get(name, _NEVER))
             return
-        pairs = self._subjects if entry.kind is Kind.SUBJECT else self._clients
-        pair = (entry.issuer, entry.value)
         cutoff = entry.not_before if entry.not_before is not None else entry.created_at or time.time()
-        old = pairs.get(pair)
+        old = table.get(name)
         if old is not None:
             cutoff, expires = max(cutoff, old[0]), max(entry.expires_at, old[1])
         else:
             expires = entry.expires_at
-        pairs[pair] = (cutoff, expires)
+        table[name] = (cutoff, expires)
+
+    def covers(self, entry: Entry) -> bool:
+        """Whether ``entry`` is here already, as strong (an expiry and a cut-off no earlier): adding it
+        would change nothing. An entry without ``not_before`` and ``created_at`` has its cut-off
+        where it is added; for it, the expiry is compared only."""
+        table, name = self._slot(entry)
+        held = table.get(name)
+        if held is None:
+            return False
+        if not isinstance(held, tuple):
+            return bool(held >= entry.expires_at)
+        cutoff = entry.not_before if entry.not_before is not None else entry.created_at or None
+        return bool(held[1] >= entry.expires_at and (cutoff is None or held[0] >= cutoff))
 
     def tables(self) -> dict[str, dict[Any, Any]]:
-        """Every table by name (the bulk load fills them directly)."""
+        """Every table by name (the bulk load fills them directly; a snapshot is written from them)."""
         return {"jti": self._jtis, "fingerprint": self._fingerprints, "legacy": self._legacy,
                 "family": self._families, "subject": self._subjects, "client": self._clients}
 

@@ -24,6 +24,7 @@ from typing import Any
 from .. import metrics
 from ..background import cancel_and_wait
 from ..config import RevocationConfig
+from ..config.files import snapshot_key
 from ..reasons import Reason
 from ..tokens.token import ValidatedToken
 from .bulk_load import no_gc, scan_all
@@ -32,6 +33,7 @@ from .local_copy import LocalCopy, stamped
 from .redis_client import connect
 from .redis_stream import gap, stream_info, stream_messages
 from .schema import STREAM_MAXLEN, RevocationWriteError, Schema, stream_fields, write_entry
+from .snapshot_sync import Snapshots
 from .store import RevocationStore
 
 log = logging.getLogger("gateway.revocation")
@@ -54,15 +56,16 @@ class RedisStore(LocalCopy, RevocationStore):
         self._last_contact = float("-inf")  # monotonic time of the feed's last successful Redis reply
         # XREAD blocks at most this long, so a healthy but idle feed still proves itself often enough
         self._block_ms = int(max(20.0, min(1000.0, config.max_staleness * 1000 / 4)))
-        self._redis: Any = None
+        self.redis: Any = None  # commands; the feed has a connection of its own
         self._feed: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._first_attempt = asyncio.Event()
         self._next_check = 0.0
         self._up = False
         self._stopping = False
-        self._seen_added: int | None = None  # stream entries-added up to last_id (Redis >= 7)
+        self.seen_added: int | None = None  # stream entries-added up to last_id (Redis >= 7)
         self.instance = os.urandom(4).hex()  # in our connection names: CLIENT LIST tells replicas apart
+        self.snapshots = Snapshots(self, snapshot_key(config.snapshot)) if config.snapshot is not None else None
 
     # --- state -------------------------------------------------------------------------------
 
@@ -95,7 +98,7 @@ class RedisStore(LocalCopy, RevocationStore):
 
     async def start(self) -> None:
         """Connect and load; waits for the first load attempt only (Redis down = not ready, 503)."""
-        self._redis = connect(self.config, f"rw-{self.instance}", retries=2)
+        self.redis = connect(self.config, f"rw-{self.instance}", retries=2)
         self._feed = connect(self.config, f"feed-{self.instance}", retries=0)
         metrics.REVOCATION_REDIS_UP.set(0)
         self._tasks = [
@@ -111,7 +114,7 @@ class RedisStore(LocalCopy, RevocationStore):
         tasks, self._tasks = self._tasks, []
         if tasks:
             await self._stop_tasks(tasks)
-        for client in (self._feed, self._redis):
+        for client in (self._feed, self.redis):
             if client is not None:
                 with contextlib.suppress(Exception):
                     await client.aclose()
@@ -136,11 +139,11 @@ class RedisStore(LocalCopy, RevocationStore):
         """Enforce here at once, then write the key and its notification for every other replica."""
         entry = stamped(entry)
         self.apply(entry)
-        if self._redis is None:
+        if self.redis is None:
             raise RevocationWriteError("the Redis revocation store is not started")
         try:
             async with asyncio.timeout(WRITE_TIMEOUT):
-                await write_entry(self._redis, self.schema, entry, self.stream_maxlen)
+                await write_entry(self.redis, self.schema, entry, self.stream_maxlen)
         except RevocationWriteError:
             metrics.REVOCATION_REDIS_ERRORS.inc()
             raise
@@ -189,7 +192,7 @@ class RedisStore(LocalCopy, RevocationStore):
         after a load, the copy is current before it is called ready (writes during the scan included)."""
         read = 0
         while True:
-            reply = await self._redis.xread({self.schema.stream_key: self.last_id}, count=READ_BATCH)
+            reply = await self.redis.xread({self.schema.stream_key: self.last_id}, count=READ_BATCH)
             batch = self._apply_messages(reply)
             if not batch:
                 return read
@@ -203,8 +206,8 @@ class RedisStore(LocalCopy, RevocationStore):
             read += len(messages)
             for message_id, fields in messages:
                 self.last_id = message_id.decode() if isinstance(message_id, bytes) else str(message_id)
-                if self._seen_added is not None:
-                    self._seen_added += 1
+                if self.seen_added is not None:
+                    self.seen_added += 1
                 try:
                     entry = stream_fields(fields)
                 except ValueError as exc:
@@ -222,8 +225,8 @@ class RedisStore(LocalCopy, RevocationStore):
     async def _catch_up(self) -> None:
         """Before reading on from ``last_id``: resync unless the stream still holds all that followed it."""
         self._next_check = time.monotonic() + self.config.resync_interval
-        info = await stream_info(self._redis, self.schema.stream_key)
-        cause = gap(info, self.last_id, self._seen_added)
+        info = await stream_info(self.redis, self.schema.stream_key)
+        cause = gap(info, self.last_id, self.seen_added)
         if cause is not None:
             await self.resync(cause)
         else:
@@ -232,12 +235,21 @@ class RedisStore(LocalCopy, RevocationStore):
     # --- the load ----------------------------------------------------------------------------
 
     async def _start_up(self) -> None:
-        """The first load: every key (pipelined SCAN and MGET, decoded in bulk), then the stream.
+        """The first load: every key (pipelined SCAN and MGET, decoded in bulk), then the stream;
+        with ``revocation.snapshot``, the signed snapshot when it can be used (snapshot_sync.py).
 
-        Each process loads from the keys themselves: the keys are what writers are held to
-        (docs/revocation.md), so a copy built from anything else could miss what they wrote.
+        Without the snapshot each process loads from the keys themselves: the keys are what
+        writers are held to (docs/revocation.md); a process started from the snapshot scans
+        them once it is ready, for what was written to them without a stream message.
         """
-        await self.resync("startup")
+        if self.snapshots is not None:
+            await self.snapshots.start_up()
+        else:
+            await self.resync("startup")
+
+    def background(self, task: asyncio.Task[None]) -> None:
+        """A task of this store's, stopped with it."""
+        self._tasks.append(task)
 
     async def resync(self, cause: str = "manual") -> int:
         """Reload every key into the local copy, then follow the stream from where it stood.
@@ -245,24 +257,26 @@ class RedisStore(LocalCopy, RevocationStore):
         The stream position is taken first, so a revocation written during the scan is
         applied at least once. Entries are only added (a resync never weakens the list).
         """
-        info = await stream_info(self._redis, self.schema.stream_key)
+        info = await stream_info(self.redis, self.schema.stream_key)
         position = info.last_generated if info is not None else "0-0"
         seen_added = info.entries_added if info is not None else 0  # None on Redis < 7
         with no_gc():  # a million small objects would set off full collections over and over
-            loaded = await scan_all(self._redis, self.schema, self.list, self.config.cluster)
-        self.last_id, self._seen_added = position, seen_added
+            loaded = await scan_all(self.redis, self.schema, self.list, self.config.cluster)
+        self.last_id, self.seen_added = position, seen_added
+        if self.snapshots is not None:
+            self.snapshots.unverified = False  # every key was read
         metrics.REVOCATION_RESYNCS.labels(cause).inc()
-        await self._caught_up(cause, loaded)
+        await self.caught_up(cause, loaded)
         return loaded
 
-    async def _caught_up(self, cause: str, loaded: int) -> int:
+    async def caught_up(self, cause: str, loaded: int) -> int:
         """Apply what the stream holds after the load's position, then say ready; how many messages.
 
         When messages after that position were trimmed before they were read (a long load under
         heavy writing), what they carried may be missing: load again instead of saying ready.
         """
         read = await self._drain()
-        lost = gap(await stream_info(self._redis, self.schema.stream_key), self.last_id, self._seen_added)
+        lost = gap(await stream_info(self.redis, self.schema.stream_key), self.last_id, self.seen_added)
         if lost is not None:
             log.warning("revocation messages lost during the load: loading again", extra={"cause": lost})
             await self.resync(lost)

@@ -172,6 +172,15 @@ def write_args(schema: Schema, old_raw: bytes | None, entry: Entry, maxlen: int 
     return keys, [old_raw or b"", encode(merged), ttl_seconds(merged, now), maxlen]
 
 
+async def announce(client: Any, schema: Schema, values: list[bytes], maxlen: int = STREAM_MAXLEN) -> None:
+    """Send stream messages for key values as they are (the notification ``WRITE_SCRIPT`` sends,
+    without touching the keys): for keys that were written without theirs."""
+    pipe = client.pipeline(transaction=False)
+    for value in values:
+        pipe.xadd(schema.stream_key, {"v": "2", "entry": value}, maxlen=maxlen, approximate=True)
+    await pipe.execute()
+
+
 WRITE_ATTEMPTS = 50
 
 
