@@ -66,12 +66,14 @@ class _Connection(asyncio.Protocol):
         self.complete = False  # the current answer was read to its end: any further byte is an error
         self.head_bytes = 0  # of the answer's head so far
         self.counted = False  # in the pool's ``open`` (set once connected)
+        self.in_trailer = False  # a chunked answer's trailer fields: bounded as the head is (review)
+        self.body_in_read = False
 
     # --- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio's classes
         self.idle_since = self.last_read = self.pool.loop.time()
-        self._arm(self.last_read + min(self.pool.read_timeout, _KEEPALIVE))
+        self._arm(self.last_read + min(self.pool.read_timeout or _KEEPALIVE, _KEEPALIVE))
 
     def data_received(self, data: bytes) -> None:
         if self.head is None or self.complete:
@@ -82,6 +84,7 @@ class _Connection(asyncio.Protocol):
             return
         self.received = True
         self.last_read = self.pool.loop.time()
+        self.body_in_read = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:  # HttpParserCallbackError too: one of ours refused
@@ -90,7 +93,7 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._fail(ClientPayloadError("the upstream switched protocols unasked"))
             return
-        if not self.head.done():  # still no whole head: httptools holds the part of a header read so far
+        if not self.head.done() or (self.in_trailer and not self.body_in_read):  # httptools holds a partial header
             self.head_bytes += len(data)
             if self.head_bytes > _MAX_HEAD:
                 self._fail(ClientPayloadError("the upstream's head is too large"))
@@ -122,6 +125,8 @@ class _Connection(asyncio.Protocol):
             raise ValueError("the reason phrase is too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.head is not None and self.head.done():  # a trailer field: aiohttp drops them too
+            return
         if len(name) > _MAX_FIELD or len(value) > _MAX_FIELD or len(self.raw_headers) >= _MAX_HEADERS:
             raise ValueError("too many or too large headers")
         self.raw_headers.append((name, value))
@@ -137,7 +142,11 @@ class _Connection(asyncio.Protocol):
         if not self.head.done():
             self.head.set_result(self.response)
 
+    def on_chunk_complete(self) -> None:
+        self.in_trailer, self.head_bytes = True, 0  # what follows a chunk until the next body: sizes, trailer
+
     def on_body(self, body: bytes) -> None:
+        self.in_trailer, self.body_in_read = False, True
         if self.response is not None:
             self.response._feed(body)
 
@@ -158,7 +167,7 @@ class _Connection(asyncio.Protocol):
         self.response = LeanResponse(self)
         self.head = self.pool.loop.create_future()
         self.raw_headers, self.reason, self.received, self.reusable = [], b"", False, False
-        self.complete, self.head_bytes = False, 0
+        self.complete, self.head_bytes, self.in_trailer = False, 0, False
         self.last_read = self.pool.loop.time()
         self.transport.write(head)
         return await self.head
@@ -204,11 +213,11 @@ class _Connection(asyncio.Protocol):
     # awaited it fires when the read timeout would be reached, and fails the request if nothing
     # was read since; while idle it closes the connection after the keep-alive time.
     def _watch(self) -> None:
-        now, timeout = self.pool.loop.time(), self.pool.read_timeout
+        now, timeout = self.pool.loop.time(), self.pool.read_timeout or _KEEPALIVE  # 0: none, as aiohttp
         self._timer = None
         if self.response is not None and not self.response._done:
             due = self.last_read + timeout
-            if now >= due and not self._paused:
+            if now >= due and not self._paused and self.pool.read_timeout > 0:
                 self._fail(TimeoutError())
                 return
         elif self.head is None:  # idle in the pool
@@ -283,7 +292,7 @@ class LeanPool:
 
     async def _connect(self) -> _Connection:
         try:
-            async with asyncio.timeout(self.connect_timeout):
+            async with asyncio.timeout(self.connect_timeout or None):  # 0: none, as aiohttp's client
                 _, protocol = await self.loop.create_connection(lambda: _Connection(self), self.host, self.port)
         except BaseException as exc:  # cancelled too: the slot must not leak
             self._release_slot()
@@ -294,6 +303,7 @@ class LeanPool:
         return protocol
 
     def give_back(self, connection: _Connection) -> None:
+        connection.idle_since = self.loop.time()  # handed to a waiter too: not idle since it last was
         if self.closed:  # back from a request that outlived the pool (a reload, a shutdown)
             connection.close()
             return

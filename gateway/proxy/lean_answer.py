@@ -62,7 +62,8 @@ class LeanResponse:
     def _set_head(self, status: int, reason: str, raw: list[tuple[bytes, bytes]]) -> None:
         self.status, self.reason = status, reason
         self.headers = CIMultiDictProxy(CIMultiDict(
-            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")) for name, value in raw
+            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape").strip(" \t"))
+            for name, value in raw
         ))
         length = self.headers.get("Content-Length")
         self.content_length = int(length) if length is not None and length.isdigit() else None

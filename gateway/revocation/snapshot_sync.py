@@ -57,6 +57,11 @@ class RedisLock:
         """PTTL: milliseconds; -2 when free, -1 for a key that never expires (no gateway's: theirs always do)."""
         return int(await client.pttl(self.key))
 
+    async def held_by_a_gateway(self, client: Any) -> bool:
+        """Held, with a TTL a gateway sets (at most LOCK_MS): a lock without one, or with a longer
+        one, is not a gateway's and must hold up neither a start-up nor a verifying scan (review)."""
+        return 0 < await self.expires_in(client) <= snapshot.LOCK_MS
+
     @contextlib.asynccontextmanager
     async def held(self, client: Any) -> AsyncIterator[None]:
         """While taken: renewed every LOCK_MS / 3, released on the way out."""
@@ -93,8 +98,9 @@ class Snapshots:
 
         try:
             await self._start_up()
-        except ResponseError as exc:  # NOPERM (an ACL without the hash commands or EVAL), WRONGTYPE
-            self._not_used("refused", f"{type(exc).__name__}: {exc}")
+        except (ResponseError, ValueError) as exc:  # NOPERM, WRONGTYPE; ValueError: a meta that is no snapshot's
+            result = "refused" if isinstance(exc, ResponseError) else "unreadable"
+            self._not_used(result, f"{type(exc).__name__}: {exc}")
             if not self.store.synced:
                 await self.store.resync("startup")
 
@@ -103,7 +109,7 @@ class Snapshots:
         if await self._from_snapshot():
             return
         if not await self.load_lock.take(redis):
-            while await self.load_lock.expires_in(redis) > 0:  # noqa: ASYNC110 - another process holds it
+            while await self.load_lock.held_by_a_gateway(redis):  # noqa: ASYNC110 - another process holds it
                 await asyncio.sleep(LOAD_POLL)  # its holder renews it while it loads, or it expires soon
             if await self._from_snapshot():
                 return
@@ -196,7 +202,7 @@ class Snapshots:
                     async with self.verify_lock.held(redis):
                         await self.verify()
                     return
-                if await self.verify_lock.expires_in(redis) == -1:  # not a gateway's: it would stop every scan
+                if not await self.verify_lock.held_by_a_gateway(redis):  # not a gateway's: it would stop every scan
                     await self.verify()
                     return
                 await asyncio.sleep(VERIFY_POLL * random.uniform(0.5, 1.5))  # noqa: S311 - not cryptographic
