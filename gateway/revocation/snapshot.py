@@ -15,7 +15,8 @@ credential alone) is not used. ``position`` is the stream id up to which the lis
 message (``added``: the stream's entries-added counter there, Redis >= 7): a process that loads
 the snapshot follows the stream from ``position``, and a snapshot the stream can no longer catch
 up from (trimmed past, recreated, rolled back: ``redis_stream.gap``) is not used at all, so an
-older snapshot replayed still gives a complete list. Entries expired since are left out.
+older snapshot replayed still gives a complete list (against writers that keep to the contract:
+docs/revocation.md says what a Redis credential alone can fake). Entries expired since are left out.
 """
 
 from __future__ import annotations
