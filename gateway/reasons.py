@@ -138,6 +138,7 @@ class Reason(str, Enum):
     UPSTREAM_UNAVAILABLE = ("upstream_unavailable", 502, "bad_gateway", "the upstream service is unavailable")
     UPSTREAM_TIMEOUT = ("upstream_timeout", 504, "gateway_timeout", "the upstream service timed out")
     CLIENT_DISCONNECTED = ("client_disconnected", 499, "", "")
+    CLIENT_TOO_SLOW = ("client_too_slow", 499, "", "")  # a streamed piece untaken: client_send_timeout
 
     @property
     def allowed(self) -> bool:
@@ -151,5 +152,5 @@ class Reason(str, Enum):
 
 _PASSED_POLICY = frozenset(
     {Reason.ALLOWED, Reason.PUBLIC_ROUTE, Reason.UPSTREAM_UNAVAILABLE, Reason.UPSTREAM_TIMEOUT,
-     Reason.CLIENT_DISCONNECTED}
+     Reason.CLIENT_DISCONNECTED, Reason.CLIENT_TOO_SLOW}
 )

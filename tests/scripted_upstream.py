@@ -7,6 +7,8 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+from tests.helpers import HasUrl
+
 Script = Callable[[int, int, bytes], bytes | None]  # (connection no., request no. on it, head) -> answer
 
 
@@ -59,7 +61,7 @@ class ScriptedUpstream:
                 await asyncio.wait_for(self._server.wait_closed(), 2)
 
 
-def config(upstream: ScriptedUpstream, **settings: Any) -> dict[str, Any]:
+def config(upstream: HasUrl, **settings: Any) -> dict[str, Any]:
     return {
         "upstreams": {"scripted": {"url": upstream.url, **settings}},
         "routes": [{"name": "any", "path_prefix": "/", "methods": ["GET", "POST", "DELETE", "OPTIONS"],

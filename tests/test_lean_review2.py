@@ -317,7 +317,7 @@ async def test_a_trailer_field_is_bounded_as_a_head_field_is(make_gateway: Gatew
     upstream = EndlessTrailer(offer)
     await upstream.start()
     try:
-        gw = await make_gateway(**config(upstream, timeout="2s"))  # type: ignore[arg-type]
+        gw = await make_gateway(**config(upstream, timeout="2s"))
         rss = psutil.Process().memory_info().rss
         with contextlib.suppress(Exception):
             await raw_request(gw.url, "/", method=method, body=b"x" if method == "POST" else b"", timeout=20)

@@ -42,6 +42,9 @@ class UpstreamConfig(Model):
     url: HttpUrl
     timeout: Duration = 30.0
     connect_timeout: Duration = 5.0
+    # how long a client may take no byte of a streamed answer (nginx's send_timeout): a client that
+    # stops reading would otherwise hold an upstream connection, a pool slot, for ever
+    client_send_timeout: Duration = 60.0
     max_connections: int = Field(default=256, ge=1)
     preserve_host: bool = False
     forward_authorization: bool = True

@@ -7,6 +7,7 @@ Bodiless GET/OPTIONS/DELETE requests to a plain-http upstream go through the lea
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -88,15 +89,18 @@ async def forward(
         raise UpstreamFailure(Reason.UPSTREAM_UNAVAILABLE) from None
     exchange.upstream_ms = (time.monotonic() - started) * 1000
     try:
-        return await _relay(request, upstream_response, exchange, own_headers, live)
+        return await _relay(request, upstream_response, exchange, own_headers, live,
+                            upstream.config.client_send_timeout)
     finally:
         upstream_response.release()
 
 
 async def _relay(
     request: web.BaseRequest, upstream_response: Answer, exchange: Exchange,
-    own_headers: Sequence[tuple[str, str]] = (), live: LiveRelay | None = None,
+    own_headers: Sequence[tuple[str, str]] = (), live: LiveRelay | None = None, send_timeout: float = 0.0,
 ) -> web.StreamResponse:
+    """The upstream's answer to the client: small ones in one write, others streamed, each write
+    allowed ``send_timeout`` (the upstream's ``client_send_timeout``; 0: none) to be taken by the client."""
     if _unsendable(upstream_response):
         raise UpstreamFailure(Reason.UPSTREAM_UNAVAILABLE)
     # a list: web.Response copies it into its own CIMultiDict, no need to build one first
@@ -124,12 +128,24 @@ async def _relay(
     try:
         await stream.prepare(request)
         async for chunk in _upstream_chunks(request, upstream_response, stream):
-            await stream.write(chunk)
+            await _to_client(request, stream, chunk, send_timeout)
             exchange.bytes_out += len(chunk)
         await stream.write_eof()
     except ConnectionResetError:  # the client went away: normal traffic, not an error
         raise StreamAborted(Reason.CLIENT_DISCONNECTED, stream) from None
     return stream
+
+
+async def _to_client(request: web.BaseRequest, stream: web.StreamResponse, chunk: bytes, timeout: float) -> None:
+    """One write, cut when the client has not taken it after ``timeout`` (nginx's send_timeout): a
+    client that stops reading would otherwise hold its upstream connection, a pool slot, for ever."""
+    try:
+        async with asyncio.timeout(timeout or None):
+            await stream.write(chunk)
+    except TimeoutError:
+        if request.transport is not None:
+            request.transport.abort()  # what is still buffered for it is not waited for either
+        raise StreamAborted(Reason.CLIENT_TOO_SLOW, stream) from None
 
 
 def _unsendable(upstream_response: Answer) -> bool:

@@ -10,8 +10,9 @@ release, close), and fails with aiohttp's exception types, so both paths share e
 after the head arrives.
 
 Kept behaviours: the read timeout is the time allowed between two reads (aiohttp's
-``sock_read``), the connect timeout bounds the connect; a request that finds its kept-alive
-connection closed before any byte of the answer is sent again once on a new connection (only
+``sock_read``), the connect timeout bounds the connect and, apart, the wait for a free
+connection (aiohttp's ``connect``); a request that finds its kept-alive connection closed
+before any byte of the answer is sent again once on a new connection (only
 idempotent methods come here, and they carry no body); 1xx answers are skipped; an answer
 without a length ends when the upstream closes, one cut short is an error; the connection goes
 back to the pool only when the answer was read to its end and both sides allow keep-alive.
@@ -279,9 +280,10 @@ class LeanPool:
         else:
             waiter: asyncio.Future[_Connection | None] = self.loop.create_future()
             self._waiters.append(waiter)
-            try:
-                handed = await waiter
-            except asyncio.CancelledError:
+            try:  # bounded as aiohttp's client bounds its pool wait (ClientTimeout.connect): 504, not a hang
+                async with asyncio.timeout(self.connect_timeout or None):
+                    handed = await waiter
+            except (asyncio.CancelledError, TimeoutError):  # the timeout turns the cancellation into TimeoutError
                 if waiter.done() and not waiter.cancelled():  # handed a connection, or a slot, just then
                     given = waiter.result()
                     self.give_back(given) if given is not None else self._release_slot()

@@ -42,8 +42,9 @@ class Upstream:
         self.session = aiohttp.ClientSession(
             connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=self.config.connect_timeout, sock_read=self.config.timeout
+            timeout=aiohttp.ClientTimeout(  # connect: the wait for a free connection as well (504, not a hang)
+                total=None, connect=self.config.connect_timeout or None, sock_connect=self.config.connect_timeout,
+                sock_read=self.config.timeout,
             ),
         )
 
