@@ -16,6 +16,7 @@ from multidict import CIMultiDict
 
 from . import metrics, tracing
 from .audit.record import Exchange
+from .binding import request_scheme
 from .config import GatewayConfig
 from .decision import Decision
 from .facts import exchange_and_facts
@@ -88,7 +89,7 @@ class ProxyHandler:
         upstream = pipeline.upstreams[decision.route.upstream]
         context = ForwardContext(
             client_ip=exchange.client_ip, peer=peer, peer_trusted=peer_trusted,
-            scheme="https" if request.secure else "http", host=exchange.host, request_id=exchange.request_id,
+            scheme=request_scheme(request, peer_trusted), host=exchange.host, request_id=exchange.request_id,
         )
         try:
             headers = build_upstream_headers(request.headers, context, upstream, decision.token,

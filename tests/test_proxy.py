@@ -365,6 +365,20 @@ async def test_forwarded_headers_from_a_trusted_proxy(
     assert records[-1]["client_ip"] == "198.51.100.7"  # the last hop that is not a trusted proxy
 
 
+@pytest.mark.parametrize(("sent", "seen"), [("https", "https"), ("HTTPS", "https"), ("https, http", "https"),
+                                          ("gopher", "http"), ("javascript:alert(1)", "http"), ("", "http")])
+async def test_the_upstream_sees_the_scheme_the_decision_used(
+    make_gateway: GatewayFactory, issuer: DemoIssuer, upstream: EchoUpstream, sent: str, seen: str
+) -> None:
+    """A trusted proxy's X-Forwarded-Proto is read as http or https, and that is what goes upstream:
+    never its raw value (the upstream builds URLs from it), never another scheme than the one the
+    gateway decided on."""
+    gw = await make_gateway(trusted_proxies=["127.0.0.0/8"])
+    status, _, _ = await call(gw, token=issuer.mint(), headers={"X-Forwarded-Proto": sent})
+    assert status == 200
+    assert upstream.requests[-1]["headers"]["X-Forwarded-Proto"] == seen
+
+
 async def test_trusted_proxy_with_a_garbage_chain(
     make_gateway: GatewayFactory, issuer: DemoIssuer
 ) -> None:

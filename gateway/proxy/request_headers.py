@@ -71,7 +71,9 @@ def upstream_headers(
     # a trusted proxy's chain is kept and its own address added; otherwise the chain starts here
     prior = forwarded_for(incoming) if context.peer_trusted else None
     headers["X-Forwarded-For"] = f"{prior}, {context.peer}" if prior else context.peer
-    headers["X-Forwarded-Proto"] = (context.peer_trusted and incoming.get("X-Forwarded-Proto")) or context.scheme
+    # the scheme the decision used (ours when we terminate TLS, else a trusted proxy's http/https), never
+    # a trusted proxy's raw value: the upstream sees what was authorised (a DPoP proof's htu, say)
+    headers["X-Forwarded-Proto"] = context.scheme
     # the host the route was matched on, never another one a proxy named: the upstream acts on what was authorised
     headers["X-Forwarded-Host"] = context.host
     headers["X-Request-Id"] = context.request_id
