@@ -145,3 +145,49 @@ async def until_has(store: Any, value: str, within: float = 5.0) -> None:
 
 
 # --- 4. resources: unauthenticated bytes parsed before the MAC is checked (low) --------------------
+
+
+# --- 5. sizes asked before anything is read (the meta is parsed before its MAC can be checked) -----
+
+
+@pytest.mark.parametrize(("field", "result"), [("meta", "unreadable"), ("data", "unreadable"),
+                                               ("mac", "bad_signature")])
+async def test_a_snapshot_field_too_large_to_be_one_is_never_read(
+    stores: StoreFactory, redis: Any, prefix: str, key_file: Path, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch, field: str, result: str,
+) -> None:
+    """One HSET by a Redis credential holder (a meta of 30 MiB cost ~640 MiB and 4 s per start):
+    the lengths are asked first and the field is not read; the full load follows."""
+    monkeypatch.setattr(snapshot, "MAX_BYTES", 64 * 1024)  # the data's limit, small enough to test
+    await write(redis, prefix, jti("one"))
+    await stores(key_file)  # writes a genuine snapshot
+    key = snapshot.snapshot_key(Schema(prefix))
+    genuine = await snapshot_fields(redis, prefix)
+    assert len(genuine["meta"]) <= snapshot.MAX_META_BYTES and len(genuine["mac"]) == snapshot.MAC_BYTES
+    big = b"x" * 1024 * 1024
+    padded = {"meta": genuine["meta"][:-1] + b',"pad":"' + big + b'"}', "data": big, "mac": genuine["mac"] + big}
+    await redis.hset(key, field, padded[field])
+    sent = await bytes_sent(redis)
+    loaded, refused = snapshot_loads("loaded"), snapshot_loads(result)
+    with caplog.at_level(logging.WARNING, logger="gateway"):
+        store = await stores(key_file)
+    assert store.ready and has(store, "one")
+    assert snapshot_loads(result) == refused + 1 and snapshot_loads("loaded") == loaded
+    assert await bytes_sent(redis) - sent < len(big), "a field was read although its length rules it out"
+    warning = next(r for r in caplog.records if r.getMessage().startswith("revocation snapshot not used"))
+    assert "bytes" in getattr(warning, "error", "")
+
+
+async def test_a_snapshot_of_plausible_sizes_is_still_loaded(
+    stores: StoreFactory, redis: Any, prefix: str, key_file: Path
+) -> None:
+    await write(redis, prefix, jti("one"))
+    await stores(key_file)
+    loaded = snapshot_loads("loaded")
+    store = await stores(key_file)
+    assert snapshot_loads("loaded") == loaded + 1 and has(store, "one")
+
+
+async def bytes_sent(redis: Any) -> int:
+    """What the Redis server has sent to its clients so far (INFO stats)."""
+    return int((await redis.info("stats"))["total_net_output_bytes"])

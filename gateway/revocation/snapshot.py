@@ -37,6 +37,11 @@ from .schema import Schema
 
 FORMAT = 2  # 1: unsigned (never used again)
 MAX_BYTES = 256 * 1024 * 1024  # a bigger list is loaded key by key (Redis values stop at 512 MiB)
+# what the meta and the MAC can be (a meta is about 150 bytes, a MAC 64 hex digits): the sizes are
+# asked first, so that a field written by a Redis credential holder alone is never read whole when
+# it could not be a snapshot's (the meta is parsed before the MAC can be checked)
+MAX_META_BYTES = 1024
+MAC_BYTES = 64
 LOCK_MS = 6_000  # a holder renews its lock every LOCK_MS / 3: one that died frees it soon
 _LABEL = b"tokengate revocation snapshot\n"
 
@@ -56,6 +61,23 @@ return 0
 RENEW_SCRIPT = """\
 if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
+"""
+
+# KEYS[1] the snapshot; ARGV[1..3] the largest meta, the largest data, the MAC's length; ARGV[4]
+# "all" or "meta". The three lengths, then the fields asked for when the lengths are a snapshot's:
+# sizes and read in one step, so that nothing swapped in between is read whole (``implausible``).
+READ_SCRIPT = """\
+local meta = redis.call('HSTRLEN', KEYS[1], 'meta')
+local data = redis.call('HSTRLEN', KEYS[1], 'data')
+local mac = redis.call('HSTRLEN', KEYS[1], 'mac')
+if meta == 0 or meta > tonumber(ARGV[1]) or data == 0 or data > tonumber(ARGV[2]) or mac > tonumber(ARGV[3]) then
+  return {meta, data, mac}
+end
+if ARGV[4] == 'all' then
+  return {meta, data, mac, redis.call('HGET', KEYS[1], 'meta'), redis.call('HGET', KEYS[1], 'data'),
+          redis.call('HGET', KEYS[1], 'mac')}
+end
+return {meta, data, mac, redis.call('HGET', KEYS[1], 'meta')}
 """
 
 _CUTOFF_TABLES = ("subject", "client")  # (issuer, value) -> (not_before, expiry); the others -> expiry
@@ -79,6 +101,16 @@ def seal(secret: bytes, key: str, meta: bytes, data: bytes) -> bytes:
     mac = hmac.new(secret, _LABEL + key.encode() + b"\n" + len(meta).to_bytes(8, "big") + meta, "sha256")
     mac.update(data)
     return mac.hexdigest().encode()
+
+
+def implausible(meta: int, data: int, mac: int) -> tuple[str, str]:
+    """Why fields of these lengths (HSTRLEN: 0 when absent) are no signed snapshot's, as a load
+    result and its reason; ("", "") when they may be one."""
+    if not 0 < meta <= MAX_META_BYTES or not 0 < data <= MAX_BYTES:
+        return "unreadable", f"meta of {meta} bytes (1 to {MAX_META_BYTES}), data of {data} (1 to {MAX_BYTES})"
+    if mac > MAC_BYTES:  # a shorter one (none: unsigned) is read, and fails the MAC check
+        return "bad_signature", f"a MAC of {mac} bytes, not {MAC_BYTES}"
+    return "", ""
 
 
 def authentic(secret: bytes, key: str, meta: bytes, data: bytes, mac: bytes | None) -> bool:

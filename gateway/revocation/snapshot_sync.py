@@ -122,19 +122,22 @@ class Snapshots:
 
     async def _from_snapshot(self) -> bool:
         """Load the snapshot and catch up from its position; False when there is none to use."""
-        store, redis = self.store, self.store.redis
-        raw = await redis.hget(self.key, "meta")  # not checked yet: only spares reading a snapshot behind the stream
-        if raw is None:
+        store = self.store
+        sizes, fields = await self._read("meta")
+        if sizes == [0, 0, 0]:
             metrics.REVOCATION_SNAPSHOT_LOADS.labels("absent").inc()
             return False
-        unchecked = snapshot.Meta.parse(raw)
+        if not fields:
+            return self._not_used(*snapshot.implausible(*sizes))
+        unchecked = snapshot.Meta.parse(fields[0])  # not checked yet: only spares reading a snapshot behind the stream
         if unchecked is None:
             return self._not_used("unreadable", "meta of another format")
         if not await self._usable(unchecked):
             return self._not_used("behind_stream")
-        raw, data, mac = await redis.hmget(self.key, ["meta", "data", "mac"])
-        if raw is None or data is None:
-            return self._not_used("unreadable", "meta or data missing")
+        sizes, fields = await self._read("all")
+        if not fields:  # changed since the meta was read
+            return self._not_used(*snapshot.implausible(*sizes))
+        raw, data, mac = fields
         if not snapshot.authentic(self.secret, self.key, raw, data, mac):
             return self._not_used("bad_signature", "its MAC does not verify under revocation.snapshot's key")
         meta = snapshot.Meta.parse(raw)
@@ -155,6 +158,14 @@ class Snapshots:
         if self.unverified:  # a full load may have followed (messages lost meanwhile): it read every key
             store.background(asyncio.create_task(self._verify_when_free(), name="revocation-snapshot-verify"))
         return True
+
+    async def _read(self, fields: str) -> tuple[list[int], list[bytes]]:
+        """The lengths of the meta, the data and the MAC (0: absent), and the fields asked for
+        (``"meta"`` or ``"all"``), none when the lengths cannot be a snapshot's."""
+        reply = await self.store.redis.eval(
+            snapshot.READ_SCRIPT, 1, self.key, snapshot.MAX_META_BYTES, snapshot.MAX_BYTES, snapshot.MAC_BYTES, fields
+        )
+        return [int(size) for size in reply[:3]], list(reply[3:])
 
     def _not_used(self, result: str, why: str = "") -> bool:
         metrics.REVOCATION_SNAPSHOT_LOADS.labels(result).inc()
