@@ -30,7 +30,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +96,21 @@ def _import_worker_modules(config: GatewayConfig) -> None:
         from .tracing import sdk  # noqa: F401
     if any(issuer.introspection is not None for issuer in config.issuers):
         from .tokens import introspection  # noqa: F401
+
+
+@contextlib.contextmanager
+def revocations_handed_down(config: GatewayConfig) -> Iterator[None]:
+    """Within: the workers forked start from the revocation list this process loaded from the
+    signed snapshot (revocation/preload.py), if there is one to use. On leaving, this process
+    drops its copy: a worker forked later (a restart) loads the list as ever."""
+    from .revocation.inherited import hand_down
+    from .revocation.preload import load_for_workers
+
+    hand_down(load_for_workers(config.revocation))
+    try:
+        yield
+    finally:
+        hand_down(None)
 
 
 def remove_own_metric_files(metrics_dir: str) -> None:

@@ -34,7 +34,7 @@ from prometheus_client import multiprocess
 
 from .config import Address, ConfigError, GatewayConfig, parse_config
 from .reload import POLL_INTERVAL, ConfigFile
-from .worker_process import WorkerSpec, preload, spawn
+from .worker_process import WorkerSpec, preload, revocations_handed_down, spawn
 
 log = logging.getLogger("gateway.workers")
 
@@ -88,8 +88,10 @@ class Supervisor:
                 "starting workers",
                 extra={"workers": self.declared.workers, "ports": self.ports, "metrics_dir": self.metrics_dir},
             )
-            for slot in range(self.declared.workers):
-                self._start(slot)
+            preload(self.current, self.metrics_dir)
+            with revocations_handed_down(self.current):  # the first workers only: a restart loads as ever
+                for slot in range(self.declared.workers):
+                    self._start(slot)
             self._supervise()
             return self._drain()
         except OSError as exc:
