@@ -8,6 +8,7 @@ configuration mounted the way a ConfigMap is, and reads the JSON log lines of it
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -26,9 +27,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
 
+from gateway.config import RevocationConfig
 from gateway.demo import EchoUpstream
 from gateway.reload import POLL_INTERVAL
+from gateway.revocation.entries import Entry, Kind, Match
+from gateway.revocation.redis_store import RedisStore
+from gateway.revocation.schema import Schema, write_entry
 from gateway.tokens.dpop import ProofRequest, confirmation, sign_proof
 from tests.configmap import ConfigMapDir
 from tests.helpers import RawResponse, base_config, bearer, raw_request
@@ -522,3 +528,65 @@ async def test_forked_workers_share_the_nonce_secret_and_export_no_series_of_the
     await eventually(orphans_gone, within=15, every=0.2)
     assert len(gateway.messages("the supervising parent is gone; shutting down")) == 2
     shutil.rmtree(metrics_dir, ignore_errors=True)  # the parent would have removed it
+
+
+@pytest.mark.timeout(90)
+async def test_forked_workers_start_from_the_revocation_list_their_parent_loaded(
+    spawn: Spawn, files: ConfigMapDir, issuer: Any, upstream: Any, tmp_path: Path, redis_url: str
+) -> None:
+    """With ``revocation.snapshot`` the parent reads and checks the snapshot once, in an event loop
+    of its own that is gone before it forks (one thread left), and its first workers start from
+    its copy; a restarted worker reads the snapshot itself, as before."""
+    prefix = f"t{os.getpid()}-{time.time_ns()}:revoked:"
+    key_file = tmp_path / "snapshot.key"
+    key_file.write_text(base64.b64encode(os.urandom(48)).decode() + "\n")
+    revocation = {"redis_url": redis_url, "key_prefix": prefix, "snapshot": {"key_file": str(key_file)}}
+    client = Redis.from_url(redis_url)
+    try:
+        for value in ("revoked-0", "revoked-1", "revoked-2"):
+            await write_entry(client, Schema(prefix), Entry(Kind.TOKEN, value, time.time() + 3600, issuer.issuer,
+                                                            match=Match.JTI))
+    finally:
+        await client.aclose()
+    first = RedisStore(RevocationConfig.model_validate(revocation))  # the first start: writes the snapshot
+    await first.start()
+    await first.stop()
+
+    config = base_config(issuer, upstream, tmp_path / "audit.jsonl")
+    config.update(workers=2, log_level="info", revocation=revocation)
+    files.write(config)
+    gateway = await spawn(files.path, listening=2)
+    parent = gateway.proc.pid
+    [handed] = gateway.messages("revocation snapshot loaded for the workers")
+    assert handed["entries"] == 3
+    loaded = await gateway.wait_log(lambda r: r.get("msg") == "revocation list loaded", count=2)
+    assert {(r["cause"], r["entries"]) for r in loaded} == {("snapshot_from_parent", 3)}
+    threads = next(line for line in Path(f"/proc/{parent}/status").read_text().splitlines()
+                   if line.startswith("Threads:"))
+    assert threads.split() == ["Threads:", "1"]
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+
+        async def status(token: str) -> int:
+            async with http.get(gateway.url("/orders"), headers=bearer(token)) as resp:
+                return resp.status
+
+        # new connections each: both workers answer, and both hold the list
+        assert await asyncio.gather(*(status(issuer.mint(jti=f"revoked-{i % 3}")) for i in range(16))) == [401] * 16
+        assert await asyncio.gather(*(status(issuer.mint()) for _ in range(4))) == [200] * 4
+
+    metrics_dir = gateway.messages("starting workers")[0]["metrics_dir"]
+
+    async def both_refused() -> bool:
+        refused = requests_by_pid(metrics_dir, status="401")
+        return {pid for pid, count in refused.items() if count} == {r["pid"] for r in loaded}
+
+    await eventually(both_refused, within=5)
+
+    victim = min(r["pid"] for r in loaded)
+    os.kill(victim, signal.SIGKILL)
+    [replacement] = await gateway.wait_log(
+        lambda r: r.get("msg") == "gateway listening" and r["pid"] not in {x["pid"] for x in loaded}, timeout=30
+    )
+    [again] = [r for r in gateway.messages("revocation list loaded") if r["pid"] == replacement["pid"]]
+    assert (again["cause"], again["entries"]) == ("snapshot", 3)  # read by itself: the parent let its copy go

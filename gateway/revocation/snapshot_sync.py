@@ -138,7 +138,8 @@ class Snapshots:
         """Start from the copy the parent handed down: checked by the parent as ``read_checked``
         checks, and here as after any read (the stream still holds every message after it)."""
         inherited, self.inherited = self.inherited, None
-        return inherited is not None and await self.started_from(inherited.meta, inherited.loaded)
+        return inherited is not None and await self.started_from(inherited.meta, inherited.loaded,
+                                                                 "snapshot_from_parent")
 
     async def _from_snapshot(self) -> bool:
         """Load the snapshot and catch up from its position; False when there is none to use."""
@@ -177,7 +178,7 @@ class Snapshots:
             raise NotUsed("unreadable", "meta of another format")
         return meta, data
 
-    async def started_from(self, meta: snapshot.Meta, loaded: int) -> bool:
+    async def started_from(self, meta: snapshot.Meta, loaded: int, cause: str = "snapshot") -> bool:
         """With the snapshot of ``meta`` in the list (``loaded`` live entries): catch up from its position
         and say ready, then scan every key in the background; False when the stream lost messages since."""
         store = self.store
@@ -185,7 +186,7 @@ class Snapshots:
             return self._not_used("behind_stream")  # what was merged stays (only added); the full load follows
         store.last_id, store.seen_added = meta.position, meta.added
         self.unverified = True
-        await store.caught_up("snapshot", loaded)
+        await store.caught_up(cause, loaded)
         metrics.REVOCATION_SNAPSHOT_LOADS.labels("loaded").inc()
         if self.unverified:  # a full load may have followed (messages lost meanwhile): it read every key
             store.background(asyncio.create_task(self._verify_when_free(), name="revocation-snapshot-verify"))
