@@ -88,7 +88,7 @@ class Supervisor:
                 "starting workers",
                 extra={"workers": self.declared.workers, "ports": self.ports, "metrics_dir": self.metrics_dir},
             )
-            preload(self.current, self.metrics_dir)
+            preload(self.current, self.metrics_dir)  # before the revocation list: its metrics must be multiprocess
             with revocations_handed_down(self.current):  # the first workers only: a restart loads as ever
                 for slot in range(self.declared.workers):
                     self._start(slot)
