@@ -93,6 +93,7 @@ async def test_a_worker_starts_from_the_copy_its_parent_loaded_and_catches_up(
     hand_down(copy)
     loads, loaded = full_loads(), snapshot_loads("loaded")
     caplog.set_level("INFO", "gateway.revocation")
+    caplog.clear()  # what the first start logged
     worker = await started(config, running)
     assert worker.list is copy.list  # adopted, not copied: the pages stay shared with the parent's
     assert worker.ready and has(worker, "before") and has(worker, "after")  # caught up from its position
@@ -141,6 +142,7 @@ async def test_the_parent_hands_nothing_down_without_a_snapshot_to_use(
         key_file.write_text(base64.b64encode(os.urandom(48)).decode() + "\n")
     url = f"redis://127.0.0.1:{free_port()}/0" if case == "redis away" else redis_url
     caplog.set_level("INFO", "gateway.revocation")
+    caplog.clear()
     started_at = time.monotonic()
     assert await parent_load(config_of(url, prefix, key_file)) is None
     assert time.monotonic() - started_at < 5
