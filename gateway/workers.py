@@ -13,7 +13,8 @@ The parent serves no request itself:
   workers when it changes. A restarted worker is forked from the last valid file.
 
 The parent waits for signals with ``sigtimedwait``: no handlers, no event loop, no threads
-(nothing that a fork would copy half-way).
+(nothing that a fork would copy half-way). With ``revocation.snapshot`` it reads the snapshot
+once before its first forks (revocation/preload.py), in an event loop closed before them.
 """
 
 from __future__ import annotations
