@@ -191,6 +191,7 @@ class Supervisor:
             signal.sigtimedwait(SIGNALS, min(0.5, max(0.0, deadline - time.monotonic())))
             self._reap(restart=False)
         stuck = list(self.procs.values())
+        self.procs.clear()  # killed and reaped below
         for pid in stuck:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

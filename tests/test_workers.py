@@ -22,9 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway import worker_process
+from gateway import worker_process, workers
+from gateway.config import parse_config
 from gateway.worker_process import WorkerSpec, spawn
-from gateway.workers import exit_code
+from gateway.workers import Supervisor, exit_code
 from tests.helpers import MINIMAL_CONFIG
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,3 +188,60 @@ def test_preload_refuses_metrics_made_before_the_directory_was_known(tmp_path: P
     result = _run(code, tmp_path)
     assert result.returncode == 1
     assert "gateway.metrics was imported before the metrics directory was known" in result.stderr
+
+
+def supervisor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grace: str = "0s") -> Supervisor:
+    monkeypatch.setattr(workers, "KILL_MARGIN", 0.3)
+    path = tmp_path / "gw.yaml"
+    text = MINIMAL_CONFIG + f"workers: 2\nshutdown_grace: {grace}\n"
+    path.write_text(text)
+    parent = Supervisor(str(path), text, parse_config(text, str(path)))
+    parent.metrics_dir = str(tmp_path)
+    return parent
+
+
+def test_drain_stops_the_workers_and_kills_one_that_ignores_sigterm(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What ``shutdown_grace`` + KILL_MARGIN pin, on pids instead of subprocess.Popen: SIGTERM to each,
+    the status of those that exit, SIGKILL (and reaping) for one still running, exit status 1."""
+    def stubborn(spec: WorkerSpec) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        time.sleep(30)
+
+    parent = supervisor(tmp_path, monkeypatch)
+    monkeypatch.setattr(worker_process, "worker_main", lambda spec: time.sleep(30))
+    polite = spawn(SPEC, {}, [])
+    monkeypatch.setattr(worker_process, "worker_main", stubborn)
+    stuck = spawn(SPEC, {}, [])
+    parent.procs = {0: polite, 1: stuck}
+    time.sleep(0.2)  # the stubborn one has blocked SIGTERM
+    caplog.set_level("INFO", "gateway.workers")
+    started = time.monotonic()
+    assert parent._drain() == 1
+    assert time.monotonic() - started < 5
+    assert parent.procs == {}
+    for pid in (polite, stuck):
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reaped
+    [stopped] = [r for r in caplog.records if r.getMessage() == "worker stopped"]
+    assert (stopped.pid, stopped.exit_code) == (polite, -signal.SIGTERM)  # type: ignore[attr-defined]
+    assert any(r.getMessage().startswith("workers still running after the grace period") for r in caplog.records)
+
+
+def test_a_dead_worker_is_reaped_and_restarted_later_when_it_dies_young(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    parent = supervisor(tmp_path, monkeypatch)
+    monkeypatch.setattr(worker_process, "worker_main", lambda spec: sys.exit(7))
+    pid = spawn(SPEC, {}, [])
+    parent.procs, parent.started, parent.failures = {0: pid}, {0: time.monotonic()}, {0: 1}
+    caplog.set_level("INFO", "gateway.workers")
+    deadline = time.monotonic() + 5
+    while parent.procs and time.monotonic() < deadline:
+        parent._reap(restart=True)
+        time.sleep(0.01)
+    assert parent.procs == {} and parent.failures == {0: 2}
+    assert 0.5 < parent.restart_at[0] - time.monotonic() <= 2.0  # backing off: it died young twice
+    [exited] = [r for r in caplog.records if r.getMessage() == "worker exited; restarting it"]
+    assert (exited.pid, exited.exit_code) == (pid, 7)  # type: ignore[attr-defined]
