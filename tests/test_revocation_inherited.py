@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import threading
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from gateway.config import RevocationConfig, RevocationSnapshotConfig
 from gateway.revocation import snapshot
@@ -42,6 +44,7 @@ from tests.test_revocation_bulk_load import (  # noqa: F401 - fixtures
     until,
     write,
 )
+from tests.test_revocation_redis import ping_until_up, redis_server
 
 
 @pytest.fixture(autouse=True)
@@ -167,3 +170,33 @@ def test_a_copy_is_taken_once_and_only_for_its_own_list() -> None:
 def test_without_a_snapshot_key_or_redis_the_parent_reads_nothing() -> None:
     assert load_for_workers(RevocationConfig()) is None
     assert load_for_workers(RevocationConfig(redis_url=f"redis://127.0.0.1:{free_port()}/0")) is None
+
+
+def open_sockets() -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):  # the listing's own descriptor, gone by now
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return count
+
+
+async def test_through_sentinel_the_parent_leaves_no_connection_open(
+    stores: StoreFactory, redis: Any, redis_proc: Any, prefix: str, key_file: Path, tmp_path: Path,
+) -> None:
+    """Sentinel's clients keep their own connections to the sentinels: closed too, or the workers
+    would each inherit sockets nobody reads."""
+    await write(redis, prefix, jti("one"))
+    await stores(key_file)
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(f"port {port}\nsentinel monitor tg 127.0.0.1 {redis_proc.port} 1\n")
+    async with redis_server(tmp_path / "sentinel", str(conf), "--sentinel"):
+        probe = Redis(port=port)
+        await ping_until_up(probe)
+        await probe.aclose()
+        config = RevocationConfig(sentinel={"hosts": [f"127.0.0.1:{port}"], "service_name": "tg"}, key_prefix=prefix,
+                                  snapshot=RevocationSnapshotConfig(key_file=str(key_file)))
+        before = open_sockets()
+        copy = await parent_load(config)
+        assert copy is not None and copy.loaded == 1
+        assert open_sockets() == before

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from ..config import RevocationConfig
 from . import snapshot
@@ -61,7 +62,16 @@ async def _read(store: RedisStore, into: list[tuple[snapshot.Meta, bytes]]) -> N
     try:
         into.append(await store.snapshots.read_checked())
     finally:
-        await store.redis.aclose()
+        await _close(store.redis)
+
+
+async def _close(client: Any) -> None:
+    """The client and, with Sentinel, its connections to the sentinels (its own aclose leaves those
+    open: nothing of this loop's may outlive it into the workers)."""
+    await client.aclose()
+    manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
+    if manager is not None:
+        await manager.aclose()
 
 
 def _not_loaded(result: str, why: str) -> None:
