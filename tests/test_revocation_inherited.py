@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from gateway.config import RevocationConfig, RevocationSnapshotConfig
+from gateway.config import RevocationConfig, RevocationSnapshotConfig, SentinelConfig
 from gateway.revocation import snapshot
 from gateway.revocation.inherited import Inherited, hand_down, take
 from gateway.revocation.preload import load_for_workers
@@ -194,7 +194,8 @@ async def test_through_sentinel_the_parent_leaves_no_connection_open(
         probe = Redis(port=port)
         await ping_until_up(probe)
         await probe.aclose()
-        config = RevocationConfig(sentinel={"hosts": [f"127.0.0.1:{port}"], "service_name": "tg"}, key_prefix=prefix,
+        sentinel = SentinelConfig(hosts=[f"127.0.0.1:{port}"], service_name="tg")
+        config = RevocationConfig(sentinel=sentinel, key_prefix=prefix,
                                   snapshot=RevocationSnapshotConfig(key_file=str(key_file)))
         before = open_sockets()
         copy = await parent_load(config)
