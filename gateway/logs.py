@@ -53,7 +53,7 @@ class ClientNoiseFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        # aiohttp is not imported for this (`gateway serve`'s supervisor never loads it): an aiohttp
+        # aiohttp is not imported for this (the offline commands never load it): an aiohttp
         # exception can only exist once aiohttp has been imported by whoever raised it
         http = sys.modules.get("aiohttp.http_exceptions")
         if isinstance(exc, ConnectionError) or (http is not None and isinstance(exc, http.BadHttpMessage)):

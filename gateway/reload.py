@@ -19,10 +19,9 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import metrics
 from .config import ConfigError, GatewayConfig, load_config
 
-if TYPE_CHECKING:  # imported when a reload runs: `gateway serve`'s supervisor (workers.py) never loads it
+if TYPE_CHECKING:
     from .runtime import Gateway, Pipeline
 
 log = logging.getLogger("gateway.reload")
@@ -128,6 +127,10 @@ class Reloader:
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[object]] = set()
         self._closed = False
+        # imported here, not with the module: `gateway serve`'s supervising parent (workers.py)
+        # imports this module before it may create the metrics (worker_process.preload)
+        from . import metrics
+
         # both series exported from the start, at 0: a series that first appears at 1 has no
         # increase() in Prometheus, so the first rejected reload would never raise an alert
         for result in ("success", "error"):
@@ -150,6 +153,8 @@ class Reloader:
 
     async def reload(self, cause: str) -> bool:
         """Validate and apply the file now; False (and the running configuration kept) on failure."""
+        from . import metrics
+
         async with self._lock:
             ok = await self._reload(cause)
         metrics.CONFIG_RELOADS.labels("success" if ok else "error").inc()

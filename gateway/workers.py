@@ -4,39 +4,38 @@ The parent serves no request itself:
 
 - for every listen address it holds a bound, non-listening ``SO_REUSEPORT`` socket, so port 0
   resolves once and the ports stay reserved while workers come and go;
-- it starts N workers (``python -m gateway.workers``: a fresh interpreter each, so
-  ``PROMETHEUS_MULTIPROC_DIR`` is set before prometheus-client loads). Each worker listens on
+- it imports what a worker runs once, with ``PROMETHEUS_MULTIPROC_DIR`` set, and forks N
+  workers (worker_process.py), each starting with those modules loaded. Each worker listens on
   the same ports with ``SO_REUSEPORT`` and the kernel spreads connections among them. Every
   worker serves the admin port as well: ``/metrics`` from any of them adds up all workers;
 - it restarts a worker that dies (backing off when one keeps dying young), forwards SIGTERM,
   SIGINT (as SIGTERM) and SIGHUP, and watches the configuration file, sending SIGHUP to the
-  workers when it changes. A restarted worker starts from the last valid file.
+  workers when it changes. A restarted worker is forked from the last valid file.
 
-The parent waits for signals with ``sigtimedwait``: no handlers, no event loop, no threads.
+The parent waits for signals with ``sigtimedwait``: no handlers, no event loop, no threads
+(nothing that a fork would copy half-way). With ``revocation.snapshot`` it reads the snapshot
+once before its first forks (revocation/preload.py), in an event loop closed before them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import logging
 import os
 import secrets
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from prometheus_client import multiprocess
 
 from .config import Address, ConfigError, GatewayConfig, parse_config
-from .reload import POLL_INTERVAL, ConfigFile, pinned
+from .reload import POLL_INTERVAL, ConfigFile
+from .worker_process import WorkerSpec, preload, revocations_handed_down, spawn
 
 log = logging.getLogger("gateway.workers")
 
@@ -45,24 +44,6 @@ LISTEN_KEYS = ("listen", "admin_listen", "decision_listen")
 STABLE_AFTER = 30.0  # a worker that lived this long is restarted at once when it dies
 MAX_BACKOFF = 30.0
 KILL_MARGIN = 5.0  # beyond shutdown_grace, before workers that still run are killed
-
-
-@dataclass
-class WorkerSpec:
-    """What the parent tells a worker (JSON on the worker's stdin)."""
-
-    slot: int
-    parent: int
-    path: str
-    declared: str  # the file's text when the gateway started: restart-only keys are compared with it
-    current: str  # the last valid text, which a restarted worker starts from even if the file broke since
-    ports: dict[str, int]  # listen key -> the port the parent reserved
-
-    def configs(self) -> tuple[GatewayConfig, GatewayConfig]:
-        """The file as the gateway started from it, and what this worker runs (ports resolved)."""
-        declared = parse_config(self.declared, self.path)
-        ports = {key: Address(getattr(declared, key).host, port) for key, port in self.ports.items()}
-        return declared, pinned(parse_config(self.current, self.path), declared.model_copy(update=ports))
 
 
 def supervise(path: str) -> int:
@@ -87,7 +68,7 @@ class Supervisor:
         self.reservations: list[socket.socket] = []
         self.ports: dict[str, int] = {}
         self.metrics_dir = ""
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}  # slot -> running worker
+        self.procs: dict[int, int] = {}  # slot -> pid of the running (not yet reaped) worker
         self.started: dict[int, float] = {}
         self.failures: dict[int, int] = {}
         self.restart_at: dict[int, float] = {}
@@ -108,8 +89,10 @@ class Supervisor:
                 "starting workers",
                 extra={"workers": self.declared.workers, "ports": self.ports, "metrics_dir": self.metrics_dir},
             )
-            for slot in range(self.declared.workers):
-                self._start(slot)
+            preload(self.current, self.metrics_dir)  # before the revocation list: its metrics must be multiprocess
+            with revocations_handed_down(self.current):  # the first workers only: a restart loads as ever
+                for slot in range(self.declared.workers):
+                    self._start(slot)
             self._supervise()
             return self._drain()
         except OSError as exc:
@@ -131,17 +114,12 @@ class Supervisor:
             )
 
     def _start(self, slot: int) -> None:
+        preload(self.current, self.metrics_dir)  # at once after the first time
         spec = WorkerSpec(slot, os.getpid(), self.path, self.declared_text, self.current_text, self.ports)
-        env = {**os.environ, **self.worker_env, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir}
-        proc = subprocess.Popen([sys.executable, "-m", "gateway.workers"], stdin=subprocess.PIPE, env=env)
-        assert proc.stdin is not None
-        with contextlib.suppress(BrokenPipeError):  # it died at once: reaped and restarted like any other
-            proc.stdin.write(json.dumps(asdict(spec)).encode())
-        with contextlib.suppress(BrokenPipeError):
-            proc.stdin.close()
-        self.procs[slot] = proc
+        pid = spawn(spec, self.worker_env, self.reservations)
+        self.procs[slot] = pid
         self.started[slot] = time.monotonic()
-        log.info("worker started", extra={"worker": slot, "pid": proc.pid})
+        log.info("worker started", extra={"worker": slot, "pid": pid})
 
     def _supervise(self) -> None:
         next_poll = time.monotonic() + POLL_INTERVAL
@@ -168,14 +146,14 @@ class Supervisor:
                     self._reload("file changed")
 
     def _reap(self, restart: bool) -> None:
-        for slot, proc in list(self.procs.items()):
-            code = proc.poll()
+        for slot, pid in list(self.procs.items()):
+            code = exit_code(pid)
             if code is None:
                 continue
             del self.procs[slot]
-            multiprocess.mark_process_dead(proc.pid, self.metrics_dir)  # type: ignore[no-untyped-call]
+            multiprocess.mark_process_dead(pid, self.metrics_dir)  # type: ignore[no-untyped-call]
             if not restart:
-                log.info("worker stopped", extra={"worker": slot, "pid": proc.pid, "exit_code": code})
+                log.info("worker stopped", extra={"worker": slot, "pid": pid, "exit_code": code})
                 continue
             young = time.monotonic() - self.started[slot] < STABLE_AFTER
             self.failures[slot] = self.failures.get(slot, 0) + 1 if young else 0
@@ -183,7 +161,7 @@ class Supervisor:
             self.restart_at[slot] = time.monotonic() + delay
             log.warning(
                 "worker exited; restarting it",
-                extra={"worker": slot, "pid": proc.pid, "exit_code": code, "restart_in": delay},
+                extra={"worker": slot, "pid": pid, "exit_code": code, "restart_in": delay},
             )
 
     def _reload(self, cause: str) -> None:
@@ -198,29 +176,42 @@ class Supervisor:
         else:
             self.current_text, self.current = text, config
         log.info("reloading workers", extra={"cause": cause})
-        for proc in self.procs.values():
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGHUP)
+        for pid in self.procs.values():
+            with contextlib.suppress(ProcessLookupError):  # not yet reaped, so never another process's pid
+                os.kill(pid, signal.SIGHUP)
 
     def _drain(self) -> int:
         """SIGTERM to every worker, wait until they are gone (killing them after the grace period)."""
         self.restart_at.clear()
-        for proc in self.procs.values():
+        for pid in self.procs.values():
             with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
+                os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + self.declared.shutdown_grace + KILL_MARGIN
         while self.procs and time.monotonic() < deadline:
             signal.sigtimedwait(SIGNALS, min(0.5, max(0.0, deadline - time.monotonic())))
             self._reap(restart=False)
         stuck = list(self.procs.values())
-        for proc in stuck:
-            proc.kill()
-            proc.wait()
-            multiprocess.mark_process_dead(proc.pid, self.metrics_dir)  # type: ignore[no-untyped-call]
+        self.procs.clear()  # killed and reaped below
+        for pid in stuck:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            multiprocess.mark_process_dead(pid, self.metrics_dir)  # type: ignore[no-untyped-call]
         if stuck:
             log.error("workers still running after the grace period were killed", extra={"killed": len(stuck)})
         log.info("stopped")
         return 1 if stuck else 0
+
+
+def exit_code(pid: int) -> int | None:
+    """The exit status of the worker ``pid`` once it has ended (then reaped), None while it runs;
+    killed by a signal: minus its number (as subprocess says)."""
+    try:
+        waited, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # reaped by someone else already: its status is lost (subprocess says 0)
+        return 0
+    return None if waited == 0 else os.waitstatus_to_exitcode(status)
 
 
 def shared_secrets(config: GatewayConfig) -> dict[str, str]:
@@ -266,44 +257,3 @@ def clear_metrics_dir(path: str, keep_pid: int | None = None) -> None:
     for stale in directory.glob("*.db"):
         if keep_pid is None or not stale.name.endswith(f"_{keep_pid}.db"):
             stale.unlink(missing_ok=True)
-
-
-# --- the worker side -----------------------------------------------------------------------
-
-
-def worker_main() -> None:
-    """``python -m gateway.workers``: one worker process, its spec read from stdin."""
-    from .launch import run_async
-    from .logs import setup_logging
-
-    spec = WorkerSpec(**json.loads(sys.stdin.buffer.read()))
-    with open(os.devnull, "rb") as devnull:
-        os.dup2(devnull.fileno(), 0)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
-    declared, config = spec.configs()
-    setup_logging(config.log_level, worker=spec.slot, pid=os.getpid())
-    run_async(_serve_worker(spec, declared, config))
-
-
-async def _serve_worker(spec: WorkerSpec, declared: GatewayConfig, config: GatewayConfig) -> None:
-    from .runtime import Gateway
-    from .server import serve
-
-    stop = asyncio.Event()
-    watchdog = asyncio.create_task(_stop_when_orphaned(spec.parent, stop))
-    try:
-        await serve(Gateway(config, spec.path), reuse_port=True, stop=stop, watch=False, declared=declared)
-    finally:
-        watchdog.cancel()
-
-
-async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
-    """Drain and exit when the parent is gone (killed): nobody would restart or stop this worker."""
-    while os.getppid() == parent:  # noqa: ASYNC110 - no event tells a process its parent died
-        await asyncio.sleep(1.0)
-    log.warning("the supervising parent is gone; shutting down")
-    stop.set()
-
-
-if __name__ == "__main__":
-    worker_main()

@@ -8,9 +8,11 @@ configuration mounted the way a ConfigMap is, and reads the JSON log lines of it
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,13 +24,20 @@ from typing import Any
 
 import aiohttp
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
 
+from gateway.config import RevocationConfig
 from gateway.demo import EchoUpstream
 from gateway.reload import POLL_INTERVAL
+from gateway.revocation.entries import Entry, Kind, Match
+from gateway.revocation.redis_store import RedisStore
+from gateway.revocation.schema import Schema, write_entry
+from gateway.tokens.dpop import ProofRequest, confirmation, sign_proof
 from tests.configmap import ConfigMapDir
-from tests.helpers import base_config, bearer
+from tests.helpers import RawResponse, base_config, bearer, raw_request
 
 ROOT = Path(__file__).resolve().parent.parent
 EXTRA_ROUTE = {"name": "extra", "path_prefix": "/extra", "upstream": "orders", "auth": "none"}
@@ -330,15 +339,15 @@ async def test_sighup_reloads_when_watching_is_off(
 # --- several workers -----------------------------------------------------------------------
 
 
-def requests_by_pid(metrics_dir: str) -> dict[int, float]:
-    """gateway_requests_total of each process, from its own multiprocess file."""
+def requests_by_pid(metrics_dir: str, **labels: str) -> dict[int, float]:
+    """gateway_requests_total (of the series with ``labels``) of each process, from its own multiprocess file."""
     counts: dict[int, float] = {}
     for file in Path(metrics_dir).glob("counter_*.db"):
         pid = int(file.stem.rsplit("_", 1)[1])
         counts[pid] = sum(
             sample.value for family in MultiProcessCollector.merge([str(file)])  # type: ignore[no-untyped-call]
             for sample in family.samples
-            if sample.name == "gateway_requests_total"
+            if sample.name == "gateway_requests_total" and labels.items() <= sample.labels.items()
         )
     return counts
 
@@ -424,3 +433,160 @@ async def test_workers_share_the_port_metrics_audit_reloads_and_restarts(
             os.kill(pid, 0)
     assert not Path(metrics_dir).exists()
     assert len(gateway.messages("worker stopped")) == 2
+
+
+# --- forked workers ------------------------------------------------------------------------
+
+
+def blocked_signals(pid: int) -> set[int]:
+    """The signals ``pid`` blocks (its SigBlk mask)."""
+    mask = int(next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                    if line.startswith("SigBlk:")).split()[1], 16)
+    return {number for number in range(1, 65) if mask >> (number - 1) & 1}
+
+
+def gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie nobody reaps (a container's init may not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.timeout(90)
+async def test_forked_workers_share_the_nonce_secret_and_export_no_series_of_the_parent(
+    spawn: Spawn, files: ConfigMapDir, issuer: Any, upstream: Any, tmp_path: Path, redis_url: str
+) -> None:
+    """The workers are forks of the parent (same command line, no ``python -m gateway.workers``)
+    that end up as a fresh worker did: signals unblocked once ready, one DPoP nonce secret drawn
+    by the parent (a restarted worker too), and metrics in files of their own pids only: the
+    parent's would count as a process that never dies (its ``livemin`` gauges at 0)."""
+    config = base_config(issuer, upstream, tmp_path / "audit.jsonl")
+    config["issuers"][0]["dpop"] = {"nonce": True}
+    config.update(workers=2, shutdown_grace="5s",
+                  revocation={"redis_url": redis_url, "key_prefix": f"t{os.getpid()}-{time.time_ns()}:revoked:"})
+    files.write(config)
+    gateway = await spawn(files.path, listening=2)
+    parent = gateway.proc.pid
+    metrics_dir = Path(gateway.messages("starting workers")[0]["metrics_dir"])
+    workers = {r["pid"] for r in gateway.messages("gateway listening")}
+    for pid in workers:
+        assert Path(f"/proc/{pid}/cmdline").read_bytes() == Path(f"/proc/{parent}/cmdline").read_bytes()
+        assert blocked_signals(pid) & {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD} == set()
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    token = issuer.mint(cnf=confirmation(key))
+    base = gateway.url("").rstrip("/")
+
+    async def orders(nonce: str | None) -> RawResponse:  # a new connection each: spread over the workers
+        proof = sign_proof(key, ProofRequest(method="GET", url=f"{base}/orders", access_token=token, nonce=nonce))
+        return await raw_request(base, "/orders", headers={"Authorization": f"DPoP {token}", "DPoP": proof})
+
+    async def all_pass_on(expected: set[int]) -> None:
+        first = await orders(None)
+        assert first.status == 401 and first.headers["DPoP-Nonce"]
+        before = requests_by_pid(str(metrics_dir), status="200")
+        answers = [await orders(first.headers["DPoP-Nonce"]) for _ in range(24)]
+        assert [a.status for a in answers] == [200] * 24, [a.body for a in answers if a.status != 200][:1]
+
+        async def each_served() -> bool:  # the nonce one worker issued passed on every worker
+            served = requests_by_pid(str(metrics_dir), status="200")
+            return {pid for pid in expected if served.get(pid, 0) > before.get(pid, 0)} == expected
+
+        await eventually(each_served, within=5)
+
+    async def metrics_are_the_workers(sent: int) -> None:
+        async def added_up() -> bool:  # every request counted once, by the worker that served it
+            samples = await scrape(gateway)
+            return (total(samples, "gateway_requests_total", route="list-orders") == sent
+                    == sum(requests_by_pid(str(metrics_dir), route="list-orders").values())
+                    and total(samples, "gateway_revocation_redis_up") == 1
+                    and total(samples, "gateway_audit_writer_heartbeat_timestamp_seconds") > time.time() - 60)
+
+        await eventually(added_up, within=5)
+        assert not list(metrics_dir.glob(f"*_{parent}.db"))
+
+    await all_pass_on(workers)
+    await metrics_are_the_workers(25)
+
+    # a restarted worker is forked too, with the same secret, and still no file of the parent
+    victim = min(workers)
+    os.kill(victim, signal.SIGKILL)
+    [replacement] = await gateway.wait_log(
+        lambda r: r.get("msg") == "gateway listening" and r["pid"] not in workers, timeout=30
+    )
+    now = (workers - {victim}) | {replacement["pid"]}
+    await all_pass_on(now)
+    await metrics_are_the_workers(50)  # the killed worker's counts stay in the sums
+
+    # a parent killed outright: its workers notice and drain (nobody would restart or stop them)
+    os.kill(parent, signal.SIGKILL)
+
+    async def orphans_gone() -> bool:
+        return all(gone(pid) for pid in now)
+
+    await eventually(orphans_gone, within=15, every=0.2)
+    assert len(gateway.messages("the supervising parent is gone; shutting down")) == 2
+    shutil.rmtree(metrics_dir, ignore_errors=True)  # the parent would have removed it
+
+
+@pytest.mark.timeout(90)
+async def test_forked_workers_start_from_the_revocation_list_their_parent_loaded(
+    spawn: Spawn, files: ConfigMapDir, issuer: Any, upstream: Any, tmp_path: Path, redis_url: str
+) -> None:
+    """With ``revocation.snapshot`` the parent reads and checks the snapshot once, in an event loop
+    of its own that is gone before it forks (one thread left), and its first workers start from
+    its copy; a restarted worker reads the snapshot itself, as before."""
+    prefix = f"t{os.getpid()}-{time.time_ns()}:revoked:"
+    key_file = tmp_path / "snapshot.key"
+    key_file.write_text(base64.b64encode(os.urandom(48)).decode() + "\n")
+    revocation = {"redis_url": redis_url, "key_prefix": prefix, "snapshot": {"key_file": str(key_file)}}
+    client = Redis.from_url(redis_url)
+    try:
+        for value in ("revoked-0", "revoked-1", "revoked-2"):
+            await write_entry(client, Schema(prefix), Entry(Kind.TOKEN, value, time.time() + 3600, issuer.issuer,
+                                                            match=Match.JTI))
+    finally:
+        await client.aclose()
+    first = RedisStore(RevocationConfig.model_validate(revocation))  # the first start: writes the snapshot
+    await first.start()
+    await first.stop()
+
+    config = base_config(issuer, upstream, tmp_path / "audit.jsonl")
+    config.update(workers=2, log_level="info", revocation=revocation)
+    files.write(config)
+    gateway = await spawn(files.path, listening=2)
+    parent = gateway.proc.pid
+    [handed] = gateway.messages("revocation snapshot loaded for the workers")
+    assert handed["entries"] == 3
+    loaded = await gateway.wait_log(lambda r: r.get("msg") == "revocation list loaded", count=2)
+    assert {(r["cause"], r["entries"]) for r in loaded} == {("snapshot_from_parent", 3)}
+    threads = next(line for line in Path(f"/proc/{parent}/status").read_text().splitlines()
+                   if line.startswith("Threads:"))
+    assert threads.split() == ["Threads:", "1"]
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+
+        async def status(token: str) -> int:
+            async with http.get(gateway.url("/orders"), headers=bearer(token)) as resp:
+                return resp.status
+
+        # new connections each: both workers answer, and both hold the list
+        assert await asyncio.gather(*(status(issuer.mint(jti=f"revoked-{i % 3}")) for i in range(16))) == [401] * 16
+        assert await asyncio.gather(*(status(issuer.mint()) for _ in range(4))) == [200] * 4
+
+    metrics_dir = gateway.messages("starting workers")[0]["metrics_dir"]
+
+    async def both_refused() -> bool:
+        refused = requests_by_pid(metrics_dir, status="401")
+        return {pid for pid, count in refused.items() if count} == {r["pid"] for r in loaded}
+
+    await eventually(both_refused, within=5)
+
+    victim = min(r["pid"] for r in loaded)
+    os.kill(victim, signal.SIGKILL)
+    [replacement] = await gateway.wait_log(
+        lambda r: r.get("msg") == "gateway listening" and r["pid"] not in {x["pid"] for x in loaded}, timeout=30
+    )
+    [again] = [r for r in gateway.messages("revocation list loaded") if r["pid"] == replacement["pid"]]
+    assert (again["cause"], again["entries"]) == ("snapshot", 3)  # read by itself: the parent let its copy go

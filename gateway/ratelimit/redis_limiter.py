@@ -22,7 +22,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .. import metrics
 from .keys import Hit, unique_hits
 from .limits import Limit
 from .resp import RespAddress, RespConnection, RespError, bulk
@@ -172,6 +171,8 @@ class RedisLimiter:
 
     def _unavailable(self, route: str, limits: Sequence[Limit], exc: Exception | None) -> Verdict:
         """Each limit's ``on_redis_error`` decides: the request is refused if any says deny."""
+        from .. import metrics  # not at import: see verdict.count_refusals
+
         allowed = all(limit.on_redis_error == "allow" for limit in limits)
         metrics.RATE_LIMIT_UNAVAILABLE.labels(route, "allowed" if allowed else "denied").inc()
         self._log_outage(exc)

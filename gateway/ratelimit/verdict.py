@@ -6,7 +6,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .. import metrics
 from ..reasons import Reason
 from .headers import ratelimit_headers
 from .limits import Limit
@@ -99,6 +98,10 @@ def verdict_of(limits: Sequence[Limit], answers: Sequence[Answer]) -> Verdict:
 
 def count_refusals(route: str, verdict: Verdict) -> None:
     """Count a refusal once for each limit that refused it (``gateway_rate_limited_total``)."""
+    # imported here, not with the module: the configuration imports this package, and a
+    # supervising parent (workers.py) loads the configuration before it may create the metrics
+    from .. import metrics
+
     for limit in verdict.denied_by:
         metrics.RATE_LIMITED.labels(route, limit.name).inc()
 

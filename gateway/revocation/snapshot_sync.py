@@ -28,6 +28,7 @@ from ..background import cancel_and_wait
 from . import snapshot
 from .bulk_load import load_values, no_gc, scan_values
 from .entries import Entry, RevocationList
+from .inherited import Inherited, take
 from .redis_stream import gap, stream_info
 from .schema import announce, decode_or_none
 
@@ -42,6 +43,14 @@ VERIFY_POLL = 0.5  # seconds (give or take half) between two tries at the verify
 VERIFY_BATCH = 1000  # keys per SCAN of the verifying scan
 VERIFY_IDLE = 1.0  # after each batch, pause this many times as long as the batch took (half a core at most)
 RETRY_MAX = 30.0
+
+
+class NotUsed(Exception):
+    """Why the snapshot cannot be used: a result of gateway_revocation_snapshot_loads_total, and details."""
+
+    def __init__(self, result: str, why: str = "") -> None:
+        super().__init__(result, why)
+        self.result, self.why = result, why
 
 
 class RedisLock:
@@ -89,6 +98,11 @@ class Snapshots:
         self.load_lock = RedisLock(snapshot.lock_key(store.schema), store.instance)
         self.verify_lock = RedisLock(snapshot.verify_lock_key(store.schema), store.instance)
         self.unverified = False  # the copy came from a snapshot, and no scan of every key has run since
+        # the list the supervising parent loaded from the snapshot before it forked this process, if any:
+        # adopted now, before anything holds on to the store's list (the pipeline takes its methods)
+        self.inherited: Inherited | None = take(self.key, store.list.family_claim)
+        if self.inherited is not None:
+            store.list = self.inherited.list
 
     # --- start-up ----------------------------------------------------------------------------
 
@@ -106,7 +120,7 @@ class Snapshots:
 
     async def _start_up(self) -> None:
         redis = self.store.redis
-        if await self._from_snapshot():
+        if await self._from_inherited() or await self._from_snapshot():
             return
         if not await self.load_lock.take(redis):
             while await self.load_lock.held_by_a_gateway(redis):  # noqa: ASYNC110 - another process holds it
@@ -120,40 +134,59 @@ class Snapshots:
             await self.store.resync("startup")
             await self.write()
 
+    async def _from_inherited(self) -> bool:
+        """Start from the copy the parent handed down: checked by the parent as ``read_checked``
+        checks, and here as after any read (the stream still holds every message after it)."""
+        inherited, self.inherited = self.inherited, None
+        return inherited is not None and await self.started_from(inherited.meta, inherited.loaded,
+                                                                 "snapshot_from_parent")
+
     async def _from_snapshot(self) -> bool:
         """Load the snapshot and catch up from its position; False when there is none to use."""
-        store = self.store
-        sizes, fields = await self._read("meta")
-        if sizes == [0, 0, 0]:
-            metrics.REVOCATION_SNAPSHOT_LOADS.labels("absent").inc()
-            return False
-        if not fields:
-            return self._not_used(*snapshot.implausible(*sizes))
-        unchecked = snapshot.Meta.parse(fields[0])  # not checked yet: only spares reading a snapshot behind the stream
-        if unchecked is None:
-            return self._not_used("unreadable", "meta of another format")
-        if not await self._usable(unchecked):
-            return self._not_used("behind_stream")
-        sizes, fields = await self._read("all")
-        if not fields:  # changed since the meta was read
-            return self._not_used(*snapshot.implausible(*sizes))
-        raw, data, mac = fields
-        if not snapshot.authentic(self.secret, self.key, raw, data, mac):
-            return self._not_used("bad_signature", "its MAC does not verify under revocation.snapshot's key")
-        meta = snapshot.Meta.parse(raw)
-        if meta is None:
-            return self._not_used("unreadable", "meta of another format")
         try:
+            meta, data = await self.read_checked()
             with no_gc():
-                loaded = snapshot.merge_tables(store.list, data)
+                loaded = snapshot.merge_tables(self.store.list, data)
+        except NotUsed as exc:
+            return self._not_used(exc.result, exc.why)
         except ValueError as exc:
             return self._not_used("unreadable", str(exc))
         del data
+        return await self.started_from(meta, loaded)
+
+    async def read_checked(self) -> tuple[snapshot.Meta, bytes]:
+        """The snapshot's meta and data once they check out: plausible sizes, this format, a position
+        the stream still covers, and a MAC that verifies under the fleet's key. NotUsed otherwise."""
+        sizes, fields = await self._read("meta")
+        if sizes == [0, 0, 0]:
+            raise NotUsed("absent")
+        if not fields:
+            raise NotUsed(*snapshot.implausible(*sizes))
+        unchecked = snapshot.Meta.parse(fields[0])  # not checked yet: only spares reading a snapshot behind the stream
+        if unchecked is None:
+            raise NotUsed("unreadable", "meta of another format")
+        if not await self._usable(unchecked):
+            raise NotUsed("behind_stream")
+        sizes, fields = await self._read("all")
+        if not fields:  # changed since the meta was read
+            raise NotUsed(*snapshot.implausible(*sizes))
+        raw, data, mac = fields
+        if not snapshot.authentic(self.secret, self.key, raw, data, mac):
+            raise NotUsed("bad_signature", "its MAC does not verify under revocation.snapshot's key")
+        meta = snapshot.Meta.parse(raw)
+        if meta is None:
+            raise NotUsed("unreadable", "meta of another format")
+        return meta, data
+
+    async def started_from(self, meta: snapshot.Meta, loaded: int, cause: str = "snapshot") -> bool:
+        """With the snapshot of ``meta`` in the list (``loaded`` live entries): catch up from its position
+        and say ready, then scan every key in the background; False when the stream lost messages since."""
+        store = self.store
         if not await self._usable(meta):  # checked after the read too: the stream holds all that followed it
             return self._not_used("behind_stream")  # what was merged stays (only added); the full load follows
         store.last_id, store.seen_added = meta.position, meta.added
         self.unverified = True
-        await store.caught_up("snapshot", loaded)
+        await store.caught_up(cause, loaded)
         metrics.REVOCATION_SNAPSHOT_LOADS.labels("loaded").inc()
         if self.unverified:  # a full load may have followed (messages lost meanwhile): it read every key
             store.background(asyncio.create_task(self._verify_when_free(), name="revocation-snapshot-verify"))
@@ -169,7 +202,9 @@ class Snapshots:
 
     def _not_used(self, result: str, why: str = "") -> bool:
         metrics.REVOCATION_SNAPSHOT_LOADS.labels(result).inc()
-        log.warning("revocation snapshot not used: loading every key", extra={"result": result, "error": why[:300]})
+        if result != "absent":  # none written yet (the first start against this Redis): nothing to warn of
+            log.warning("revocation snapshot not used: loading every key",
+                        extra={"result": result, "error": why[:300]})
         return False
 
     async def _usable(self, meta: snapshot.Meta) -> bool:
