@@ -65,6 +65,11 @@ class WorkerSpec:
 # --- in the parent -----------------------------------------------------------------------------
 
 
+class EarlyMetrics(RuntimeError):
+    """The gateway's metrics were created before the workers' metrics directory was known (something
+    imported the gateway at interpreter start, a sitecustomize say): /metrics would add up nothing."""
+
+
 def preload(config: GatewayConfig, metrics_dir: str) -> None:
     """Import what a worker running ``config`` needs, with prometheus-client in multiprocess mode.
 
@@ -81,7 +86,7 @@ def _multiprocess_metrics(metrics_dir: str) -> None:
     os.environ[METRICS_DIR_VARIABLE] = metrics_dir
     if values.ValueClass is values.MutexValue:  # chosen when prometheus-client was imported, without the variable
         if "gateway.metrics" in sys.modules:  # its metrics would be per process: /metrics would add up nothing
-            raise RuntimeError("gateway.metrics was imported before the metrics directory was known")
+            raise EarlyMetrics("gateway.metrics was imported before the metrics directory was known")
         values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
 
 

@@ -35,7 +35,7 @@ from prometheus_client import multiprocess
 
 from .config import Address, ConfigError, GatewayConfig, parse_config
 from .reload import POLL_INTERVAL, ConfigFile
-from .worker_process import WorkerSpec, preload, revocations_handed_down, spawn
+from .worker_process import EarlyMetrics, WorkerSpec, preload, revocations_handed_down, spawn
 
 log = logging.getLogger("gateway.workers")
 
@@ -95,8 +95,8 @@ class Supervisor:
                     self._start(slot)
             self._supervise()
             return self._drain()
-        except OSError as exc:
-            log.error("cannot start the workers: %s", exc.strerror or exc)
+        except (OSError, EarlyMetrics) as exc:
+            log.error("cannot start the workers: %s", getattr(exc, "strerror", None) or exc)
             self._drain()
             return 1
         finally:

@@ -245,3 +245,22 @@ def test_a_dead_worker_is_reaped_and_restarted_later_when_it_dies_young(
     assert 0.5 < parent.restart_at[0] - time.monotonic() <= 2.0  # backing off: it died young twice
     [exited] = [r for r in caplog.records if r.getMessage() == "worker exited; restarting it"]
     assert (exited.pid, exited.exit_code) == (pid, 7)  # type: ignore[attr-defined]
+
+
+def test_gateway_serve_says_why_when_the_metrics_were_made_too_early(tmp_path: Path) -> None:
+    """A sitecustomize that imports the gateway at interpreter start: one line naming the cause, no
+    traceback, status 1 (the workers' /metrics would otherwise add up nothing)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import gateway.metrics\n")
+    config = tmp_path / "gw.yaml"
+    config.write_text(MINIMAL_CONFIG + "workers: 2\nlisten: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n")
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env["PYTHONPATH"] = f"{site}{os.pathsep}{ROOT}"
+    result = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(config)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    errors = [json.loads(line) for line in result.stdout.splitlines() if '"level":"error"' in line]
+    assert [e["msg"] for e in errors] == [
+        "cannot start the workers: gateway.metrics was imported before the metrics directory was known"]
+    assert "Traceback" not in result.stdout + result.stderr
