@@ -42,8 +42,8 @@ class UpstreamConfig(Model):
     url: HttpUrl
     timeout: Duration = 30.0
     connect_timeout: Duration = 5.0
-    # how long a client may take no byte of a streamed answer (nginx's send_timeout): a client that
-    # stops reading would otherwise hold an upstream connection, a pool slot, for ever
+    # how long one write of a streamed answer may wait for the client to take it (nginx's send_timeout):
+    # a client that stops reading would otherwise hold an upstream connection, a pool slot, for ever
     client_send_timeout: Duration = 60.0
     max_connections: int = Field(default=256, ge=1)
     preserve_host: bool = False
