@@ -213,9 +213,14 @@ def test_drain_stops_the_workers_and_kills_one_that_ignores_sigterm(
     monkeypatch.setattr(worker_process, "worker_main", lambda spec: time.sleep(30))
     polite = spawn(SPEC, {}, [])
     monkeypatch.setattr(worker_process, "worker_main", stubborn)
-    stuck = spawn(SPEC, {}, [])
+    # forked with SIGTERM blocked already (a fork keeps the mask): no race with the child's own
+    # sigmask call on a busy machine, where SIGTERM could arrive before the child has run at all
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        stuck = spawn(SPEC, {}, [])
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     parent.procs = {0: polite, 1: stuck}
-    time.sleep(0.2)  # the stubborn one has blocked SIGTERM
     caplog.set_level("INFO", "gateway.workers")
     started = time.monotonic()
     assert parent._drain() == 1
